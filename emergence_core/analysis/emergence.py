@@ -1,0 +1,39 @@
+"""Emergence events (SPEC section 4).
+
+The emergence event of a series is the first probe step at which the value reaches
+``threshold`` and stays at or above it for the following ``persistence`` probe steps.
+A crossing that the run ends before confirming is no event: the rule needs the
+``persistence`` later probes to exist, so a run cannot report an event it has not seen hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["emergence_index", "emergence_step"]
+
+
+def emergence_index(values: np.ndarray, threshold: float = 0.5, persistence: int = 5) -> int | None:
+    """Index of the first value that starts a run of ``persistence + 1`` values >= threshold."""
+    if persistence < 0:
+        raise ValueError(f"persistence must be >= 0, got {persistence}")
+    v = np.asarray(values, dtype=np.float64)
+    window = persistence + 1
+    if v.size < window:
+        return None
+    ok = (v >= threshold).astype(np.int64)  # NaN compares False: a missing value breaks a run
+    run = np.convolve(ok, np.ones(window, dtype=np.int64), mode="valid")  # run[i] = sum ok[i:i+w]
+    hits = np.flatnonzero(run == window)
+    return int(hits[0]) if hits.size else None
+
+
+def emergence_step(steps: np.ndarray, values: np.ndarray, threshold: float = 0.5,
+                   persistence: int = 5) -> int | None:
+    """The step of the emergence event of ``values`` measured at ``steps`` (sorted), or None."""
+    steps = np.asarray(steps)
+    if steps.shape != np.shape(values):
+        raise ValueError(f"steps and values differ in shape: {steps.shape} vs {np.shape(values)}")
+    if steps.size > 1 and np.any(np.diff(steps) <= 0):
+        raise ValueError("steps must be strictly increasing")
+    i = emergence_index(values, threshold, persistence)
+    return None if i is None else int(steps[i])
