@@ -1,0 +1,37 @@
+"""Tasks: the eight algorithmic problems of the study as a registry, and their data."""
+
+from emergence_core.tasks.base import (
+    SPECIAL_TOKENS,
+    LevelSpec,
+    TaskDef,
+    TaskError,
+    Vocabulary,
+    did_you_mean,
+)
+from emergence_core.tasks.data import (
+    IGNORE,
+    EncodedSet,
+    LevelData,
+    TrialData,
+    split_indices,
+    stream_indices,
+)
+from emergence_core.tasks.registry import TASKS, get_task, task_names
+
+__all__ = [
+    "IGNORE",
+    "SPECIAL_TOKENS",
+    "TASKS",
+    "EncodedSet",
+    "LevelData",
+    "LevelSpec",
+    "TaskDef",
+    "TaskError",
+    "TrialData",
+    "Vocabulary",
+    "did_you_mean",
+    "get_task",
+    "split_indices",
+    "stream_indices",
+    "task_names",
+]

@@ -1,0 +1,189 @@
+"""Training and diagnostic sets of a trial, deterministic from (task, level, seed).
+
+Sequence layout, per sample: ``LEVEL, prompt..., SEP, answer..., EOS``; every sample of a
+level has the same length, so levels are kept apart rather than padded together (a forward
+pass per level wastes no compute on padding). Position ``sep + j`` predicts answer token
+``j``; only those positions are scored, so loss and accuracy count the answer tokens only.
+
+Split rule, per level, with U distinct problems:
+  n_train = min(train_size, floor(train_fraction * U)),  n_diag = min(diag_size, U - n_train).
+The diagnostic set is drawn first, so it depends on (task, level, seed, diag_size) only, not
+on the training-set size. When the two sets cover at least half the universe, the universe
+is enumerated and permuted (exact fractions, e.g. MOD's 40% of the p^2 table); otherwise
+problems are drawn from the level's distribution until enough are distinct.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from emergence_core.tasks.base import EOS, SEP, LevelSpec, TaskError, Vocabulary
+from emergence_core.tasks.registry import get_task
+
+__all__ = ["EncodedSet", "LevelData", "TrialData", "seed_key", "split_indices", "stream_indices"]
+
+IGNORE = -100
+_MAX_DRAW_ROUNDS = 64
+
+
+def seed_key(*parts: str | int) -> list[int]:
+    """A numpy seed sequence key from strings and ints (crc32: stable across processes)."""
+    return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+
+
+def split_indices(spec: LevelSpec, seed: int, *, train_size: int, train_fraction: float,
+                  diag_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, diag) problem indices of one level; see the module docstring."""
+    u = spec.universe
+    n_train = min(train_size, int(train_fraction * u))
+    n_diag = min(diag_size, u - n_train)
+    if n_train < 1 or n_diag < 1:
+        raise TaskError(f"{spec.task} level {spec.level} has only {u} distinct problems: too "
+                        f"few for a training set (train_fraction={train_fraction}) and a "
+                        f"diagnostic set")
+    rng = np.random.default_rng(seed_key("split", spec.task, spec.level, seed))
+    need = n_train + n_diag
+    if 2 * need >= u:
+        order = rng.permutation(u).astype(np.int64)
+    else:
+        order = np.empty(0, dtype=np.int64)
+        for _ in range(_MAX_DRAW_ROUNDS):
+            more = spec.draw(rng, max(1024, int(1.2 * (need - order.size))))
+            drawn = np.concatenate([order, more])
+            _, first = np.unique(drawn, return_index=True)
+            order = drawn[np.sort(first)]
+            if order.size >= need:
+                break
+        else:
+            raise TaskError(f"{spec.task} level {spec.level}: could not draw {need} distinct "
+                            f"problems; lower train_size or diag_size")
+    return order[n_diag:need].copy(), order[:n_diag].copy()
+
+
+def stream_indices(n: int, start: int, count: int, key: Sequence[int],
+                   cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Positions ``start .. start+count`` of an endless stream of permutations of ``range(n)``.
+
+    Epoch ``e`` of the stream is a permutation seeded by ``(*key, e)``: the batch of any step is
+    a pure function of the step, so resuming needs no data-loader state beyond the step.
+    """
+    out = []
+    pos = start
+    while count > 0:
+        epoch, offset = divmod(pos, n)
+        perm = cache.get(epoch) if cache is not None else None
+        if perm is None:
+            perm = np.random.default_rng([*key, epoch]).permutation(n)
+            if cache is not None:
+                cache.clear()  # keep one epoch: the stream only moves forward
+                cache[epoch] = perm
+        take = min(count, n - offset)
+        out.append(perm[offset:offset + take])
+        pos += take
+        count -= take
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class EncodedSet:
+    """Token tensors for a set of samples of one level (one sequence shape).
+
+    ``tokens[:, :-1]`` is all a forward pass needs: the final EOS is never scored or read.
+    """
+
+    tokens: torch.Tensor  # [n, T] int64
+    targets: torch.Tensor  # [n, A] int64 answer tokens
+    positions: torch.Tensor  # [n, A] int64, the position that predicts each target
+    level: torch.Tensor  # [n] int64, 1..3
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The model's input: every token but the final EOS."""
+        return self.tokens[:, :-1]
+
+    def select(self, ids: torch.Tensor | np.ndarray) -> EncodedSet:
+        ids = torch.as_tensor(ids, device=self.tokens.device)
+        return EncodedSet(self.tokens[ids], self.targets[ids], self.positions[ids],
+                          self.level[ids])
+
+    def to(self, device: torch.device | str) -> EncodedSet:
+        return EncodedSet(*(t.to(device) for t in (self.tokens, self.targets, self.positions,
+                                                    self.level)))
+
+    @staticmethod
+    def cat(sets: Sequence[EncodedSet]) -> EncodedSet:
+        return EncodedSet(*(torch.cat([getattr(s, f) for s in sets])
+                            for f in ("tokens", "targets", "positions", "level")))
+
+
+@dataclass(frozen=True)
+class LevelData:
+    spec: LevelSpec
+    train_idx: np.ndarray
+    diag_idx: np.ndarray
+
+
+class TrialData:
+    """Everything a trial needs from its task: vocabulary, splits and encoded tensors."""
+
+    def __init__(self, task: str, levels: Sequence[int], seed: int, *, train_size: int,
+                 train_fraction: float | None = None, diag_size: int = 1000,
+                 level_params: Mapping[int, Mapping[str, Any]] | None = None) -> None:
+        tdef = get_task(task)
+        if not levels:
+            raise TaskError("a trial needs at least one level")
+        bad = [lv for lv in levels if lv not in (1, 2, 3)]
+        if bad:
+            raise TaskError(f"unknown level {bad[0]!r} of task {tdef.name}; levels are 1, 2, 3")
+        self.task = tdef.name
+        self.seed = seed
+        params = level_params or {}
+        self.specs = [tdef.level(lv, **params.get(lv, {})) for lv in sorted(set(levels))]
+        frac = tdef.train_fraction if train_fraction is None else train_fraction
+        self.levels = [
+            LevelData(s, *split_indices(s, seed, train_size=train_size, train_fraction=frac,
+                                        diag_size=diag_size))
+            for s in self.specs
+        ]
+        self.vocab = Vocabulary(tuple(tdef.symbols([dict(s.params) for s in self.specs])))
+        self.seq_len = max(s.seq_len for s in self.specs)
+        self.answer_len = max(s.answer_len for s in self.specs)
+
+    def encode(self, spec: LevelSpec, idx: np.ndarray) -> EncodedSet:
+        """Token tensors [n, spec.seq_len] of problems ``idx`` of one level."""
+        prompt, answer = spec.problems(idx)
+        n, off = len(idx), self.vocab.offset
+        tokens = np.empty((n, spec.seq_len), dtype=np.int64)
+        tokens[:, 0] = Vocabulary.level_token(spec.level)
+        tokens[:, 1:spec.sep_pos] = prompt + off
+        tokens[:, spec.sep_pos] = SEP
+        tokens[:, spec.sep_pos + 1:spec.sep_pos + 1 + spec.answer_len] = answer + off
+        tokens[:, -1] = EOS
+        positions = np.broadcast_to(spec.sep_pos + np.arange(spec.answer_len),
+                                    (n, spec.answer_len)).copy()
+        return EncodedSet(torch.from_numpy(tokens), torch.from_numpy(answer + off),
+                          torch.from_numpy(positions), torch.full((n,), spec.level))
+
+    @cached_property
+    def train(self) -> list[EncodedSet]:
+        """Per level, the encoded training set (order: ``self.levels``)."""
+        return [self.encode(ld.spec, ld.train_idx) for ld in self.levels]
+
+    @cached_property
+    def diag(self) -> list[EncodedSet]:
+        """Per level, the encoded diagnostic set."""
+        return [self.encode(ld.spec, ld.diag_idx) for ld in self.levels]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"level": ld.spec.level, **ld.spec.params, "universe": ld.spec.universe,
+                 "train": len(ld.train_idx), "diag": len(ld.diag_idx)} for ld in self.levels]
