@@ -1,0 +1,201 @@
+"""The configuration of one training run, validated once and frozen.
+
+``resolve_config(task, scale, seed, **overrides)`` derives every field from the scale's and
+the task's defaults, then applies overrides; the result is concrete (no ``None`` standing for
+"derive later") so that two runs with equal configs are the same run, and ``fingerprint()``
+names it. Unknown keys are refused with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from emergence_core.model import scale_shape
+from emergence_core.tasks import TaskError, get_task
+
+__all__ = [
+    "READ_POSITIONS",
+    "CheckpointConfig",
+    "ProbeConfig",
+    "TrainConfig",
+    "resolve_config",
+    "scale_defaults",
+    "task_defaults",
+]
+
+READ_POSITIONS = ("sep", "prompt_mean", "last_answer")
+ReadPosition = Literal["sep", "prompt_mean", "last_answer"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProbeConfig(_Frozen):
+    """When and how the cheap measures run inside the trial."""
+
+    n_probes: int = Field(200, ge=1, description="probe steps per run (step 0 extra)")
+    log_fraction: float = Field(0.5, ge=0, le=1, description="share of log-spaced probes")
+    log_until: float = Field(0.1, gt=0, le=1, description="log-spaced part: this share of steps")
+    read_positions: tuple[ReadPosition, ...] = Field(
+        ("sep",), min_length=1,
+        description="where representations are read: sep (predicts the first answer token), "
+                    "prompt_mean (mean over prompt tokens), last_answer (last answer token)")
+    rankme_samples: int = Field(200, ge=2, description="diagnostic samples per level for RankMe")
+    linear_probe: bool = True
+    probe_fit_fraction: float = Field(0.5, gt=0, lt=1,
+                                      description="share of diagnostic samples fitting the probe")
+    ridge: float = Field(1e-3, ge=0, description="ridge penalty of the linear probe")
+    eval_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("read_positions")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("read_positions has duplicates")
+        return v
+
+
+class CheckpointConfig(_Frozen):
+    """What is saved, and how often."""
+
+    every_probes: int = Field(10, ge=1, description="full training state every k probe steps")
+    interval_s: float = Field(120.0, gt=0, description="... or when this much time has passed")
+    weights_every: int | None = Field(
+        1, ge=1, description="model weights (safetensors) every k-th probe step; null: never")
+
+
+class TrainConfig(_Frozen):
+    """One trial: one model trained on one task, its levels mixed in equal proportion."""
+
+    task: str
+    scale: str
+    seed: int = Field(ge=0)
+    levels: tuple[int, ...] = (1, 2, 3)
+    level_params: dict[int, dict[str, int]] = Field(
+        default_factory=dict, description="difficulty overrides, e.g. {1: {p: 97}}")
+    data_seed: int | None = Field(None, ge=0, description="seed of the data; null: the seed")
+    # optimisation (SPEC section 2)
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="samples per step, split evenly over the levels")
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(1.0, ge=0, description="AdamW decay on matrices")
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float | None = Field(1.0, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    # data (SPEC section 1)
+    train_size: int = Field(ge=1, description="training problems per level (at most)")
+    train_fraction: float | None = Field(
+        None, gt=0, lt=1, description="largest share of a level's universe used for training; "
+                                      "null: the task's default (MOD: 0.4)")
+    diag_size: int = Field(1000, ge=2, description="diagnostic problems per level (at most)")
+    probe: ProbeConfig = ProbeConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        return get_task(v).name
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: str) -> str:
+        return scale_shape(v).name
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [lv for lv in v if lv not in (1, 2, 3)]
+        if bad:
+            raise ValueError(f"unknown level {bad[0]}; levels are 1, 2, 3")
+        if not v or len(set(v)) != len(v):
+            raise ValueError("levels must be a non-empty list without duplicates")
+        return tuple(sorted(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.batch_size < len(self.levels):
+            raise ValueError(f"batch_size {self.batch_size} is smaller than the number of "
+                             f"levels {len(self.levels)}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} exceeds steps {self.steps}")
+        return self
+
+    @field_validator("level_params")
+    @classmethod
+    def _level_params(cls, v: dict[int, dict[str, int]], info: ValidationInfo
+                      ) -> dict[int, dict[str, int]]:
+        task = info.data.get("task")
+        if task is not None:
+            for lv, params in v.items():
+                try:
+                    get_task(task).level(lv, **params)
+                except TaskError as e:
+                    raise ValueError(str(e)) from None
+        return v
+
+    @property
+    def effective_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def fingerprint(self) -> str:
+        """A short hash naming the run: equal configs, equal fingerprints."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def trial_name(self) -> str:
+        """Readable and stable: task-scale-seed (the Ray dashboard shows it)."""
+        return f"{self.task}-{self.scale}-{self.seed}"
+
+
+# Defaults ------------------------------------------------------------------------------------
+
+_SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Learning rate falls with width, as in GPT-2/3 practice; steps grow with scale.
+    "s0": {"lr": 1e-3, "batch_size": 192, "steps": 4000, "warmup_steps": 100},
+    "s1": {"lr": 1e-3, "batch_size": 192, "steps": 10000, "warmup_steps": 200},
+    "s2": {"lr": 6e-4, "batch_size": 192, "steps": 20000, "warmup_steps": 400},
+    "s3": {"lr": 5e-4, "batch_size": 192, "steps": 30000, "warmup_steps": 600},
+    "s4": {"lr": 3e-4, "batch_size": 192, "steps": 40000, "warmup_steps": 800},
+}
+
+# Per-task adjustments (all scales), chosen so that scale s0 shows emergence on the easiest
+# level within minutes on a laptop CPU: the smoke sweep relies on them.
+_TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "COPY": {"train_size": 20000},
+    "REV": {"train_size": 20000},
+    "CMP": {"train_size": 20000},
+    "PAR": {"train_size": 20000},
+    "ADD": {"train_size": 20000},
+    "MOD": {"train_size": 20000},
+    "SORT": {"train_size": 20000},
+    "MUL": {"train_size": 20000},
+}
+
+
+def scale_defaults(scale: str) -> dict[str, Any]:
+    return dict(_SCALE_DEFAULTS[scale_shape(scale).name])
+
+
+def task_defaults(task: str) -> dict[str, Any]:
+    return dict(_TASK_DEFAULTS[get_task(task).name])
+
+
+def resolve_config(task: str, scale: str, seed: int, **overrides: Any) -> TrainConfig:
+    """The full config of a run: scale defaults, then task defaults, then ``overrides``."""
+    fields = {**scale_defaults(scale), **task_defaults(task), **overrides}
+    return TrainConfig(task=task, scale=scale, seed=seed, **fields)

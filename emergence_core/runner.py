@@ -1,0 +1,196 @@
+"""Run one trial to completion in a run folder, resumably, with exactly-once metric rows.
+
+``run_trial`` drives a ``Trainer``: at each probe step it runs the cheap probes, saves the
+weights the expensive probes will need, watches for emergence events, and now and then
+*commits* (rows up to the step, then the full state; see ``store``). Called again on the same
+folder it resumes from the last commit; on a completed trial it returns at once.
+
+Hooks let a caller (the CLI's progress bar, a Ray Tune trainable) watch and stop a run
+without this module knowing about them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from emergence_core.analysis.emergence import emergence_step
+from emergence_core.config import TrainConfig
+from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
+from emergence_core.store import TrialStore, atomic_path
+from emergence_core.trainer import Trainer
+
+__all__ = ["EmergenceTracker", "ProbeReport", "TrialHooks", "TrialOutcome", "run_trial"]
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """What a progress hook sees after each probe step."""
+
+    trial: str
+    step: int
+    total_steps: int
+    train_loss: float | None
+    accuracy: dict[int, float]
+    events: dict[int, int]  # level -> emergence step, for events confirmed so far
+    new_events: dict[int, int]  # the subset confirmed at this probe
+    committed: bool
+
+
+@dataclass
+class TrialHooks:
+    on_probe: Callable[[ProbeReport], None] | None = None
+    on_commit: Callable[[int, TrialStore], None] | None = None  # rows and state are on disk
+    should_stop: Callable[[], bool] | None = None  # checked between updates
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    trial: str
+    step: int
+    completed: bool
+    attempt: int
+    events: dict[int, int | None]
+    n_params: int
+    wall_s: float
+    train_wall_s: float = 0.0
+    steps_run: int = 0
+
+
+@dataclass
+class EmergenceTracker:
+    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule)."""
+
+    threshold: float = 0.5
+    persistence: int = 5
+    history: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    events: dict[int, int] = field(default_factory=dict)
+
+    def update(self, step: int, accuracy: dict[int, float]) -> dict[int, int]:
+        new = {}
+        for level, value in accuracy.items():
+            steps, values = self.history.setdefault(level, ([], []))
+            steps.append(step)
+            values.append(value)
+            if level not in self.events:
+                hit = emergence_step(np.array(steps), np.array(values), self.threshold,
+                                     self.persistence)
+                if hit is not None:
+                    self.events[level] = new[level] = hit
+        return new
+
+    def replay(self, table: pa.Table) -> None:
+        """Rebuild the history from committed rows (a resumed run)."""
+        acc = table.filter(pc.and_(pc.equal(table["measure"], Measure.ACCURACY),
+                                   pc.is_valid(table["level"]))).sort_by("step")
+        per_step: dict[int, dict[int, float]] = {}
+        for s, lv, v in zip(acc["step"].to_pylist(), acc["level"].to_pylist(),
+                            acc["value"].to_pylist(), strict=True):
+            per_step.setdefault(s, {})[lv] = v
+        for s in sorted(per_step):
+            self.update(s, per_step[s])
+
+
+def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) -> pa.Table:
+    levels = list(cfg.levels)
+    return pa.Table.from_pydict({
+        "sweep": [key.sweep] * len(levels), "trial": [key.trial] * len(levels),
+        "task": [key.task] * len(levels), "level": levels,
+        "scale": [key.scale] * len(levels), "seed": [key.seed] * len(levels),
+        "measure": [Measure.ACCURACY] * len(levels),
+        "threshold": [tracker.threshold] * len(levels),
+        "persistence": [tracker.persistence] * len(levels),
+        "step": [tracker.events.get(lv) for lv in levels],
+        "source": [key.source] * len(levels),
+    }, schema=EVENTS_SCHEMA)
+
+
+def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
+              hooks: TrialHooks | None = None, attempt: int | None = None,
+              stop_after: int | None = None, device: str | None = None,
+              threshold: float = 0.5, persistence: int = 5) -> TrialOutcome:
+    """Train ``cfg`` in ``run_dir`` from its last commit; see the module docstring.
+
+    ``stop_after``: stop (and commit) at the first probe step at or after it (for tests and
+    for splitting a run). ``attempt`` defaults to one more than the saved state's.
+    """
+    t0 = time.perf_counter()
+    hooks = hooks or TrialHooks()
+    trial = cfg.trial_name()
+    store = TrialStore(run_dir, trial)
+    done_marker = store.checkpoint_dir / "COMPLETE.json"
+    if done_marker.exists():
+        done = json.loads(done_marker.read_text())
+        if done["fingerprint"] == cfg.fingerprint():
+            return TrialOutcome(trial, done["step"], True, done["attempt"],
+                                {int(k): v for k, v in done["events"].items()},
+                                done["n_params"], time.perf_counter() - t0)
+
+    trainer = Trainer(cfg, device=device)
+    state = store.load_state()
+    if state is not None:
+        trainer.load_state_dict(state)  # raises StateMismatch for a different config
+    attempt = (state["attempt"] + 1 if state is not None else 0) if attempt is None else attempt
+    store.heal()
+    store.prune_after(trainer.step if state is not None else -1)
+
+    key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
+    rows = RowBuffer(key, attempt)
+    tracker = EmergenceTracker(threshold, persistence)
+    if state is not None:
+        tracker.replay(store.read())
+    meta = {"fingerprint": cfg.fingerprint(), "trial": trial, "task": cfg.task,
+            "scale": cfg.scale, "seed": str(cfg.seed), "vocab_size": str(trainer.data.vocab.size),
+            "n_positions": str(trainer.data.seq_len)}
+    ck = cfg.checkpoint
+    last_commit = {"step": trainer.step, "time": time.monotonic(), "probes": 0}
+    start_step = trainer.step
+    t_train = time.perf_counter()
+
+    def commit(step: int) -> None:
+        store.write_part(rows.take(step))
+        store.save_state({**trainer.state_dict(), "attempt": attempt})
+        last_commit.update(step=step, time=time.monotonic(), probes=0)
+        if hooks.on_commit is not None:
+            hooks.on_commit(step, store)
+
+    def on_probe(tr: Trainer) -> bool:
+        step, index = tr.step, tr.next_probe - 1
+        summary = tr.probe(rows)
+        acc = summary.accuracy
+        final = index == len(tr.probe_steps) - 1
+        if ck.weights_every is not None and (index % ck.weights_every == 0 or final):
+            store.save_weights(tr.model, step, meta)
+        new = tracker.update(step, acc)
+        last_commit["probes"] += 1
+        stop = stop_after is not None and step >= stop_after
+        due = (final or stop or last_commit["probes"] >= ck.every_probes
+               or time.monotonic() - last_commit["time"] >= ck.interval_s)
+        if due:
+            commit(step)
+        if hooks.on_probe is not None:
+            hooks.on_probe(ProbeReport(trial, step, cfg.steps, summary.train_loss, acc,
+                                       dict(tracker.events), new, due))
+        return stop
+
+    trainer.run(on_probe, hooks.should_stop)
+    if trainer.step != last_commit["step"] or len(rows):
+        commit(trainer.step)  # stopped between probes: keep what was done
+    train_wall = time.perf_counter() - t_train
+    events = {lv: tracker.events.get(lv) for lv in cfg.levels}
+    if trainer.done:
+        store.write_events(_events_table(key, cfg, tracker))
+        store.compact()
+        with atomic_path(done_marker) as tmp:
+            tmp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "step": trainer.step,
+                                       "attempt": attempt, "n_params": trainer.n_params,
+                                       "events": events}))
+    return TrialOutcome(trial, trainer.step, trainer.done, attempt, events, trainer.n_params,
+                        time.perf_counter() - t0, train_wall, trainer.step - start_step)

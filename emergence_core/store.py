@@ -1,0 +1,192 @@
+"""Files of a run folder: metric parts, training state, weights, events.
+
+    <run>/metrics/<source>/<trial>/part-<first step>-<last step>.parquet
+    <run>/checkpoints/<trial>/state.pt                 latest full training state
+    <run>/checkpoints/<trial>/weights/step-<step>.safetensors
+    <run>/events/<trial>.parquet
+
+Every file appears atomically (written under a hidden temporary name, then renamed), so a
+reader never sees half a file, and readers skip names starting with '.'.
+
+Exactly-once rows: a trial's rows reach disk only in a *commit*: the part holding the rows up
+to step s is written, then the state at step s. A run resumed from the state at step c first
+deletes every part that starts after c (rows of a lost attempt that the resumed run will
+produce again), so no row is written twice and none is lost. Compaction writes one part that
+covers several, then deletes them; a crash between the two leaves parts contained in a larger
+one, which ``heal`` (and every reader here) drops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from emergence_core.metrics import METRICS_SCHEMA
+
+__all__ = ["TrialStore", "atomic_path", "metric_files", "read_metrics"]
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _parts(directory: Path) -> list[tuple[int, int, Path]]:
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in directory.iterdir():
+        m = _PART.match(p.name)
+        if m:
+            out.append((int(m[1]), int(m[2]), p))
+    return sorted(out)
+
+
+def _superseded(parts: list[tuple[int, int, Path]]) -> set[Path]:
+    """Parts whose step range lies inside another part's (left behind by a compaction)."""
+    dead = set()
+    for f, last, p in parts:
+        for f2, last2, p2 in parts:
+            if p2 != p and f2 <= f and last <= last2 and (f2, last2) != (f, last):
+                dead.add(p)
+    return dead
+
+
+class TrialStore:
+    """The files of one trial in a run folder."""
+
+    def __init__(self, run_dir: str | Path, trial: str, source: str = "trial") -> None:
+        self.run_dir = Path(run_dir)
+        self.trial = trial
+        self.metrics_dir = self.run_dir / "metrics" / source / trial
+        self.checkpoint_dir = self.run_dir / "checkpoints" / trial
+        self.state_path = self.checkpoint_dir / "state.pt"
+        self.weights_dir = self.checkpoint_dir / "weights"
+        self.events_path = self.run_dir / "events" / f"{trial}.parquet"
+
+    # -- metric parts --------------------------------------------------------------------------
+
+    def parts(self) -> list[tuple[int, int, Path]]:
+        return _parts(self.metrics_dir)
+
+    def write_part(self, table: pa.Table) -> Path | None:
+        if table.num_rows == 0:
+            return None
+        steps = table.column("step")
+        first, last = pc.min(steps).as_py(), pc.max(steps).as_py()
+        final = self.metrics_dir / f"part-{first:012d}-{last:012d}.parquet"
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        return final
+
+    def prune_after(self, step: int) -> list[Path]:
+        """Delete the parts that start after ``step`` (rows the resumed run will redo)."""
+        removed = [p for first, _, p in self.parts() if first > step]
+        for p in removed:
+            p.unlink(missing_ok=True)
+        return removed
+
+    def heal(self) -> list[Path]:
+        dead = sorted(_superseded(self.parts()))
+        for p in dead:
+            p.unlink(missing_ok=True)
+        return dead
+
+    def read(self) -> pa.Table:
+        parts = self.parts()
+        dead = _superseded(parts)
+        files = [p for _, _, p in parts if p not in dead]
+        if not files:
+            return METRICS_SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(p, schema=METRICS_SCHEMA) for p in files])
+
+    def compact(self) -> Path | None:
+        """Merge the trial's parts into one, sorted by step."""
+        self.heal()
+        parts = self.parts()
+        if len(parts) <= 1:
+            return parts[0][2] if parts else None
+        table = self.read().sort_by([("step", "ascending")])
+        merged = self.write_part(table)
+        for _, _, p in parts:
+            if p != merged:
+                p.unlink(missing_ok=True)
+        return merged
+
+    # -- training state and weights ------------------------------------------------------------
+
+    def save_state(self, state: dict) -> None:
+        with atomic_path(self.state_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self) -> dict | None:
+        if not self.state_path.exists():
+            return None
+        return torch.load(self.state_path, map_location="cpu", weights_only=True)
+
+    def weights_path(self, step: int) -> Path:
+        return self.weights_dir / f"step-{step:012d}.safetensors"
+
+    def save_weights(self, model: nn.Module, step: int, metadata: dict[str, str]) -> Path:
+        final = self.weights_path(step)
+        with atomic_path(final) as tmp:
+            save_model(model, str(tmp), metadata={**metadata, "step": str(step)})
+        return final
+
+    def load_weights(self, model: nn.Module, step: int) -> nn.Module:
+        device = str(next(model.parameters()).device)
+        load_model(model, str(self.weights_path(step)), device=device)
+        return model
+
+    def weight_steps(self) -> list[int]:
+        if not self.weights_dir.is_dir():
+            return []
+        files = self.weights_dir.glob("step-*.safetensors")
+        return sorted(int(p.stem.split("-")[1]) for p in files)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def write_events(self, table: pa.Table) -> Path:
+        with atomic_path(self.events_path) as tmp:
+            pq.write_table(table, tmp)
+        return self.events_path
+
+
+def metric_files(run_dir: str | Path) -> list[Path]:
+    """Every live metric part of a run folder (superseded parts excluded)."""
+    root = Path(run_dir) / "metrics"
+    if not root.is_dir():
+        return []
+    files: list[Path] = []
+    for directory in sorted({p.parent for p in root.rglob("part-*.parquet")}):
+        parts = _parts(directory)
+        dead = _superseded(parts)
+        files += [p for _, _, p in parts if p not in dead]
+    return files
+
+
+def read_metrics(run_dir: str | Path) -> pa.Table:
+    """The whole metrics table of a run folder (for small runs; scan large ones lazily)."""
+    files = metric_files(run_dir)
+    if not files:
+        return METRICS_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=METRICS_SCHEMA) for p in files])

@@ -1,0 +1,37 @@
+"""Shared fixtures. Tests start what they need (Ray, MLflow) and stop it themselves."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bit-exact comparisons need a fixed thread count; one is also fastest for tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_overrides(**extra):
+    """A run small enough for unit tests: a few seconds on one CPU thread."""
+    base = {
+        "steps": 24, "batch_size": 12, "train_size": 200, "diag_size": 40, "warmup_steps": 4,
+        "probe": {"n_probes": 8, "rankme_samples": 16, "eval_batch_size": 64},
+        "checkpoint": {"every_probes": 2, "weights_every": 2},
+        "device": "cpu",
+    }
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return base
