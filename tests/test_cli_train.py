@@ -1,0 +1,81 @@
+"""`emerge train`: a real short run, resume, and bad input that writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from emergence_core.store import metric_files, read_metrics
+from orchestrator.cli import app
+
+SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=6",
+         "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
+         "--threads", "1"]
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_train_writes_metrics_and_weights_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = _run("train", "--task", "MOD", "--steps", "12", "--out", str(out), *SMALL)
+    assert r.exit_code == 0, r.output
+    assert "MOD-s0-0" in r.output
+    files = metric_files(out)
+    assert files and all(pq.read_schema(f).field("measure") for f in files)
+    table = read_metrics(out)
+    assert max(table["step"].to_pylist()) == 12
+    weights = sorted((out / "checkpoints" / "MOD-s0-0" / "weights").glob("*.safetensors"))
+    assert len(weights) >= 2
+    assert (out / "events" / "MOD-s0-0.parquet").exists()
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["config"]["task"] == "MOD" and recorded["config"]["steps"] == 12
+    # the same command again finds the run complete and changes nothing
+    before = read_metrics(out).num_rows
+    r2 = _run("train", "--task", "MOD", "--steps", "12", "--out", str(out), *SMALL)
+    assert r2.exit_code == 0, r2.output
+    assert read_metrics(out).num_rows == before
+
+
+def test_a_folder_holding_another_run_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _run("train", "--task", "MOD", "--steps", "4", "--out", str(out), *SMALL).exit_code == 0
+    listing = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = _run("train", "--task", "MOD", "--steps", "5", "--out", str(out), *SMALL)
+    assert r.exit_code == 2
+    assert "holds a different run" in r.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == listing
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", "MDO"], "unknown task 'MDO' (did you mean 'MOD'?)"),
+    (["--task", "MOD", "--scale", "s7"], "unknown scale 's7'"),
+    (["--task", "MOD", "--levels", "0,1"], "levels: unknown level 0"),
+    (["--task", "MOD", "--levels", "one"], "--levels 'one'"),
+    (["--task", "MOD", "--steps", "0"], "--steps must be positive"),
+    (["--task", "MOD", "--steps", "-5"], "--steps must be positive"),
+    (["--task", "MOD", "--lr", "-1"], "lr: Input should be greater than 0"),
+    (["--task", "MOD", "--set", "probe.n_probe=3"], "probe.n_probe: unknown key"),
+    (["--task", "MOD", "--set", "level_params.1.p=1"], "p must be at least 2"),
+    (["--task", "MOD", "--set", "nonsense"], "expected KEY=VALUE"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, message) -> None:
+    out = tmp_path / "never"
+    r = _run("train", *args, "--out", str(out))
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert message in lines[0]
+    assert not out.exists()
+
+
+def test_a_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    r = _run("train", "--task", "MOD", "--out", str(tmp_path))
+    assert r.exit_code == 2 and "holds no emerge run" in r.output
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
