@@ -1,0 +1,186 @@
+"""The report's text: every finding as a number with its count, from an ``Analysis``.
+
+Wording convention: ``k/n events (p%, 95% CI lo-hi%)``; the CI is the seed-clustered
+bootstrap of ``rates.py`` and is omitted (said so) where a split holds a single seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from emergence_core.analysis.pipeline import Analysis
+from emergence_core.analysis.settings import LOGPROB_NORM
+
+__all__ = ["count_phrase", "render"]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def count_phrase(k: int, n: int, lo: float | None = None, hi: float | None = None,
+                 level: float = 0.95, noun: str = "events") -> str:
+    """``"17/24 events (71%, 95% CI 52-86%)"``; without the CI when ``lo`` is None."""
+    if n == 0:
+        return f"{k}/0 {noun}"
+    ci = "" if lo is None or hi is None else \
+        f", {100 * level:.0f}% CI {100 * lo:.0f}-{100 * hi:.0f}%"
+    return f"{k}/{n} {noun} ({100 * k / n:.0f}%{ci})"
+
+
+def _num(v: float) -> str:
+    """3 significant digits, but whole numbers for steps (no ``2.35e+03``)."""
+    return f"{v:.0f}" if abs(v) >= 1000 and np.isfinite(v) else f"{v:.3g}"
+
+
+def _table(df: pl.DataFrame, columns: Sequence[str]) -> list[str]:
+    if df.height == 0:
+        return ["(none)"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in df.select(columns).rows():
+        cells = [("" if v is None else _num(v) if isinstance(v, float) else str(v))
+                 for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _events(a: Analysis) -> list[str]:
+    out = ["## Emergence events", ""]
+    s = a.settings
+    for ev in s.event_measures:
+        d = a.details.filter(pl.col("measure") == ev)
+        k = d.filter(pl.col("step").is_not_null()).height
+        out.append(f"- {ev}: {k}/{d.height} (trial, level) series emerge (threshold "
+                   f"{s.threshold}, persistence {s.persistence} probes).")
+    if LOGPROB_NORM in s.event_measures:
+        out.append(f"- {LOGPROB_NORM} = 1 - logprob / logprob(first probe): 0 at the start, "
+                   "1 when the answer has probability 1.")
+    hard = a.difficulty.filter(pl.col("difficulty") == "hard").height
+    rule = "the list in settings.hard" if s.hard is not None else \
+        "emergence step above the median over task levels at that scale"
+    out += [f"- Difficulty: {hard}/{a.difficulty.height} (task level, scale) pairs are hard "
+            f"({rule}).", ""]
+    per_scale = (a.details.filter(pl.col("measure") == "accuracy").group_by("scale")
+                 .agg(pl.len().alias("series"), pl.col("step").is_not_null().sum()
+                      .alias("emerged"), pl.col("step").median().alias("median_step")))
+    order = {s: i for i, s in enumerate(a.scale_order)}
+    per_scale = per_scale.sort(pl.col("scale").replace_strict(order, default=len(order)))
+    return out + _table(per_scale, ["scale", "emerged", "series", "median_step"]) + [""]
+
+
+def _collapse(a: Analysis) -> list[str]:
+    s = a.settings
+    out = ["## Collapse", "",
+           f"Floor: minimum of the final-layer {s.collapse_measure} (running median of "
+           f"{s.smooth_window} probes) over the first {100 * s.early_fraction:.0f}% of "
+           f"training, before recovery ({100 * s.recovery_fraction:.0f}% of the drop regained). "
+           f"{a.floors.height} trials have a floor.", ""]
+    for task, n, cv, ratio in a.floor_spread.select("task", "n_scales", "cv",
+                                                     "max_min_ratio").rows():
+        sub = a.floor_summary.filter(pl.col("task") == task)
+        lo, hi = sub["floor"].min(), sub["floor"].max()
+        spread = "one scale only, no spread" if cv is None else \
+            f"CV {cv:.2f}, max/min {ratio:.2f}" if ratio is not None else f"CV {cv:.2f}"
+        out.append(f"- {task}: floor {lo:.3g} to {hi:.3g} across {n} scales ({spread}).")
+    out += ["", *_table(a.floor_summary, ["task", "scale", "floor", "floor_min", "floor_max",
+                                          "n_seeds"]), ""]
+    td = a.topdown
+    counts = {v: td.filter(pl.col("verdict") == v).height
+              for v in ("top-down", "bottom-up", "mixed", "undetermined")}
+    out += [f"Top-down: {counts['top-down']}/{td.height} (task, scale) combinations are "
+            f"top-down (Spearman rho between layer index and collapse time <= "
+            f"-{s.topdown_rho}); {counts['bottom-up']} bottom-up, {counts['mixed']} mixed, "
+            f"{counts['undetermined']} undetermined.", ""]
+    return out + _table(td, ["task", "scale", "n_layers", "rho", "verdict", "collapse_steps"])
+
+
+def _precursors(a: Analysis, event: str) -> list[str]:
+    rates = a.rates.filter(pl.col("event") == event)
+    hier = a.hierarchy.filter(pl.col("event") == event)
+    lvl = a.settings.ci_level
+    out = [f"## Precursors of the {event} event", "",
+           "Onset: change point of the smoothed final-layer series nearest the event; "
+           "precursor when lead > one probe interval at the event, synchronous within +/- one,"
+           " lagging otherwise.", ""]
+    if rates.height == 0:
+        return [*out, "No events with measure series: no precursor rates.", ""]
+    order = hier["measure"].to_list() + sorted(set(rates["measure"].to_list())
+                                               - set(hier["measure"].to_list()))
+    for m in order:
+        r = rates.filter((pl.col("measure") == m) & (pl.col("split_kind") == "all")).row(
+            0, named=True)
+        h = hier.filter(pl.col("measure") == m)
+        lead = "" if h.height == 0 else (
+            f"; median lead {h['median_lead'][0]:.0f} steps "
+            f"({h['median_lead_intervals'][0]:.1f} probe intervals)")
+        lag = h["median_xcorr_lag"][0] if h.height else None
+        xc = "" if lag is None else f"; median cross-correlation lag {round(lag):+d} probes"
+        single = " (one seed: no CI)" if r["n_seeds"] < 2 else ""
+        pre = count_phrase(r["precursor_k"], r["n"], r["precursor_lo"], r["precursor_hi"], lvl)
+        out.append(
+            f"- {m} is a precursor in {pre}{single}, synchronous in "
+            f"{count_phrase(r['synchronous_k'], r['n'])}, lagging in "
+            f"{count_phrase(r['lagging_k'], r['n'])}, no onset in {r['no_onset_k']}{lead}{xc}.")
+    splits = rates.filter(pl.col("split_kind").is_in(["difficulty", "scale"]))
+    wide = splits.with_columns(pl.format("{}/{}", "precursor_k", "n").alias("k/n")).pivot(
+        "split", index="measure", values="k/n")
+    out += ["", "Precursor k/n by difficulty class and scale:", "",
+            *_table(wide, wide.columns), ""]
+    if hier.height:
+        out.append("Geometric hierarchy (median lead, earliest first): "
+                   + " > ".join(f"{m} ({v:.0f})" for m, v in
+                                hier.select("measure", "median_lead").rows()) + ".")
+    return [*out, ""]
+
+
+def _prediction(a: Analysis) -> list[str]:
+    p = a.prediction
+    out = ["## Prediction limits", "",
+           f"Signals: onset = first change point of {a.settings.signal_measure} after the "
+           "final layer reaches its collapse floor; floor_depth = 1 - floor / initial of the "
+           "final-layer collapse measure.", ""]
+    for signal in p["signal"].unique(maintain_order=True).to_list():
+        q = p.filter((pl.col("signal") == signal) & (pl.col("scope") == "all"))
+        sp = q.filter(pl.col("statistic") == "spearman").row(0, named=True)
+        rho = "n/a" if sp["value"] is None else f"{sp['value']:.2f} (p = {sp['p_value']:.2g})"
+        line = f"- {signal}: Spearman rho with emergence step {rho} over {sp['n']} events"
+        for stat, what in (("concordance", "within-class concordance"),
+                           ("reversal", "ordering reversals predicted")):
+            r = q.filter(pl.col("statistic") == stat)
+            if r.height and r["n"][0]:
+                line += (f"; {what} {r['k'][0]:g}/{r['n'][0]} pairs "
+                         f"({_pct(r['value'][0])})")
+            else:
+                line += f"; {what}: no pairs"
+        out.append(line + ".")
+    return [*out, "", *_table(p, ["signal", "statistic", "scope", "n", "k", "value"]), ""]
+
+
+def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],
+           tables: Sequence[str], notes: Sequence[str] = ()) -> str:
+    """The whole Markdown report."""
+    inv = a.trials
+    head = ["# emerge: analysis report", "",
+            f"{a.n_rows} metric rows, {inv.height} trials "
+            f"({inv['task'].n_unique()} tasks, {inv['scale'].n_unique()} scales, "
+            f"{inv['seed'].n_unique()} seeds; sources: "
+            f"{', '.join(sorted(set(inv['source'].to_list()))) or 'none'}). "
+            f"Settings hash {a.settings.config_hash()}. "
+            f"Measures analysed ({len(a.measures)}): {', '.join(a.measures) or 'none'}; "
+            "per-layer measures at their final layer.", "", "## What is missing", ""]
+    missing = [*a.missing, *notes]
+    head += [f"- {m}" for m in missing] or ["- Nothing: every expected table could be computed."]
+    body = [*head, "", *_events(a), *_collapse(a), ""]
+    for ev in a.settings.event_measures:
+        body += _precursors(a, ev)
+    body += _prediction(a)
+    body += ["## Figures", ""] + [f"- [{f}]({f})" for f in figures]
+    if skipped_trials:
+        body.append(f"- Per-trial figures drawn for {a.trials.height - len(skipped_trials)}/"
+                    f"{a.trials.height} trials (max_trial_figures = "
+                    f"{a.settings.max_trial_figures}); not drawn: {len(skipped_trials)} trials.")
+    body += ["", "## Tables", ""] + [f"- [{t}]({t})" for t in tables]
+    return "\n".join(body) + "\n"

@@ -1,0 +1,191 @@
+"""The statistics stage end to end: metrics table in, every table of SPEC section 4 out.
+
+``analyze`` reads the long table in two passes (an inventory of (trial, measure), then
+only the rows the analysis needs: behaviour, each measure's final layer, and every layer
+of the collapse measure pooled over levels) and hands them to the per-topic modules.
+Works on training sweeps and on Pythia rows alike (revisions as steps, probe sets as
+tasks, null levels, model names as scales), and on empty or partial tables: what cannot be
+computed is an empty table and a line in ``missing``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from emergence_core.analysis.collapse import (
+    collapse_table,
+    floor_spread,
+    floor_summary,
+    topdown,
+    trial_floors,
+)
+from emergence_core.analysis.events import (
+    behaviour_rows,
+    difficulty_classes,
+    event_details,
+    to_events_schema,
+)
+from emergence_core.analysis.frames import Metrics, as_lazy, unit_expr
+from emergence_core.analysis.leads import measure_leads
+from emergence_core.analysis.prediction import event_signals, prediction_limits
+from emergence_core.analysis.rates import hierarchy, precursor_rates
+from emergence_core.analysis.settings import EXPECTED_MEASURES, AnalysisSettings
+from emergence_core.metrics import Measure
+
+__all__ = ["Analysis", "analyze"]
+
+_META = ["sweep", "task", "scale", "seed", "source"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Every table of the statistics stage, plus the rows the figures draw from.
+
+    Tables: ``inventory`` (trial, measure: final layer, per-level or not, rows, steps),
+    ``trials``, ``scales`` (scale, n_layers: ordered by depth), ``events`` (EVENTS_SCHEMA),
+    ``details`` (events with their probe interval), ``difficulty``, ``collapse`` (floor of
+    every (trial, level, layer)), ``floors`` (per trial), ``floor_summary`` (task x scale),
+    ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure),
+    ``changepoints``, ``rates``, ``hierarchy``, ``signals``, ``prediction``. ``measures``:
+    the measures analysed; ``missing``: what the table lacks, one sentence each.
+    """
+
+    settings: AnalysisSettings
+    n_rows: int
+    measures: tuple[str, ...]
+    inventory: pl.DataFrame
+    trials: pl.DataFrame
+    scales: pl.DataFrame
+    behaviour: pl.DataFrame
+    series: pl.DataFrame
+    collapse_rows: pl.DataFrame
+    events: pl.DataFrame
+    details: pl.DataFrame
+    difficulty: pl.DataFrame
+    collapse: pl.DataFrame
+    floors: pl.DataFrame
+    floor_summary: pl.DataFrame
+    floor_spread: pl.DataFrame
+    topdown: pl.DataFrame
+    leads: pl.DataFrame
+    changepoints: pl.DataFrame
+    onsets: pl.DataFrame
+    rates: pl.DataFrame
+    hierarchy: pl.DataFrame
+    signals: pl.DataFrame
+    prediction: pl.DataFrame
+    missing: tuple[str, ...]
+
+    @property
+    def scale_order(self) -> list[str]:
+        return self.scales["scale"].to_list()
+
+
+def _inventory(lf: pl.LazyFrame) -> pl.DataFrame:
+    return (lf.group_by(["trial", "measure"]).agg(
+        *[pl.col(c).first() for c in _META],
+        pl.col("layer").max().alias("final_layer"),
+        pl.col("level").is_not_null().any().alias("has_levels"),
+        pl.len().alias("n_rows"),
+        pl.col("step").n_unique().alias("n_steps"))
+        .collect().sort(["trial", "measure"]))
+
+
+def _missing(inv: pl.DataFrame, trials: pl.DataFrame, details: pl.DataFrame,
+             measures: tuple[str, ...], settings: AnalysisSettings) -> tuple[str, ...]:
+    if inv.height == 0:
+        return ("The metrics table is empty: no trials, no measures, nothing to analyse.",)
+    notes = []
+    present = set(inv["measure"].to_list())
+    sources = set(inv["source"].to_list())
+    expected = EXPECTED_MEASURES if sources - {"pythia"} else (Measure.RANKME,)
+    absent = [m for m in expected if m not in present]
+    if absent:
+        notes.append(f"Measures absent from the whole table: {', '.join(absent)}.")
+    n_trials = trials.height
+    for m in measures:
+        k = inv.filter(pl.col("measure") == m).height
+        if k < n_trials:
+            notes.append(f"{m} is logged in {k}/{n_trials} trials only.")
+    for m in (Measure.ACCURACY, settings.collapse_measure):
+        lacking = sorted(set(trials["trial"].to_list())
+                         - set(inv.filter(pl.col("measure") == m)["trial"].to_list()))
+        if lacking:
+            shown = ", ".join(lacking[:10]) + (" ..." if len(lacking) > 10 else "")
+            notes.append(f"{len(lacking)}/{n_trials} trials have no {m} rows: {shown}.")
+    for ev in settings.event_measures:
+        d = details.filter(pl.col("measure") == ev)
+        if d.height == 0:
+            notes.append(f"No {ev} series: no {ev} events.")
+            continue
+        none = d.filter(pl.col("step").is_null())
+        if none.height:
+            shown = ", ".join(f"{t}/L{lv}" if lv is not None else t
+                              for t, lv in none.select("trial", "level").rows()[:10])
+            notes.append(f"{none.height}/{d.height} (trial, level) series never reach the "
+                         f"{ev} threshold (no event): {shown}"
+                         f"{' ...' if none.height > 10 else ''}.")
+    if settings.signal_measure not in present:
+        notes.append(f"Signal measure {settings.signal_measure} absent: no onset signal.")
+    return tuple(notes)
+
+
+def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analysis:
+    """Run every analysis of SPEC section 4 over ``metrics`` (polars Lazy/DataFrame, Arrow).
+
+    For a run folder: ``analyze(frames.load_metrics(run_dir))``.
+    """
+    settings = settings or AnalysisSettings()
+    lf = as_lazy(metrics)
+    inv = _inventory(lf)
+    trials = (inv.group_by("trial").agg(*[pl.col(c).first() for c in _META],
+                                        pl.col("n_rows").sum(), pl.len().alias("n_measures"))
+              .sort("trial"))
+    scales = (inv.group_by("scale").agg(pl.col("final_layer").max().cast(pl.Int64)
+                                        .alias("n_layers"))
+              .sort(["n_layers", "scale"], nulls_last=True))
+    present = set(inv["measure"].to_list())
+    keep = set(settings.measures) if settings.measures is not None else present
+    measures = tuple(sorted((present & keep) - set(settings.exclude_measures)))
+
+    final = inv.select("trial", "measure", "final_layer").lazy()
+    at_final = pl.col("layer").is_null() | (pl.col("layer") == pl.col("final_layer"))
+    is_series = pl.col("measure").is_in(list(measures)) & at_final
+    is_collapse = (pl.col("measure") == settings.collapse_measure) & (
+        pl.col("level").is_null() | at_final)
+    is_behaviour = pl.col("measure").is_in([Measure.ACCURACY, Measure.LOGPROB])
+    needed = (lf.join(final, on=["trial", "measure"], how="left")
+              .filter(is_series | is_collapse | is_behaviour).collect())
+    behaviour = behaviour_rows(needed.lazy().drop("final_layer"))
+    series = needed.filter(is_series).select("trial", "measure", "level", "layer", "step",
+                                             "value")
+    collapse_rows = needed.filter(is_collapse).drop("final_layer")
+    del needed
+
+    details = event_details(behaviour, settings)
+    events = to_events_schema(details)
+    difficulty = difficulty_classes(events, settings)
+    collapse = collapse_table(collapse_rows, settings)
+    floors = trial_floors(collapse)
+    summary = floor_summary(floors, scales)
+    ends = collapse.filter(pl.col("is_final") & pl.col("level").is_null())
+    found = measure_leads(series, behaviour, details, settings,
+                          dict(ends.select("trial", "collapse_step").iter_rows()))
+    meta = trials.select("trial", "task", "scale", "seed", "source")
+    leads = (found.leads.join(meta, on="trial", how="left").with_columns(unit_expr())
+             .join(difficulty.select("unit", "scale", "difficulty"), on=["unit", "scale"],
+                   how="left"))
+    rates = precursor_rates(leads, settings)
+    signals = event_signals(details, found.onsets, collapse, difficulty, inv, settings)
+    return Analysis(
+        settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,
+        measures=measures, inventory=inv, trials=trials, scales=scales, behaviour=behaviour,
+        series=series, collapse_rows=collapse_rows, events=events, details=details,
+        difficulty=difficulty, collapse=collapse, floors=floors, floor_summary=summary,
+        floor_spread=floor_spread(summary), topdown=topdown(collapse, settings), leads=leads,
+        changepoints=found.changepoints, onsets=found.onsets, rates=rates,
+        hierarchy=hierarchy(leads, rates),
+        signals=signals, prediction=prediction_limits(signals, scales["scale"].to_list()),
+        missing=_missing(inv, trials, details, measures, settings))

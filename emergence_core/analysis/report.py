@@ -1,0 +1,157 @@
+"""``emerge analyze``'s output: a Markdown report, CSV tables and PNG figures, atomically.
+
+Everything is written into a hidden sibling folder, which then replaces ``out_dir`` by
+rename, ``report.json`` (settings, their hash, schema version, headline numbers) written
+last inside it, so a reader sees the old report or the whole new one, never half.
+An empty or partial table yields a report of what is there and what is missing; a figure
+that cannot be drawn becomes a line under "What is missing", not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from emergence_core.analysis import figures
+from emergence_core.analysis.frames import Metrics, empty_metrics
+from emergence_core.analysis.markdown import render
+from emergence_core.analysis.pipeline import Analysis, analyze
+from emergence_core.analysis.settings import AnalysisSettings
+from emergence_core.metrics import SCHEMA_VERSION
+
+__all__ = ["ReportSummary", "headline_numbers", "write_report"]
+
+_TABLES = ("events", "details", "difficulty", "leads", "rates", "hierarchy", "floors",
+           "floor_summary", "floor_spread", "topdown", "collapse", "changepoints", "onsets",
+           "signals", "prediction", "inventory")
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What ``write_report`` wrote (paths relative to ``out_dir``) and its headline numbers
+    (flat name -> float, ready for ``mlflow.log_metrics``)."""
+
+    out_dir: Path
+    files: tuple[str, ...]
+    headline: Mapping[str, float]
+    missing: tuple[str, ...]
+    analysis: Analysis
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def headline_numbers(a: Analysis) -> dict[str, float]:
+    """Counts and rates worth logging: events, top-down count, floor CVs, precursor rates."""
+    acc = a.details.filter(pl.col("measure") == "accuracy")
+    out = {"rows": float(a.n_rows), "trials": float(a.trials.height),
+           "events/accuracy/series": float(acc.height),
+           "events/accuracy/emerged": float(acc["step"].is_not_null().sum()),
+           "topdown/count": float((a.topdown["verdict"] == "top-down").sum()),
+           "topdown/combinations": float(a.topdown.height)}
+    for task, cv in a.floor_spread.select("task", "cv").drop_nulls().rows():
+        out[f"floor_cv/{_safe(task)}"] = float(cv)
+    for m, r in (a.rates.filter((pl.col("split_kind") == "all")
+                                & (pl.col("event") == "accuracy"))
+                 .select("measure", "precursor_rate").rows()):
+        out[f"precursor_rate/{_safe(m)}"] = float(r)
+    return out
+
+
+def _pick_trials(a: Analysis, limit: int) -> tuple[list[str], list[str]]:
+    """At most ``limit`` trials for per-trial figures: the lowest seed first, spread evenly
+    over its trials sorted by (task, scale); the rest are listed, not drawn."""
+    chosen: list[str] = []
+    for _, g in a.trials.sort(["seed", "task", "scale"]).group_by("seed", maintain_order=True):
+        names, need = g["trial"].to_list(), limit - len(chosen)
+        if need <= 0:
+            break
+        # spacing >= 1 when need <= len(names), so the rounded picks are distinct
+        chosen += names if len(names) <= need else [
+            names[int(i)] for i in np.linspace(0, len(names) - 1, need).round()]
+    return chosen, [t for t in a.trials["trial"].to_list() if t not in set(chosen)]
+
+
+def _draw(a: Analysis, tmp: Path, notes: list[str]) -> tuple[list[str], list[str]]:
+    (tmp / "figures").mkdir()
+    drawn: list[str] = []
+    chosen, skipped = _pick_trials(a, a.settings.max_trial_figures)
+    jobs = [("figures/leads.png", figures.lead_distributions, ()),
+            ("figures/floors_vs_scale.png", figures.floors_vs_scale, ())]
+    for trial in chosen:
+        jobs.append((f"figures/curves_{_safe(trial)}.png", figures.trial_curves, (trial,)))
+        jobs.append((f"figures/heatmap_{_safe(trial)}.png", figures.rankme_heatmap, (trial,)))
+    for rel, fn, args in jobs:
+        try:
+            fn(a, *args, tmp / rel)
+            drawn.append(rel)
+        except Exception as err:  # a figure is never worth losing the report for
+            notes.append(f"Figure {rel} not drawn: {type(err).__name__}: {err}")
+    return drawn, skipped
+
+
+def _replace(tmp: Path, out_dir: Path) -> None:
+    """Swap ``tmp`` in as ``out_dir`` by renames; the old report is removed afterwards."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(metrics: Metrics, out_dir: str | Path,
+                 settings: AnalysisSettings | None = None, *,
+                 analysis: Analysis | None = None) -> ReportSummary:
+    """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
+
+    ``metrics``: e.g. ``frames.load_metrics(run_dir)`` or
+    ``pl.scan_parquet(f"{run_dir}/metrics/**/*.parquet")``. ``analysis``: an ``analyze``
+    result already computed from ``metrics`` (then ``settings`` are its settings).
+    """
+    settings = analysis.settings if analysis is not None else settings or AnalysisSettings()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    a = analysis
+    if a is None:
+        try:
+            a = analyze(metrics, settings)
+        except (pl.exceptions.ComputeError, FileNotFoundError, OSError) as err:
+            notes.append(f"The metrics could not be read ({type(err).__name__}: {err}); "
+                         "reporting an empty table.")
+            a = analyze(empty_metrics(), settings)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        (tmp / "tables").mkdir()
+        tables = []
+        for name in _TABLES:
+            rel = f"tables/{name}.csv"
+            getattr(a, name).write_csv(tmp / rel)
+            tables.append(rel)
+        drawn, skipped = _draw(a, tmp, notes)
+        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes))
+        headline = headline_numbers(a)
+        files = ("report.md", *tables, *drawn, "report.json")
+        (tmp / "report.json").write_text(json.dumps({
+            "schema_version": SCHEMA_VERSION, "config_hash": settings.config_hash(),
+            "settings": asdict(settings), "headline": headline, "files": files,
+            "missing": [*a.missing, *notes], "trials_without_figures": skipped,
+        }, indent=2, default=list))
+        _replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReportSummary(out_dir=out_dir, files=files, headline=headline,
+                         missing=(*a.missing, *notes), analysis=a)

@@ -1,0 +1,134 @@
+"""Settings of the statistics stage: every parameter of SPEC section 4, one frozen object.
+
+Each field carries SPEC's default where SPEC names one (``threshold`` 0.5, ``persistence``
+5); where SPEC is silent the default is fixed here and its definition is in the docstring
+of the function that uses it. The sweep file's ``analysis:`` section maps onto these
+fields one to one; a bad value fails in ``__post_init__`` naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from emergence_core.metrics import Measure
+
+__all__ = [
+    "BEHAVIOUR_MEASURES",
+    "DIAGNOSTIC_MEASURES",
+    "EXPECTED_MEASURES",
+    "LOGPROB_NORM",
+    "AnalysisSettings",
+]
+
+# The normalised log-prob variant of the emergence event (see events.normalised_logprob).
+LOGPROB_NORM = "logprob_norm"
+
+# What the model does, not its geometry: never a candidate precursor.
+BEHAVIOUR_MEASURES: tuple[str, ...] = (
+    Measure.ACCURACY, Measure.TOKEN_ACCURACY, Measure.LOGPROB, Measure.DIAG_LOSS,
+    Measure.TRAIN_LOSS, Measure.LR, LOGPROB_NORM,
+)
+# Companions of an estimate (its spread, its convergence flag), not measures of their own.
+DIAGNOSTIC_MEASURES: tuple[str, ...] = (Measure.LLC_STD, Measure.LLC_CONVERGED)
+
+# The geometric measures a complete training sweep logs; the report names the absent ones.
+EXPECTED_MEASURES: tuple[str, ...] = (
+    Measure.RANKME, Measure.RANKME_UNCENTRED, Measure.LINEAR_PROBE,
+    Measure.HESSIAN_LAMBDA_MAX, Measure.HESSIAN_TRACE, Measure.LLC,
+    Measure.FISHER_ERANK, Measure.GRADCOV_ERANK,
+)
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """All parameters of the statistics stage (SPEC section 4).
+
+    Emergence: ``threshold``, ``persistence`` (SPEC defaults), applied to each measure in
+    ``event_measures`` (accuracy, and the normalised log-prob ``logprob_norm``).
+
+    Onsets: series are smoothed by a centred running median of ``smooth_window`` probes,
+    then segmented into constant-mean regimes by binary segmentation (penalty
+    ``changepoint_penalty`` x sigma^2 x log n, at most ``max_changepoints``, segments of at
+    least ``changepoint_min_size`` probes; sigma = robust noise of the raw series, floored
+    at ``noise_floor`` x the smoothed range). ``measure_grid_tolerance``: the synchronous
+    band is the wider of the accuracy grid's and the measure's own probe spacing at the
+    event. ``xcorr_max_lag`` and ``xcorr_window`` are in probes.
+
+    Collapse: ``collapse_measure`` (final layer is the headline), window ``early_fraction``
+    of training, recovery at ``recovery_fraction`` of the drop regained, a layer "reaches"
+    its floor within ``floor_reach_fraction`` of the drop. Top-down when the Spearman rho
+    between layer index and collapse time is <= -``topdown_rho`` over at least
+    ``topdown_min_layers`` non-constant layers (bottom-up when >= +``topdown_rho``).
+
+    Difficulty: ``hard`` overrides the median rule with a list of ``"TASK"`` or
+    ``"TASK:LEVEL"`` strings (every other task level is easy).
+
+    Measures analysed: every measure in the table except ``exclude_measures``, or only
+    ``measures`` when given. Bootstrap: ``n_bootstrap`` resamples of seeds, percentile
+    interval at ``ci_level``, generator seeded by ``bootstrap_seed``.
+
+    Prediction limits use ``signal_measure``'s onset. The report draws per-trial figures
+    for at most ``max_trial_figures`` trials (the rest are listed, not drawn).
+    """
+
+    threshold: float = 0.5
+    persistence: int = 5
+    event_measures: tuple[str, ...] = (Measure.ACCURACY, LOGPROB_NORM)
+    smooth_window: int = 5
+    changepoint_penalty: float = 2.0
+    changepoint_min_size: int = 3
+    max_changepoints: int = 8
+    noise_floor: float = 0.01
+    measure_grid_tolerance: bool = True
+    xcorr_max_lag: int = 10
+    xcorr_window: int = 40
+    collapse_measure: str = Measure.RANKME
+    early_fraction: float = 0.5
+    recovery_fraction: float = 0.5
+    floor_reach_fraction: float = 0.05
+    topdown_rho: float = 0.5
+    topdown_min_layers: int = 2
+    hard: tuple[str, ...] | None = None
+    exclude_measures: tuple[str, ...] = BEHAVIOUR_MEASURES + DIAGNOSTIC_MEASURES
+    measures: tuple[str, ...] | None = None
+    n_bootstrap: int = 2000
+    ci_level: float = 0.95
+    bootstrap_seed: int = 0
+    signal_measure: str = Measure.RANKME
+    max_trial_figures: int = 12
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"threshold must lie in [0, 1], got {self.threshold}")
+        for name in ("persistence", "max_changepoints", "xcorr_max_lag", "max_trial_figures"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.smooth_window < 1 or self.smooth_window % 2 == 0:
+            problems.append(f"smooth_window must be odd and >= 1, got {self.smooth_window}")
+        if self.changepoint_min_size < 1:
+            problems.append(f"changepoint_min_size must be >= 1, got {self.changepoint_min_size}")
+        if self.xcorr_window < 2 * self.xcorr_max_lag:
+            problems.append(f"xcorr_window ({self.xcorr_window}) must be >= 2 x xcorr_max_lag "
+                            f"({self.xcorr_max_lag})")
+        if self.changepoint_penalty <= 0 or self.noise_floor <= 0:
+            problems.append("changepoint_penalty and noise_floor must be > 0")
+        for name in ("early_fraction", "recovery_fraction", "floor_reach_fraction",
+                     "ci_level", "topdown_rho"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                problems.append(f"{name} must lie in (0, 1], got {getattr(self, name)}")
+        if self.topdown_min_layers < 2:
+            problems.append(f"topdown_min_layers must be >= 2, got {self.topdown_min_layers}")
+        if self.n_bootstrap < 1:
+            problems.append(f"n_bootstrap must be >= 1, got {self.n_bootstrap}")
+        if isinstance(self.hard, str) or isinstance(self.measures, str):
+            problems.append("hard and measures are lists of strings, not one string")
+        if problems:
+            raise ValueError("invalid analysis settings: " + "; ".join(problems))
+
+    def config_hash(self) -> str:
+        """A short hash of every field, written beside the report so it describes itself."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
