@@ -1,0 +1,270 @@
+"""Hessian of the training loss: top eigenvalue (Lanczos) and trace (Hutchinson).
+
+The operator and the algorithms are apart (as in hessian-eigenthings): a
+:class:`HessianOperator` computes H v for the Hessian H of a ScoredBatch's mean loss at the
+model's current weights; :func:`lanczos_lambda_max` and :func:`hutchinson_trace` only ever
+call ``matvec``; :func:`estimate_hessian` is the measure that runs both.
+
+Hessian-vector product (Pearlmutter 1994, "Fast exact multiplication by the Hessian"):
+
+    H v = d/dw <grad L(w), v>,
+
+one extra backward through the graph of the first gradient (double backward), never the
+P x P matrix. Pitfall: the default CPU kernel of ``F.scaled_dot_product_attention`` has no
+double backward, so every HVP runs under ``sdpa_kernel(SDPBackend.MATH)``.
+
+Cost: on a CPU the products dominate (99% of the time for s0). On a GPU, ARPACK's work on
+P-long vectors runs on the CPU and dominates for large models: s4 (85M parameters) on an
+H200 spends ~1.2 s in 16 products and ~22 s in ARPACK for lambda_max (the trace, whose
+probes stay on the device, costs 77 ms per probe).
+
+Reference: Yao et al., "PyHessian: Neural networks through the lens of the Hessian" (2020),
+which uses power iteration and Hutchinson; Golub & Van Loan, "Matrix Computations", ch. 10
+for Lanczos.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from emergence_core.measures.batch import ScoredBatch, eval_mode, trainable_parameters
+
+__all__ = [
+    "HessianOperator",
+    "HessianResult",
+    "HessianSettings",
+    "estimate_hessian",
+    "hutchinson_trace",
+    "lanczos_lambda_max",
+]
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    """How to estimate lambda_max and the trace.
+
+    ``lanczos_tol`` is ARPACK's stopping criterion ||H v - theta v|| <= tol * |theta|; for a
+    symmetric H an eigenvalue lies within ||H v - theta v|| of theta, so the relative error
+    of the returned lambda_max is at most ``lanczos_tol`` (and in practice far smaller: the
+    error of a Ritz value is quadratic in the residual once the top eigenvalue is isolated).
+    """
+
+    lanczos_tol: float = 1e-3
+    lanczos_ncv: int = 10  # Lanczos basis kept between restarts (capped at P - 1)
+    max_hvps: int = 400  # Lanczos budget (approximate: ARPACK counts restarts, not products)
+    trace_probes: int = 64  # Rademacher probes for Hutchinson; 0 skips the trace
+    params: tuple[str, ...] | None = None  # parameter-name prefixes; None: all trainable
+    cache_graph: bool = True  # keep the first-gradient graph between HVPs (see HessianOperator)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lanczos_tol < 1:
+            raise ValueError(f"lanczos_tol must be in (0, 1), got {self.lanczos_tol}")
+        if self.max_hvps < 1 or self.trace_probes < 0:
+            raise ValueError(f"max_hvps must be >= 1 and trace_probes >= 0, got "
+                             f"{self.max_hvps} and {self.trace_probes}")
+        if self.lanczos_ncv < 2:
+            raise ValueError(f"lanczos_ncv must be >= 2, got {self.lanczos_ncv}")
+
+
+@dataclass(frozen=True)
+class HessianResult:
+    lambda_max: float  # largest (algebraic) eigenvalue of H
+    lambda_max_residual: float  # ||H v - lambda v|| of the returned pair: a bound on its error
+    trace: float  # Hutchinson mean; nan when trace_probes = 0
+    trace_stderr: float  # standard error of that mean (std over probes / sqrt(probes))
+    n_params: int
+    n_hvps: int
+    converged: bool  # Lanczos met lanczos_tol within max_hvps
+    wall_s: float
+
+
+class HessianOperator:
+    """v -> H v for the Hessian of ``loss(model)`` w.r.t. the chosen parameters (flat vectors).
+
+    ``loss`` is any closure returning a scalar at the model's current weights; the measure
+    passes ``ScoredBatch.loss`` (the mean training loss over the probe batch).
+
+    Use as a context manager: inside, the model is in eval mode; on exit every module's
+    training flag is restored and the cached graph is freed. Parameters, their ``.grad``
+    and ``requires_grad`` are never touched (products come from ``torch.autograd.grad``).
+
+    ``cache_graph=True`` builds the first gradient once with ``create_graph=True`` and
+    reuses it, so each HVP costs one backward pass; ``False`` recomputes the forward and the
+    first backward for each product (a forward and a backward more per product) but holds
+    no graph between products.
+    """
+
+    def __init__(self, model: nn.Module, loss: Callable[[nn.Module], torch.Tensor],
+                 params: Sequence[str] | None = None, *, cache_graph: bool = True) -> None:
+        self.model = model
+        self.loss = loss
+        self.cache_graph = cache_graph
+        named = trainable_parameters(model, params)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.n_params = sum(p.numel() for p in self.params)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+        self.n_hvps = 0
+        self._grads: tuple[torch.Tensor, ...] | None = None
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> HessianOperator:
+        self._stack = ExitStack()
+        self._stack.enter_context(eval_mode(self.model))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._grads = None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _first_grads(self) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(self.loss(self.model), self.params, create_graph=True,
+                                   allow_unused=True, materialize_grads=True)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat vector v of length n_params, returned on v's device in v's dtype."""
+        if self._stack is None:
+            raise RuntimeError("use HessianOperator inside a `with` block")
+        if v.shape != (self.n_params,):
+            raise ValueError(f"v must have shape ({self.n_params},), got {tuple(v.shape)}")
+        with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+            if self._grads is None or not self.cache_graph:
+                grads = self._first_grads()
+                self._grads = grads if self.cache_graph else None
+            else:
+                grads = self._grads
+            chunks = v.to(self.device, self.dtype).split([p.numel() for p in self.params])
+            vs = [c.view_as(p) for c, p in zip(chunks, self.params, strict=True)]
+            hv = torch.autograd.grad(grads, self.params, grad_outputs=vs,
+                                     retain_graph=self.cache_graph, allow_unused=True,
+                                     materialize_grads=True)
+        self.n_hvps += 1
+        return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=v.dtype)
+
+    @property
+    def numpy_dtype(self) -> type[np.floating]:
+        return np.float64 if self.dtype == torch.float64 else np.float32
+
+    def as_linear_operator(self) -> LinearOperator:
+        """A scipy LinearOperator over ``matvec`` in the parameters' precision.
+
+        float32 for a float32 (or lower-precision) model: the products are only that exact,
+        so a float64 Krylov basis buys nothing, and ARPACK's own work on P-long vectors (on
+        the CPU) halves: for s4 on an H200, 23 s instead of 56 s for the same 16 products.
+        """
+        dtype = self.numpy_dtype
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            v = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype).reshape(-1))
+            return self.matvec(v).detach().cpu().numpy()
+
+        n = self.n_params
+        return LinearOperator((n, n), matvec=mv, dtype=dtype)
+
+
+def lanczos_lambda_max(op: HessianOperator, generator: torch.Generator, *, tol: float = 1e-3,
+                       ncv: int = 10, max_hvps: int = 400,
+                       ) -> tuple[float, torch.Tensor, bool]:
+    """Largest algebraic eigenvalue of H and its unit eigenvector, by implicitly restarted Lanczos.
+
+    ``scipy.sparse.linalg.eigsh(which="LA")`` (ARPACK) on the operator. Why not power
+    iteration: power iteration's error shrinks like (lambda_2/lambda_1)^k, so a small
+    relative gap g costs ~1/g products; Lanczos builds the optimal polynomial in the same
+    Krylov space (Chebyshev bounds, Kaniel-Paige theory), shrinking like exp(-2k sqrt(g)),
+    so ~1/sqrt(g) products. Power iteration also finds the eigenvalue largest in *magnitude*:
+    a non-convex loss with a large negative eigenvalue (early in training) makes it return
+    that one; ``which="LA"`` asks for the largest algebraic eigenvalue.
+
+    ``ncv`` is the basis size: ARPACK fills the basis before its first convergence test and
+    then restarts keeping it, so scipy's default of 20 costs at least 21 products even when
+    the top eigenvalue is isolated; 10 reached 1e-6 relative error in 10 to 16 products on
+    the benchmark GPT-2 and test MLPs (``benchmarks/bench_hessian.py``). The start vector
+    comes from ``generator`` (ARPACK's own is not reproducible across calls).
+
+    Returns (lambda_max, eigenvector, converged); on no convergence, the best Ritz pair
+    found so far (nan if none).
+    """
+    n = op.n_params
+    if n <= 2:  # ARPACK needs ncv < n; a 1x1 or 2x2 Hessian is cheaper dense
+        eye = torch.eye(n, dtype=torch.float64)
+        dense = torch.stack([op.matvec(eye[i]) for i in range(n)], dim=1)
+        vals, vecs = torch.linalg.eigh((dense + dense.T) / 2)
+        return float(vals[-1]), vecs[:, -1], True
+    ncv_eff = min(ncv, n - 1)
+    v0 = torch.randn(n, generator=generator, dtype=torch.float64).numpy().astype(op.numpy_dtype)
+    maxiter = max(1, math.ceil(max_hvps / ncv_eff))
+    try:
+        vals, vecs = eigsh(op.as_linear_operator(), k=1, which="LA", tol=tol, ncv=ncv_eff,
+                           maxiter=maxiter, v0=v0)
+        return float(vals[0]), torch.from_numpy(vecs[:, 0].astype(np.float64)), True
+    except ArpackNoConvergence as err:
+        if len(err.eigenvalues) == 0:
+            return math.nan, torch.full((n,), math.nan, dtype=torch.float64), False
+        i = int(np.argmax(err.eigenvalues))
+        return (float(err.eigenvalues[i]),
+                torch.from_numpy(err.eigenvectors[:, i].astype(np.float64)), False)
+
+
+def hutchinson_trace(op: HessianOperator, generator: torch.Generator, n_probes: int,
+                     ) -> tuple[float, float]:
+    """tr(H) = E[z^T H z] for Rademacher z (Hutchinson 1989); returns (mean, standard error).
+
+    Rademacher probes give the lowest variance among i.i.d. probes with unit second moment:
+    Var[z^T H z] = 2 (||H||_F^2 - sum_i H_ii^2). The standard error is the sample std
+    (ddof = 1) over probes divided by sqrt(n_probes); nan for fewer than 2 probes. Probes
+    are drawn on the operator's device (``generator`` must live there), in its dtype; each
+    z^T H z is accumulated in float64.
+    """
+    if n_probes < 1:
+        return math.nan, math.nan
+    values = []
+    for _ in range(n_probes):
+        z = torch.randint(0, 2, (op.n_params,), generator=generator, device=op.device)
+        z = z.to(op.dtype) * 2 - 1
+        values.append(float(torch.dot(z.double(), op.matvec(z).double())))
+    samples = torch.tensor(values, dtype=torch.float64)
+    stderr = float(samples.std() / math.sqrt(n_probes)) if n_probes > 1 else math.nan
+    return float(samples.mean()), stderr
+
+
+def estimate_hessian(model: nn.Module, batch: ScoredBatch,
+                     settings: HessianSettings | None = None) -> HessianResult:
+    """lambda_max (Lanczos) and trace (Hutchinson) of the Hessian of ``batch.loss`` at the model.
+
+    The Hessian is of the mean cross-entropy over the batch's scored positions, in eval mode,
+    w.r.t. all trainable parameters (or those under ``settings.params``). One extra HVP
+    computes the residual ||H v - lambda v|| of the returned pair, which bounds its error.
+    The model is left exactly as it was (weights, grads, modes).
+    """
+    s = settings if settings is not None else HessianSettings()
+    start = time.perf_counter()
+    with HessianOperator(model, batch.loss, s.params, cache_graph=s.cache_graph) as op:
+        lam, vec, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(s.seed),
+                                                 tol=s.lanczos_tol, ncv=s.lanczos_ncv,
+                                                 max_hvps=s.max_hvps)
+        residual = math.nan
+        if math.isfinite(lam):
+            vec = vec / vec.norm()
+            residual = float((op.matvec(vec) - lam * vec).norm())
+        probes = torch.Generator(device=op.device).manual_seed(s.seed + 1)
+        trace, trace_stderr = hutchinson_trace(op, probes, s.trace_probes)
+        n_hvps = op.n_hvps
+    return HessianResult(lambda_max=lam, lambda_max_residual=residual, trace=trace,
+                         trace_stderr=trace_stderr, n_params=op.n_params, n_hvps=n_hvps,
+                         converged=converged, wall_s=time.perf_counter() - start)
