@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,15 @@ from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.store import TrialStore, atomic_path
 from emergence_core.trainer import Trainer
 
-__all__ = ["EmergenceTracker", "ProbeReport", "TrialHooks", "TrialOutcome", "run_trial"]
+__all__ = [
+    "EmergenceTracker",
+    "FileState",
+    "ProbeReport",
+    "StateStore",
+    "TrialHooks",
+    "TrialOutcome",
+    "run_trial",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,27 @@ class ProbeReport:
     events: dict[int, int]  # level -> emergence step, for events confirmed so far
     new_events: dict[int, int]  # the subset confirmed at this probe
     committed: bool
+
+
+class StateStore(Protocol):
+    """Where a trial's full training state is kept between commits."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+
+class FileState:
+    """The default: ``checkpoints/<trial>/state.pt`` in the run folder."""
+
+    def __init__(self, store: TrialStore) -> None:
+        self.store = store
+
+    def load(self) -> dict | None:
+        return self.store.load_state()
+
+    def save(self, state: dict) -> None:
+        self.store.save_state(state)
 
 
 @dataclass
@@ -113,13 +143,16 @@ def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) ->
 
 
 def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
-              hooks: TrialHooks | None = None, attempt: int | None = None,
+              hooks: TrialHooks | None = None, state_store: StateStore | None = None,
+              attempt: int | None = None,
               stop_after: int | None = None, device: str | None = None,
               threshold: float = 0.5, persistence: int = 5) -> TrialOutcome:
     """Train ``cfg`` in ``run_dir`` from its last commit; see the module docstring.
 
     ``stop_after``: stop (and commit) at the first probe step at or after it (for tests and
     for splitting a run). ``attempt`` defaults to one more than the saved state's.
+    ``state_store`` defaults to a state file in the run folder; a Ray Tune trial keeps it in
+    Tune's checkpoints instead.
     """
     t0 = time.perf_counter()
     hooks = hooks or TrialHooks()
@@ -134,7 +167,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
                                 done["n_params"], time.perf_counter() - t0)
 
     trainer = Trainer(cfg, device=device)
-    state = store.load_state()
+    state_store = state_store or FileState(store)
+    state = state_store.load()
     if state is not None:
         trainer.load_state_dict(state)  # raises StateMismatch for a different config
     attempt = (state["attempt"] + 1 if state is not None else 0) if attempt is None else attempt
@@ -156,7 +190,7 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
 
     def commit(step: int) -> None:
         store.write_part(rows.take(step))
-        store.save_state({**trainer.state_dict(), "attempt": attempt})
+        state_store.save({**trainer.state_dict(), "attempt": attempt})
         last_commit.update(step=step, time=time.monotonic(), probes=0)
         if hooks.on_commit is not None:
             hooks.on_commit(step, store)

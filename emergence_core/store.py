@@ -111,10 +111,11 @@ class TrialStore:
             p.unlink(missing_ok=True)
         return dead
 
-    def read(self) -> pa.Table:
+    def read(self, after: int | None = None) -> pa.Table:
+        """The trial's rows (superseded parts skipped); only parts reaching past ``after``."""
         parts = self.parts()
         dead = _superseded(parts)
-        files = [p for _, _, p in parts if p not in dead]
+        files = [p for _, last, p in parts if p not in dead and (after is None or last > after)]
         if not files:
             return METRICS_SCHEMA.empty_table()
         return pa.concat_tables([pq.read_table(p, schema=METRICS_SCHEMA) for p in files])

@@ -97,7 +97,7 @@ def train(
     task: Annotated[str, typer.Option(help="task name: COPY REV CMP PAR ADD MOD SORT MUL")],
     scale: Annotated[str, typer.Option(help="model scale: s0 (0.4M) .. s4 (85M)")] = "s0",
     seed: Annotated[int, typer.Option(help="seed of the model, the batches and the data")] = 0,
-    steps: Annotated[int | None, typer.Option(help="training steps (default: per scale)")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: per task)")] = None,
     out: Annotated[Path | None, typer.Option(
         help="run folder (default: runs/train-TASK-SCALE-SEED); rerun to resume")] = None,
     levels: Annotated[str | None, typer.Option(help="levels to mix, e.g. 1,2,3")] = None,
@@ -140,6 +140,79 @@ def train(
     if not outcome.completed:
         console.print(f"stopped at step {outcome.step}; run the same command again to resume")
         raise typer.Exit(130)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.command()
+@handles_usage_errors
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep file, e.g. sweeps/smoke.yaml")],
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (auto, host:port); 'local' starts a new one. Default: "
+             "RAY_ADDRESS, else a cluster started on this machine, else a new local one")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: the sweep file's, "
+             "else sqlite in the run folder)")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="validate and print the grid; start nothing")] = False,
+    allow_pending: Annotated[bool, typer.Option(
+        "--allow-pending", help="start even if no node has the GPUs a trial asks for "
+                                "(an autoscaler will add them)")] = False,
+) -> None:
+    """Run the task x scale x seed grid of SPEC as Ray Tune trials."""
+    from orchestrator.sweep import launch
+
+    raise typer.Exit(launch(spec, address=address, tracking_uri=tracking_uri, dry_run=dry_run,
+                            allow_pending=allow_pending, console=_console()))
+
+
+@app.command()
+@handles_usage_errors
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="the sweep's run folder, e.g. runs/smoke")],
+    address: Annotated[str | None, typer.Option(help="as for emerge sweep")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the one the sweep was launched with)")] = None,
+    allow_pending: Annotated[bool, typer.Option("--allow-pending")] = False,
+) -> None:
+    """Finish a sweep after a crash, a preemption or Ctrl-C: errored trials included."""
+    from orchestrator.sweep import resume as resume_sweep
+
+    raise typer.Exit(resume_sweep(run_dir, address=address, tracking_uri=tracking_uri,
+                                  allow_pending=allow_pending, console=_console()))
+
+
+@app.command()
+@handles_usage_errors
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="the sweep's run folder")],
+) -> None:
+    """Print a table of the sweep's trials: state, step, emergence events."""
+    from rich.console import Console
+
+    from orchestrator.sweep import status_table
+
+    table, _ = status_table(run_dir)
+    Console().print(table)
+
+
+@app.command("sync-mlflow")
+@handles_usage_errors
+def sync_mlflow(
+    run_dir: Annotated[Path, typer.Argument(help="the sweep's run folder")],
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the one the sweep was launched with)")] = None,
+) -> None:
+    """Send MLflow what it missed (rows, runs, tags) from the run folder's Parquet."""
+    from orchestrator.sweep import sync_mlflow as sync
+
+    sent = sync(run_dir, tracking_uri=tracking_uri)
+    typer.echo(f"sent {sum(sent.values())} rows to MLflow for {len(sent)} trials")
 
 
 def main() -> None:

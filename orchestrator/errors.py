@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["UsageError", "format_validation_error"]
@@ -18,17 +19,30 @@ class UsageError(Exception):
 
 
 def _loc(loc: tuple[Any, ...], prefix: str) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith("function-")]
-    path = ".".join(parts)
-    return f"{prefix}.{path}" if prefix and path else (prefix or path or "(top level)")
+    path = prefix
+    for p in loc:
+        if isinstance(p, int):
+            path += f"[{p}]"
+        elif not str(p).startswith("function-"):
+            path += f".{p}" if path else str(p)
+    return path or "(top level)"
 
 
-def format_validation_error(err: Any, prefix: str = "") -> list[str]:
-    """One line per pydantic error: ``field.path: message (got value)``."""
+def format_validation_error(err: Any, prefix: str = "",
+                            only: Callable[[tuple[Any, ...]], bool] | None = None) -> list[str]:
+    """One line per pydantic error: ``field.path: message (got value)``.
+
+    ``only`` keeps the errors whose location it accepts.
+    """
     lines = []
     for e in err.errors():
+        if only is not None and not only(tuple(e["loc"])):
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         where = _loc(tuple(e["loc"]), prefix)
+        if where == "(top level)" and e["type"] == "value_error":
+            lines.append(msg)
+            continue
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key")
             continue

@@ -15,6 +15,7 @@ from emergence_core.tasks.data import (
     TrialData,
     split_indices,
     stream_indices,
+    trial_layout,
 )
 from emergence_core.tasks.registry import TASKS, get_task, task_names
 
@@ -34,4 +35,5 @@ __all__ = [
     "split_indices",
     "stream_indices",
     "task_names",
+    "trial_layout",
 ]

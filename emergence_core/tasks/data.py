@@ -27,7 +27,8 @@ import torch
 from emergence_core.tasks.base import EOS, SEP, LevelSpec, TaskError, Vocabulary
 from emergence_core.tasks.registry import get_task
 
-__all__ = ["EncodedSet", "LevelData", "TrialData", "seed_key", "split_indices", "stream_indices"]
+__all__ = ["EncodedSet", "LevelData", "TrialData", "seed_key", "split_indices", "stream_indices",
+           "trial_layout"]
 
 IGNORE = -100
 _MAX_DRAW_ROUNDS = 64
@@ -133,6 +134,21 @@ class LevelData:
     diag_idx: np.ndarray
 
 
+def trial_layout(task: str, levels: Sequence[int],
+                 level_params: Mapping[int, Mapping[str, Any]] | None = None
+                 ) -> tuple[list[LevelSpec], Vocabulary]:
+    """The level specs and the vocabulary of a trial, without drawing any data."""
+    tdef = get_task(task)
+    if not levels:
+        raise TaskError("a trial needs at least one level")
+    bad = [lv for lv in levels if lv not in (1, 2, 3)]
+    if bad:
+        raise TaskError(f"unknown level {bad[0]!r} of task {tdef.name}; levels are 1, 2, 3")
+    params = level_params or {}
+    specs = [tdef.level(lv, **params.get(lv, {})) for lv in sorted(set(levels))]
+    return specs, Vocabulary(tuple(tdef.symbols([dict(s.params) for s in specs])))
+
+
 class TrialData:
     """Everything a trial needs from its task: vocabulary, splits and encoded tensors."""
 
@@ -140,22 +156,15 @@ class TrialData:
                  train_fraction: float | None = None, diag_size: int = 1000,
                  level_params: Mapping[int, Mapping[str, Any]] | None = None) -> None:
         tdef = get_task(task)
-        if not levels:
-            raise TaskError("a trial needs at least one level")
-        bad = [lv for lv in levels if lv not in (1, 2, 3)]
-        if bad:
-            raise TaskError(f"unknown level {bad[0]!r} of task {tdef.name}; levels are 1, 2, 3")
         self.task = tdef.name
         self.seed = seed
-        params = level_params or {}
-        self.specs = [tdef.level(lv, **params.get(lv, {})) for lv in sorted(set(levels))]
+        self.specs, self.vocab = trial_layout(task, levels, level_params)
         frac = tdef.train_fraction if train_fraction is None else train_fraction
         self.levels = [
             LevelData(s, *split_indices(s, seed, train_size=train_size, train_fraction=frac,
                                         diag_size=diag_size))
             for s in self.specs
         ]
-        self.vocab = Vocabulary(tuple(tdef.symbols([dict(s.params) for s in self.specs])))
         self.seq_len = max(s.seq_len for s in self.specs)
         self.answer_len = max(s.answer_len for s in self.specs)
 

@@ -1,0 +1,92 @@
+"""Joining or starting Ray, and the checks to run before a sweep starts on it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+
+from orchestrator.errors import UsageError
+from orchestrator.spec import TrialPlan
+
+__all__ = ["connect", "preflight"]
+
+
+def connect(address: str | None, console: Console) -> bool:
+    """Join the cluster at ``address`` (or RAY_ADDRESS, or the one ``ray start`` left on this
+    machine); with none running, start a local one. ``address="local"`` always starts one.
+    Returns True (the caller calls ``ray.shutdown()``, which only detaches from a cluster it
+    joined)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Tune warns about slow callbacks and frequent reports in the driver's console; the live
+    # board is the console here, and a trial's errors reach it through the callbacks.
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        ctx = ray.init(address=address, **kwargs)
+    except ConnectionError as e:
+        if address not in (None, "auto"):
+            raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
+        # A stale /tmp/ray/ray_current_cluster from a cluster that is gone: start our own.
+        console.print(f"[yellow]no Ray cluster answered ({e}); starting a local one[/yellow]")
+        ctx = ray.init(address="local", **kwargs)
+    res = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    url = getattr(ctx, "dashboard_url", None)
+    console.print(f"Ray {ctx.address_info.get('address', '')}: {len(nodes)} node(s), "
+                  f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
+                  + (f"; dashboard http://{url}" if url else ""))
+    return True
+
+
+def _node_sees(path: str) -> tuple[bool, str]:
+    import socket
+
+    return os.path.exists(path), socket.gethostname()
+
+
+def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool) -> None:
+    """Refuse, before anything starts, a sweep this cluster cannot run."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    problems = []
+    for p in plans:
+        if p.resources.cpus > max_cpu:
+            problems.append(f"trial {p.name} needs {p.resources.cpus:g} CPUs, but the largest "
+                            f"node has {max_cpu:g}; lower per_scale.{p.config.scale}."
+                            "resources.cpus")
+        if p.resources.gpus > max_gpu and not allow_pending:
+            problems.append(f"trial {p.name} needs {p.resources.gpus:g} GPU(s), but no node of "
+                            f"this cluster has that many; add GPU nodes, run on CPU "
+                            f"(per_scale.{p.config.scale}.resources.gpus: 0), or pass "
+                            "--allow-pending to wait for an autoscaler")
+    if problems:
+        raise UsageError(*dict.fromkeys(problems))
+    if len(nodes) > 1:
+        # Every node must see the run folder: write a marker here, look for it everywhere.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker = run_dir / f".emerge-shared-{uuid.uuid4().hex}"
+        marker.write_text("")
+        try:
+            check = ray.remote(num_cpus=0)(_node_sees)
+            refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                n["NodeID"], soft=False)).remote(str(marker)) for n in nodes]
+            blind = [(n, host) for n, (seen, host) in zip(nodes, ray.get(refs), strict=True)
+                     if not seen]
+        finally:
+            marker.unlink(missing_ok=True)
+        if blind:
+            n, host = blind[0]
+            raise UsageError(
+                f"run folder {run_dir} is not visible from node {n['NodeManagerAddress']} "
+                f"({host}); on a multi-node cluster the run folder must be shared storage "
+                "(NFS, mounted at the same path on every node): set run_dir in the sweep file")

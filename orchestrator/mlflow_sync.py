@@ -1,0 +1,215 @@
+"""MLflow, filled from the Parquet parts: one parent run per sweep, one child run per trial.
+
+Parquet is the source of truth; MLflow is a view of it that the driver fills in as parts are
+committed (and that ``emerge sync-mlflow`` can fill in later, after the server was down).
+A ledger in the run folder (``mlflow/ledger.json``) keeps each trial's run id, so a retried
+or resumed trial logs to the same run and never opens a second one, and the last step
+logged, so rows are sent once. Re-sending a row is harmless anyway: rows carry their Parquet
+wall time, and MLflow's SQL store drops a metric whose (key, step, timestamp, value) it holds.
+
+Metric keys: ``<measure>[/L<level>][/layer<layer>]``, with ``@`` (not allowed by MLflow)
+written as ``.``: ``rankme/L2/layer1``, ``rankme.prompt_mean/layer2``, ``accuracy/L1``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from emergence_core.config import TrainConfig
+from emergence_core.store import TrialStore, atomic_path
+
+__all__ = ["MlflowSync", "default_tracking_uri", "metric_key"]
+
+# Fail fast when a server is down: the sweep must not stall on MLflow's default retries
+# (7 attempts with exponential back-off); what is missed is sent at the next sync.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    return f"sqlite:///{run_dir / 'mlflow.db'}"
+
+
+def metric_key(measure: str, layer: int | None, level: int | None) -> str:
+    key = measure.replace("@", ".")
+    if level is not None:
+        key += f"/L{level}"
+    if layer is not None:
+        key += f"/layer{layer}"
+    return key
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | tuple | dict) else str(v)
+    return out
+
+
+class MlflowSync:
+    """Creates the sweep's runs and sends committed rows; one per driver process."""
+
+    def __init__(self, run_dir: Path, tracking_uri: str, sweep: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.tracking_uri = tracking_uri
+        self.sweep = sweep
+        self.ledger_path = self.run_dir / "mlflow" / "ledger.json"
+        self._client = None
+
+    # -- ledger ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _ledger(self) -> Iterator[dict[str, Any]]:
+        """The ledger, locked against a concurrent ``emerge sync-mlflow``; saved on exit."""
+        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ledger_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = (json.loads(self.ledger_path.read_text()) if self.ledger_path.exists()
+                    else {"tracking_uri": self.tracking_uri, "trials": {}})
+            before = json.dumps(data, sort_keys=True)
+            yield data
+            if json.dumps(data, sort_keys=True) != before:
+                with atomic_path(self.ledger_path) as tmp:
+                    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+    def run_ids(self) -> dict[str, str]:
+        if not self.ledger_path.exists():
+            return {}
+        trials = json.loads(self.ledger_path.read_text())["trials"]
+        return {t: e["run_id"] for t, e in trials.items()}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def parent_run(self, spec_text: str | None = None) -> str:
+        with self._ledger() as led:
+            if "parent_run_id" in led:
+                return led["parent_run_id"]
+            exp = self.client.get_experiment_by_name(self.sweep)
+            if exp is None:
+                artifacts = (self.run_dir / "mlflow" / "artifacts").absolute().as_uri() \
+                    if self.tracking_uri.startswith("sqlite:") else None
+                exp_id = self.client.create_experiment(self.sweep, artifact_location=artifacts)
+            else:
+                exp_id = exp.experiment_id
+            run = self.client.create_run(exp_id, run_name=self.sweep,
+                                         tags={"emerge.kind": "sweep",
+                                               "emerge.run_dir": str(self.run_dir)})
+            led.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
+        if spec_text is not None:
+            self.client.log_text(run.info.run_id, spec_text, "spec.yaml")
+        return run.info.run_id
+
+    def trial_run(self, trial: str, config: TrainConfig) -> str:
+        """The trial's run id: created once, then the same for every retry and resume."""
+        parent = self.parent_run()
+        with self._ledger() as led:
+            entry = led["trials"].get(trial)
+            if entry is not None:
+                return entry["run_id"]
+            run = self.client.create_run(
+                led["experiment_id"], run_name=trial,
+                tags={"mlflow.parentRunId": parent, "emerge.kind": "trial", "emerge.trial": trial,
+                      "emerge.fingerprint": config.fingerprint()})
+            params = _flatten(config.model_dump(mode="json"))
+            from mlflow.entities import Param
+
+            items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+            led["trials"][trial] = {"run_id": run.info.run_id, "logged_through": -1,
+                                    "finished": False}
+            return run.info.run_id
+
+    # -- rows --------------------------------------------------------------------------------
+
+    def sync_trial(self, trial: str, config: TrainConfig, *, through: int | None = None) -> int:
+        """Send the trial's committed rows not yet logged (up to step ``through``)."""
+        from mlflow.entities import Metric
+
+        run_id = self.trial_run(trial, config)
+        with self._ledger() as led:
+            done = led["trials"][trial]["logged_through"]
+        table = TrialStore(self.run_dir, trial).read(after=done)
+        if table.num_rows == 0:
+            return 0
+        mask = pc.greater(table["step"], done)
+        if through is not None:
+            mask = pc.and_(mask, pc.less_equal(table["step"], through))
+        table = table.filter(mask)
+        if table.num_rows == 0:
+            return 0
+        cols = {c: table[c].to_pylist() for c in ("measure", "layer", "level", "value", "step")}
+        stamps = table["wall_time"].cast("int64").to_pylist()
+        metrics = [Metric(metric_key(m, ly, lv), v if v is not None else float("nan"), t, s)
+                   for m, ly, lv, v, s, t in zip(cols["measure"], cols["layer"], cols["level"],
+                                                 cols["value"], cols["step"], stamps, strict=True)]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        with self._ledger() as led:
+            led["trials"][trial]["logged_through"] = max(cols["step"])
+        self._tag_events(run_id, trial)
+        return len(metrics)
+
+    def _tag_events(self, run_id: str, trial: str) -> None:
+        path = TrialStore(self.run_dir, trial).events_path
+        if not path.exists():
+            return
+        events = pq.read_table(path)
+        for lv, step in zip(events["level"].to_pylist(), events["step"].to_pylist(), strict=True):
+            self.client.set_tag(run_id, f"emergence.L{lv}", "none" if step is None else str(step))
+
+    def tag_events(self, trial: str, events: dict[int, int]) -> None:
+        """Emergence steps as the trial detects them (before its events table exists)."""
+        run_id = self.run_ids().get(trial)
+        if run_id is None:
+            return
+        for lv, step in events.items():
+            self.client.set_tag(run_id, f"emergence.L{lv}", str(step))
+
+    def set_status(self, trial: str | None, status: str) -> None:
+        """RUNNING, FINISHED or FAILED, for a trial's run or (trial None) the parent."""
+        with self._ledger() as led:
+            if trial is None:
+                run_id = led.get("parent_run_id")
+            else:
+                entry = led["trials"].get(trial)
+                run_id = entry and entry["run_id"]
+                if entry is not None:
+                    entry["finished"] = status == "FINISHED"
+        if run_id is not None:
+            self.client.update_run(run_id, status=status)
+
+    def sync_all(self, configs: Sequence[TrainConfig]) -> dict[str, int]:
+        """Fill in every trial (``emerge sync-mlflow``); returns rows sent per trial."""
+        sent = {}
+        for cfg in configs:
+            trial = cfg.trial_name()
+            sent[trial] = self.sync_trial(trial, cfg)
+            marker = TrialStore(self.run_dir, trial).checkpoint_dir / "COMPLETE.json"
+            if marker.exists():
+                self.set_status(trial, "FINISHED")
+        return sent
+

@@ -1,0 +1,140 @@
+"""Live progress of a sweep in the terminal: trials pending / running / done / failed,
+steps, and emergence events found."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["SweepBoard"]
+
+
+@dataclass
+class _Trial:
+    state: str = "pending"
+    step: int = 0
+    total: int = 0
+    events: dict[int, int] = field(default_factory=dict)
+    retries: int = 0
+    error: str | None = None
+
+
+class SweepBoard:
+    """A rich Live display driven by Tune callbacks (see ``tune_run``)."""
+
+    def __init__(self, trials: dict[str, int], console: Console | None = None,
+                 live: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.trials = {name: _Trial(total=total) for name, total in trials.items()}
+        self._live: Live | None = None
+        self._use_live = live and self.console.is_terminal
+        self._last = 0.0
+        self._printed_counts = ""
+
+    def __enter__(self) -> SweepBoard:
+        if self._use_live:
+            self._live = Live(self._render(), console=self.console, auto_refresh=False,
+                              transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+            self._live.stop()
+            self._live = None
+        else:
+            self.console.print(self.counts_line())
+
+    # -- updates from the callbacks -----------------------------------------------------------
+
+    def started(self, name: str) -> None:
+        self._get(name).state = "running"
+        self.refresh()
+
+    def result(self, name: str, step: int, events: dict[int, int]) -> None:
+        t = self._get(name)
+        t.state, t.step = "running", step
+        for lv, s in events.items():
+            if lv not in t.events:
+                t.events[lv] = s
+                self._note(f"emergence: {name} level {lv} at step {s}")
+        self.refresh()
+
+    def finished(self, name: str, done: bool) -> None:
+        t = self._get(name)
+        t.state = "done" if done else "stopped"
+        if done:
+            t.step = t.total
+        self.refresh(force=True)
+
+    def failed(self, name: str, error: str | None, will_retry: bool) -> None:
+        t = self._get(name)
+        if will_retry:
+            t.retries += 1
+            t.state = "retrying"
+            self._note(f"[yellow]{name} failed; retrying from its last checkpoint[/yellow]")
+        else:
+            t.state, t.error = "failed", error
+            self._note(f"[red]{name} failed: {error}[/red]")
+        self.refresh(force=True)
+
+    def note(self, text: str) -> None:
+        self._note(text)
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        out = {k: 0 for k in ("pending", "running", "done", "failed", "retrying", "stopped")}
+        for t in self.trials.values():
+            out[t.state] += 1
+        return out
+
+    def counts_line(self) -> str:
+        c = self.counts()
+        events = sum(len(t.events) for t in self.trials.values())
+        extra = "".join(f", {c[k]} {k}" for k in ("retrying", "stopped") if c[k])
+        return (f"trials: {c['done']} done, {c['running']} running, {c['pending']} pending, "
+                f"{c['failed']} failed{extra} | emergence events: {events}")
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.5:
+            return
+        self._last = now
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+        else:
+            line = self.counts_line()
+            if line != self._printed_counts:  # plain logs: print on change only
+                self._printed_counts = line
+                self.console.print(line)
+
+    def _note(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            self.console.print(text)
+
+    def _get(self, name: str) -> _Trial:
+        return self.trials.setdefault(name, _Trial())
+
+    def _render(self) -> Group:
+        bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[events]}"))
+        running = [(n, t) for n, t in self.trials.items() if t.state in ("running", "retrying")]
+        for name, t in running[:12]:
+            ev = " ".join(f"L{lv}@{s}" for lv, s in sorted(t.events.items()))
+            bars.add_task(name, total=max(t.total, 1), completed=t.step,
+                          events=f"events {ev}" if ev else "")
+        table = Table.grid(padding=(0, 1))
+        table.add_row(Text(self.counts_line(), style="bold"))
+        if len(running) > 12:
+            table.add_row(Text(f"... and {len(running) - 12} more running", style="dim"))
+        return Group(table, bars)

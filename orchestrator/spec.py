@@ -1,0 +1,252 @@
+"""The sweep file: a task x scale x seed grid and how to run it, validated before anything starts.
+
+```yaml
+name: smoke
+run_dir: runs/smoke              # local path or NFS (shared on a multi-node cluster)
+tracking_uri: null               # null: sqlite:///<run_dir>/mlflow.db
+tasks: [COPY, MOD, ADD]
+levels: [1, 2, 3]
+scales: [s0]
+seeds: [0]
+max_concurrent_trials: 2
+retries: 2                       # per trial, each from its last checkpoint
+train: {diag_size: 1000}         # TrainConfig fields for every trial
+per_task: {MOD: {train: {steps: 1500}}}
+per_scale: {s0: {train: {lr: 1e-3}, resources: {cpus: 1, gpus: 0}}}
+emergence: {threshold: 0.5, persistence: 5}
+```
+
+A trial's config is the scale's and task's defaults, then ``train``, then ``per_task``, then
+``per_scale``. Every problem is reported at once, one line each, naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from emergence_core.config import TrainConfig, resolve_config
+from emergence_core.model import scale_shape
+from emergence_core.tasks import TaskError, get_task
+from orchestrator.errors import UsageError, format_validation_error
+
+__all__ = ["Resources", "SweepSpec", "TrialPlan", "load_spec", "parse_spec"]
+
+_GRID_KEYS = {"task", "scale", "seed", "levels"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Resources(_Strict):
+    """What one trial of a scale holds while it runs."""
+
+    cpus: float = Field(1, gt=0)
+    gpus: float = Field(0, ge=0)
+
+
+DEFAULT_RESOURCES = {"s0": Resources(), "s1": Resources(), "s2": Resources(cpus=2),
+                     "s3": Resources(cpus=4, gpus=1), "s4": Resources(cpus=4, gpus=1)}
+
+
+class Overrides(_Strict):
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScaleSettings(Overrides):
+    resources: Resources | None = None
+
+
+class Emergence(_Strict):
+    threshold: float = Field(0.5, gt=0, le=1)
+    persistence: int = Field(5, ge=0)
+
+
+def _task_name(v: str) -> str:
+    try:
+        return get_task(v).name
+    except TaskError as e:
+        raise ValueError(str(e)) from None
+
+
+def _scale_name(v: str) -> str:
+    try:
+        return scale_shape(v).name
+    except TaskError as e:
+        raise ValueError(str(e)) from None
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+ScaleName = Annotated[str, AfterValidator(_scale_name)]
+Level = Annotated[int, Field(ge=1, le=3)]
+Seed = Annotated[int, Field(ge=0)]
+
+
+class SweepSpec(_Strict):
+    name: str
+    run_dir: str | None = Field(None, description="default: runs/<name>")
+    tracking_uri: str | None = Field(None, description="default: sqlite in the run folder")
+    tasks: list[TaskName]
+    levels: list[Level] = Field(default_factory=lambda: [1, 2, 3])
+    scales: list[ScaleName]
+    seeds: list[Seed] = Field(default_factory=lambda: [0])
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    retries: int = Field(2, ge=0)
+    train: dict[str, Any] = Field(default_factory=dict)
+    per_task: dict[TaskName, Overrides] = Field(default_factory=dict)
+    per_scale: dict[ScaleName, ScaleSettings] = Field(default_factory=dict)
+    emergence: Emergence = Emergence()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names folders and runs)")
+        return v
+
+    @field_validator("tasks", "levels", "scales", "seeds")
+    @classmethod
+    def _grid_axis(cls, v: list, info: ValidationInfo) -> list:
+        if not v:
+            raise ValueError(f"empty grid: list at least one of the {info.field_name}")
+        seen = set()
+        for x in v:
+            if x in seen:
+                raise ValueError(f"{x!r} is listed twice")
+            seen.add(x)
+        return v
+
+    # -- derived -----------------------------------------------------------------------------
+
+    def resources(self, scale: str) -> Resources:
+        s = self.per_scale.get(scale)
+        return s.resources if s is not None and s.resources is not None \
+            else DEFAULT_RESOURCES[scale]
+
+    def overrides(self, task: str, scale: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for layer in (self.train, self.per_task.get(task, Overrides()).train,
+                      self.per_scale.get(scale, ScaleSettings()).train):
+            merged = _deep_merge(merged, layer)
+        merged["levels"] = tuple(self.levels)
+        return merged
+
+    def trials(self) -> list[TrialPlan]:
+        """The grid, in a stable order (task, scale, seed)."""
+        return [TrialPlan(resolve_config(t, s, seed, **self.overrides(t, s)), self.resources(s))
+                for t in self.tasks for s in self.scales for seed in self.seeds]
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    config: TrainConfig
+    resources: Resources
+
+    @property
+    def name(self) -> str:
+        return self.config.trial_name()
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
+def _section_problems(where: str, overrides: Any, task: str, scale: str) -> list[str]:
+    """Validate one section's TrainConfig overrides on its own, naming its fields."""
+    if not isinstance(overrides, dict):
+        return []  # the schema check reports a section of the wrong type
+    problems = [f"{where}.{k}: set by the grid (tasks, scales, seeds, levels), not per trial"
+                for k in sorted(_GRID_KEYS & set(overrides))]
+    rest = {k: v for k, v in overrides.items() if k not in _GRID_KEYS}
+    try:
+        resolve_config(task, scale, 0, **rest)
+    except ValidationError as e:
+        # errors of fields this section does not set belong to another section
+        problems += format_validation_error(e, where, only=lambda loc: bool(loc) and loc[0] in rest)
+    except TaskError as e:
+        problems.append(f"{where}: {e}")
+    return problems
+
+
+def _first_valid(values: Any, canon) -> str | None:
+    for v in values if isinstance(values, list) else []:
+        try:
+            return canon(v)
+        except (TaskError, ValueError, TypeError):
+            continue
+    return None
+
+
+def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
+    """Validate parsed YAML; raises UsageError with one line per problem, all at once."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: expected a mapping of fields at the top level, "
+                         f"got {type(data).__name__}")
+    problems: list[str] = []
+    spec = None
+    try:
+        spec = SweepSpec(**data)
+    except ValidationError as e:
+        problems += format_validation_error(e)
+    # The training sections are checked on their own as well, so that their problems are
+    # reported together with the schema's.
+    task0 = _first_valid(data.get("tasks"), _task_name) or "MOD"
+    scale0 = _first_valid(data.get("scales"), _scale_name) or "s0"
+    problems += _section_problems("train", data.get("train", {}), task0, scale0)
+    for key, section, fixed in (("per_task", _task_name, "task"),
+                                ("per_scale", _scale_name, "scale")):
+        raw = data.get(key)
+        for name, body in (raw.items() if isinstance(raw, dict) else []):
+            try:
+                canon = section(name)
+            except ValueError:
+                continue  # reported by the schema
+            train = body.get("train", {}) if isinstance(body, dict) else {}
+            t, s = (canon, scale0) if fixed == "task" else (task0, canon)
+            problems += _section_problems(f"{key}.{name}.train", train, t, s)
+    if spec is not None and not problems:
+        # Sections valid alone can still clash when merged (warm-up longer than the steps).
+        for t in spec.tasks:
+            for s in spec.scales:
+                try:
+                    resolve_config(t, s, 0, **spec.overrides(t, s))
+                except ValidationError as e:
+                    problems += [f"trial {t}-{s}: {line}" for line in format_validation_error(e)]
+    if problems:
+        raise UsageError(*dict.fromkeys(problems))  # de-duplicated, in order
+    assert spec is not None
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such sweep file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_spec(data, str(path))
+

@@ -1,0 +1,325 @@
+"""``emerge sweep`` / ``resume`` / ``status``: the driver of a sweep.
+
+The run folder (DESIGN.md) records what was launched: ``spec.yaml`` (the sweep file as
+launched) and ``sweep.json`` (its absolute location, the tracking URI, and the *launches*:
+one Tune experiment per launch under ``tune/``). A sweep file that changed since launch is
+refused unless the change only adds trials; those become a new launch, since Tune cannot
+extend the grid of an experiment it restores.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from emergence_core.config import estimate
+from emergence_core.store import TrialStore, atomic_path
+from orchestrator.cluster import connect, preflight
+from orchestrator.errors import UsageError
+from orchestrator.mlflow_sync import MlflowSync, default_tracking_uri
+from orchestrator.progress import SweepBoard
+from orchestrator.spec import SweepSpec, TrialPlan, load_spec, parse_spec
+
+__all__ = ["RunFolder", "dry_run_table", "launch", "resume", "status_table", "sync_mlflow"]
+
+
+class Live:
+    """This driver's live objects, looked up by the Tune callback (``tune_run.LIVE``).
+
+    MLflow calls run on a background thread, so a slow or dead tracking server never holds
+    up Tune's event loop. A failed call is dropped, not retried: every sync sends all that
+    is missing (the ledger knows), and ``close`` does a last full sync.
+    """
+
+    def __init__(self, board: SweepBoard, mlflow: MlflowSync | None, run_dir: Path) -> None:
+        self.board = board
+        self.mlflow = mlflow
+        self.run_dir = run_dir
+        self.failures: dict[str, str] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._down_until = 0.0
+        self._thread = threading.Thread(target=self._work, name="emerge-mlflow", daemon=True)
+        self._thread.start()
+
+    def mlflow_call(self, fn: Callable[[MlflowSync], Any]) -> None:
+        if self.mlflow is not None:
+            self._queue.put(fn)
+
+    def _work(self) -> None:
+        while (fn := self._queue.get()) is not None:
+            if time.monotonic() < self._down_until:
+                continue  # the server was down moments ago: the next sync catches up
+            try:
+                fn(self.mlflow)
+            except Exception as e:  # any MLflow failure: note it, never stop the sweep
+                self._down_until = time.monotonic() + 20
+                text = str(e).strip()
+                first = text.splitlines()[0][:120] if text else type(e).__name__
+                self.board.note(f"[yellow]MLflow unavailable ({first}); Parquet stays complete; "
+                                f"`emerge sync-mlflow {self.run_dir}` fills it in[/yellow]")
+
+    def close(self, final: Callable[[MlflowSync], Any] | None = None) -> None:
+        """Finish queued calls, run ``final`` (after any outage), stop the thread."""
+        if final is not None:
+            self._queue.put(lambda m: setattr(self, "_down_until", 0.0))
+            self._queue.put(final)
+        self._queue.put(None)
+        self._thread.join()
+
+    def record_failure(self, name: str, error: str) -> None:
+        self.failures[name] = error
+        with atomic_path(self.run_dir / "status" / f"{name}.json") as tmp:
+            tmp.write_text(json.dumps({"state": "failed", "error": error, "time": time.time()}))
+
+
+class RunFolder:
+    """What the run folder says was launched."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self.spec_path = self.path / "spec.yaml"
+        self.state_path = self.path / "sweep.json"
+
+    def exists(self) -> bool:
+        return self.state_path.exists()
+
+    def state(self) -> dict[str, Any]:
+        if not self.exists():
+            raise UsageError(f"{self.path} is not a sweep's run folder (no sweep.json); "
+                             "start one with `emerge sweep SPEC`")
+        return json.loads(self.state_path.read_text())
+
+    def frozen_spec(self) -> SweepSpec:
+        return parse_spec(yaml.safe_load(self.spec_path.read_text()), str(self.spec_path))
+
+    def write(self, spec_text: str, tracking_uri: str, launches: list[dict[str, Any]]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.spec_path) as tmp:
+            tmp.write_text(spec_text)
+        with atomic_path(self.state_path) as tmp:
+            tmp.write_text(json.dumps({"run_dir": str(self.path), "tracking_uri": tracking_uri,
+                                       "launches": launches}, indent=1))
+
+
+def _run_dir(spec: SweepSpec) -> Path:
+    return Path(spec.run_dir or Path("runs") / spec.name).absolute()
+
+
+def added_trials(old: SweepSpec, new: SweepSpec) -> list[TrialPlan]:
+    """The trials ``new`` adds to ``old``; UsageError if it changes anything else."""
+    problems = []
+    for key in ("name", "emergence", "retries", "max_concurrent_trials", "tracking_uri"):
+        if getattr(old, key) != getattr(new, key):
+            problems.append(f"{key} changed from {getattr(old, key)!r} to {getattr(new, key)!r}")
+    new_plans = {p.name: p for p in new.trials()}
+    for p in old.trials():
+        q = new_plans.get(p.name)
+        if q is None:
+            problems.append(f"trial {p.name} was removed")
+        elif q.config.fingerprint() != p.config.fingerprint():
+            problems.append(f"trial {p.name}: its training settings changed")
+        elif q.resources != p.resources:
+            problems.append(f"trial {p.name}: its resources changed")
+    if problems:
+        raise UsageError(*(f"the sweep file changed since launch: {p}; only adding trials "
+                           "(tasks, scales, seeds) is allowed; use a new name or run_dir for "
+                           "other changes" for p in problems))
+    old_names = {p.name for p in old.trials()}
+    return [p for n, p in new_plans.items() if n not in old_names]
+
+
+# -- dry run and status ---------------------------------------------------------------------
+
+def dry_run_table(spec: SweepSpec, plans: list[TrialPlan]) -> Table:
+    t = Table(title=f"sweep {spec.name}: {len(plans)} trials (dry run: nothing started)")
+    for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP"):
+        t.add_column(col, justify="left" if col == "trial" else "right")
+    total = 0.0
+    for p in plans:
+        e = estimate(p.config)
+        total += e.total_flops
+        t.add_row(p.name, f"{e.params / 1e6:.2f}M", str(p.config.steps), f"{p.resources.cpus:g}",
+                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}")
+    t.caption = (f"total {total / 1e15:.2f} PFLOP (training 6N per token, probes 2N per "
+                 f"diagnostic token); run folder {_run_dir(spec)}")
+    return t
+
+
+def trial_state(run_dir: Path, name: str) -> tuple[str, int | None, dict[int, int | None]]:
+    """(state, last committed step, events) of a trial, from the run folder alone."""
+    store = TrialStore(run_dir, name)
+    marker = store.checkpoint_dir / "COMPLETE.json"
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        return "done", done["step"], {int(k): v for k, v in done["events"].items()}
+    failure = run_dir / "status" / f"{name}.json"
+    parts = store.parts()
+    step = parts[-1][1] if parts else None
+    if failure.exists():
+        return "failed", step, {}
+    return ("incomplete" if parts else "pending"), step, {}
+
+
+def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
+    folder = RunFolder(run_dir)
+    folder.state()
+    spec = folder.frozen_spec()
+    t = Table(title=f"sweep {spec.name} in {folder.path}")
+    for col in ("trial", "state", "step", "events"):
+        t.add_column(col, justify="right" if col == "step" else "left")
+    counts: dict[str, int] = {}
+    for p in spec.trials():
+        state, step, events = trial_state(folder.path, p.name)
+        counts[state] = counts.get(state, 0) + 1
+        ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in sorted(events.items()))
+        t.add_row(p.name, state, "-" if step is None else f"{step}/{p.config.steps}", ev)
+    t.caption = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    return t, counts
+
+
+# -- running --------------------------------------------------------------------------------
+
+def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
+                  tracking_uri: str, console: Console, fresh: set[str]) -> int:
+    """Fit (or restore and fit) each launch; returns the exit code."""
+    from orchestrator import tune_run
+
+    plans = {p.name: p for p in spec.trials()}
+    mlflow = MlflowSync(folder.path, tracking_uri, spec.name)
+    board = SweepBoard({n: p.config.steps for n, p in plans.items()}, console)
+    live = Live(board, mlflow, folder.path)
+    tune_run.LIVE[str(folder.path)] = live
+    live.mlflow_call(lambda m: m.parent_run(folder.spec_path.read_text()))
+    live.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
+    for name in plans:
+        state, _, events = trial_state(folder.path, name)
+        if state == "done":
+            board.finished(name, True)
+            board.result(name, plans[name].config.steps, {k: v for k, v in events.items()
+                                                           if v is not None})
+    errors = 0
+    try:
+        with board:
+            for launch in launches:
+                todo = [n for n in launch["trials"] if trial_state(folder.path, n)[0] != "done"]
+                if not todo:
+                    continue
+                if launch["name"] in fresh or not tune_run.can_restore(folder.path,
+                                                                       launch["name"]):
+                    callback = tune_run.SweepCallback(
+                        folder.path, {n: plans[n].config.model_dump(mode="json")
+                                      for n in launch["trials"]})
+                    tuner = tune_run.build_tuner(spec, [plans[n] for n in launch["trials"]],
+                                                 folder.path, launch["name"], [callback])
+                else:
+                    tuner = tune_run.restore_tuner(folder.path, launch["name"])
+                results = tuner.fit()  # returns normally on errors and on Ctrl-C
+                errors += results.num_errors
+                if any(trial_state(folder.path, n)[0] != "done" for n in launch["trials"]):
+                    break  # interrupted, or trials failed: later launches wait for a resume
+    finally:
+        tune_run.LIVE.pop(str(folder.path), None)
+        states = {n: trial_state(folder.path, n)[0] for n in plans}
+        missing = [n for n, s in states.items() if s != "done"]
+        failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
+        parent = "FINISHED" if not missing else "FAILED" if failed else "RUNNING"
+
+        def final(m: MlflowSync) -> None:
+            m.sync_all([p.config for p in plans.values()])
+            m.set_status(None, parent)
+
+        live.close(final)
+    if not missing:
+        console.print(f"sweep {spec.name} complete: {len(plans)} trials in {folder.path}")
+        return 0
+    if failed:
+        for n in failed:
+            console.print(f"[red]failed: {n}: {live.failures.get(n, 'see emerge status')}[/red]")
+        console.print(f"{len(failed)} trial(s) failed; `emerge resume {folder.path}` retries them")
+        return 1
+    console.print(f"stopped with {len(missing)} trial(s) unfinished; "
+                  f"`emerge resume {folder.path}` finishes them")
+    return 130
+
+
+def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
+           dry_run: bool, allow_pending: bool, console: Console) -> int:
+    spec = load_spec(spec_path)
+    plans = spec.trials()
+    if dry_run:
+        Console().print(dry_run_table(spec, plans))
+        return 0
+    folder = RunFolder(_run_dir(spec))
+    spec_text = spec_path.read_text()
+    if folder.exists():
+        state = folder.state()
+        new = added_trials(folder.frozen_spec(), spec)
+        launches = state["launches"]
+        fresh: set[str] = set()
+        if new:
+            name = f"launch-{len(launches)}"
+            launches = [*launches, {"name": name, "trials": [p.name for p in new]}]
+            fresh.add(name)
+            console.print(f"the sweep file adds {len(new)} trial(s); running them as {name}")
+        else:
+            console.print(f"{folder.path} holds this sweep; resuming it")
+        uri = tracking_uri or state["tracking_uri"]
+    else:
+        if folder.path.exists() and any(folder.path.iterdir()):
+            raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
+                             "in the sweep file to a new folder")
+        launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
+        fresh = {"launch-0"}
+        uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
+    started = connect(address, console)
+    try:
+        preflight(folder.path, plans, allow_pending=allow_pending)
+        folder.write(spec_text, uri, launches)
+        return _run_launches(folder, spec, launches, uri, console, fresh)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
+           allow_pending: bool, console: Console) -> int:
+    folder = RunFolder(run_dir)
+    state = folder.state()
+    spec = folder.frozen_spec()
+    uri = tracking_uri or state["tracking_uri"]
+    if all(trial_state(folder.path, p.name)[0] == "done" for p in spec.trials()):
+        console.print(f"sweep {spec.name} is complete; nothing to resume")
+        return 0
+    started = connect(address, console)
+    try:
+        preflight(folder.path, spec.trials(), allow_pending=allow_pending)
+        folder.write(folder.spec_path.read_text(), uri, state["launches"])
+        return _run_launches(folder, spec, state["launches"], uri, console, set())
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def sync_mlflow(run_dir: Path, *, tracking_uri: str | None) -> dict[str, int]:
+    folder = RunFolder(run_dir)
+    state = folder.state()
+    spec = folder.frozen_spec()
+    sync = MlflowSync(folder.path, tracking_uri or state["tracking_uri"], spec.name)
+    sync.parent_run(folder.spec_path.read_text())
+    sent = sync.sync_all([p.config for p in spec.trials()])
+    if all(trial_state(folder.path, p.name)[0] == "done" for p in spec.trials()):
+        sync.set_status(None, "FINISHED")
+    return sent

@@ -1,0 +1,257 @@
+"""Ray Tune, in one module: its API moves, so nothing else in emerge imports it.
+
+A trial is ``run_trial`` from ``emergence_core`` inside a Tune function trainable. Its full
+training state lives in Tune's checkpoints (``<run>/tune/<launch>/<trial>/checkpoint_*``), so a
+failed trial is retried from its last checkpoint and ``Tuner.restore`` resumes a sweep;
+metric rows go to the run folder's Parquet parts, committed before each checkpoint is
+reported (see ``emergence_core.store``), so no row is lost or written twice.
+
+Pitfalls (checked with Ray 2.60): configs come from ``ray.tune`` (``ray.train.RunConfig``
+crashes ``fit()``); ``fit()`` returns normally when trials fail, so callers check the result
+grid; ``storage_path`` must be absolute; the RunConfig, callbacks included, is pickled into
+``tuner.pkl`` and comes back on restore, so callbacks must pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from orchestrator.spec import SweepSpec, TrialPlan
+
+__all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "restore_tuner", "trial_metrics"]
+
+# Snapshot the experiment state often: after a hard-killed driver, trials resume from what
+# the last snapshot recorded (Tune's default is 10 s or more).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+
+
+def trial_metrics(report: Any) -> dict[str, Any]:
+    """What a trial reports to Tune at each probe step (ProbeReport -> flat dict)."""
+    out: dict[str, Any] = {"step": report.step, "total_steps": report.total_steps,
+                           "committed": report.committed,
+                           "n_events": len(report.events), "done": False}
+    if report.train_loss is not None:
+        out["train_loss"] = report.train_loss
+    for lv, acc in report.accuracy.items():
+        out[f"accuracy_L{lv}"] = acc
+    for lv, step in report.events.items():
+        out[f"emergence_L{lv}"] = step
+    return out
+
+
+class _TuneState:
+    """A trial's training state kept in Tune's checkpoints (runner.StateStore)."""
+
+    def __init__(self) -> None:
+        self._pending: str | None = None
+        self._reported: list[str] = []
+
+    def load(self) -> dict | None:
+        import torch
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        d = tempfile.mkdtemp(prefix="emerge-state-")
+        torch.save(state, Path(d) / "state.pt")
+        if self._pending is not None:  # two commits without a report between: keep the last
+            shutil.rmtree(self._pending, ignore_errors=True)
+        self._pending = d
+
+    def take(self) -> tune.Checkpoint | None:
+        """The checkpoint to attach to the next report (Tune persists it during the call)."""
+        for d in self._reported:  # already copied into Tune's storage
+            shutil.rmtree(d, ignore_errors=True)
+        self._reported.clear()
+        if self._pending is None:
+            return None
+        d, self._pending = self._pending, None
+        self._reported.append(d)
+        return tune.Checkpoint.from_directory(d)
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """One trial, in a Ray worker."""
+    import torch
+
+    from emergence_core.config import TrainConfig
+    from emergence_core.runner import TrialHooks, run_trial
+
+    plan = config["plan"]
+    _record_worker(Path(config["run_dir"]), plan["name"])
+    torch.set_num_threads(max(1, int(plan["cpus"])))
+    cfg = TrainConfig.model_validate(plan["config"])  # device "auto": Ray hides unowned GPUs
+    state = _TuneState()
+
+    def on_probe(report: Any) -> None:
+        tune.report(trial_metrics(report), checkpoint=state.take())
+
+    outcome = run_trial(cfg, config["run_dir"], sweep=config["sweep"],
+                        hooks=TrialHooks(on_probe=on_probe), state_store=state,
+                        threshold=config["threshold"], persistence=config["persistence"])
+    final = {"step": outcome.step, "total_steps": cfg.steps, "done": outcome.completed,
+             "n_events": sum(v is not None for v in outcome.events.values()),
+             "committed": True}
+    final.update({f"emergence_L{lv}": s for lv, s in outcome.events.items() if s is not None})
+    tune.report(final, checkpoint=state.take())
+    state.take()  # clean the last temporary directory
+
+
+def _record_worker(run_dir: Path, name: str) -> None:
+    """Where the trial runs now (``emerge status`` shows it; tests use the pid)."""
+    import json
+    import socket
+    import time
+
+    import ray
+
+    from emergence_core.store import atomic_path
+
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(), "started": time.time()}
+    with atomic_path(run_dir / "status" / f"{name}.worker.json") as tmp:
+        tmp.write_text(json.dumps(info))
+
+
+def _resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+    plan = config["plan"]
+    bundle = {"CPU": float(plan["cpus"])}
+    if plan["gpus"]:
+        bundle["GPU"] = float(plan["gpus"])
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _trial_name(trial: Any) -> str:
+    return trial.config["plan"]["name"]
+
+
+TRAINABLE = tune.with_resources(_trainable, _resources)
+
+
+def build_tuner(spec: SweepSpec, plans: Sequence[TrialPlan], run_dir: Path, launch: str,
+                callbacks: list[tune.Callback]) -> tune.Tuner:
+    """A Tuner for ``plans`` as the experiment ``<run_dir>/tune/<launch>``."""
+    grid = [{"name": p.name, "config": p.config.model_dump(mode="json"),
+             "cpus": p.resources.cpus, "gpus": p.resources.gpus} for p in plans]
+    param_space = {
+        "plan": tune.grid_search(grid),
+        "run_dir": str(run_dir),
+        "sweep": spec.name,
+        "threshold": spec.emergence.threshold,
+        "persistence": spec.emergence.persistence,
+    }
+    return tune.Tuner(
+        TRAINABLE,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=launch,
+            storage_path=str(run_dir / "tune"),
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(run_dir: Path, launch: str) -> tune.Tuner:
+    """Resume ``<run_dir>/tune/<launch>``: unfinished and errored trials continue from their
+    last checkpoints; finished ones are kept."""
+    return tune.Tuner.restore(str(run_dir / "tune" / launch), trainable=TRAINABLE,
+                              resume_unfinished=True, resume_errored=True)
+
+
+def can_restore(run_dir: Path, launch: str) -> bool:
+    return tune.Tuner.can_restore(str(run_dir / "tune" / launch))
+
+
+# -- the driver side ---------------------------------------------------------------------------
+
+# Live objects (progress board, MLflow sync) of this driver process, by run folder. The
+# callback is pickled into tuner.pkl and unpickled on restore; it finds them here by key
+# instead of carrying them.
+LIVE: dict[str, Any] = {}
+
+
+class SweepCallback(tune.Callback):
+    """Feeds the progress board, sends committed rows to MLflow, records failures."""
+
+    def __init__(self, run_dir: Path, configs: dict[str, dict[str, Any]]) -> None:
+        self.run_dir = str(run_dir)
+        self.configs = configs  # trial name -> TrainConfig as JSON
+
+    def _live(self) -> Any:
+        return LIVE[self.run_dir]
+
+    def _config(self, name: str) -> Any:
+        from emergence_core.config import TrainConfig
+
+        return TrainConfig.model_validate(self.configs[name])
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        live = self._live()
+        name = _trial_name(trial)
+        live.board.started(name)
+        live.mlflow_call(lambda m: m.trial_run(name, self._config(name)))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        name = _trial_name(trial)
+        live = self._live()
+        events = {int(k.removeprefix("emergence_L")): int(v) for k, v in result.items()
+                  if k.startswith("emergence_L") and v is not None}
+        live.board.result(name, int(result.get("step", 0)), events)
+        if result.get("committed"):
+            live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
+        if events:
+            live.mlflow_call(lambda m: m.tag_events(name, events))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name = _trial_name(trial)
+        done = bool((trial.last_result or {}).get("done"))
+        live = self._live()
+        live.board.finished(name, done)
+        live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
+        if done:
+            live.mlflow_call(lambda m: m.set_status(name, "FINISHED"))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._live().board.failed(_trial_name(trial), _error_text(trial), will_retry=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name = _trial_name(trial)
+        live = self._live()
+        error = _error_text(trial)
+        live.board.failed(name, error, will_retry=False)
+        live.record_failure(name, error)
+        live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
+        live.mlflow_call(lambda m: m.set_status(name, "FAILED"))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._live().board.refresh()
+
+
+def _error_text(trial: Any) -> str:
+    err = trial.get_error()
+    text = str(err) if err is not None else "unknown error"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"

@@ -1,0 +1,141 @@
+"""Running real sweeps in tests: the CLI in a subprocess, a real local Ray, a real MLflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EMERGE = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def sweep_env(ray_tmp: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1",
+               HF_HUB_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@contextmanager
+def ray_tmpdir() -> Iterator[str]:
+    """A short temp root for Ray (its socket paths must stay under 107 characters)."""
+    d = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def write_spec(path: Path, **fields: Any) -> Path:
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
+
+
+def start_sweep(args: list[str], ray_tmp: str, log: Path) -> subprocess.Popen:
+    """``emerge <args> --address local`` in its own process group."""
+    out = open(log, "w")  # noqa: SIM115 - closed by the caller through the process
+    return subprocess.Popen([*EMERGE, *args, "--address", "local"], cwd=ROOT,
+                            env=sweep_env(ray_tmp), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run_sweep(args: list[str], ray_tmp: str, log: Path, timeout: float = 900) -> int:
+    proc = start_sweep(args, ray_tmp, log)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a driver and everything it started (its Ray included)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Ray's own daemons (raylet, GCS) may outlive the driver in the same session: end them.
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None,
+             log: Path | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log else ""
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}:\n{tail}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1, stopped on exit."""
+    port = free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(uri), 90, "the MLflow server", proc, root / "server.log")
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def comparable(table: pa.Table) -> list[tuple]:
+    """Rows without wall time and attempt, sorted: equal tables are the same series."""
+    t = table.drop_columns(["wall_time", "attempt", "sweep"]).sort_by(
+        [(c, "ascending") for c in ("trial", "step", "measure", "layer", "level")])
+    return list(zip(*(t[c].to_pylist() for c in t.column_names), strict=True))
+
+
+def keys_unique(table: pa.Table) -> bool:
+    cols = ("trial", "step", "measure", "layer", "level")
+    keys = list(zip(*(table[c].to_pylist() for c in cols), strict=True))
+    return len(keys) == len(set(keys))

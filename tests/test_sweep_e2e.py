@@ -1,0 +1,214 @@
+"""Sweeps end to end: the real CLI, a real local Ray, real MLflow (SQLite and a server).
+
+Each test runs ``emerge sweep`` in a subprocess with its own Ray temp dir and run folder,
+then checks the exactly-once and completeness guarantees on Parquet and in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from emergence_core.runner import run_trial
+from emergence_core.store import TrialStore, read_metrics
+from orchestrator.mlflow_sync import metric_key
+from orchestrator.spec import load_spec
+from tests.sweep_helpers import (
+    ROOT,
+    comparable,
+    keys_unique,
+    mlflow_server,
+    ray_tmpdir,
+    run_sweep,
+    start_sweep,
+    stop,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"diag_size": 100, "probe": {"n_probes": 40, "rankme_samples": 50},
+         "checkpoint": {"every_probes": 3, "weights_every": None}}
+
+
+def _runs_by_name(uri: str, experiment: str) -> dict[str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    out: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id], max_results=1000):
+        out.setdefault(r.info.run_name, []).append(r)
+    return out
+
+
+def _check_mlflow_holds_every_series(uri: str, run_dir: Path, spec_path: Path) -> None:
+    spec = load_spec(spec_path)
+    runs = _runs_by_name(uri, spec.name)
+    client = MlflowClient(uri)
+    assert len(runs[spec.name]) == 1 and runs[spec.name][0].info.status == "FINISHED"
+    parent = runs[spec.name][0].info.run_id
+    table = read_metrics(run_dir)
+    for plan in spec.trials():
+        assert len(runs[plan.name]) == 1, f"{plan.name}: {len(runs[plan.name])} MLflow runs"
+        run = runs[plan.name][0]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.data.params["task"] == plan.config.task
+        rows = table.filter(pc.equal(table["trial"], plan.name))
+        keys = {metric_key(m, ly, lv) for m, ly, lv in zip(
+            rows["measure"].to_pylist(), rows["layer"].to_pylist(), rows["level"].to_pylist(),
+            strict=True)}
+        assert set(run.data.metrics) == keys
+        logged = 0
+        for key in keys:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), f"{plan.name} {key}: a step logged twice"
+            logged += len(steps)
+        assert logged == rows.num_rows
+
+
+def _check_parquet_holds_every_series(run_dir: Path, spec_path: Path) -> None:
+    from emergence_core.schedule import probe_schedule
+
+    table = read_metrics(run_dir)
+    assert keys_unique(table)
+    for plan in load_spec(spec_path).trials():
+        cfg = plan.config
+        rows = table.filter(pc.and_(pc.equal(table["trial"], plan.name),
+                                    pc.equal(table["measure"], "accuracy")))
+        steps = probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
+                               log_until=cfg.probe.log_until).tolist()
+        for lv in cfg.levels:
+            got = sorted(s for s, lvl in zip(rows["step"].to_pylist(), rows["level"].to_pylist(),
+                                             strict=True) if lvl == lv)
+            assert got == steps, f"{plan.name} level {lv}: holes or extras in the series"
+        assert (TrialStore(run_dir, plan.name).checkpoint_dir / "COMPLETE.json").exists()
+
+
+def _smoke_spec(tmp_path: Path, **changes) -> Path:
+    spec = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    spec["run_dir"] = str(tmp_path / "run")
+    for key, value in changes.items():
+        spec[key] = value
+    return write_spec(tmp_path / "smoke.yaml", **spec)
+
+
+def test_smoke_sweep_end_to_end_with_sqlite(tmp_path: Path) -> None:
+    spec_path = _smoke_spec(tmp_path)
+    log = tmp_path / "driver.log"
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(spec_path)], rt, log)
+    assert rc == 0, log.read_text()[-3000:]
+    run_dir = tmp_path / "run"
+    _check_parquet_holds_every_series(run_dir, spec_path)
+    _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
+    # every trial shows at least one emergence event
+    for plan in load_spec(spec_path).trials():
+        done = json.loads((TrialStore(run_dir, plan.name).checkpoint_dir /
+                           "COMPLETE.json").read_text())
+        assert any(v is not None for v in done["events"].values()), plan.name
+    assert "complete" in log.read_text()
+
+
+def test_smoke_sweep_end_to_end_with_an_mlflow_server(tmp_path: Path) -> None:
+    # The smoke grid with shorter runs: the server path, not the science, is under test here.
+    spec_path = _smoke_spec(tmp_path, train={**SMALL},
+                            per_task={t: {"train": {"steps": 120}} for t in
+                                      ("COPY", "REV", "MOD", "ADD")})
+    log = tmp_path / "driver.log"
+    with mlflow_server(tmp_path / "mlflow") as uri, ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(spec_path), "--tracking-uri", uri], rt, log)
+        assert rc == 0, log.read_text()[-3000:]
+        run_dir = tmp_path / "run"
+        _check_parquet_holds_every_series(run_dir, spec_path)
+        _check_mlflow_holds_every_series(uri, run_dir, spec_path)
+    assert not (run_dir / "mlflow.db").exists()
+
+
+def _reference(cfg, tmp_path: Path):
+    """The same trial, uninterrupted, in this process (one thread, as in the sweep)."""
+    torch.set_num_threads(1)
+    run_trial(cfg, tmp_path / "reference")
+    return comparable(read_metrics(tmp_path / "reference"))
+
+
+def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    spec_path = write_spec(tmp_path / "kill.yaml", name="kill", run_dir=str(run_dir),
+                           tasks=["MOD"], scales=["s0"], seeds=[0], retries=3,
+                           train={**SMALL, "steps": 400})
+    log = tmp_path / "driver.log"
+    parts = run_dir / "metrics" / "trial" / "MOD-s0-0"
+    worker = run_dir / "status" / "MOD-s0-0.worker.json"
+    with ray_tmpdir() as rt:
+        proc = start_sweep(["sweep", str(spec_path)], rt, log)
+        try:
+            wait_for(lambda: worker.exists() and len(list(parts.glob("part-*"))) >= 2, 300,
+                     "two commits of the trial", proc, log)
+            victim = json.loads(worker.read_text())["pid"]
+            os.kill(victim, signal.SIGKILL)
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        finally:
+            stop(proc)
+    assert json.loads(worker.read_text())["pid"] != victim  # a new worker took the trial over
+    table = read_metrics(run_dir)
+    assert keys_unique(table)
+    assert max(table["attempt"].to_pylist()) >= 1
+    assert comparable(table) == _reference(load_spec(spec_path).trials()[0].config, tmp_path)
+    runs = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "kill")
+    assert len(runs["MOD-s0-0"]) == 1
+    _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
+
+
+def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    spec = {"name": "intr", "run_dir": str(run_dir), "tasks": ["MOD", "COPY"],
+            "scales": ["s0"], "seeds": [0], "max_concurrent_trials": 2,
+            "train": {**SMALL, "steps": 300}}
+    spec_path = write_spec(tmp_path / "intr.yaml", **spec)
+    log = tmp_path / "driver.log"
+    with ray_tmpdir() as rt:
+        proc = start_sweep(["sweep", str(spec_path)], rt, log)
+        try:
+            wait_for(lambda: all(len(list((run_dir / "metrics" / "trial" / t).glob("part-*")))
+                                 >= 1 for t in ("MOD-s0-0", "COPY-s0-0")),
+                     300, "commits of both trials", proc, log)
+            proc.send_signal(signal.SIGINT)  # Ctrl-C in the driver's terminal
+            assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+        finally:
+            stop(proc)
+        assert "emerge resume" in log.read_text()
+        rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
+    assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    table = read_metrics(run_dir)
+    assert keys_unique(table)
+    for plan in load_spec(spec_path).trials():
+        run_trial(plan.config, tmp_path / "reference")
+    reference = comparable(read_metrics(tmp_path / "reference"))
+    assert comparable(table) == reference
+    _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
+
+    # Adding a seed to the finished sweep runs only the new trial, as a new launch.
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "metrics").rglob("part-*")}
+    grown = write_spec(tmp_path / "grown.yaml", **{**spec, "tasks": ["MOD"], "seeds": [0, 1]})
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(grown)], rt, tmp_path / "grown.log")
+    assert rc == 2 and "was removed" in (tmp_path / "grown.log").read_text()  # COPY dropped
+    grown = write_spec(tmp_path / "grown.yaml", **{**spec, "seeds": [0, 1]})
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(grown)], rt, tmp_path / "grown.log")
+    assert rc == 0, (tmp_path / "grown.log").read_text()[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    state = json.loads((run_dir / "sweep.json").read_text())
+    assert [launch["trials"] for launch in state["launches"]] == [
+        ["MOD-s0-0", "COPY-s0-0"], ["MOD-s0-1", "COPY-s0-1"]]
+    _check_parquet_holds_every_series(run_dir, grown)

@@ -1,0 +1,155 @@
+"""Sweep files: malformed ones fail before anything starts; changes; dry run; cluster.yaml."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.errors import UsageError
+from orchestrator.spec import load_spec, parse_spec
+from orchestrator.sweep import added_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"name": "t", "tasks": ["MOD"], "scales": ["s0"], "seeds": [0]}
+
+# (file text, the field each problem line must name), one case per kind of mistake
+BAD_FILES = [
+    ("name: t\ntasks: [MOD\nscales: [s0]\n", ["invalid YAML at line"]),
+    ("- just\n- a list\n", ["expected a mapping"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\ncolour: blue\n", ["colour: unknown key"]),
+    ("name: t\ntasks: [MDO]\nscales: [s0]\n",
+     ["tasks[0]: unknown task 'MDO' (did you mean 'MOD'?)"]),
+    ("name: t\ntasks: [MOD]\nscales: [s5]\n", ["scales[0]: unknown scale 's5'"]),
+    ("name: t\ntasks: []\nscales: [s0]\n", ["tasks: empty grid"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nseeds: []\n", ["seeds: empty grid"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: -5}\n",
+     ["train.steps: Input should be greater"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nretries: many\n",
+     ["retries: Input should be a valid integer"]),
+    ("name: t\ntasks: MOD\nscales: [s0]\n", ["tasks: Input should be a valid list"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nper_scale: {s0: {resources: {gpus: -1}}}\n",
+     ["per_scale.s0.resources.gpus"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nper_task: {MOD: {train: {probe: {n_probe: 3}}}}\n",
+     ["per_task.MOD.train.probe.n_probe: unknown key"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {seed: 3}\n", ["train.seed: set by the grid"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nlevels: [1, 4]\n", ["levels[1]"]),
+    ("name: t\ntasks: [MOD, MOD]\nscales: [s0]\n", ["tasks: 'MOD' is listed twice"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: 10, warmup_steps: 50}\n",
+     ["warmup_steps 50 exceeds steps 10"]),
+    ("name: 'a b'\ntasks: [MOD]\nscales: [s0]\n", ["name: use letters"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: -1, lr: fast}\nretries: -2\n",
+     ["train.steps", "train.lr", "retries"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_FILES)
+def test_bad_sweep_files_fail_before_anything_starts(tmp_path: Path, text: str,
+                                                     expected: list[str]) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text + f"run_dir: {tmp_path / 'run'}\n" if text.startswith("name") else text)
+    r = CliRunner().invoke(app, ["sweep", str(spec)])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert all(ln.startswith("error: ") for ln in lines), r.output
+    assert len(lines) == len(expected), r.output
+    for want in expected:
+        assert any(want in ln for ln in lines), (want, r.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_sweep_file() -> None:
+    r = CliRunner().invoke(app, ["sweep", "no/such.yaml"])
+    assert r.exit_code == 2 and "no such sweep file" in r.output
+
+
+def test_shipped_sweep_files_are_valid() -> None:
+    smoke = load_spec(ROOT / "sweeps" / "smoke.yaml")
+    assert len(smoke.tasks) >= 3 and all(p.resources.gpus == 0 for p in smoke.trials())
+    full = load_spec(ROOT / "sweeps" / "full.yaml")
+    plans = full.trials()
+    assert len(plans) == 8 * 5 * 3
+    assert all(len(_probe_steps(p.config)) >= 201 for p in plans)
+    assert {p.config.scale for p in plans if p.resources.gpus > 0} >= {"s2", "s3", "s4"}
+
+
+def _probe_steps(cfg):
+    from emergence_core.schedule import probe_schedule
+
+    return probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
+                          log_until=cfg.probe.log_until)
+
+
+def test_settings_merge_in_order() -> None:
+    spec = parse_spec({**BASE, "tasks": ["MOD", "ADD"], "train": {"lr": 1e-3, "diag_size": 50},
+                       "per_task": {"MOD": {"train": {"lr": 2e-3}}},
+                       "per_scale": {"s0": {"train": {"diag_size": 60}}}})
+    by = {p.config.task: p.config for p in spec.trials()}
+    assert by["MOD"].lr == 2e-3 and by["ADD"].lr == 1e-3
+    assert by["MOD"].diag_size == by["ADD"].diag_size == 60
+
+
+def test_only_added_trials_are_accepted_as_a_change() -> None:
+    old = parse_spec(BASE)
+    assert added_trials(old, parse_spec(BASE)) == []
+    grown = added_trials(old, parse_spec({**BASE, "seeds": [0, 1], "tasks": ["MOD", "COPY"]}))
+    assert sorted(p.name for p in grown) == ["COPY-s0-0", "COPY-s0-1", "MOD-s0-1"]
+    for changed, why in [({**BASE, "train": {"lr": 5e-3}}, "training settings changed"),
+                         ({**BASE, "tasks": ["COPY"]}, "was removed"),
+                         ({**BASE, "retries": 7}, "retries changed"),
+                         ({**BASE, "per_scale": {"s0": {"resources": {"cpus": 2}}}},
+                          "resources changed")]:
+        with pytest.raises(UsageError, match=why):
+            added_trials(old, parse_spec(changed))
+
+
+def test_dry_run_prints_the_grid_and_starts_nothing(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "tasks": ["MOD", "COPY"], "seeds": [0, 1],
+                                    "run_dir": str(tmp_path / "run")}))
+    r = CliRunner().invoke(app, ["sweep", str(spec), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    for name in ("MOD-s0-0", "MOD-s0-1", "COPY-s0-0", "COPY-s0-1"):
+        assert name in r.output
+    assert "PFLOP" in r.output and not (tmp_path / "run").exists()
+
+
+def test_cluster_yaml_passes_rays_own_schema() -> None:
+    from jsonschema import Draft7Validator
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    schema_path = Path(sys.modules["ray"].__file__).parent / "autoscaler" / "ray-schema.json"
+    errors = list(Draft7Validator(json.loads(schema_path.read_text())).iter_errors(cfg))
+    assert errors == []
+    validate_config(prepare_config(copy.deepcopy(cfg)))  # raises on any problem
+    gpu_types = [n for n, t in cfg["available_node_types"].items()
+                 if t["node_config"]["InstanceType"].startswith(("g", "p"))]
+    assert gpu_types and cfg["head_node_type"] not in gpu_types
+    assert any("pip install" in c and "-e ~/emerge" in c for c in cfg["setup_commands"])
+    assert any("mount" in c and "/mnt/shared" in c for c in cfg["setup_commands"])
+    full = load_spec(ROOT / "sweeps" / "full.yaml")
+    assert full.run_dir.startswith("/mnt/shared/")
+
+
+def test_cluster_yaml_validation_catches_mistakes() -> None:
+    from jsonschema import Draft7Validator
+
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    cfg["available_node_types"]["head"]["node_confg"] = {}
+    schema_path = Path(sys.modules["ray"].__file__).parent / "autoscaler" / "ray-schema.json"
+    assert list(Draft7Validator(json.loads(schema_path.read_text())).iter_errors(cfg))
+
+
+def test_emerge_help_does_not_import_the_heavy_stack() -> None:
+    code = ("import sys; from orchestrator.cli import app; "
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
