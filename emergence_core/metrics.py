@@ -91,11 +91,14 @@ class Measure:
     # expensive, on checkpoints (probe pool)
     HESSIAN_LAMBDA_MAX = "hessian_lambda_max"
     HESSIAN_TRACE = "hessian_trace"
+    HESSIAN_TRACE_STDERR = "hessian_trace_stderr"
     LLC = "llc"
-    LLC_STD = "llc_std"
-    LLC_CONVERGED = "llc_converged"
+    LLC_STD = "llc_std"  # across chains
+    LLC_CONVERGED = "llc_converged"  # 1.0 when split-R-hat is within bounds, else 0.0
     FISHER_ERANK = "fisher_erank"
+    FISHER_ERANK_STDERR = "fisher_erank_stderr"  # jackknife over samples
     GRADCOV_ERANK = "gradcov_erank"
+    GRADCOV_ERANK_STDERR = "gradcov_erank_stderr"
 
 
 def measure_name(base: str, position: str = "sep") -> str:

@@ -78,6 +78,8 @@ class FileState:
 class TrialHooks:
     on_probe: Callable[[ProbeReport], None] | None = None
     on_commit: Callable[[int, TrialStore], None] | None = None  # rows and state are on disk
+    # weights of (step, probe index) are on disk at path: the expensive probes can start
+    on_weights: Callable[[int, int, Path], None] | None = None
     should_stop: Callable[[], bool] | None = None  # checked between updates
 
 
@@ -201,7 +203,9 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         acc = summary.accuracy
         final = index == len(tr.probe_steps) - 1
         if ck.weights_every is not None and (index % ck.weights_every == 0 or final):
-            store.save_weights(tr.model, step, meta)
+            path = store.save_weights(tr.model, step, meta)
+            if hooks.on_weights is not None:
+                hooks.on_weights(step, index, path)
         new = tracker.update(step, acc)
         last_commit["probes"] += 1
         stop = stop_after is not None and step >= stop_after

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.errors import UsageError
-from orchestrator.spec import TrialPlan
+from orchestrator.spec import Probes, TrialPlan
 
 __all__ = ["connect", "preflight"]
 
@@ -50,7 +50,8 @@ def _node_sees(path: str) -> tuple[bool, str]:
     return os.path.exists(path), socket.gethostname()
 
 
-def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool) -> None:
+def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool,
+              pool: Probes | None = None) -> None:
     """Refuse, before anything starts, a sweep this cluster cannot run."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -69,6 +70,16 @@ def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool) -> 
                             f"this cluster has that many; add GPU nodes, run on CPU "
                             f"(per_scale.{p.config.scale}.resources.gpus: 0), or pass "
                             "--allow-pending to wait for an autoscaler")
+    if pool is not None and pool.measures:
+        total = ray.cluster_resources()
+        if pool.resources.gpus > max_gpu and not allow_pending:
+            problems.append(f"probes.resources.gpus: {pool.resources.gpus:g} GPU(s) per actor, "
+                            "but no node has that many; pass --allow-pending to wait for an "
+                            "autoscaler")
+        for name, amount in pool.resources.custom.items():
+            if total.get(name, 0) < amount:
+                problems.append(f"probes.resources.custom.{name}: no node offers {amount:g} of "
+                                f"resource {name!r} (start nodes with ray start --resources)")
     if problems:
         raise UsageError(*dict.fromkeys(problems))
     if len(nodes) > 1:

@@ -23,7 +23,7 @@ def _loc(loc: tuple[Any, ...], prefix: str) -> str:
     for p in loc:
         if isinstance(p, int):
             path += f"[{p}]"
-        elif not str(p).startswith("function-"):
+        elif p != "[key]" and not str(p).startswith("function-"):
             path += f".{p}" if path else str(p)
     return path or "(top level)"
 

@@ -173,6 +173,43 @@ class MlflowSync:
         self._tag_events(run_id, trial)
         return len(metrics)
 
+    def sync_probes(self, trial: str, config: TrainConfig) -> int:
+        """Send the trial's expensive-probe rows not yet logged, at their checkpoints' steps,
+        and their diagnostics (the LLC's loss trace, ...) as artifacts."""
+        from mlflow.entities import Metric
+
+        from orchestrator.probe_queue import ProbeQueue
+
+        queue = ProbeQueue(self.run_dir)
+        mine = sorted(j for j in queue.done_jobs() if j.trial == trial)
+        with self._ledger() as led:
+            logged = set(led["trials"].get(trial, {}).get("probes_logged", []))
+        todo = [j for j in mine if f"{j.measure}@{j.step}" not in logged]
+        if not todo:
+            return 0
+        run_id = self.trial_run(trial, config)
+        metrics = []
+        for job in todo:
+            table = queue.store(job).read()
+            stamps = table["wall_time"].cast("int64").to_pylist()
+            for m, ly, lv, v, st, t in zip(
+                    table["measure"].to_pylist(), table["layer"].to_pylist(),
+                    table["level"].to_pylist(), table["value"].to_pylist(),
+                    table["step"].to_pylist(), stamps, strict=True):
+                metrics.append(Metric(metric_key(m, ly, lv),
+                                      v if v is not None else float("nan"), t, st))
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        for job in todo:
+            diag = queue.diagnostics_path(job)
+            if diag.exists():
+                self.client.log_artifact(run_id, str(diag), f"probes/{job.measure}")
+        with self._ledger() as led:
+            entry = led["trials"][trial]
+            entry["probes_logged"] = sorted(
+                set(entry.get("probes_logged", [])) | {f"{j.measure}@{j.step}" for j in todo})
+        return len(metrics)
+
     def _tag_events(self, run_id: str, trial: str) -> None:
         path = TrialStore(self.run_dir, trial).events_path
         if not path.exists():
@@ -207,7 +244,7 @@ class MlflowSync:
         sent = {}
         for cfg in configs:
             trial = cfg.trial_name()
-            sent[trial] = self.sync_trial(trial, cfg)
+            sent[trial] = self.sync_trial(trial, cfg) + self.sync_probes(trial, cfg)
             marker = TrialStore(self.run_dir, trial).checkpoint_dir / "COMPLETE.json"
             if marker.exists():
                 self.set_status(trial, "FINISHED")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -36,6 +37,7 @@ class SweepBoard:
         self._use_live = live and self.console.is_terminal
         self._last = 0.0
         self._printed_counts = ""
+        self._probes: Any = None
 
     def __enter__(self) -> SweepBoard:
         if self._use_live:
@@ -85,6 +87,11 @@ class SweepBoard:
             self._note(f"[red]{name} failed: {error}[/red]")
         self.refresh(force=True)
 
+    def probes(self, counts: Any) -> None:
+        """The probe pool's counters (queued, running, done, failed); from its thread."""
+        self._probes = counts
+        self.refresh()
+
     def note(self, text: str) -> None:
         self._note(text)
 
@@ -100,8 +107,13 @@ class SweepBoard:
         c = self.counts()
         events = sum(len(t.events) for t in self.trials.values())
         extra = "".join(f", {c[k]} {k}" for k in ("retrying", "stopped") if c[k])
-        return (f"trials: {c['done']} done, {c['running']} running, {c['pending']} pending, "
+        line = (f"trials: {c['done']} done, {c['running']} running, {c['pending']} pending, "
                 f"{c['failed']} failed{extra} | emergence events: {events}")
+        p = self._probes
+        if p is not None:
+            line += (f" | probes: {p.queued} queued, {p.running} running, {p.done} done"
+                     + (f", {p.failed} failed" if p.failed else ""))
+        return line
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()

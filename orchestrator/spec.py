@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -72,6 +72,38 @@ class ScaleSettings(Overrides):
     resources: Resources | None = None
 
 
+class ProbeMeasure(_Strict):
+    """When and how one expensive measure runs on a trial's checkpoints."""
+
+    every: int = Field(10, ge=1, description="every k-th probe step (1: all); and the last")
+    batch_size: int | None = Field(None, ge=2, description="fixed probe batch (default per "
+                                                            "measure)")
+    settings: dict[str, Any] = Field(default_factory=dict,
+                                     description="fields of the measure's settings")
+
+    def due(self, index: int, last: int) -> bool:
+        return index % self.every == 0 or index == last
+
+
+class PoolResources(_Strict):
+    cpus: float = Field(0, ge=0, description="0: never competes with trials for scheduling")
+    gpus: float = Field(0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict)
+
+
+class Probes(_Strict):
+    """The expensive probes: an actor pool working through the trials' checkpoints."""
+
+    measures: dict[Literal["hessian", "llc", "fisher", "gradcov"], ProbeMeasure] = Field(
+        default_factory=dict)
+    actors: int = Field(1, ge=1)
+    resources: PoolResources = PoolResources()
+    threads: int = Field(1, ge=1, description="torch threads per actor")
+    keep_weights: bool = Field(True, description="false: delete a checkpoint's weights once "
+                                                 "its probes are done")
+    max_attempts: int = Field(3, ge=1, description="a job that raises this often is failed")
+
+
 class Emergence(_Strict):
     threshold: float = Field(0.5, gt=0, le=1)
     persistence: int = Field(5, ge=0)
@@ -111,6 +143,7 @@ class SweepSpec(_Strict):
     per_task: dict[TaskName, Overrides] = Field(default_factory=dict)
     per_scale: dict[ScaleName, ScaleSettings] = Field(default_factory=dict)
     emergence: Emergence = Emergence()
+    probes: Probes = Probes()
 
     @field_validator("name")
     @classmethod
@@ -224,6 +257,8 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
             t, s = (canon, scale0) if fixed == "task" else (task0, canon)
             problems += _section_problems(f"{key}.{name}.train", train, t, s)
     if spec is not None and not problems:
+        problems += _probe_problems(spec)
+    if spec is not None and not problems:
         # Sections valid alone can still clash when merged (warm-up longer than the steps).
         for t in spec.tasks:
             for s in spec.scales:
@@ -235,6 +270,32 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
         raise UsageError(*dict.fromkeys(problems))  # de-duplicated, in order
     assert spec is not None
     return spec
+
+
+def _probe_problems(spec: SweepSpec) -> list[str]:
+    """Measure settings that the measures refuse, and checkpoints without weights."""
+    from emergence_core.expensive import make_settings
+
+    problems = []
+    for name, m in spec.probes.measures.items():
+        try:
+            make_settings(name, m.settings)
+        except (ValueError, TypeError) as e:
+            problems.append(f"probes.measures.{name}.settings: {e}")
+    for t in spec.tasks:
+        for s in spec.scales:
+            cfg = resolve_config(t, s, 0, **spec.overrides(t, s))
+            every = cfg.checkpoint.weights_every
+            for name, m in spec.probes.measures.items():
+                if every is None:
+                    problems.append(f"probes.measures.{name}: trial {t}-{s} saves no weights "
+                                    "(train.checkpoint.weights_every is null)")
+                elif m.every % every:
+                    problems.append(
+                        f"probes.measures.{name}.every: {m.every} is not a multiple of trial "
+                        f"{t}-{s}'s train.checkpoint.weights_every ({every}), so checkpoints "
+                        "it needs would have no weights")
+    return list(dict.fromkeys(problems))
 
 
 def load_spec(path: str | Path) -> SweepSpec:

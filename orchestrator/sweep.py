@@ -117,7 +117,8 @@ def _run_dir(spec: SweepSpec) -> Path:
 def added_trials(old: SweepSpec, new: SweepSpec) -> list[TrialPlan]:
     """The trials ``new`` adds to ``old``; UsageError if it changes anything else."""
     problems = []
-    for key in ("name", "emergence", "retries", "max_concurrent_trials", "tracking_uri"):
+    for key in ("name", "emergence", "retries", "max_concurrent_trials", "tracking_uri",
+                "probes"):
         if getattr(old, key) != getattr(new, key):
             problems.append(f"{key} changed from {getattr(old, key)!r} to {getattr(new, key)!r}")
     new_plans = {p.name: p for p in new.trials()}
@@ -173,25 +174,75 @@ def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
     folder = RunFolder(run_dir)
     folder.state()
     spec = folder.frozen_spec()
+    from orchestrator.probe_pool import due_jobs
+    from orchestrator.probe_queue import ProbeQueue
+
     t = Table(title=f"sweep {spec.name} in {folder.path}")
-    for col in ("trial", "state", "step", "events"):
-        t.add_column(col, justify="right" if col == "step" else "left")
+    cols = ["trial", "state", "step", "events"] + (["probes"] if spec.probes.measures else [])
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("step", "probes") else "left")
     counts: dict[str, int] = {}
+    done_jobs = ProbeQueue(folder.path).done_jobs() if spec.probes.measures else set()
     for p in spec.trials():
         state, step, events = trial_state(folder.path, p.name)
         counts[state] = counts.get(state, 0) + 1
         ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in sorted(events.items()))
-        t.add_row(p.name, state, "-" if step is None else f"{step}/{p.config.steps}", ev)
-    t.caption = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        row = [p.name, state, "-" if step is None else f"{step}/{p.config.steps}", ev]
+        if spec.probes.measures:
+            due = due_jobs(p.name, p.config, spec.probes)
+            row.append(f"{sum(j in done_jobs for j in due)}/{len(due)}")
+        t.add_row(*row)
+    p_done, p_due, p_failed = probe_progress(folder.path, spec)
+    t.caption = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + (
+        f"; expensive probes {p_done}/{p_due} done, {len(p_failed)} failed" if p_due else "")
     return t, counts
 
 
 # -- running --------------------------------------------------------------------------------
 
+def probe_progress(folder: Path, spec: SweepSpec) -> tuple[int, int, list[str]]:
+    """(done, due, failed job names) of the expensive probes, from the run folder."""
+    from orchestrator.probe_pool import due_jobs
+    from orchestrator.probe_queue import ProbeQueue
+
+    if not spec.probes.measures:
+        return 0, 0, []
+    queue = ProbeQueue(folder)
+    due = {j for p in spec.trials() for j in due_jobs(p.name, p.config, spec.probes)}
+    done = queue.done_jobs() & due
+    failed = [f"{j.trial} {j.measure} at step {j.step}" for j in queue.failures() if j in due]
+    return len(done), len(due), failed
+
+
+def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
+                  plans: dict[str, TrialPlan], fresh: set[str]) -> int:
+    """Fit (or restore and fit) each launch in turn; returns the number of errored trials."""
+    from orchestrator import tune_run
+
+    errors = 0
+    for launch in launches:
+        if all(trial_state(folder.path, n)[0] == "done" for n in launch["trials"]):
+            continue
+        if launch["name"] in fresh or not tune_run.can_restore(folder.path, launch["name"]):
+            callback = tune_run.SweepCallback(
+                folder.path, {n: plans[n].config.model_dump(mode="json")
+                              for n in launch["trials"]})
+            tuner = tune_run.build_tuner(spec, [plans[n] for n in launch["trials"]],
+                                         folder.path, launch["name"], [callback])
+        else:
+            tuner = tune_run.restore_tuner(folder.path, launch["name"])
+        results = tuner.fit()  # returns normally on errors and on Ctrl-C
+        errors += results.num_errors
+        if any(trial_state(folder.path, n)[0] != "done" for n in launch["trials"]):
+            break  # interrupted, or trials failed: later launches wait for a resume
+    return errors
+
+
 def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
                   tracking_uri: str, console: Console, fresh: set[str]) -> int:
-    """Fit (or restore and fit) each launch; returns the exit code."""
+    """Run the trials and the probe pool beside them; returns the exit code."""
     from orchestrator import tune_run
+    from orchestrator.probe_pool import ProbePool
 
     plans = {p.name: p for p in spec.trials()}
     mlflow = MlflowSync(folder.path, tracking_uri, spec.name)
@@ -206,48 +257,54 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             board.finished(name, True)
             board.result(name, plans[name].config.steps, {k: v for k, v in events.items()
                                                            if v is not None})
+    pool = ProbePool(folder.path, spec.name, spec.probes,
+                     {n: p.config for n, p in plans.items()},
+                     on_done=lambda job: live.mlflow_call(
+                         lambda m: m.sync_probes(job.trial, plans[job.trial].config)),
+                     on_change=board.probes)
+    pool.reconcile(retry_failed=True)
     errors = 0
     try:
         with board:
-            for launch in launches:
-                todo = [n for n in launch["trials"] if trial_state(folder.path, n)[0] != "done"]
-                if not todo:
-                    continue
-                if launch["name"] in fresh or not tune_run.can_restore(folder.path,
-                                                                       launch["name"]):
-                    callback = tune_run.SweepCallback(
-                        folder.path, {n: plans[n].config.model_dump(mode="json")
-                                      for n in launch["trials"]})
-                    tuner = tune_run.build_tuner(spec, [plans[n] for n in launch["trials"]],
-                                                 folder.path, launch["name"], [callback])
-                else:
-                    tuner = tune_run.restore_tuner(folder.path, launch["name"])
-                results = tuner.fit()  # returns normally on errors and on Ctrl-C
-                errors += results.num_errors
-                if any(trial_state(folder.path, n)[0] != "done" for n in launch["trials"]):
-                    break  # interrupted, or trials failed: later launches wait for a resume
+            pool.start()
+            finished = False
+            try:
+                errors = _fit_launches(folder, spec, launches, plans, fresh)
+                finished = all(trial_state(folder.path, n)[0] == "done" for n in plans)
+                if finished and pool.enabled:
+                    board.note("trials done; the probe pool finishes the checkpoints")
+            finally:
+                pool.finish() if finished else pool.close()
     finally:
         tune_run.LIVE.pop(str(folder.path), None)
         states = {n: trial_state(folder.path, n)[0] for n in plans}
         missing = [n for n, s in states.items() if s != "done"]
         failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
-        parent = "FINISHED" if not missing else "FAILED" if failed else "RUNNING"
+        p_done, p_due, p_failed = probe_progress(folder.path, spec)
+        complete = not missing and p_done + len(p_failed) == p_due
+        parent = ("FINISHED" if complete and not p_failed
+                  else "FAILED" if failed or p_failed else "RUNNING")
 
         def final(m: MlflowSync) -> None:
             m.sync_all([p.config for p in plans.values()])
             m.set_status(None, parent)
 
         live.close(final)
-    if not missing:
-        console.print(f"sweep {spec.name} complete: {len(plans)} trials in {folder.path}")
+    if complete and not p_failed:
+        probes = f", {p_done} expensive probes" if p_due else ""
+        console.print(f"sweep {spec.name} complete: {len(plans)} trials{probes} in "
+                      f"{folder.path}")
         return 0
-    if failed:
+    if failed or p_failed:
         for n in failed:
             console.print(f"[red]failed: {n}: {live.failures.get(n, 'see emerge status')}[/red]")
-        console.print(f"{len(failed)} trial(s) failed; `emerge resume {folder.path}` retries them")
+        for job in p_failed:
+            console.print(f"[red]probe failed: {job} (see {folder.path}/probes/failed)[/red]")
+        console.print(f"{len(failed)} trial(s) and {len(p_failed)} probe(s) failed; "
+                      f"`emerge resume {folder.path}` retries them")
         return 1
-    console.print(f"stopped with {len(missing)} trial(s) unfinished; "
-                  f"`emerge resume {folder.path}` finishes them")
+    console.print(f"stopped with {len(missing)} trial(s) and {p_due - p_done} probe(s) "
+                  f"unfinished; `emerge resume {folder.path}` finishes them")
     return 130
 
 
@@ -282,7 +339,7 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
         uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
     started = connect(address, console)
     try:
-        preflight(folder.path, plans, allow_pending=allow_pending)
+        preflight(folder.path, plans, allow_pending=allow_pending, pool=spec.probes)
         folder.write(spec_text, uri, launches)
         return _run_launches(folder, spec, launches, uri, console, fresh)
     finally:
@@ -298,12 +355,14 @@ def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
     state = folder.state()
     spec = folder.frozen_spec()
     uri = tracking_uri or state["tracking_uri"]
-    if all(trial_state(folder.path, p.name)[0] == "done" for p in spec.trials()):
+    p_done, p_due, _ = probe_progress(folder.path, spec)
+    if all(trial_state(folder.path, p.name)[0] == "done" for p in spec.trials()) \
+            and p_done == p_due:
         console.print(f"sweep {spec.name} is complete; nothing to resume")
         return 0
     started = connect(address, console)
     try:
-        preflight(folder.path, spec.trials(), allow_pending=allow_pending)
+        preflight(folder.path, spec.trials(), allow_pending=allow_pending, pool=spec.probes)
         folder.write(folder.spec_path.read_text(), uri, state["launches"])
         return _run_launches(folder, spec, state["launches"], uri, console, set())
     finally:

@@ -100,7 +100,9 @@ def _trainable(config: dict[str, Any]) -> None:
         tune.report(trial_metrics(report), checkpoint=state.take())
 
     outcome = run_trial(cfg, config["run_dir"], sweep=config["sweep"],
-                        hooks=TrialHooks(on_probe=on_probe), state_store=state,
+                        hooks=TrialHooks(on_probe=on_probe,
+                                         on_weights=_enqueuer(cfg, plan["name"], config)),
+                        state_store=state,
                         threshold=config["threshold"], persistence=config["persistence"])
     final = {"step": outcome.step, "total_steps": cfg.steps, "done": outcome.completed,
              "n_events": sum(v is not None for v in outcome.events.values()),
@@ -108,6 +110,26 @@ def _trainable(config: dict[str, Any]) -> None:
     final.update({f"emergence_L{lv}": s for lv, s in outcome.events.items() if s is not None})
     tune.report(final, checkpoint=state.take())
     state.take()  # clean the last temporary directory
+
+
+def _enqueuer(cfg: Any, name: str, config: dict[str, Any]) -> Any:
+    """The trial's side of the probe pool: enqueue the jobs due at a checkpoint, move on."""
+    from emergence_core.schedule import probe_schedule
+    from orchestrator.probe_queue import ProbeJob, ProbeQueue
+
+    every: dict[str, int] = config.get("probes", {})
+    if not every:
+        return None
+    queue = ProbeQueue(Path(config["run_dir"]))
+    last = len(probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
+                              log_until=cfg.probe.log_until)) - 1
+
+    def enqueue(step: int, index: int, _path: Path) -> None:
+        for measure, k in every.items():
+            if index % k == 0 or index == last:
+                queue.enqueue(ProbeJob(name, step, measure))
+
+    return enqueue
 
 
 def _record_worker(run_dir: Path, name: str) -> None:
@@ -152,6 +174,7 @@ def build_tuner(spec: SweepSpec, plans: Sequence[TrialPlan], run_dir: Path, laun
         "sweep": spec.name,
         "threshold": spec.emergence.threshold,
         "persistence": spec.emergence.persistence,
+        "probes": {m: p.every for m, p in spec.probes.measures.items()},
     }
     return tune.Tuner(
         TRAINABLE,

@@ -31,7 +31,10 @@ BEHAVIOUR_MEASURES: tuple[str, ...] = (
     Measure.TRAIN_LOSS, Measure.LR, LOGPROB_NORM,
 )
 # Companions of an estimate (its spread, its convergence flag), not measures of their own.
-DIAGNOSTIC_MEASURES: tuple[str, ...] = (Measure.LLC_STD, Measure.LLC_CONVERGED)
+DIAGNOSTIC_MEASURES: tuple[str, ...] = (
+    Measure.LLC_STD, Measure.LLC_CONVERGED, Measure.HESSIAN_TRACE_STDERR,
+    Measure.FISHER_ERANK_STDERR, Measure.GRADCOV_ERANK_STDERR,
+)
 
 # The geometric measures a complete training sweep logs; the report names the absent ones.
 EXPECTED_MEASURES: tuple[str, ...] = (

@@ -1,0 +1,297 @@
+"""The probe pool: Ray actors that compute the expensive measures on checkpoints.
+
+The dispatcher runs on a thread of the sweep's driver. It reads the persisted queue
+(``probe_queue``), hands each job to an idle actor, and watches the calls:
+
+- an actor that dies (killed, node lost) fails its call with ``RayActorError``; Ray restarts
+  the actor (``max_restarts=-1``) and the job goes back to the queue: it is retried;
+- a job that raises is retried up to ``max_attempts`` times, then recorded as failed;
+- a job whose metric part exists is done and never dispatched again, so ``emerge resume``
+  computes only what is missing.
+
+Actors hold the resources the sweep gives them (``probes.resources``), placed apart from the
+trials': with 0 CPUs (the default) they never wait for a trial's CPU and trials never wait
+for theirs; their torch threads are capped (``probes.threads``) so they share the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from emergence_core.config import TrainConfig
+from emergence_core.schedule import probe_schedule
+from orchestrator.probe_queue import ProbeJob, ProbeQueue
+from orchestrator.spec import Probes
+
+__all__ = ["ProbePool", "due_jobs"]
+
+
+def due_jobs(name: str, cfg: TrainConfig, probes: Probes) -> list[ProbeJob]:
+    """Every (step, measure) job of a trial, from its probe schedule."""
+    steps = probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
+                           log_until=cfg.probe.log_until).tolist()
+    last = len(steps) - 1
+    return [ProbeJob(name, step, m) for m, spec in probes.measures.items()
+            for i, step in enumerate(steps) if spec.due(i, last)]
+
+
+class ProbeWorker:
+    """One actor: rebuilds a trial's model and probe batch, loads weights, measures."""
+
+    def __init__(self, run_dir: str, sweep: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.run_dir = Path(run_dir)
+        self.sweep = sweep
+        self._cache: dict[str, Any] = {}
+
+    def _trial(self, cfg: TrainConfig) -> tuple[Any, Any, Any]:
+        key = cfg.fingerprint()
+        if key not in self._cache:
+            import torch
+
+            from emergence_core.model import build_model, scale_shape
+            from emergence_core.tasks import TrialData
+
+            device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
+                                  else "cpu")
+            data = TrialData(cfg.task, cfg.levels, cfg.effective_data_seed,
+                             train_size=cfg.train_size, train_fraction=cfg.train_fraction,
+                             diag_size=cfg.diag_size, level_params=cfg.level_params)
+            model = build_model(scale_shape(cfg.scale), data.vocab.size, data.seq_len,
+                                seed=cfg.seed, init_std=cfg.init_std).to(device)
+            self._cache = {key: (data, model, device)}  # one trial at a time: bounded memory
+        return self._cache[key]
+
+    def run(self, job: ProbeJob, config: dict[str, Any], batch_size: int,
+            settings: dict[str, Any], attempt: int) -> float:
+        """Compute ``job``; write its diagnostics, then (last, atomically) its rows."""
+        from emergence_core.expensive import make_settings, run_expensive, trial_probe_batch
+        from emergence_core.metrics import RowBuffer, TrialKey
+        from emergence_core.store import TrialStore
+
+        t0 = time.perf_counter()
+        self._status({"job": [job.trial, job.step, job.measure], "started": time.time()})
+        cfg = TrainConfig.model_validate(config)
+        data, model, device = self._trial(cfg)
+        TrialStore(self.run_dir, job.trial).load_weights(model, job.step)
+        batch = trial_probe_batch(data, batch_size, cfg.seed, device)
+        result = run_expensive(job.measure, model, batch, make_settings(job.measure, settings))
+        queue = ProbeQueue(self.run_dir)
+        queue.write_diagnostics(job, {**result.diagnostics, "step": job.step,
+                                      "trial": job.trial, "attempt": attempt})
+        rows = RowBuffer(TrialKey(self.sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
+                                  source="probe"), attempt)
+        for measure, value in result.rows:
+            rows.add(job.step, measure, value)
+        queue.store(job).write_part(rows.take())
+        self._status({"job": None, "finished": time.time()})
+        return time.perf_counter() - t0
+
+    def _status(self, info: dict[str, Any]) -> None:
+        """What this actor process is doing (``probes/workers/<pid>.json``)."""
+        import os
+        import socket
+
+        from emergence_core.store import atomic_path
+
+        with atomic_path(self.run_dir / "probes" / "workers" / f"{os.getpid()}.json") as tmp:
+            tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                       **info}))
+
+
+@dataclass
+class _Slot:
+    actor: Any
+    job: ProbeJob | None = None
+    ref: Any = None
+    started: float = 0.0
+
+
+@dataclass
+class PoolCounts:
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    busy_s: float = 0.0
+    attempts: dict[ProbeJob, int] = field(default_factory=dict)
+
+
+class ProbePool:
+    """Dispatches queued jobs to actors until told to drain; see the module docstring."""
+
+    def __init__(self, run_dir: Path, sweep: str, probes: Probes,
+                 configs: dict[str, TrainConfig],
+                 on_done: Callable[[ProbeJob], None] | None = None,
+                 on_change: Callable[[PoolCounts], None] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.sweep = sweep
+        self.probes = probes
+        self.configs = configs
+        self.queue = ProbeQueue(self.run_dir)
+        self.on_done = on_done or (lambda job: None)
+        self.on_change = on_change or (lambda counts: None)
+        self.counts = PoolCounts()
+        self._stop = threading.Event()
+        self._drain = threading.Event()
+        self._error: BaseException | None = None
+        self._slots: list[_Slot] = []
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.probes.measures)
+
+    def reconcile(self, retry_failed: bool = False) -> None:
+        """Enqueue the due jobs whose weights exist (a trial may have died between saving
+        weights and enqueueing); with ``retry_failed``, give failed jobs another chance."""
+        from emergence_core.store import TrialStore
+
+        for name, cfg in self.configs.items():
+            have = set(TrialStore(self.run_dir, name).weight_steps())
+            for job in due_jobs(name, cfg, self.probes):
+                if job.step in have:
+                    self.queue.enqueue(job)
+        if retry_failed:
+            for job in self.queue.failures():
+                self.queue.clear_failure(job)
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        res = self.probes.resources
+        actor_cls = ray.remote(ProbeWorker).options(
+            num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
+            max_restarts=-1, max_task_retries=0, name=None)
+        self._slots = [_Slot(actor_cls.remote(str(self.run_dir), self.sweep,
+                                              self.probes.threads))
+                       for _ in range(self.probes.actors)]
+        self._thread = threading.Thread(target=self._loop, name="emerge-probe-pool",
+                                        daemon=True)
+        self._thread.start()
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Work through everything queued (the trials are done), then stop the actors."""
+        if self._thread is None:
+            return
+        self.reconcile()
+        self._drain.set()
+        self._thread.join(timeout)
+        self.close()
+        if not self.probes.keep_weights:
+            from emergence_core.store import TrialStore
+
+            for name in self.configs:  # the trials are done: no checkpoint is still to come
+                for step in TrialStore(self.run_dir, name).weight_steps():
+                    self._retire_weights(name, step)
+
+    def close(self) -> None:
+        """Stop now (Ctrl-C): jobs in flight are redone on the next resume."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for slot in self._slots:
+            ray.kill(slot.actor)
+        self._slots = []
+        if self._error is not None:
+            raise self._error
+
+    # -- the dispatcher thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            last_scan = 0.0
+            pending: list[ProbeJob] = []
+            while not self._stop.is_set():
+                if time.monotonic() - last_scan > 1.0:
+                    pending = self._pending()
+                    last_scan = time.monotonic()
+                self._dispatch(pending)
+                self._collect()
+                busy = any(s.job is not None for s in self._slots)
+                if self._drain.is_set() and not busy and not self._pending():
+                    return
+                if not busy:
+                    time.sleep(0.5)
+        except BaseException as e:  # surfaced by close(): the driver must not hang silently
+            self._error = e
+
+    def _pending(self) -> list[ProbeJob]:
+        done = self.queue.done_jobs()
+        running = {s.job for s in self._slots if s.job is not None}
+        queued = self.queue.queued()
+        failed = set(self.queue.failures())
+        todo = [j for j in queued if j not in done and j not in running and j not in failed]
+        c = self.counts
+        c.queued, c.running = len(todo), len(running)
+        c.done = sum(1 for j in queued if j in done)
+        c.failed = len(failed)
+        self.on_change(c)
+        return todo
+
+    def _dispatch(self, pending: list[ProbeJob]) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                continue
+            while pending:
+                job = pending.pop(0)
+                if job.trial not in self.configs:
+                    continue  # a trial of another launch's spec: not ours to run
+                spec = self.probes.measures[job.measure]
+                from emergence_core.expensive import BATCH_SIZES
+
+                attempt = self.counts.attempts.get(job, 0)
+                slot.job, slot.started = job, time.monotonic()
+                slot.ref = slot.actor.run.remote(
+                    job, self.configs[job.trial].model_dump(mode="json"),
+                    spec.batch_size or BATCH_SIZES[job.measure], spec.settings, attempt)
+                break
+
+    def _collect(self) -> None:
+        refs = [s.ref for s in self._slots if s.ref is not None]
+        if not refs:
+            return
+        ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+        for slot in self._slots:
+            if slot.ref is None or slot.ref not in ready:
+                continue
+            job, slot.job, ref, slot.ref = slot.job, None, slot.ref, None
+            self.counts.busy_s += time.monotonic() - slot.started
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.counts.retried += 1  # the actor died: Ray restarts it, the job reruns
+                continue
+            except ray.exceptions.RayTaskError as e:
+                n = self.counts.attempts[job] = self.counts.attempts.get(job, 0) + 1
+                if n >= self.probes.max_attempts:
+                    text = str(e).strip().splitlines()[-1][:300]
+                    self.queue.record_failure(job, text, n)
+                continue
+            if not self.probes.keep_weights:
+                self._retire_weights(job.trial, job.step)
+            self.on_done(job)
+
+    def _retire_weights(self, trial: str, step: int) -> None:
+        """Delete a checkpoint's weights once all its jobs are done (keep_weights: false)."""
+        from emergence_core.store import TrialStore
+
+        at_step = [j for j in due_jobs(trial, self.configs[trial], self.probes) if j.step == step]
+        if all(self.queue.is_done(j) for j in at_step):
+            TrialStore(self.run_dir, trial).weights_path(step).unlink(missing_ok=True)
+
+
+def diagnostics(run_dir: Path, job: ProbeJob) -> dict[str, Any] | None:
+    path = ProbeQueue(run_dir).diagnostics_path(job)
+    return json.loads(path.read_text()) if path.exists() else None

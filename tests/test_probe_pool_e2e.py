@@ -1,0 +1,128 @@
+"""The probe pool in real sweeps: every (trial, step, measure) exactly once in Parquet and
+in MLflow, also when a probe actor is killed mid-job or the driver is interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from mlflow.tracking import MlflowClient
+
+from emergence_core.store import TrialStore, read_metrics
+from orchestrator.mlflow_sync import metric_key
+from orchestrator.probe_pool import due_jobs
+from orchestrator.probe_queue import ProbeQueue
+from orchestrator.spec import load_spec
+from tests.sweep_helpers import (
+    keys_unique,
+    ray_tmpdir,
+    run_sweep,
+    start_sweep,
+    stop,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+
+TRAIN = {"steps": 200, "diag_size": 100, "probe": {"n_probes": 40, "rankme_samples": 50},
+         "checkpoint": {"every_probes": 5}}
+# An LLC slow enough (several seconds) to be caught mid-job.
+PROBES = {"hessian": {"every": 10, "batch_size": 48, "settings": {"trace_probes": 8}},
+          "llc": {"every": 20, "batch_size": 256,
+                  "settings": {"n_chains": 2, "n_draws": 300, "n_burnin": 100}},
+          "fisher": {"every": 10}, "gradcov": {"every": 20}}
+
+
+def _spec(tmp_path: Path, name: str, **probes) -> Path:
+    return write_spec(tmp_path / f"{name}.yaml", name=name, run_dir=str(tmp_path / "run"),
+                      tasks=["MOD", "COPY"], scales=["s0"], seeds=[0],
+                      max_concurrent_trials=1, train=TRAIN,
+                      probes={"measures": PROBES, "actors": 1, **probes})
+
+
+def _check_exactly_once(run_dir: Path, spec_path: Path) -> None:
+    spec = load_spec(spec_path)
+    due = {j for p in spec.trials() for j in due_jobs(p.name, p.config, spec.probes)}
+    assert ProbeQueue(run_dir).done_jobs() == due
+    table = read_metrics(run_dir)
+    assert keys_unique(table)
+    probe = table.filter(pc.equal(table["source"], "probe"))
+    got = {(t, s, m) for t, s, m in zip(probe["trial"].to_pylist(), probe["step"].to_pylist(),
+                                        probe["measure"].to_pylist(), strict=True)}
+    prefix = {"hessian": "hessian_lambda_max", "llc": "llc", "fisher": "fisher_erank",
+              "gradcov": "gradcov_erank"}
+    assert {(j.trial, j.step, prefix[j.measure]) for j in due} <= got
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(spec.name)
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    for plan in spec.trials():
+        run_id = runs[plan.name].info.run_id
+        for measure in ("hessian_lambda_max", "llc", "fisher_erank", "gradcov_erank"):
+            steps = [m.step for m in client.get_metric_history(run_id,
+                                                               metric_key(measure, None, None))]
+            want = sorted(j.step for j in due if j.trial == plan.name
+                          and prefix[j.measure] == measure)
+            assert sorted(steps) == want, (plan.name, measure)
+        artifacts = {a.path for a in client.list_artifacts(run_id, "probes/llc")}
+        assert len(artifacts) == len([j for j in due if j.trial == plan.name
+                                      and j.measure == "llc"])
+
+
+def test_probe_actor_killed_mid_job_still_gives_exactly_once(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path, "pool")
+    run_dir = tmp_path / "run"
+    workers = run_dir / "probes" / "workers"
+    log = tmp_path / "driver.log"
+
+    def busy_llc() -> int | None:
+        for f in workers.glob("*.json") if workers.is_dir() else []:
+            info = json.loads(f.read_text())
+            if info.get("job") and info["job"][2] == "llc" and \
+                    time.time() - info["started"] > 1.0:
+                return info["pid"]
+        return None
+
+    with ray_tmpdir() as rt:
+        proc = start_sweep(["sweep", str(spec_path)], rt, log)
+        try:
+            wait_for(lambda: busy_llc() is not None, 300, "an LLC job in flight", proc, log)
+            victim = busy_llc()
+            os.kill(victim, signal.SIGKILL)
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        finally:
+            stop(proc)
+    pids = {json.loads(f.read_text())["pid"] for f in workers.glob("*.json")}
+    assert pids - {victim}, "no new actor took over after the kill"
+    _check_exactly_once(run_dir, spec_path)
+    assert "weights" in {p.name for p in (run_dir / "checkpoints" / "MOD-s0-0").iterdir()}
+
+
+def test_resume_computes_only_the_missing_probes(tmp_path: Path) -> None:
+    spec_path = _spec(tmp_path, "resume", keep_weights=False)
+    run_dir = tmp_path / "run"
+    log = tmp_path / "driver.log"
+    queue = ProbeQueue(run_dir)
+    with ray_tmpdir() as rt:
+        proc = start_sweep(["sweep", str(spec_path)], rt, log)
+        try:
+            wait_for(lambda: len(queue.done_jobs()) >= 6, 300, "six finished probe jobs",
+                     proc, log)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+        finally:
+            stop(proc)
+        before = {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in queue.done_jobs()}
+        rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
+    assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    # what was done before the interruption was not computed again
+    assert {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in before} == before
+    _check_exactly_once(run_dir, spec_path)
+    # keep_weights: false -> every checkpoint's weights went once its probes were done
+    for plan in load_spec(spec_path).trials():
+        assert TrialStore(run_dir, plan.name).weight_steps() == []
