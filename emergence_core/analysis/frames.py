@@ -40,11 +40,18 @@ def empty_metrics() -> pl.DataFrame:
 
 
 def load_metrics(run_dir: str | Path) -> pl.LazyFrame:
-    """Lazy scan of ``<run_dir>/metrics/**/*.parquet``; an empty table when there is none."""
-    root = Path(run_dir) / "metrics"
-    if not any(root.glob("**/*.parquet")):
+    """Lazy scan of the live metric parts of ``run_dir``; an empty table when there is none.
+
+    The parts are ``store.metric_files``'s: parts left behind inside a larger one by an
+    interrupted compaction are skipped (a glob over ``metrics/**`` would read their rows
+    twice), as are files not named like the store's parts.
+    """
+    from emergence_core.store import metric_files  # imports torch: only when reading a folder
+
+    files = metric_files(run_dir)
+    if not files:
         return empty_metrics().lazy()
-    return pl.scan_parquet(str(root / "**" / "*.parquet"), hive_partitioning=False)
+    return pl.scan_parquet([str(f) for f in files], hive_partitioning=False)
 
 
 def as_lazy(metrics: Metrics) -> pl.LazyFrame:

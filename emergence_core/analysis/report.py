@@ -115,9 +115,9 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                  analysis: Analysis | None = None) -> ReportSummary:
     """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
 
-    ``metrics``: e.g. ``frames.load_metrics(run_dir)`` or
-    ``pl.scan_parquet(f"{run_dir}/metrics/**/*.parquet")``. ``analysis``: an ``analyze``
-    result already computed from ``metrics`` (then ``settings`` are its settings).
+    ``metrics``: for a run folder ``frames.load_metrics(run_dir)`` (a bare glob over
+    ``metrics/**`` would also read parts a compaction superseded). ``analysis``: an
+    ``analyze`` result already computed from ``metrics`` (then ``settings`` are its settings).
     """
     settings = analysis.settings if analysis is not None else settings or AnalysisSettings()
     out_dir = Path(out_dir)

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from emergence_core.metrics import METRICS_SCHEMA, Measure, measure_name
 
@@ -324,13 +323,14 @@ def generate(cfg: SyntheticConfig | None = None) -> tuple[pl.DataFrame, Truth]:
 
 
 def write_synthetic(cfg: SyntheticConfig, run_dir: str | Path) -> tuple[Truth, int]:
-    """Write ``run_dir/metrics/<trial>/part-0.parquet`` trial by trial; (truth, rows)."""
+    """Write one metric part per trial, as the store lays them out
+    (``run_dir/metrics/<source>/<trial>/part-<first>-<last>.parquet``); (truth, rows)."""
+    from emergence_core.store import TrialStore  # imports torch: only when writing a folder
+
     parts, rows = [], 0
     for table, part in _tables(cfg):
-        trial = table.column("trial")[0].as_py()
-        out = Path(run_dir) / "metrics" / trial
-        out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, out / "part-0.parquet")
+        trial, source = table.column("trial")[0].as_py(), table.column("source")[0].as_py()
+        TrialStore(run_dir, trial, source).write_part(table)
         parts.append(part)
         rows += table.num_rows
     return _truth(cfg, parts), rows

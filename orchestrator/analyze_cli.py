@@ -1,0 +1,322 @@
+"""``emerge analyze RUN_DIR``: the statistics stage over a run folder, logged to MLflow.
+
+The report (``write_report``: Markdown, CSV tables, PNG figures, ``report.json``) is the
+product. MLflow gets a copy on the sweep's parent run: the report folder as artifacts under
+``report/``, the headline numbers as metrics ``report/<name>``, and the settings hash as the
+tag ``emerge.analysis.config_hash``. A tracking store that is down costs one line, never the
+report; an ``emerge train`` folder has no MLflow and is only reported.
+
+Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep file's
+``emergence`` rule (threshold, persistence) and ``analysis:`` section if it has one,
+``--set KEY=VALUE``, then ``--threshold`` and ``--persistence``.
+
+``orchestrator.cli`` registers the command with ``app.command("analyze")(analyze_command)``;
+this module imports ``orchestrator.cli`` only when the command runs, so either may be
+imported first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import unquote, urlparse
+
+import typer
+
+from orchestrator.errors import UsageError, format_validation_error
+
+if TYPE_CHECKING:
+    from emergence_core.analysis import AnalysisSettings, ReportSummary
+
+__all__ = ["AnalyzeResult", "RunFolderInfo", "analyze_command", "analyze_run", "inspect_run_folder",
+           "log_report", "resolve_settings"]
+
+# Any of these makes a folder a run folder (report/report.json: an empty folder analysed once).
+_MARKERS = ("sweep.json", "run.json", "spec.yaml", "metrics", "events", "checkpoints",
+            "report/report.json")
+_CONFIG_HASH_TAG = "emerge.analysis.config_hash"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+@dataclass(frozen=True)
+class RunFolderInfo:
+    """What a run folder says about itself. ``kind``: ``sweep`` (sweep.json), ``train``
+    (run.json), ``other`` (metrics or checkpoints but neither file, e.g. Pythia rows or a
+    copied table) or ``empty``. ``recorded_dir`` and ``recorded_uri``: sweep.json's."""
+
+    path: Path
+    kind: str
+    name: str
+    launched: tuple[str, ...]
+    recorded_dir: Path | None
+    recorded_uri: str | None
+    spec: Mapping[str, Any]
+    spec_text: str | None
+    notes: tuple[str, ...]
+
+
+def inspect_run_folder(run_dir: Path) -> RunFolderInfo:
+    """Read the run folder's own files; UsageError when ``run_dir`` is not a run folder."""
+    import yaml
+
+    path = Path(run_dir).expanduser().absolute()
+    if not path.exists():
+        raise UsageError(f"{run_dir}: no such folder; give a run folder, e.g. runs/smoke")
+    if not path.is_dir():
+        raise UsageError(f"{run_dir} is a file, not a run folder")
+    present = [m for m in _MARKERS if (path / m).exists()]
+    if not present and any(path.iterdir()):
+        raise UsageError(f"{run_dir} is not a run folder (no sweep.json, run.json or metrics/); "
+                         "give a folder written by `emerge sweep` or `emerge train`")
+    notes: list[str] = []
+    state: dict[str, Any] = {}
+    kind = ("sweep" if "sweep.json" in present else "train" if "run.json" in present
+            else "other" if present else "empty")
+    if kind == "empty":
+        notes.append(f"The run folder {path} is empty: nothing has run there yet.")
+    if kind == "sweep":
+        try:
+            state = json.loads((path / "sweep.json").read_text())
+        except (OSError, ValueError) as err:
+            notes.append(f"sweep.json could not be read ({_first_line(err)}): the launched "
+                         "trials are unknown and MLflow is skipped.")
+    spec: dict[str, Any] = {}
+    spec_text = None
+    if "spec.yaml" in present:
+        try:
+            spec_text = (path / "spec.yaml").read_text()
+            loaded = yaml.safe_load(spec_text)
+            spec = loaded if isinstance(loaded, dict) else {}
+        except (OSError, yaml.YAMLError) as err:
+            notes.append(f"spec.yaml could not be read ({_first_line(err)}): default settings.")
+    launched = tuple(dict.fromkeys(t for launch in state.get("launches", [])
+                                   for t in launch.get("trials", [])))
+    return RunFolderInfo(
+        path=path, kind=kind, name=str(spec.get("name") or path.name), launched=launched,
+        recorded_dir=Path(state["run_dir"]) if state.get("run_dir") else None,
+        recorded_uri=state.get("tracking_uri"), spec=spec, spec_text=spec_text,
+        notes=tuple(notes))
+
+
+def resolve_settings(spec: Mapping[str, Any], sets: Mapping[str, Any],
+                     threshold: float | None = None,
+                     persistence: int | None = None) -> AnalysisSettings:
+    """The analysis settings: defaults < the sweep file's rule and ``analysis:`` < ``sets`` <
+    ``threshold``/``persistence``; one UsageError line per unknown or bad field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from emergence_core.analysis import AnalysisSettings
+
+    values: dict[str, Any] = {}
+    rule = spec.get("emergence")
+    if isinstance(rule, dict):
+        values.update({k: rule[k] for k in ("threshold", "persistence") if k in rule})
+    section = spec.get("analysis")
+    if isinstance(section, dict):
+        values.update(section)
+    values.update(sets)
+    for key, value in (("threshold", threshold), ("persistence", persistence)):
+        if value is not None:
+            values[key] = value
+    known = [f.name for f in fields(AnalysisSettings)]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise UsageError(*(
+            f"analysis setting {k!r} is unknown"
+            + "".join(f"; did you mean {m!r}?" for m in difflib.get_close_matches(k, known, 1))
+            + " (the fields of AnalysisSettings, emergence_core/analysis/settings.py)"
+            for k in unknown))
+    try:
+        return TypeAdapter(AnalysisSettings).validate_python(values)
+    except ValidationError as err:
+        raise UsageError(*format_validation_error(err)) from None
+
+
+def _readable_parts(info: RunFolderInfo) -> tuple[list[Path], list[str]]:
+    """The live metric parts (superseded ones skipped) whose footer reads; notes on others."""
+    import pyarrow.parquet as pq
+
+    from emergence_core.store import metric_files
+
+    good, bad = [], []
+    for f in metric_files(info.path):
+        try:
+            pq.read_metadata(f)
+            good.append(f)
+        except Exception as err:  # a damaged part loses its rows, not the whole report
+            bad.append(f"{f.relative_to(info.path)} ({_first_line(err)})")
+    notes = [f"{len(bad)} metric parts could not be read and were left out: {_listed(bad, 5)}."
+             ] if bad else []
+    return good, notes
+
+
+def _trial_notes(info: RunFolderInfo, parts: list[Path]) -> list[str]:
+    """Launched trials without rows, and trials with rows that have not finished."""
+    from emergence_core.store import TrialStore
+
+    with_rows = sorted({p.parent.name for p in parts if p.parent.parent.name == "trial"})
+    notes = []
+    absent = [t for t in info.launched if t not in with_rows]
+    if absent:
+        notes.append(f"{len(absent)}/{len(info.launched)} launched trials have no metrics "
+                     f"yet: {_listed(absent)}.")
+    if info.kind in ("sweep", "train"):
+        open_ = [t for t in with_rows
+                 if not (TrialStore(info.path, t).checkpoint_dir / "COMPLETE.json").exists()]
+        if open_:
+            notes.append(f"{len(open_)}/{len(with_rows)} trials have not finished; their rows "
+                         f"so far are analysed: {_listed(open_)}.")
+    return notes
+
+
+def log_report(client: Any, run_id: str, summary: ReportSummary, *,
+               artifacts: bool = True) -> int:
+    """Log ``summary`` to MLflow run ``run_id``: headline metrics ``report/<name>`` (step 0),
+    the settings-hash tag and, with ``artifacts``, the report folder under ``report/``.
+    Returns the number of metrics logged."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"report/{k}", float(v), now, 0) for k, v in sorted(summary.headline.items())]
+    tags = [RunTag(_CONFIG_HASH_TAG, summary.analysis.settings.config_hash())]
+    for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+    if artifacts:
+        client.log_artifacts(run_id, str(summary.out_dir), "report")
+    return len(metrics)
+
+
+def _local_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
+
+
+def _to_mlflow(info: RunFolderInfo, summary: ReportSummary, tracking_uri: str | None) -> str:
+    """Log the report to the sweep's parent run; one line saying what happened."""
+    if info.kind == "train":
+        return "mlflow: skipped: an `emerge train` run folder has no MLflow runs"
+    uri = tracking_uri or info.recorded_uri
+    if info.kind != "sweep" or uri is None:
+        return "mlflow: skipped: no sweep.json here, so no sweep parent run to log to"
+    from orchestrator.mlflow_sync import MlflowSync, default_tracking_uri
+
+    moved = info.recorded_dir is not None and info.recorded_dir != info.path
+    if tracking_uri is None and moved and uri == default_tracking_uri(info.recorded_dir):
+        uri = default_tracking_uri(info.path)  # the folder moved, its embedded store with it
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return (f"mlflow: not logged: the tracking store {uri} does not exist "
+                "(pass --tracking-uri)")
+    try:
+        sync = MlflowSync(info.path, uri, info.name)
+        run_id = sync.parent_run(info.spec_text)  # the ledger's; created only if it has none
+        where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
+        stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
+        n = log_report(sync.client, run_id, summary, artifacts=not stale)
+    except Exception as err:  # the report is the product: MLflow failing is one line
+        return (f"mlflow: not logged ({uri}: {_first_line(err)}); the report stands, rerun "
+                "`emerge analyze` to log it")
+    files = "" if stale else f"report/ ({len(summary.files)} files), "
+    skipped = (f"; artifacts not logged: the run's artifact store {where} is in the folder's "
+               f"old location") if stale else ""
+    return f"mlflow: logged {files}{n} metrics and the settings hash to run {run_id} ({uri})" \
+           f"{skipped}"
+
+
+@dataclass(frozen=True)
+class AnalyzeResult:
+    """What ``analyze_run`` did: the report written, and the line about MLflow."""
+
+    info: RunFolderInfo
+    summary: ReportSummary
+    mlflow: str
+
+
+def analyze_run(run_dir: Path, out: Path | None = None, *,
+                sets: Mapping[str, Any] | None = None, threshold: float | None = None,
+                persistence: int | None = None, tracking_uri: str | None = None,
+                mlflow: bool = True) -> AnalyzeResult:
+    """Analyse ``run_dir``'s metrics, write the report to ``out`` (default RUN_DIR/report),
+    then log it to the sweep's MLflow parent run unless ``mlflow`` is False."""
+    import polars as pl
+
+    from emergence_core.analysis import analyze, empty_metrics, write_report
+
+    info = inspect_run_folder(run_dir)
+    settings = resolve_settings(info.spec, sets or {}, threshold, persistence)
+    parts, notes = _readable_parts(info)
+    notes = [*info.notes, *_trial_notes(info, parts), *notes]
+    metrics = (pl.scan_parquet([str(p) for p in parts], hive_partitioning=False) if parts
+               else empty_metrics().lazy())
+    try:
+        a = analyze(metrics, settings)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as err:
+        notes.append(f"The metrics could not be read ({_first_line(err)}); reporting an "
+                     "empty table.")
+        a = analyze(empty_metrics(), settings)
+    a = replace(a, missing=(*notes, *a.missing))
+    target = Path(out) if out is not None else info.path / "report"
+    try:
+        summary = write_report(metrics, target, analysis=a)
+    except OSError as err:
+        raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
+                         "choose another folder with --out") from None
+    line = _to_mlflow(info, summary, tracking_uri) if mlflow else "mlflow: skipped (--no-mlflow)"
+    return AnalyzeResult(info=info, summary=summary, mlflow=line)
+
+
+def _print(result: AnalyzeResult) -> None:
+    s, h = result.summary, result.summary.headline
+    tables = sum(f.startswith("tables/") for f in s.files)
+    figures = sum(f.startswith("figures/") for f in s.files)
+    st = s.analysis.settings
+    typer.echo(f"report: {s.out_dir / 'report.md'} ({tables} tables, {figures} figures)")
+    typer.echo(f"  {h['trials']:.0f} trials, {h['rows']:.0f} rows; accuracy events "
+               f"{h['events/accuracy/emerged']:.0f}/{h['events/accuracy/series']:.0f} series; "
+               f"top-down {h['topdown/count']:.0f}/{h['topdown/combinations']:.0f}; threshold "
+               f"{st.threshold:g}, persistence {st.persistence} (settings {st.config_hash()})")
+    for note in s.missing:
+        typer.echo(f"  missing: {note}")
+    typer.echo(result.mlflow)
+
+
+def analyze_command(
+    run_dir: Annotated[Path, typer.Argument(
+        help="a run folder: a sweep's (runs/NAME) or an `emerge train` one")],
+    out: Annotated[Path | None, typer.Option(
+        help="report folder (default: RUN_DIR/report); replaced as a whole")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="accuracy an event must reach (default: the sweep file's, else 0.5)")] = None,
+    persistence: Annotated[int | None, typer.Option(
+        help="following probe steps it must hold for (default: the sweep file's, else 5)")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="any AnalysisSettings field, e.g. --set n_bootstrap=500, "
+                      "--set hard=[ADD:3,MUL:3] (repeatable)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the one the sweep was launched with)")] = None,
+    no_mlflow: Annotated[bool, typer.Option(
+        "--no-mlflow", help="write the report only; log nothing to MLflow")] = False,
+) -> None:
+    """Statistics of SPEC section 4 over RUN_DIR: write report/ and log it to MLflow."""
+    from orchestrator.cli import handles_usage_errors, parse_sets
+
+    @handles_usage_errors
+    def run() -> None:
+        _print(analyze_run(run_dir, out, sets=parse_sets(set_ or []), threshold=threshold,
+                           persistence=persistence, tracking_uri=tracking_uri,
+                           mlflow=not no_mlflow))
+
+    run()
