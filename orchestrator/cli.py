@@ -215,6 +215,18 @@ def sync_mlflow(
     typer.echo(f"sent {sum(sent.values())} rows to MLflow for {len(sent)} trials")
 
 
+def _register() -> None:
+    """Commands defined in their own modules (they import nothing heavy at import time)."""
+    from orchestrator.analyze_cli import analyze_command
+    from orchestrator.pythia_cli import pythia_command
+
+    app.command("pythia")(pythia_command)
+    app.command("analyze")(analyze_command)
+
+
+_register()
+
+
 def main() -> None:
     app(prog_name="emerge")
 
