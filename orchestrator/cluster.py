@@ -60,7 +60,13 @@ def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool,
     max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
     max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
     problems = []
+    total = ray.cluster_resources()
     for p in plans:
+        for name, amount in p.resources.custom.items():
+            if max((n["Resources"].get(name, 0) for n in nodes), default=0) < amount:
+                problems.append(f"per_scale.{p.config.scale}.resources.custom.{name}: no node "
+                                f"offers {amount:g} of resource {name!r} (start nodes with "
+                                "ray start --resources)")
         if p.resources.cpus > max_cpu:
             problems.append(f"trial {p.name} needs {p.resources.cpus:g} CPUs, but the largest "
                             f"node has {max_cpu:g}; lower per_scale.{p.config.scale}."
@@ -71,7 +77,6 @@ def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool,
                             f"(per_scale.{p.config.scale}.resources.gpus: 0), or pass "
                             "--allow-pending to wait for an autoscaler")
     if pool is not None and pool.measures:
-        total = ray.cluster_resources()
         if pool.resources.gpus > max_gpu and not allow_pending:
             problems.append(f"probes.resources.gpus: {pool.resources.gpus:g} GPU(s) per actor, "
                             "but no node has that many; pass --allow-pending to wait for an "

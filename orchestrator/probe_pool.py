@@ -106,6 +106,7 @@ class ProbeWorker:
 
         with atomic_path(self.run_dir / "probes" / "workers" / f"{os.getpid()}.json") as tmp:
             tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                       "node_id": ray.get_runtime_context().get_node_id(),
                                        **info}))
 
 

@@ -46,16 +46,19 @@ def write_spec(path: Path, **fields: Any) -> Path:
     return path
 
 
-def start_sweep(args: list[str], ray_tmp: str, log: Path) -> subprocess.Popen:
-    """``emerge <args> --address local`` in its own process group."""
+def start_sweep(args: list[str], ray_tmp: str, log: Path,
+                address: str | None = "local") -> subprocess.Popen:
+    """``emerge <args> --address <address>`` in its own process group (no --address: None)."""
     out = open(log, "w")  # noqa: SIM115 - closed by the caller through the process
-    return subprocess.Popen([*EMERGE, *args, "--address", "local"], cwd=ROOT,
+    where = [] if address is None else ["--address", address]
+    return subprocess.Popen([*EMERGE, *args, *where], cwd=ROOT,
                             env=sweep_env(ray_tmp), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def run_sweep(args: list[str], ray_tmp: str, log: Path, timeout: float = 900) -> int:
-    proc = start_sweep(args, ray_tmp, log)
+def run_sweep(args: list[str], ray_tmp: str, log: Path, timeout: float = 900,
+              address: str | None = "local") -> int:
+    proc = start_sweep(args, ray_tmp, log, address)
     try:
         return proc.wait(timeout=timeout)
     finally:
@@ -96,12 +99,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1, stopped on exit."""
-    port = free_port()
+def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (its store in ``root``), stopped on exit."""
+    port = port or free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     root.mkdir(parents=True, exist_ok=True)
-    log = open(root / "server.log", "w")  # noqa: SIM115
+    log = open(root / "server.log", "a")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}",

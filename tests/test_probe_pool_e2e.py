@@ -30,18 +30,18 @@ from tests.sweep_helpers import (
 
 pytestmark = pytest.mark.slow
 
-TRAIN = {"steps": 200, "diag_size": 100, "probe": {"n_probes": 40, "rankme_samples": 50},
+TRAIN = {"steps": 150, "diag_size": 100, "probe": {"n_probes": 40, "rankme_samples": 50},
          "checkpoint": {"every_probes": 5}}
 # An LLC slow enough (several seconds) to be caught mid-job.
 PROBES = {"hessian": {"every": 10, "batch_size": 48, "settings": {"trace_probes": 8}},
           "llc": {"every": 20, "batch_size": 256,
-                  "settings": {"n_chains": 2, "n_draws": 300, "n_burnin": 100}},
+                  "settings": {"n_chains": 2, "n_draws": 200, "n_burnin": 100}},
           "fisher": {"every": 10}, "gradcov": {"every": 20}}
 
 
 def _spec(tmp_path: Path, name: str, **probes) -> Path:
     return write_spec(tmp_path / f"{name}.yaml", name=name, run_dir=str(tmp_path / "run"),
-                      tasks=["MOD", "COPY"], scales=["s0"], seeds=[0],
+                      tasks=["MOD"], scales=["s0"], seeds=[0],
                       max_concurrent_trials=1, train=TRAIN,
                       probes={"measures": PROBES, "actors": 1, **probes})
 

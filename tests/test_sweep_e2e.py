@@ -145,7 +145,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     spec_path = write_spec(tmp_path / "kill.yaml", name="kill", run_dir=str(run_dir),
                            tasks=["MOD"], scales=["s0"], seeds=[0], retries=3,
-                           train={**SMALL, "steps": 400})
+                           train={**SMALL, "steps": 300})
     log = tmp_path / "driver.log"
     parts = run_dir / "metrics" / "trial" / "MOD-s0-0"
     worker = run_dir / "status" / "MOD-s0-0.worker.json"
@@ -173,7 +173,7 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
     run_dir = tmp_path / "run"
     spec = {"name": "intr", "run_dir": str(run_dir), "tasks": ["MOD", "COPY"],
             "scales": ["s0"], "seeds": [0], "max_concurrent_trials": 2,
-            "train": {**SMALL, "steps": 300}}
+            "train": {**SMALL, "steps": 200}}
     spec_path = write_spec(tmp_path / "intr.yaml", **spec)
     log = tmp_path / "driver.log"
     with ray_tmpdir() as rt:
