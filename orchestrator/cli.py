@@ -195,7 +195,7 @@ def status(
     """Print a table of the sweep's trials: state, step, emergence events."""
     from rich.console import Console
 
-    from orchestrator.sweep import status_table
+    from orchestrator.run_folder import status_table
 
     table, _ = status_table(run_dir)
     Console().print(table)

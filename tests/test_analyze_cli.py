@@ -25,7 +25,7 @@ from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.analyze_cli import analyze_command
 from orchestrator.mlflow_sync import MlflowSync, default_tracking_uri
-from orchestrator.sweep import RunFolder
+from orchestrator.run_folder import RunFolder
 from tests.conftest import tiny_overrides
 
 SHORT_COPY = {"level_params": {1: {"length": 2}, 2: {"length": 3}, 3: {"length": 5}}}

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.errors import UsageError
+from orchestrator.run_folder import added_trials
 from orchestrator.spec import load_spec, parse_spec
-from orchestrator.sweep import added_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"name": "t", "tasks": ["MOD"], "scales": ["s0"], "seeds": [0]}
