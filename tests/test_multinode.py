@@ -210,7 +210,7 @@ def test_mlflow_server_down_mid_sweep_then_sync_fills_it_in(tmp_path: Path) -> N
     run_dir = tmp_path / "run"
     spec_path = write_spec(tmp_path / "s.yaml", name="outage", run_dir=str(run_dir),
                            tasks=["MOD", "COPY"], scales=["s0"], seeds=[0],
-                           max_concurrent_trials=2, train={**TRAIN, "steps": 400},
+                           max_concurrent_trials=2, train={**TRAIN, "steps": 300},
                            per_scale=ON_TRAINERS)
     log = tmp_path / "log"
     server_root = tmp_path / "mlflow"

@@ -117,6 +117,34 @@ def test_smoke_sweep_end_to_end_with_sqlite(tmp_path: Path) -> None:
                            "COMPLETE.json").read_text())
         assert any(v is not None for v in done["events"].values()), plan.name
     assert "complete" in log.read_text()
+    _analyze_the_smoke_run(run_dir, spec_path)
+
+
+def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
+    """The statistics stage and the notebook on the smoke sweep's own run folder."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["analyze", str(run_dir)], rt, run_dir / "analyze.log", address=None)
+    assert rc == 0, (run_dir / "analyze.log").read_text()
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "Emergence events" in report and "4 trials" in report
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    parent = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "smoke")["smoke"][0]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+        "report/report.md", "report/tables", "report/figures"}
+    notebook = ROOT / "notebooks" / "analysis.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    os.environ["EMERGE_RUN_DIR"] = str(run_dir)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    finally:
+        del os.environ["EMERGE_RUN_DIR"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert [o for o in outputs if "image/png" in o.get("data", {})]
 
 
 def test_smoke_sweep_end_to_end_with_an_mlflow_server(tmp_path: Path) -> None:
@@ -167,6 +195,24 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     runs = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "kill")
     assert len(runs["MOD-s0-0"]) == 1
     _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
+    _grow_the_finished_sweep(tmp_path, run_dir, yaml.safe_load(spec_path.read_text()))
+
+
+def _grow_the_finished_sweep(tmp_path: Path, run_dir: Path, spec: dict) -> None:
+    """Adding a seed runs only the new trial, as a new launch; other changes are refused."""
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "metrics").rglob("part-*")}
+    changed = write_spec(tmp_path / "changed.yaml", **{**spec, "tasks": ["COPY"]})
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(changed)], rt, tmp_path / "changed.log")
+    assert rc == 2 and "was removed" in (tmp_path / "changed.log").read_text()
+    grown = write_spec(tmp_path / "grown.yaml", **{**spec, "seeds": [0, 1]})
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(grown)], rt, tmp_path / "grown.log")
+    assert rc == 0, (tmp_path / "grown.log").read_text()[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    state = json.loads((run_dir / "sweep.json").read_text())
+    assert [launch["trials"] for launch in state["launches"]] == [["MOD-s0-0"], ["MOD-s0-1"]]
+    _check_parquet_holds_every_series(run_dir, grown)
 
 
 def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> None:
@@ -197,18 +243,3 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
     assert comparable(table) == reference
     _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
 
-    # Adding a seed to the finished sweep runs only the new trial, as a new launch.
-    before = {p: p.stat().st_mtime_ns for p in (run_dir / "metrics").rglob("part-*")}
-    grown = write_spec(tmp_path / "grown.yaml", **{**spec, "tasks": ["MOD"], "seeds": [0, 1]})
-    with ray_tmpdir() as rt:
-        rc = run_sweep(["sweep", str(grown)], rt, tmp_path / "grown.log")
-    assert rc == 2 and "was removed" in (tmp_path / "grown.log").read_text()  # COPY dropped
-    grown = write_spec(tmp_path / "grown.yaml", **{**spec, "seeds": [0, 1]})
-    with ray_tmpdir() as rt:
-        rc = run_sweep(["sweep", str(grown)], rt, tmp_path / "grown.log")
-    assert rc == 0, (tmp_path / "grown.log").read_text()[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in before} == before
-    state = json.loads((run_dir / "sweep.json").read_text())
-    assert [launch["trials"] for launch in state["launches"]] == [
-        ["MOD-s0-0", "COPY-s0-0"], ["MOD-s0-1", "COPY-s0-1"]]
-    _check_parquet_holds_every_series(run_dir, grown)
