@@ -12,19 +12,24 @@ import re
 import sys
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(ROOT))
 
-from emergence_core.measures.batch import ScoredBatch  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: benchmarks of the statistics stage
+# share write_section without loading it.
 
 VOCAB, SEP, EOS, N_COPY = 30, 28, 29, 9  # sequence: 9 symbols, SEP, the 9 again, EOS
 
 
 def copy_sequences(n: int, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
     x = torch.randint(0, SEP, (n, N_COPY), generator=generator)
     sep = torch.full((n, 1), SEP)
     eos = torch.full((n, 1), EOS)
@@ -33,8 +38,11 @@ def copy_sequences(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def benchmark_model(train_steps: int = 80, seed: int = 0):
     """(model, probe batch): the GPT-2 above after ``train_steps`` AdamW steps of batch 64."""
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
+
+    from emergence_core.measures.batch import ScoredBatch
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)
@@ -57,6 +65,8 @@ def benchmark_model(train_steps: int = 80, seed: int = 0):
 
 
 def header(threads: int) -> str:
+    import torch
+
     return (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} "
             f"({platform.processor() or 'cpu'}), torch {torch.__version__}, "
             f"{threads} torch thread(s), both sides in the same process.")

@@ -21,13 +21,15 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing
@@ -95,19 +97,6 @@ def changepoint_baseline(run_dir: Path, n_series: int = 60) -> dict:
             "ours_s": t_ours, "ruptures_s": t_rpt, "same": same}
 
 
-def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    """Replace ``<!-- bench:analyze --> ... <!-- /bench:analyze -->`` (append if absent)."""
-    start, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->"
-    block = f"{start}\n{text.strip()}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    new = pattern.sub(lambda _: block, old) if pattern.search(old) else (
-        old.rstrip("\n") + "\n\n" + block + "\n")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=float, default=1e7, help="target number of metric rows")
@@ -159,7 +148,7 @@ def main() -> None:
             f"with ruptures on {base['same']}/{base['n']} series.\n\n{table}\n")
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

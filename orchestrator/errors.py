@@ -5,7 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UsageError", "format_validation_error"]
+__all__ = ["UsageError", "checked", "format_validation_error"]
+
+
+def checked(canon: Callable[[Any], Any], *errors: type[Exception]) -> Callable[[Any], Any]:
+    """A pydantic field check from a canonicalising function that raises ``errors`` (the
+    domain's one-line errors, e.g. TaskError): they become ValueError, which pydantic
+    reports under the field's name."""
+
+    def check(value: Any) -> Any:
+        try:
+            return canon(value)
+        except errors as e:
+            raise ValueError(str(e)) from None
+
+    return check
 
 
 class UsageError(Exception):

@@ -49,7 +49,7 @@ from emergence_core.pythia.revisions import (
     parse_revisions,
 )
 from emergence_core.pythia.scoring import POSITIONS
-from orchestrator.errors import UsageError, format_validation_error
+from orchestrator.errors import UsageError, checked, format_validation_error
 
 __all__ = ["BUILTIN_RESOURCES", "DEFAULT_MODELS", "MEASUREMENT_FIELDS", "PythiaResources",
            "PythiaSpec", "RevisionTask", "load_pythia_spec", "parse_pythia_spec",
@@ -93,18 +93,8 @@ BUILTIN_RESOURCES: tuple[tuple[float, PythiaResources], ...] = (
 )
 
 
-def _model(v: str) -> str:
-    try:
-        return parse_model_name(v).name
-    except ModelNameError as e:
-        raise ValueError(str(e)) from None
-
-
-def _probeset(v: str) -> str:
-    try:
-        return load_probeset(v).name
-    except ProbeSetError as e:
-        raise ValueError(str(e)) from None
+_model = checked(lambda v: parse_model_name(v).name, ModelNameError)
+_probeset = checked(lambda v: load_probeset(v).name, ProbeSetError)
 
 
 def _position(v: str) -> str:

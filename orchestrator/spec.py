@@ -41,7 +41,7 @@ from pydantic import (
 from emergence_core.config import TrainConfig, resolve_config
 from emergence_core.model import scale_shape
 from emergence_core.tasks import TaskError, get_task
-from orchestrator.errors import UsageError, format_validation_error
+from orchestrator.errors import UsageError, checked, format_validation_error
 
 __all__ = ["Resources", "SweepSpec", "TrialPlan", "load_spec", "parse_spec"]
 
@@ -111,18 +111,8 @@ class Emergence(_Strict):
     persistence: int = Field(5, ge=0)
 
 
-def _task_name(v: str) -> str:
-    try:
-        return get_task(v).name
-    except TaskError as e:
-        raise ValueError(str(e)) from None
-
-
-def _scale_name(v: str) -> str:
-    try:
-        return scale_shape(v).name
-    except TaskError as e:
-        raise ValueError(str(e)) from None
+_task_name = checked(lambda v: get_task(v).name, TaskError)
+_scale_name = checked(lambda v: scale_shape(v).name, TaskError)
 
 
 TaskName = Annotated[str, AfterValidator(_task_name)]
