@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UsageError", "checked", "format_validation_error"]
+__all__ = ["UsageError", "checked", "format_validation_error", "posix_run_dir"]
 
 
 def checked(canon: Callable[[Any], Any], *errors: type[Exception]) -> Callable[[Any], Any]:
@@ -20,6 +20,16 @@ def checked(canon: Callable[[Any], Any], *errors: type[Exception]) -> Callable[[
             raise ValueError(str(e)) from None
 
     return check
+
+
+def posix_run_dir(value: str | None) -> str | None:
+    """A run folder is a POSIX path (local, or shared: NFS, EFS, a FUSE-mounted bucket)."""
+    if value is not None and "://" in value:
+        scheme = value.split("://", 1)[0]
+        raise ValueError(f"{scheme}:// run folders are not supported: the run folder must be a "
+                         "path every node mounts (NFS, EFS, or a bucket through a FUSE mount "
+                         "such as mountpoint-s3)")
+    return value
 
 
 class UsageError(Exception):

@@ -49,7 +49,7 @@ from emergence_core.pythia.revisions import (
     parse_revisions,
 )
 from emergence_core.pythia.scoring import POSITIONS
-from orchestrator.errors import UsageError, checked, format_validation_error
+from orchestrator.errors import UsageError, checked, format_validation_error, posix_run_dir
 
 __all__ = ["BUILTIN_RESOURCES", "DEFAULT_MODELS", "MEASUREMENT_FIELDS", "PythiaResources",
            "PythiaSpec", "RevisionTask", "load_pythia_spec", "parse_pythia_spec",
@@ -149,7 +149,8 @@ class PythiaSpec(_Strict):
     """A validated, frozen Pythia sweep file (fields and defaults: the module docstring)."""
 
     name: str
-    run_dir: str | None = Field(None, description="default: runs/<name>")
+    run_dir: Annotated[str | None, AfterValidator(posix_run_dir)] = Field(
+        None, description="default: runs/<name>")
     models: list[ModelId] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     revisions: Revisions = "all"
     probesets: list[ProbeSetName] = Field(default_factory=lambda: list(PROBESETS))

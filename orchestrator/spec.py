@@ -41,7 +41,7 @@ from pydantic import (
 from emergence_core.config import TrainConfig, resolve_config
 from emergence_core.model import scale_shape
 from emergence_core.tasks import TaskError, get_task
-from orchestrator.errors import UsageError, checked, format_validation_error
+from orchestrator.errors import UsageError, checked, format_validation_error, posix_run_dir
 
 __all__ = ["Resources", "SweepSpec", "TrialPlan", "load_spec", "parse_spec"]
 
@@ -123,7 +123,8 @@ Seed = Annotated[int, Field(ge=0)]
 
 class SweepSpec(_Strict):
     name: str
-    run_dir: str | None = Field(None, description="default: runs/<name>")
+    run_dir: Annotated[str | None, AfterValidator(posix_run_dir)] = Field(
+        None, description="default: runs/<name>")
     tracking_uri: str | None = Field(None, description="default: sqlite in the run folder")
     tasks: list[TaskName]
     levels: list[Level] = Field(default_factory=lambda: [1, 2, 3])

@@ -45,6 +45,8 @@ BAD_FILES = [
     ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: 10, warmup_steps: 50}\n",
      ["warmup_steps 50 exceeds steps 10"]),
     ("name: 'a b'\ntasks: [MOD]\nscales: [s0]\n", ["name: use letters"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nrun_dir: s3://bucket/runs\n",
+     ["run_dir: s3:// run folders are not supported"]),
     ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: -1, lr: fast}\nretries: -2\n",
      ["train.steps", "train.lr", "retries"]),
 ]
@@ -54,7 +56,8 @@ BAD_FILES = [
 def test_bad_sweep_files_fail_before_anything_starts(tmp_path: Path, text: str,
                                                      expected: list[str]) -> None:
     spec = tmp_path / "bad.yaml"
-    spec.write_text(text + f"run_dir: {tmp_path / 'run'}\n" if text.startswith("name") else text)
+    own_run_dir = text.startswith("name") and "run_dir:" not in text
+    spec.write_text(text + f"run_dir: {tmp_path / 'run'}\n" if own_run_dir else text)
     r = CliRunner().invoke(app, ["sweep", str(spec)])
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
