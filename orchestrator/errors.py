@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["UsageError", "checked", "format_validation_error", "posix_run_dir"]
+__all__ = ["UsageError", "checked", "format_validation_error", "posix_run_dir", "read_yaml"]
 
 
 def checked(canon: Callable[[Any], Any], *errors: type[Exception]) -> Callable[[Any], Any]:
@@ -74,3 +75,18 @@ def format_validation_error(err: Any, prefix: str = "",
         shown = "" if e["type"] == "missing" or isinstance(got, dict | list) else f" (got {got!r})"
         lines.append(f"{where}: {msg}{shown}")
     return lines
+
+
+def read_yaml(path: Path) -> Any:
+    """A sweep file's parsed YAML; a missing file or bad YAML is one UsageError line."""
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"{path}: no such sweep file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{path}: invalid YAML{where}: {problem}") from None

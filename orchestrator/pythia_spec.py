@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -49,7 +48,13 @@ from emergence_core.pythia.revisions import (
     parse_revisions,
 )
 from emergence_core.pythia.scoring import POSITIONS
-from orchestrator.errors import UsageError, checked, format_validation_error, posix_run_dir
+from orchestrator.errors import (
+    UsageError,
+    checked,
+    format_validation_error,
+    posix_run_dir,
+    read_yaml,
+)
 
 __all__ = ["BUILTIN_RESOURCES", "DEFAULT_MODELS", "MEASUREMENT_FIELDS", "PythiaResources",
            "PythiaSpec", "RevisionTask", "load_pythia_spec", "parse_pythia_spec",
@@ -254,13 +259,4 @@ def parse_pythia_spec(data: Any, source: str = "pythia sweep file") -> PythiaSpe
 
 def load_pythia_spec(path: str | Path) -> PythiaSpec:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such sweep file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_pythia_spec(data, str(path))
+    return parse_pythia_spec(read_yaml(path), str(path))

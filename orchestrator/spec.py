@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -41,7 +40,13 @@ from pydantic import (
 from emergence_core.config import TrainConfig, resolve_config
 from emergence_core.model import scale_shape
 from emergence_core.tasks import TaskError, get_task
-from orchestrator.errors import UsageError, checked, format_validation_error, posix_run_dir
+from orchestrator.errors import (
+    UsageError,
+    checked,
+    format_validation_error,
+    posix_run_dir,
+    read_yaml,
+)
 
 __all__ = ["Resources", "SweepSpec", "TrialPlan", "load_spec", "parse_spec"]
 
@@ -296,14 +301,5 @@ def _probe_problems(spec: SweepSpec) -> list[str]:
 
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such sweep file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_spec(data, str(path))
+    return parse_spec(read_yaml(path), str(path))
 
