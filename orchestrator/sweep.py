@@ -85,8 +85,9 @@ class Live:
 
 
 def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
-                  plans: dict[str, TrialPlan], fresh: set[str]) -> int:
-    """Fit (or restore and fit) each launch in turn; returns the number of errored trials."""
+                  plans: dict[str, TrialPlan], fresh: set[str]) -> tuple[int, bool]:
+    """Fit (or restore and fit) each launch in turn; returns the number of errored trials
+    and whether Ctrl-C stopped them."""
     from orchestrator import tune_run
 
     errors = 0
@@ -101,11 +102,13 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                                          folder.path, launch["name"], [callback])
         else:
             tuner = tune_run.restore_tuner(folder.path, launch["name"])
-        results = tuner.fit()  # returns normally on errors and on Ctrl-C
+        results, interrupted = tune_run.fit(tuner)  # returns normally on errors and Ctrl-C
         errors += results.num_errors
+        if interrupted:
+            return errors, True
         if any(trial_state(folder.path, n)[0] != "done" for n in launch["trials"]):
-            break  # interrupted, or trials failed: later launches wait for a resume
-    return errors
+            break  # trials failed: later launches wait for a resume
+    return errors, False
 
 
 def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
@@ -139,12 +142,18 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             pool.start()
             finished = False
             try:
-                errors = _fit_launches(folder, spec, launches, plans, fresh)
-                finished = all(trial_state(folder.path, n)[0] == "done" for n in plans)
-                if finished and pool.enabled:
-                    board.note("trials done; the probe pool finishes the checkpoints")
+                errors, interrupted = _fit_launches(folder, spec, launches, plans, fresh)
+                finished = not interrupted and all(trial_state(folder.path, n)[0] == "done"
+                                                   for n in plans)
+                if finished:
+                    if pool.enabled:
+                        board.note("trials done; the probe pool finishes the checkpoints")
+                    pool.finish()
+            except KeyboardInterrupt:
+                finished = False  # Ctrl-C outside Tune's fit(): stop just as inside it
             finally:
-                pool.finish() if finished else pool.close()
+                if not finished:
+                    pool.close()
     finally:
         tune_run.LIVE.pop(str(folder.path), None)
         states = {n: trial_state(folder.path, n)[0] for n in plans}

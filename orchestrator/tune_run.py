@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,27 @@ def restore_tuner(run_dir: Path, launch: str) -> tune.Tuner:
 
 def can_restore(run_dir: Path, launch: str) -> bool:
     return tune.Tuner.can_restore(str(run_dir / "tune" / launch))
+
+
+def fit(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
+    """``tuner.fit()``; returns its results and whether Ctrl-C stopped it.
+
+    Tune swaps in its own SIGINT handler for ``fit()`` (it stops the trials and saves the
+    experiment) and puts the previous one back only when a Ctrl-C arrives. Left in place
+    after ``fit()`` it would swallow the next Ctrl-C silently, so the previous handler is
+    restored here; and a Ctrl-C that reached Tune as its last trials were finishing still
+    counts as one, though ``fit()`` returns just as for a completed run.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    tune_catches = (threading.current_thread() is threading.main_thread()
+                    and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+    try:
+        results = tuner.fit()
+    finally:
+        after = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, before)
+    return results, tune_catches and after is before
 
 
 # -- the driver side ---------------------------------------------------------------------------

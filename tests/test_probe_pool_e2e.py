@@ -103,7 +103,10 @@ def test_probe_actor_killed_mid_job_still_gives_exactly_once(tmp_path: Path) -> 
     assert "weights" in {p.name for p in (run_dir / "checkpoints" / "MOD-s0-0").iterdir()}
 
 
-def test_resume_computes_only_the_missing_probes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["trials", "drain"])
+def test_resume_computes_only_the_missing_probes(tmp_path: Path, when: str) -> None:
+    """Ctrl-C while the trial trains beside the pool, or once it is done and the pool
+    drains the queue (Tune's own Ctrl-C handler must not be left to swallow that one)."""
     spec_path = _spec(tmp_path, "resume", keep_weights=False)
     run_dir = tmp_path / "run"
     log = tmp_path / "driver.log"
@@ -111,10 +114,15 @@ def test_resume_computes_only_the_missing_probes(tmp_path: Path) -> None:
     with ray_tmpdir() as rt:
         proc = start_sweep(["sweep", str(spec_path)], rt, log)
         try:
-            wait_for(lambda: len(queue.done_jobs()) >= 6, 300, "six finished probe jobs",
-                     proc, log)
+            if when == "trials":
+                wait_for(lambda: len(queue.done_jobs()) >= 2, 300, "two finished probe jobs",
+                         proc, log)
+            else:
+                wait_for(lambda: "the probe pool finishes" in log.read_text(), 300,
+                         "the trial done and the pool draining", proc, log)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+            assert "probe(s) unfinished" in log.read_text()
         finally:
             stop(proc)
         before = {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in queue.done_jobs()}
