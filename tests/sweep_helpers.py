@@ -41,6 +41,16 @@ def ray_tmpdir() -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def assert_usage_errors(result: Any, expected: list[str]) -> None:
+    """A refused command: exit code 2 and one ``error:`` line per problem, each naming it."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert all(ln.startswith("error: ") for ln in lines), result.output
+    assert len(lines) == len(expected), result.output
+    for want in expected:
+        assert any(want in ln for ln in lines), (want, result.output)
+
+
 def write_spec(path: Path, **fields: Any) -> Path:
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
     return path

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from emergence_core.store import metric_files, read_metrics
 from orchestrator.cli import app
+from tests.sweep_helpers import assert_usage_errors
 
 SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=6",
          "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
@@ -67,10 +68,7 @@ def test_a_folder_holding_another_run_is_refused(tmp_path: Path) -> None:
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, message) -> None:
     out = tmp_path / "never"
     r = _run("train", *args, "--out", str(out))
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    assert message in lines[0]
+    assert_usage_errors(r, [message])
     assert not out.exists()
 
 

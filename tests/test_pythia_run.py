@@ -38,6 +38,7 @@ from tests import hf_cache
 from tests.hf_cache import TINY_LAYERS, TINY_MODEL, TINY_REVISIONS
 from tests.sweep_helpers import (
     ROOT,
+    assert_usage_errors,
     comparable,
     keys_unique,
     ray_tmpdir,
@@ -87,12 +88,7 @@ BAD = [
 def test_bad_pythia_files_fail_one_line_per_problem(tmp_path, fields, expected):
     spec = _spec(tmp_path, **fields)
     r = CliRunner().invoke(app, ["pythia", str(spec)])
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert all(ln.startswith("error: ") for ln in lines), r.output
-    assert len(lines) == len(expected), r.output
-    for want in expected:
-        assert any(want in ln for ln in lines), (want, r.output)
+    assert_usage_errors(r, expected)
     assert not (tmp_path / "run").exists()
 
 

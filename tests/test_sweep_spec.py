@@ -16,8 +16,8 @@ from orchestrator.cli import app
 from orchestrator.errors import UsageError
 from orchestrator.run_folder import added_trials
 from orchestrator.spec import load_spec, parse_spec
+from tests.sweep_helpers import ROOT, assert_usage_errors
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = {"name": "t", "tasks": ["MOD"], "scales": ["s0"], "seeds": [0]}
 
 # (file text, the field each problem line must name), one case per kind of mistake
@@ -59,12 +59,7 @@ def test_bad_sweep_files_fail_before_anything_starts(tmp_path: Path, text: str,
     own_run_dir = text.startswith("name") and "run_dir:" not in text
     spec.write_text(text + f"run_dir: {tmp_path / 'run'}\n" if own_run_dir else text)
     r = CliRunner().invoke(app, ["sweep", str(spec)])
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert all(ln.startswith("error: ") for ln in lines), r.output
-    assert len(lines) == len(expected), r.output
-    for want in expected:
-        assert any(want in ln for ln in lines), (want, r.output)
+    assert_usage_errors(r, expected)
     assert not (tmp_path / "run").exists()
 
 
