@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import header, markdown_table, write_section
 
 from emergence_core.pythia import REVISIONS, evaluate_revision, load_probesets
-from orchestrator.pythia_run import PythiaBoard, plan, quiet_hf, run_tasks
-from orchestrator.pythia_spec import parse_pythia_spec
+from orchestrator.common.progress import PythiaBoard
+from orchestrator.pythia.run import plan, quiet_hf, run_tasks
+from orchestrator.pythia.spec import parse_pythia_spec
 from tests import hf_cache
 
 MODEL = "EleutherAI/pythia-bench"

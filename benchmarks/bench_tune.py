@@ -29,7 +29,7 @@ from bench_trainer import bare_loop
 from emergence_core.runner import run_trial
 from emergence_core.store import read_metrics
 from emergence_core.trainer import Trainer
-from orchestrator.spec import parse_spec
+from orchestrator.sweep.spec import parse_spec
 from tests.sweep_helpers import ray_tmpdir, run_sweep, write_spec
 
 

@@ -26,7 +26,6 @@ from emergence_core.model import scale_shape
 from emergence_core.tasks import TaskError, get_task, trial_layout
 
 __all__ = [
-    "READ_POSITIONS",
     "CheckpointConfig",
     "ProbeConfig",
     "RunEstimate",
@@ -37,7 +36,6 @@ __all__ = [
     "task_defaults",
 ]
 
-READ_POSITIONS = ("sep", "prompt_mean", "last_answer")
 ReadPosition = Literal["sep", "prompt_mean", "last_answer"]
 
 
@@ -171,39 +169,13 @@ class TrainConfig(_Frozen):
 
 # Defaults ------------------------------------------------------------------------------------
 
-_SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Learning rate falls with width, as in GPT-2/3 practice; the warm-up grows with it but
-    # never takes more than a tenth of a run (see resolve_config).
-    "s0": {"lr": 1e-3, "batch_size": 192, "warmup_steps": 100},
-    "s1": {"lr": 1e-3, "batch_size": 192, "warmup_steps": 200},
-    "s2": {"lr": 6e-4, "batch_size": 192, "warmup_steps": 400},
-    "s3": {"lr": 5e-4, "batch_size": 192, "warmup_steps": 600},
-    "s4": {"lr": 3e-4, "batch_size": 192, "warmup_steps": 800},
-}
-
-# Steps per task, measured at s0 on a 2-core CPU (lr 1e-3, batch 192): each is a few times
-# the step at which the hardest level that s0 learns crosses 50% accuracy, so the cheap
-# sweeps see the whole transition and its aftermath. COPY and REV learn all three levels in
-# under 150 steps, MOD and ADD their first two in under 800; PAR's chance level is 0.5.
-# Sweeps over larger scales set steps per scale.
-_TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "COPY": {"steps": 600, "train_size": 20000},
-    "REV": {"steps": 600, "train_size": 20000},
-    "CMP": {"steps": 1500, "train_size": 20000},
-    "PAR": {"steps": 3000, "train_size": 20000},
-    "ADD": {"steps": 1500, "train_size": 20000},
-    "MOD": {"steps": 1500, "train_size": 20000},
-    "SORT": {"steps": 1500, "train_size": 20000},
-    "MUL": {"steps": 2000, "train_size": 20000},
-}
-
-
 def scale_defaults(scale: str) -> dict[str, Any]:
-    return dict(_SCALE_DEFAULTS[scale_shape(scale).name])
+    return scale_shape(scale).training_defaults()
 
 
 def task_defaults(task: str) -> dict[str, Any]:
-    return dict(_TASK_DEFAULTS[get_task(task).name])
+    t = get_task(task)
+    return {"steps": t.steps, "train_size": t.train_size}
 
 
 def resolve_config(task: str, scale: str, seed: int, **overrides: Any) -> TrainConfig:

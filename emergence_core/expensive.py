@@ -1,6 +1,6 @@
 """The expensive measures of a trial, on one weight checkpoint (SPEC section 3, 2-5).
 
-``run_expensive(name, model, batch, settings)`` computes one of ``EXPENSIVE`` on a model at
+``run_expensive(name, model, batch, settings)`` computes one of ``MEASURES`` on a model at
 a checkpoint and returns its metric rows (value and spread) and its diagnostics (the LLC's
 loss trace, Lanczos' residual, ...). The loss is the trial's training loss on a *fixed*
 probe batch (``trial_probe_batch``): the same samples at every checkpoint, so values are
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,19 +37,8 @@ from emergence_core.tasks import TrialData
 from emergence_core.tasks.base import PAD
 from emergence_core.tasks.data import seed_key
 
-__all__ = ["BATCH_SIZES", "EXPENSIVE", "ExpensiveResult", "make_settings", "run_expensive",
-           "trial_probe_batch"]
-
-EXPENSIVE: dict[str, type] = {
-    "hessian": HessianSettings,
-    "llc": LLCSettings,
-    "fisher": GradRankSettings,
-    "gradcov": GradRankSettings,
-}
-
-# Samples in each measure's fixed batch (all levels equally). The LLC's n is its batch size,
-# so n_beta = n / log n over these samples (SPEC 3.4).
-BATCH_SIZES = {"hessian": 128, "llc": 1024, "fisher": 64, "gradcov": 64}
+__all__ = ["MEASURES", "ExpensiveMeasure", "ExpensiveResult", "get_measure", "make_settings",
+           "register_measure", "run_expensive", "trial_probe_batch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +47,57 @@ class ExpensiveResult:
     diagnostics: dict[str, Any]  # JSON-safe: convergence, spread, traces
 
 
+Compute = Callable[[nn.Module, ScoredBatch, Any], ExpensiveResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpensiveMeasure:
+    """An expensive measure: all emerge needs to know of one, in one registry entry.
+
+    ``settings``: a frozen dataclass of its settings (sweep files set its fields);
+    ``batch_size``: samples in its fixed probe batch, all levels equally; ``compute(model,
+    batch, settings)``: its rows and diagnostics, leaving the model exactly as it was;
+    ``rows``: the measure names of the rows it writes (the first is its headline value);
+    ``companions``: those of its rows that qualify another (a spread, a convergence flag).
+    """
+
+    name: str
+    settings: type
+    batch_size: int
+    compute: Compute
+    rows: tuple[str, ...]
+    companions: tuple[str, ...] = ()
+    description: str = ""
+
+
+MEASURES: dict[str, ExpensiveMeasure] = {}
+
+
+def register_measure(measure: ExpensiveMeasure) -> ExpensiveMeasure:
+    """Add an expensive measure (a plugin module's); the same one again is a no-op."""
+    held = MEASURES.get(measure.name)
+    if held is not None and held != measure:
+        raise ValueError(f"expensive measure {measure.name!r} is already registered; choose "
+                         "another name")
+    if not dataclasses.is_dataclass(measure.settings) or measure.batch_size < 2 \
+            or not measure.rows:
+        raise ValueError(f"expensive measure {measure.name!r}: settings must be a dataclass, "
+                         "batch_size at least 2, and rows name at least one row")
+    MEASURES[measure.name] = measure
+    return measure
+
+
+def get_measure(name: str) -> ExpensiveMeasure:
+    m = MEASURES.get(name)
+    if m is None:
+        raise ValueError(f"unknown expensive measure {name!r}; choose from "
+                         f"{', '.join(MEASURES)}")
+    return m
+
+
 def make_settings(name: str, fields: Mapping[str, Any] | None = None) -> Any:
     """The measure's settings dataclass from plain fields; ValueError names a bad one."""
-    if name not in EXPENSIVE:
-        raise ValueError(f"unknown expensive measure {name!r}; choose from "
-                         f"{', '.join(EXPENSIVE)}")
-    cls = EXPENSIVE[name]
+    cls = get_measure(name).settings
     fields = dict(fields or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
@@ -114,36 +148,69 @@ def _finite(x: float) -> float | None:
 def run_expensive(name: str, model: nn.Module, batch: ScoredBatch, settings: Any = None
                   ) -> ExpensiveResult:
     """Measure ``name`` of ``model`` on ``batch``; the model is left exactly as it was."""
+    m = get_measure(name)
     s = settings if settings is not None else make_settings(name)
-    if name == "hessian":
-        r = estimate_hessian(model, batch, s)
-        rows = [(Measure.HESSIAN_LAMBDA_MAX, r.lambda_max)]
-        if s.trace_probes:
-            rows += [(Measure.HESSIAN_TRACE, r.trace),
-                     (Measure.HESSIAN_TRACE_STDERR, r.trace_stderr)]
-        diag = {"lambda_max_residual": r.lambda_max_residual, "n_hvps": r.n_hvps,
-                "converged": r.converged, "n_params": r.n_params, "wall_s": r.wall_s}
-    elif name == "llc":
-        r = estimate_llc(model, batch, s)
-        rows = [(Measure.LLC, r.value), (Measure.LLC_STD, r.std),
-                (Measure.LLC_CONVERGED, 1.0 if r.converged else 0.0)]
-        diag = {"per_chain": list(r.per_chain), "init_loss": r.init_loss, "n_beta": r.n_beta,
-                "n_burnin": r.n_burnin, "rhat": _finite(r.rhat), "converged": r.converged,
-                "loss_trace": [[_finite(v) for v in chain] for chain in r.loss_trace],
-                "wall_s": r.wall_s}
-    elif name in ("fisher", "gradcov"):
-        fn = fisher_effective_rank if name == "fisher" else gradcov_effective_rank
+    r = m.compute(model, batch, s)
+    return ExpensiveResult(rows=[(k, float(v)) for k, v in r.rows],
+                           diagnostics={"measure": name, "settings": _jsonable(s),
+                                        **r.diagnostics})
+
+
+def _hessian(model: nn.Module, batch: ScoredBatch, s: HessianSettings) -> ExpensiveResult:
+    r = estimate_hessian(model, batch, s)
+    rows = [(Measure.HESSIAN_LAMBDA_MAX, r.lambda_max)]
+    if s.trace_probes:
+        rows += [(Measure.HESSIAN_TRACE, r.trace), (Measure.HESSIAN_TRACE_STDERR, r.trace_stderr)]
+    return ExpensiveResult(rows, {
+        "lambda_max_residual": r.lambda_max_residual, "n_hvps": r.n_hvps,
+        "converged": r.converged, "n_params": r.n_params, "wall_s": r.wall_s})
+
+
+def _llc(model: nn.Module, batch: ScoredBatch, s: LLCSettings) -> ExpensiveResult:
+    r = estimate_llc(model, batch, s)
+    rows = [(Measure.LLC, r.value), (Measure.LLC_STD, r.std),
+            (Measure.LLC_CONVERGED, 1.0 if r.converged else 0.0)]
+    return ExpensiveResult(rows, {
+        "per_chain": list(r.per_chain), "init_loss": r.init_loss, "n_beta": r.n_beta,
+        "n_burnin": r.n_burnin, "rhat": _finite(r.rhat), "converged": r.converged,
+        "loss_trace": [[_finite(v) for v in chain] for chain in r.loss_trace],
+        "wall_s": r.wall_s})
+
+
+def _grad_rank(fn: Callable[..., Any], value: str, stderr: str) -> Compute:
+    def compute(model: nn.Module, batch: ScoredBatch, s: GradRankSettings) -> ExpensiveResult:
         r = fn(model, batch, s)
-        m = (Measure.FISHER_ERANK, Measure.FISHER_ERANK_STDERR) if name == "fisher" else \
-            (Measure.GRADCOV_ERANK, Measure.GRADCOV_ERANK_STDERR)
-        rows = [(m[0], r.value), (m[1], r.stderr)]
-        diag = {"eigenvalues": list(r.eigenvalues), "n_samples": r.n_samples,
-                "n_params": r.n_params, "n_chunks": r.n_chunks, "method": r.method,
-                "wall_s": r.wall_s}
-    else:
-        raise ValueError(f"unknown expensive measure {name!r}")
-    return ExpensiveResult(rows=[(k, float(v)) for k, v in rows],
-                           diagnostics={"measure": name, "settings": _jsonable(s), **diag})
+        return ExpensiveResult([(value, r.value), (stderr, r.stderr)], {
+            "eigenvalues": list(r.eigenvalues), "n_samples": r.n_samples,
+            "n_params": r.n_params, "n_chunks": r.n_chunks, "method": r.method,
+            "wall_s": r.wall_s})
+    return compute
+
+
+# The built-in measures (SPEC section 3). The LLC's n is its batch size, so n_beta = n / log n
+# over these samples (SPEC 3.4).
+for _m in (
+    ExpensiveMeasure("hessian", HessianSettings, 128, _hessian,
+                     (Measure.HESSIAN_LAMBDA_MAX, Measure.HESSIAN_TRACE,
+                      Measure.HESSIAN_TRACE_STDERR), (Measure.HESSIAN_TRACE_STDERR,),
+                     "top Hessian eigenvalue (Lanczos) and trace (Hutchinson)"),
+    ExpensiveMeasure("llc", LLCSettings, 1024, _llc,
+                     (Measure.LLC, Measure.LLC_STD, Measure.LLC_CONVERGED),
+                     (Measure.LLC_STD, Measure.LLC_CONVERGED),
+                     "local learning coefficient (SGLD)"),
+    ExpensiveMeasure("fisher", GradRankSettings, 64,
+                     _grad_rank(fisher_effective_rank, Measure.FISHER_ERANK,
+                                Measure.FISHER_ERANK_STDERR),
+                     (Measure.FISHER_ERANK, Measure.FISHER_ERANK_STDERR),
+                     (Measure.FISHER_ERANK_STDERR,), "effective rank of the empirical Fisher"),
+    ExpensiveMeasure("gradcov", GradRankSettings, 64,
+                     _grad_rank(gradcov_effective_rank, Measure.GRADCOV_ERANK,
+                                Measure.GRADCOV_ERANK_STDERR),
+                     (Measure.GRADCOV_ERANK, Measure.GRADCOV_ERANK_STDERR),
+                     (Measure.GRADCOV_ERANK_STDERR,),
+                     "effective rank of the per-sample gradient covariance"),
+):
+    register_measure(_m)
 
 
 def _jsonable(settings: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ without this module knowing about them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ import pyarrow.compute as pc
 from emergence_core.analysis.emergence import emergence_step
 from emergence_core.config import TrainConfig
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
-from emergence_core.store import TrialStore, atomic_path
+from emergence_core.run_folder import TrialPlan, trial_plan
+from emergence_core.store import TrialStore
 from emergence_core.trainer import Trainer
 
 __all__ = [
@@ -148,25 +148,26 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
               hooks: TrialHooks | None = None, state_store: StateStore | None = None,
               attempt: int | None = None,
               stop_after: int | None = None, device: str | None = None,
-              threshold: float = 0.5, persistence: int = 5) -> TrialOutcome:
+              threshold: float = 0.5, persistence: int = 5,
+              plan: TrialPlan | None = None) -> TrialOutcome:
     """Train ``cfg`` in ``run_dir`` from its last commit; see the module docstring.
 
     ``stop_after``: stop (and commit) at the first probe step at or after it (for tests and
     for splitting a run). ``attempt`` defaults to one more than the saved state's.
     ``state_store`` defaults to a state file in the run folder; a Ray Tune trial keeps it in
-    Tune's checkpoints instead.
+    Tune's checkpoints instead. ``plan`` (default: ``trial_plan(cfg)``) says at which probe
+    steps the weights are kept for the expensive probes.
     """
     t0 = time.perf_counter()
     hooks = hooks or TrialHooks()
     trial = cfg.trial_name()
     store = TrialStore(run_dir, trial)
-    done_marker = store.checkpoint_dir / "COMPLETE.json"
-    if done_marker.exists():
-        done = json.loads(done_marker.read_text())
-        if done["fingerprint"] == cfg.fingerprint():
-            return TrialOutcome(trial, done["step"], True, done["attempt"],
-                                {int(k): v for k, v in done["events"].items()},
-                                done["n_params"], time.perf_counter() - t0)
+    folder = store.folder
+    done = folder.completion(trial)
+    if done is not None and done["fingerprint"] == cfg.fingerprint():
+        return TrialOutcome(trial, done["step"], True, done["attempt"], done["events"],
+                            done["n_params"], time.perf_counter() - t0)
+    plan = plan or trial_plan(cfg)
 
     trainer = Trainer(cfg, device=device)
     state_store = state_store or FileState(store)
@@ -202,7 +203,7 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         summary = tr.probe(rows)
         acc = summary.accuracy
         final = index == len(tr.probe_steps) - 1
-        if ck.weights_every is not None and (index % ck.weights_every == 0 or final):
+        if plan.keeps_weights(step):
             path = store.save_weights(tr.model, step, meta)
             if hooks.on_weights is not None:
                 hooks.on_weights(step, index, path)
@@ -226,9 +227,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     if trainer.done:
         store.write_events(_events_table(key, cfg, tracker))
         store.compact()
-        with atomic_path(done_marker) as tmp:
-            tmp.write_text(json.dumps({"fingerprint": cfg.fingerprint(), "step": trainer.step,
-                                       "attempt": attempt, "n_params": trainer.n_params,
-                                       "events": events}))
+        folder.mark_complete(trial, {"fingerprint": cfg.fingerprint(), "step": trainer.step,
+                                     "attempt": attempt, "n_params": trainer.n_params,
+                                     "events": events})
     return TrialOutcome(trial, trainer.step, trainer.done, attempt, events, trainer.n_params,
                         time.perf_counter() - t0, train_wall, trainer.step - start_step)

@@ -1,11 +1,7 @@
-"""Files of a run folder: metric parts, training state, weights, events.
+"""A trial's data files in a run folder: metric parts, training state, weights, events.
 
-    <run>/metrics/<source>/<trial>/part-<first step>-<last step>.parquet
-    <run>/checkpoints/<trial>/state.pt                 latest full training state
-    <run>/checkpoints/<trial>/weights/step-<step>.safetensors
-    <run>/events/<trial>.parquet
-
-Every file appears atomically (written under a hidden temporary name, then renamed), so a
+Where each file lies is ``emergence_core.run_folder``'s to say; this module reads and writes
+them. Every file appears atomically (written under a hidden temporary name, then renamed), so a
 reader never sees half a file, and readers skip names starting with '.'.
 
 Exactly-once rows: a trial's rows reach disk only in a *commit*: the part holding the rows up
@@ -19,7 +15,6 @@ one, which ``heal`` (and every reader here) drops.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,11 +27,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from emergence_core.metrics import METRICS_SCHEMA
+from emergence_core.run_folder import RunFolder, parse_part, part_name
 
 __all__ = ["TrialStore", "atomic_path", "metric_files", "read_metrics"]
-
-_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
-
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
@@ -55,9 +48,9 @@ def _parts(directory: Path) -> list[tuple[int, int, Path]]:
         return []
     out = []
     for p in directory.iterdir():
-        m = _PART.match(p.name)
-        if m:
-            out.append((int(m[1]), int(m[2]), p))
+        steps = parse_part(p.name)
+        if steps is not None:
+            out.append((*steps, p))
     return sorted(out)
 
 
@@ -74,14 +67,16 @@ def _superseded(parts: list[tuple[int, int, Path]]) -> set[Path]:
 class TrialStore:
     """The files of one trial in a run folder."""
 
-    def __init__(self, run_dir: str | Path, trial: str, source: str = "trial") -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path | RunFolder, trial: str, source: str = "trial"
+                 ) -> None:
+        self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.run_dir = self.folder.path
         self.trial = trial
-        self.metrics_dir = self.run_dir / "metrics" / source / trial
-        self.checkpoint_dir = self.run_dir / "checkpoints" / trial
-        self.state_path = self.checkpoint_dir / "state.pt"
-        self.weights_dir = self.checkpoint_dir / "weights"
-        self.events_path = self.run_dir / "events" / f"{trial}.parquet"
+        self.metrics_dir = self.folder.metrics_dir(source, trial)
+        self.checkpoint_dir = self.folder.checkpoint_dir(trial)
+        self.state_path = self.folder.state_path(trial)
+        self.weights_dir = self.folder.weights_dir(trial)
+        self.events_path = self.folder.events_path(trial)
 
     # -- metric parts --------------------------------------------------------------------------
 
@@ -93,7 +88,7 @@ class TrialStore:
             return None
         steps = table.column("step")
         first, last = pc.min(steps).as_py(), pc.max(steps).as_py()
-        final = self.metrics_dir / f"part-{first:012d}-{last:012d}.parquet"
+        final = self.metrics_dir / part_name(first, last)
         with atomic_path(final) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         return final
@@ -145,7 +140,7 @@ class TrialStore:
         return torch.load(self.state_path, map_location="cpu", weights_only=True)
 
     def weights_path(self, step: int) -> Path:
-        return self.weights_dir / f"step-{step:012d}.safetensors"
+        return self.folder.weights_path(self.trial, step)
 
     def save_weights(self, model: nn.Module, step: int, metadata: dict[str, str]) -> Path:
         final = self.weights_path(step)
@@ -159,10 +154,7 @@ class TrialStore:
         return model
 
     def weight_steps(self) -> list[int]:
-        if not self.weights_dir.is_dir():
-            return []
-        files = self.weights_dir.glob("step-*.safetensors")
-        return sorted(int(p.stem.split("-")[1]) for p in files)
+        return self.folder.weight_steps(self.trial)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -174,11 +166,12 @@ class TrialStore:
 
 def metric_files(run_dir: str | Path) -> list[Path]:
     """Every live metric part of a run folder (superseded parts excluded)."""
-    root = Path(run_dir) / "metrics"
+    root = RunFolder(run_dir).metrics_root
     if not root.is_dir():
         return []
     files: list[Path] = []
-    for directory in sorted({p.parent for p in root.rglob("part-*.parquet")}):
+    for directory in sorted({p.parent for p in root.rglob("*.parquet")
+                             if parse_part(p.name) is not None}):
         parts = _parts(directory)
         dead = _superseded(parts)
         files += [p for _, _, p in parts if p not in dead]

@@ -21,7 +21,8 @@ from emergence_core.config import TrainConfig
 from emergence_core.metrics import Measure, RowBuffer
 from emergence_core.model import answer_logits, build_model, count_parameters, scale_shape
 from emergence_core.probes import run_cheap_probes
-from emergence_core.schedule import lr_at, probe_schedule
+from emergence_core.run_folder import trial_plan
+from emergence_core.schedule import lr_at
 from emergence_core.tasks import EncodedSet, TrialData, stream_indices
 from emergence_core.tasks.data import seed_key
 
@@ -71,9 +72,7 @@ class Trainer:
         self.model.train()
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay),
                                            lr=cfg.lr, betas=cfg.betas)
-        self.probe_steps = probe_schedule(cfg.steps, cfg.probe.n_probes,
-                                          log_fraction=cfg.probe.log_fraction,
-                                          log_until=cfg.probe.log_until).tolist()
+        self.probe_steps = list(trial_plan(cfg).probe_steps)
         self.step = 0  # optimizer updates made so far
         self.next_probe = 0  # index into probe_steps of the next probe to run
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)

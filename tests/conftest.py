@@ -21,6 +21,21 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _registries_as_shipped():
+    """Registries are per process: what a test registers (a plugin's task, a declared scale)
+    is removed after it, so that no other test sees it."""
+    from emergence_core.expensive import MEASURES
+    from emergence_core.model import SCALES
+    from emergence_core.tasks import TASKS
+
+    saved = [(r, dict(r)) for r in (MEASURES, SCALES, TASKS)]
+    yield
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)
+
+
 def tiny_overrides(**extra):
     """A run small enough for unit tests: a few seconds on one CPU thread."""
     base = {

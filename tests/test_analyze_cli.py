@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from emergence_core.config import resolve_config
 from emergence_core.metrics import METRICS_SCHEMA
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
-from orchestrator.analyze_cli import analyze_command
-from orchestrator.mlflow_sync import MlflowSync, default_tracking_uri
-from orchestrator.run_folder import RunFolder
+from orchestrator.cli.analyze import analyze_command
+from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
 from tests.conftest import tiny_overrides
 
 SHORT_COPY = {"level_params": {1: {"length": 2}, 2: {"length": 3}, 3: {"length": 5}}}
@@ -61,7 +61,7 @@ def sweep_folder(trained: Path, dest: Path, *, launched: list[str] | None = None
     spec = {"name": "tiny", "tasks": ["COPY", "MOD"], "scales": ["s0"],
             "emergence": {"threshold": 0.5, "persistence": 5}}
     uri = tracking_uri or default_tracking_uri(dest.absolute())
-    RunFolder(dest).write(yaml.safe_dump(spec), uri, [
+    RunFolder(dest).record_launch(yaml.safe_dump(spec), uri, [
         {"name": "launch-0", "trials": launched or ["COPY-s0-0", "MOD-s0-0"]}])
     return dest
 
@@ -69,7 +69,7 @@ def sweep_folder(trained: Path, dest: Path, *, launched: list[str] | None = None
 def emerge(*args: str) -> Result:
     """``emerge ARGS`` in process: the real app once it registers ``analyze``, else the same
     command on an app of its own."""
-    from orchestrator.cli import app
+    from orchestrator.cli.app import app
 
     if not any(c.name == "analyze" for c in app.registered_commands):
         app = typer.Typer()
@@ -171,7 +171,7 @@ def test_an_empty_folder_gives_an_empty_report(tmp_path: Path) -> None:
 
 
 def test_a_train_folder_is_reported_without_mlflow(tmp_path: Path) -> None:
-    from orchestrator.local import train_local
+    from orchestrator.cli.train import train_local
 
     cfg = tiny_config(*TINY[0])
     train_local(cfg, tmp_path / "train", console=Console(file=io.StringIO()))

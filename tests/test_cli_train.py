@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emergence_core.store import metric_files, read_metrics
-from orchestrator.cli import app
+from orchestrator.cli.app import app
 from tests.sweep_helpers import assert_usage_errors
 
 SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=6",

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from emergence_core.runner import run_trial
 from emergence_core.store import read_metrics
-from orchestrator.mlflow_sync import metric_key
-from orchestrator.spec import load_spec
+from orchestrator.sweep.spec import load_spec
+from orchestrator.tracking.sync import metric_key
 from tests.cluster_helpers import can_unshare, hidden_node, local_cluster, node_of, wait_nodes
 from tests.sweep_helpers import (
     comparable,

@@ -14,10 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from emergence_core.store import TrialStore, read_metrics
-from orchestrator.mlflow_sync import metric_key
-from orchestrator.probe_pool import due_jobs
-from orchestrator.probe_queue import ProbeQueue
-from orchestrator.spec import load_spec
+from orchestrator.probes.queue import ProbeQueue
+from orchestrator.sweep.spec import load_spec
+from orchestrator.tracking.sync import metric_key
 from tests.sweep_helpers import (
     keys_unique,
     ray_tmpdir,
@@ -48,7 +47,7 @@ def _spec(tmp_path: Path, name: str, **probes) -> Path:
 
 def _check_exactly_once(run_dir: Path, spec_path: Path) -> None:
     spec = load_spec(spec_path)
-    due = {j for p in spec.trials() for j in due_jobs(p.name, p.config, spec.probes)}
+    due = {j for p in spec.trials() for j in p.plan.jobs}
     assert ProbeQueue(run_dir).done_jobs() == due
     table = read_metrics(run_dir)
     assert keys_unique(table)

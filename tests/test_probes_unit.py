@@ -12,9 +12,8 @@ from emergence_core.expensive import make_settings, run_expensive, trial_probe_b
 from emergence_core.metrics import Measure, RowBuffer, TrialKey
 from emergence_core.model import answer_logits
 from emergence_core.trainer import Trainer
-from orchestrator.probe_pool import due_jobs
-from orchestrator.probe_queue import ProbeJob, ProbeQueue
-from orchestrator.spec import parse_spec
+from orchestrator.probes.queue import ProbeJob, ProbeQueue
+from orchestrator.sweep.spec import parse_spec
 from tests.conftest import tiny_overrides
 
 SHORT_COPY = {"level_params": {1: {"length": 2}, 2: {"length": 3}, 3: {"length": 5}}}
@@ -83,8 +82,8 @@ def test_due_jobs_follow_every_and_include_the_last_checkpoint() -> None:
     spec = parse_spec({"name": "t", "tasks": ["MOD"], "scales": ["s0"],
                        "train": {"steps": 100, "probe": {"n_probes": 20}},
                        "probes": {"measures": {"hessian": {"every": 5}, "llc": {"every": 7}}}})
-    plan = spec.trials()[0]
-    jobs = due_jobs(plan.name, plan.config, spec.probes)
+    trial = spec.trials()[0]
+    jobs = trial.plan.jobs
     from emergence_core.schedule import probe_schedule
 
     steps = probe_schedule(100, 20).tolist()

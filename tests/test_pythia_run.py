@@ -27,9 +27,9 @@ from emergence_core.pythia import (
     trial_id,
 )
 from emergence_core.store import TrialStore, metric_files, read_metrics
-from orchestrator.pythia_cli import app
-from orchestrator.pythia_run import evaluate_task, failure_line, plan
-from orchestrator.pythia_spec import (
+from orchestrator.cli.app import app
+from orchestrator.pythia.run import evaluate_task, failure_line, plan
+from orchestrator.pythia.spec import (
     DEFAULT_MODELS,
     load_pythia_spec,
     parse_pythia_spec,
@@ -172,19 +172,11 @@ def test_failures_are_one_line_naming_model_and_revision(offline_hub, tmp_path):
 # --- the fan-out on a real local Ray ---------------------------------------------------------
 
 
-def _emerge_module() -> str:
-    """``orchestrator.cli`` once it registers ``pythia``; until then the command's own app."""
-    from orchestrator.cli import app as emerge
-
-    names = {c.name or getattr(c.callback, "__name__", "") for c in emerge.registered_commands}
-    return "orchestrator.cli" if "pythia" in names else "orchestrator.pythia_cli"
-
-
 def _run(spec: Path, hub: Path, ray_tmp: str, log: Path) -> tuple[int, str]:
     """``emerge pythia SPEC --address local`` in a subprocess, offline, on the tiny cache."""
     env = {**sweep_env(ray_tmp), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub)}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", _emerge_module(), "pythia", str(spec),
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "pythia", str(spec),
                                  "--address", "local"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:

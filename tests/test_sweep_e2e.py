@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
-from orchestrator.mlflow_sync import metric_key
-from orchestrator.spec import load_spec
+from orchestrator.sweep.spec import load_spec
+from orchestrator.tracking.sync import metric_key
 from tests.sweep_helpers import (
     ROOT,
     comparable,

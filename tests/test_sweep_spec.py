@@ -12,10 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.errors import UsageError
-from orchestrator.run_folder import added_trials
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.cli.app import app
+from orchestrator.common.errors import UsageError
+from orchestrator.sweep.spec import load_spec, parse_spec
+from orchestrator.sweep.views import added_trials
 from tests.sweep_helpers import ROOT, assert_usage_errors
 
 BASE = {"name": "t", "tasks": ["MOD"], "scales": ["s0"], "seeds": [0]}
@@ -147,7 +147,7 @@ def test_cluster_yaml_validation_catches_mistakes() -> None:
 
 
 def test_emerge_help_does_not_import_the_heavy_stack() -> None:
-    code = ("import sys; from orchestrator.cli import app; "
+    code = ("import sys; from orchestrator.cli.app import app; "
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

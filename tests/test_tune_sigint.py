@@ -11,7 +11,7 @@ import pytest
 import ray
 from ray import tune
 
-from orchestrator import tune_run
+from orchestrator.sweep import tune_run
 from tests.sweep_helpers import ray_tmpdir
 
 pytestmark = pytest.mark.slow

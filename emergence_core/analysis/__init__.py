@@ -3,85 +3,74 @@
 Entry points: ``analyze(metrics, settings) -> Analysis`` (every table) and
 ``write_report(metrics, out_dir, settings) -> ReportSummary`` (Markdown, CSV, PNG).
 Imports neither ray nor mlflow.
+
+Names load lazily (PEP 562): importing one submodule, e.g. ``analysis.emergence`` for
+the emergence rule inside a trial, loads no dataframe or plotting library.
 """
 
-from emergence_core.analysis.collapse import (
-    collapse_table,
-    floor_spread,
-    floor_summary,
-    topdown,
-    trial_floors,
-)
-from emergence_core.analysis.emergence import emergence_index, emergence_step
-from emergence_core.analysis.events import (
-    behaviour_rows,
-    difficulty_classes,
-    emergence_events,
-    event_details,
-    events_to_arrow,
-    normalised_logprob,
-)
-from emergence_core.analysis.frames import as_lazy, empty_metrics, load_metrics
-from emergence_core.analysis.leads import Leads, classify, measure_leads
-from emergence_core.analysis.pipeline import Analysis, analyze
-from emergence_core.analysis.prediction import event_signals, prediction_limits
-from emergence_core.analysis.rates import cluster_bootstrap, hierarchy, precursor_rates
-from emergence_core.analysis.report import ReportSummary, headline_numbers, write_report
-from emergence_core.analysis.series import (
-    Floor,
-    binseg,
-    changepoints,
-    collapse_floor,
-    local_spacing,
-    noise_scale,
-    smooth,
-    xcorr_lag,
-)
-from emergence_core.analysis.settings import LOGPROB_NORM, AnalysisSettings
-from emergence_core.analysis.synthetic import SyntheticConfig, Truth, generate, write_synthetic
+from __future__ import annotations
 
-__all__ = [
-    "LOGPROB_NORM",
-    "Analysis",
-    "AnalysisSettings",
-    "Floor",
-    "Leads",
-    "ReportSummary",
-    "SyntheticConfig",
-    "Truth",
-    "analyze",
-    "as_lazy",
-    "behaviour_rows",
-    "binseg",
-    "changepoints",
-    "classify",
-    "cluster_bootstrap",
-    "collapse_floor",
-    "collapse_table",
-    "difficulty_classes",
-    "emergence_events",
-    "emergence_index",
-    "emergence_step",
-    "empty_metrics",
-    "event_details",
-    "event_signals",
-    "events_to_arrow",
-    "floor_spread",
-    "floor_summary",
-    "generate",
-    "headline_numbers",
-    "hierarchy",
-    "load_metrics",
-    "local_spacing",
-    "measure_leads",
-    "noise_scale",
-    "normalised_logprob",
-    "precursor_rates",
-    "prediction_limits",
-    "smooth",
-    "topdown",
-    "trial_floors",
-    "write_report",
-    "write_synthetic",
-    "xcorr_lag",
-]
+import importlib
+from typing import Any
+
+# name -> the submodule defining it
+_WHERE = {
+    "LOGPROB_NORM": "settings",
+    "Analysis": "pipeline",
+    "AnalysisSettings": "settings",
+    "Floor": "series",
+    "Leads": "leads",
+    "ReportSummary": "report",
+    "SyntheticConfig": "synthetic",
+    "Truth": "synthetic",
+    "analyze": "pipeline",
+    "as_lazy": "frames",
+    "behaviour_rows": "events",
+    "binseg": "series",
+    "changepoints": "series",
+    "classify": "leads",
+    "cluster_bootstrap": "rates",
+    "collapse_floor": "series",
+    "collapse_table": "collapse",
+    "difficulty_classes": "events",
+    "emergence_events": "events",
+    "emergence_index": "emergence",
+    "emergence_step": "emergence",
+    "empty_metrics": "frames",
+    "event_details": "events",
+    "event_signals": "prediction",
+    "events_to_arrow": "events",
+    "floor_spread": "collapse",
+    "floor_summary": "collapse",
+    "generate": "synthetic",
+    "headline_numbers": "report",
+    "hierarchy": "rates",
+    "load_metrics": "frames",
+    "local_spacing": "series",
+    "measure_leads": "leads",
+    "noise_scale": "series",
+    "normalised_logprob": "events",
+    "precursor_rates": "rates",
+    "prediction_limits": "prediction",
+    "smooth": "series",
+    "topdown": "collapse",
+    "trial_floors": "collapse",
+    "write_report": "report",
+    "write_synthetic": "synthetic",
+    "xcorr_lag": "series",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

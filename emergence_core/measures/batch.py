@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -126,12 +126,6 @@ class ScoredBatch:
         drawn = torch.multinomial(probs, 1, generator=generator).reshape(n, a)
         own = self.targets[ids].to(drawn.device)
         return torch.where(own == IGNORE_INDEX, own, drawn)
-
-    def with_targets(self, targets: torch.Tensor) -> ScoredBatch:
-        """The same inputs scored against other labels [N, A]."""
-        if targets.shape != self.targets.shape:
-            raise ValueError(f"targets shape {tuple(targets.shape)} != {tuple(self.targets.shape)}")
-        return replace(self, targets=targets)
 
     @staticmethod
     def from_classification(x: torch.Tensor, y: torch.Tensor,

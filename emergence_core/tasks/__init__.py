@@ -17,7 +17,7 @@ from emergence_core.tasks.data import (
     stream_indices,
     trial_layout,
 )
-from emergence_core.tasks.registry import TASKS, get_task, task_names
+from emergence_core.tasks.registry import TASKS, get_task, register_task, task_names
 
 __all__ = [
     "IGNORE",
@@ -32,6 +32,7 @@ __all__ = [
     "Vocabulary",
     "did_you_mean",
     "get_task",
+    "register_task",
     "split_indices",
     "stream_indices",
     "task_names",

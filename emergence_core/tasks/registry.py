@@ -15,7 +15,7 @@ import numpy as np
 
 from emergence_core.tasks.base import TaskDef, TaskError, did_you_mean
 
-__all__ = ["TASKS", "get_task", "task_names"]
+__all__ = ["TASKS", "get_task", "register_task", "task_names"]
 
 _MAX_UNIVERSE = 2**62  # indices are int64
 
@@ -165,6 +165,7 @@ TASKS: dict[str, TaskDef] = {
                       {"length": 16, "alphabet": 10}),
             shape=lambda p: (p["length"], p["length"]), universe=_seq_universe,
             decode=_copy_decode, symbols=_alphabet_symbols, validate=_seq_validate("COPY"),
+            steps=600,
         ),
         TaskDef(
             name="REV", description="the input sequence reversed",
@@ -172,6 +173,7 @@ TASKS: dict[str, TaskDef] = {
                       {"length": 16, "alphabet": 10}),
             shape=lambda p: (p["length"], p["length"]), universe=_seq_universe,
             decode=_rev_decode, symbols=_alphabet_symbols, validate=_seq_validate("REV"),
+            steps=600,
         ),
         TaskDef(
             name="CMP", description="'<', '=' or '>' comparing two n-digit numbers",
@@ -187,6 +189,7 @@ TASKS: dict[str, TaskDef] = {
             shape=lambda p: (p["length"], 1), universe=lambda p: 2 ** p["length"],
             decode=_par_decode, symbols=lambda ps: ["0", "1"],
             validate=lambda p: _check_universe("PAR", 2 ** p["length"]),
+            steps=3000,
         ),
         TaskDef(
             name="ADD", description="sum of two n-digit numbers",
@@ -216,9 +219,23 @@ TASKS: dict[str, TaskDef] = {
             universe=lambda p: 10 ** (p["n"] + p["m"]),
             decode=_mul_decode, symbols=lambda ps: [*_DIGITS, "*"],
             validate=_digit_validate("MUL", "n", "m"),
+            steps=2000,
         ),
     )
 }
+
+
+def register_task(task: TaskDef) -> TaskDef:
+    """Add a task (a plugin module's); the same one again is a no-op, another of the same
+    name a TaskError."""
+    key = task.name.upper()
+    if key != task.name:
+        raise TaskError(f"task {task.name!r}: names are upper case (they name trials)")
+    held = TASKS.get(key)
+    if held is not None and held is not task:
+        raise TaskError(f"task {task.name!r} is already registered; choose another name")
+    TASKS[key] = task
+    return task
 
 
 def task_names() -> tuple[str, ...]:

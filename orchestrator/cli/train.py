@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emergence_core.config import TrainConfig
-from emergence_core.runner import ProbeReport, TrialHooks, TrialOutcome, run_trial
-from emergence_core.store import atomic_path
-from orchestrator.errors import UsageError
+if TYPE_CHECKING:  # torch and transformers load when a run starts, not for --help
+    from emergence_core.config import TrainConfig
+    from emergence_core.runner import ProbeReport, TrialOutcome
 
-__all__ = ["claim_train_folder", "train_local"]
+from emergence_core.run_folder import RunFolder
+from orchestrator.cli.common import handles_usage_errors, parse_sets
+from orchestrator.common.errors import UsageError
 
-RUN_FILE = "run.json"
+__all__ = ["claim_train_folder", "train", "train_local"]
 
 
 def claim_train_folder(out: Path, cfg: TrainConfig) -> bool:
@@ -30,9 +31,8 @@ def claim_train_folder(out: Path, cfg: TrainConfig) -> bool:
         return False
     if not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    marker = out / RUN_FILE
-    if marker.exists():
-        held = json.loads(marker.read_text())
+    held = RunFolder(out).read_run_record()
+    if held is not None:
         if held.get("fingerprint") != cfg.fingerprint():
             c = held.get("config", {})
             raise UsageError(
@@ -46,9 +46,8 @@ def claim_train_folder(out: Path, cfg: TrainConfig) -> bool:
 
 
 def _record(out: Path, cfg: TrainConfig) -> None:
-    with atomic_path(out / RUN_FILE) as tmp:
-        tmp.write_text(json.dumps({"kind": "train", "fingerprint": cfg.fingerprint(),
-                                   "config": cfg.model_dump(mode="json")}, indent=2))
+    RunFolder(out).write_run_record({"kind": "train", "fingerprint": cfg.fingerprint(),
+                                     "config": cfg.model_dump(mode="json")})
 
 
 def _acc_text(acc: dict[int, float], events: dict[int, int]) -> str:
@@ -58,6 +57,8 @@ def _acc_text(acc: dict[int, float], events: dict[int, int]) -> str:
 def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
                 **run_kwargs: Any) -> TrialOutcome:
     """Run (or resume) ``cfg`` in ``out`` with a progress bar; Ctrl-C stops at a step boundary."""
+    from emergence_core.runner import TrialHooks, run_trial
+
     console = console or Console(stderr=True)
     resuming = claim_train_folder(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,5 +107,63 @@ def summary_table(cfg: TrainConfig, outcome: TrialOutcome, out: Path) -> Table:
         t.add_row(str(lv), "-" if ev is None else str(ev))
     rate = outcome.steps_run / outcome.train_wall_s if outcome.train_wall_s > 0 else 0.0
     t.caption = (f"{outcome.wall_s:.1f} s wall, {rate:.1f} steps/s with probes; "
-                 f"metrics in {out / 'metrics'}")
+                 f"metrics in {RunFolder(out).metrics_root}")
     return t
+
+
+def _levels(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise UsageError(
+            f"--levels {text!r}: expected a comma-separated list such as 1,2,3") from None
+
+
+@handles_usage_errors
+def train(
+    task: Annotated[str, typer.Option(help="task name: COPY REV CMP PAR ADD MOD SORT MUL")],
+    scale: Annotated[str, typer.Option(help="model scale: s0 (0.4M) .. s4 (85M)")] = "s0",
+    seed: Annotated[int, typer.Option(help="seed of the model, the batches and the data")] = 0,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: per task)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="run folder (default: runs/train-TASK-SCALE-SEED); rerun to resume")] = None,
+    levels: Annotated[str | None, typer.Option(help="levels to mix, e.g. 1,2,3")] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="peak learning rate (default: per scale)")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="samples per step, split over levels")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="any config field, e.g. --set probe.n_probes=100 (repeatable)")] = None,
+) -> None:
+    """Train one model on one task, writing its measures to OUT/metrics (no Ray needed)."""
+    overrides: dict[str, Any] = parse_sets(set_ or [])
+    for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size),
+                        ("levels", _levels(levels))):
+        if value is not None:
+            overrides[name] = value
+    overrides["device"] = device
+    if steps is not None and steps <= 0:
+        raise UsageError(f"--steps must be positive, got {steps}")
+    if threads is not None and threads <= 0:
+        raise UsageError(f"--threads must be positive, got {threads}")
+
+    from emergence_core.config import resolve_config
+
+    cfg = resolve_config(task, scale, seed, **overrides)
+    folder = (out or Path("runs") / f"train-{cfg.trial_name()}").absolute()
+
+    import torch
+    from rich.console import Console
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    outcome = train_local(cfg, folder, console=console)
+    Console().print(summary_table(cfg, outcome, folder))
+    if not outcome.completed:
+        console.print(f"stopped at step {outcome.step}; run the same command again to resume")
+        raise typer.Exit(130)

@@ -26,13 +26,20 @@ from typing import Any
 from ray import tune
 from ray.tune.trainable import wrap_function
 
-from orchestrator.spec import SweepSpec, TrialPlan
+from emergence_core.run_folder import RunFolder
+from orchestrator.sweep.spec import SweepSpec, Trial
 
-__all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "restore_tuner", "trial_metrics"]
+__all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "configure",
+           "restore_tuner", "trial_metrics"]
 
-# Snapshot the experiment state often: after a hard-killed driver, trials resume from what
-# the last snapshot recorded (Tune's default is 10 s or more).
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+
+def configure() -> None:
+    """Tune's settings for a sweep driver; called before a Tuner is built, never at import.
+
+    Snapshot the experiment state often: after a hard-killed driver, trials resume from what
+    the last snapshot recorded (Tune's default is 10 s or more).
+    """
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
 
 
 def trial_metrics(report: Any) -> dict[str, Any]:
@@ -63,13 +70,13 @@ class _TuneState:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+            return torch.load(Path(d) / RunFolder.STATE, map_location="cpu", weights_only=True)
 
     def save(self, state: dict) -> None:
         import torch
 
         d = tempfile.mkdtemp(prefix="emerge-state-")
-        torch.save(state, Path(d) / "state.pt")
+        torch.save(state, Path(d) / RunFolder.STATE)
         if self._pending is not None:  # two commits without a report between: keep the last
             shutil.rmtree(self._pending, ignore_errors=True)
         self._pending = d
@@ -87,25 +94,26 @@ class _TuneState:
 
 
 def _trainable(config: dict[str, Any]) -> None:
-    """One trial, in a Ray worker."""
+    """One trial, in a Ray worker: the typed ``Trial`` validated once by the driver."""
     import torch
 
-    from emergence_core.config import TrainConfig
     from emergence_core.runner import TrialHooks, run_trial
 
-    plan = config["plan"]
-    _record_worker(Path(config["run_dir"]), plan["name"])
-    torch.set_num_threads(max(1, int(plan["cpus"])))
-    cfg = TrainConfig.model_validate(plan["config"])  # device "auto": Ray hides unowned GPUs
+    trial: Trial = config["trials"].get(config["trial"]["name"])
+    config["extensions"].apply()  # the sweep's plugins and declared scales, in this process
+    folder = RunFolder(config["run_dir"])
+    _record_worker(folder, trial.name)
+    torch.set_num_threads(max(1, int(trial.resources.cpus)))
+    cfg = trial.config  # device "auto": Ray hides unowned GPUs
     state = _TuneState()
 
     def on_probe(report: Any) -> None:
         tune.report(trial_metrics(report), checkpoint=state.take())
 
-    outcome = run_trial(cfg, config["run_dir"], sweep=config["sweep"],
+    outcome = run_trial(cfg, folder.path, sweep=config["sweep"],
                         hooks=TrialHooks(on_probe=on_probe,
-                                         on_weights=_enqueuer(cfg, plan["name"], config)),
-                        state_store=state,
+                                         on_weights=_enqueuer(folder, trial)),
+                        state_store=state, plan=trial.plan,
                         threshold=config["threshold"], persistence=config["persistence"])
     final = {"step": outcome.step, "total_steps": cfg.steps, "done": outcome.completed,
              "n_events": sum(v is not None for v in outcome.events.values()),
@@ -115,52 +123,55 @@ def _trainable(config: dict[str, Any]) -> None:
     state.take()  # clean the last temporary directory
 
 
-def _enqueuer(cfg: Any, name: str, config: dict[str, Any]) -> Any:
+def _enqueuer(folder: RunFolder, trial: Trial) -> Any:
     """The trial's side of the probe pool: enqueue the jobs due at a checkpoint, move on."""
-    from emergence_core.schedule import probe_schedule
-    from orchestrator.probe_queue import ProbeJob, ProbeQueue
+    from orchestrator.probes.queue import ProbeQueue
 
-    every: dict[str, int] = config.get("probes", {})
-    if not every:
+    if not trial.plan.jobs:
         return None
-    queue = ProbeQueue(Path(config["run_dir"]))
-    last = len(probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
-                              log_until=cfg.probe.log_until)) - 1
+    queue = ProbeQueue(folder)
 
-    def enqueue(step: int, index: int, _path: Path) -> None:
-        for measure, k in every.items():
-            if index % k == 0 or index == last:
-                queue.enqueue(ProbeJob(name, step, measure))
+    def enqueue(step: int, _index: int, _path: Path) -> None:
+        for job in trial.plan.jobs_at(step):
+            queue.enqueue(job)
 
     return enqueue
 
 
-def _record_worker(run_dir: Path, name: str) -> None:
+def _record_worker(folder: RunFolder, name: str) -> None:
     """Where the trial runs now (``emerge status`` shows it; tests use the pid)."""
-    import json
     import socket
     import time
 
     import ray
 
-    from emergence_core.store import atomic_path
-
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "node_id": ray.get_runtime_context().get_node_id(), "started": time.time()}
-    with atomic_path(run_dir / "status" / f"{name}.worker.json") as tmp:
-        tmp.write_text(json.dumps(info))
+    folder.record_worker(name, {"pid": os.getpid(), "host": socket.gethostname(),
+                                "node_id": ray.get_runtime_context().get_node_id(),
+                                "started": time.time()})
 
 
 def _resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-    plan = config["plan"]
-    bundle = {"CPU": float(plan["cpus"]), **plan.get("custom", {})}
-    if plan["gpus"]:
-        bundle["GPU"] = float(plan["gpus"])
+    res = config["trial"]
+    bundle = {"CPU": float(res["cpus"]), **res["custom"]}
+    if res["gpus"]:
+        bundle["GPU"] = float(res["gpus"])
     return tune.PlacementGroupFactory([bundle])
 
 
 def _trial_name(trial: Any) -> str:
-    return trial.config["plan"]["name"]
+    return trial.config["trial"]["name"]
+
+
+class TrialTable:
+    """The launch's typed trials, by name. Tune keeps an object like this in Ray's object
+    store (its driver sees a placeholder) and hands each worker the object itself, so the
+    configs validated once by the driver reach the trials as they are."""
+
+    def __init__(self, trials: Sequence[Trial]) -> None:
+        self.trials = {t.name: t for t in trials}
+
+    def get(self, name: str) -> Trial:
+        return self.trials[name]
 
 
 class EmergeTrial(wrap_function(_trainable)):
@@ -175,19 +186,24 @@ class EmergeTrial(wrap_function(_trainable)):
 TRAINABLE = tune.with_resources(EmergeTrial, _resources)
 
 
-def build_tuner(spec: SweepSpec, plans: Sequence[TrialPlan], run_dir: Path, launch: str,
+def build_tuner(spec: SweepSpec, trials: Sequence[Trial], folder: RunFolder, launch: str,
                 callbacks: list[tune.Callback]) -> tune.Tuner:
-    """A Tuner for ``plans`` as the experiment ``<run_dir>/tune/<launch>``."""
-    grid = [{"name": p.name, "config": p.config.model_dump(mode="json"),
-             "cpus": p.resources.cpus, "gpus": p.resources.gpus,
-             "custom": dict(p.resources.custom)} for p in plans]
+    """A Tuner for ``trials`` as the experiment of launch ``launch`` in the run folder.
+
+    The grid is each trial's name and resources (what Tune's driver needs); the typed trials
+    travel once, as a ``TrialTable``, and a worker validates nothing again.
+    """
+    configure()
+    grid = [{"name": t.name, "cpus": t.resources.cpus, "gpus": t.resources.gpus,
+             "custom": dict(t.resources.custom)} for t in trials]
     param_space = {
-        "plan": tune.grid_search(grid),
-        "run_dir": str(run_dir),
+        "trial": tune.grid_search(grid),
+        "trials": TrialTable(trials),
+        "run_dir": str(folder.path),
         "sweep": spec.name,
+        "extensions": spec.extensions,
         "threshold": spec.emergence.threshold,
         "persistence": spec.emergence.persistence,
-        "probes": {m: p.every for m, p in spec.probes.measures.items()},
     }
     return tune.Tuner(
         TRAINABLE,
@@ -202,7 +218,7 @@ def build_tuner(spec: SweepSpec, plans: Sequence[TrialPlan], run_dir: Path, laun
         ),
         run_config=tune.RunConfig(
             name=launch,
-            storage_path=str(run_dir / "tune"),
+            storage_path=str(folder.tune_dir),
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -211,15 +227,16 @@ def build_tuner(spec: SweepSpec, plans: Sequence[TrialPlan], run_dir: Path, laun
     )
 
 
-def restore_tuner(run_dir: Path, launch: str) -> tune.Tuner:
-    """Resume ``<run_dir>/tune/<launch>``: unfinished and errored trials continue from their
+def restore_tuner(folder: RunFolder, launch: str) -> tune.Tuner:
+    """Resume a launch's experiment: unfinished and errored trials continue from their
     last checkpoints; finished ones are kept."""
-    return tune.Tuner.restore(str(run_dir / "tune" / launch), trainable=TRAINABLE,
+    configure()
+    return tune.Tuner.restore(str(folder.launch_dir(launch)), trainable=TRAINABLE,
                               resume_unfinished=True, resume_errored=True)
 
 
-def can_restore(run_dir: Path, launch: str) -> bool:
-    return tune.Tuner.can_restore(str(run_dir / "tune" / launch))
+def can_restore(folder: RunFolder, launch: str) -> bool:
+    return tune.Tuner.can_restore(str(folder.launch_dir(launch)))
 
 
 def fit(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
@@ -254,17 +271,15 @@ LIVE: dict[str, Any] = {}
 class SweepCallback(tune.Callback):
     """Feeds the progress board, sends committed rows to MLflow, records failures."""
 
-    def __init__(self, run_dir: Path, configs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, run_dir: Path, configs: dict[str, Any]) -> None:
         self.run_dir = str(run_dir)
-        self.configs = configs  # trial name -> TrainConfig as JSON
+        self.configs = configs  # trial name -> TrainConfig, validated once by the driver
 
     def _live(self) -> Any:
         return LIVE[self.run_dir]
 
     def _config(self, name: str) -> Any:
-        from emergence_core.config import TrainConfig
-
-        return TrainConfig.model_validate(self.configs[name])
+        return self.configs[name]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         live = self._live()

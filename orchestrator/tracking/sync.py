@@ -2,7 +2,7 @@
 
 Parquet is the source of truth; MLflow is a view of it that the driver fills in as parts are
 committed (and that ``emerge sync-mlflow`` can fill in later, after the server was down).
-A ledger in the run folder (``mlflow/ledger.json``) keeps each trial's run id, so a retried
+A ledger in the run folder (``RunFolder.ledger_path``) keeps each trial's run id, so a retried
 or resumed trial logs to the same run and never opens a second one, and the last step
 logged, so rows are sent once. Re-sending a row is harmless anyway: rows carry their Parquet
 wall time, and MLflow's SQL store drops a metric whose (key, step, timestamp, value) it holds.
@@ -25,20 +25,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emergence_core.config import TrainConfig
+from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, atomic_path
 
-__all__ = ["MlflowSync", "default_tracking_uri", "metric_key"]
+__all__ = ["MLFLOW_BATCH", "MlflowSync", "configure", "default_tracking_uri",
+           "metric_key"]
 
-# Fail fast when a server is down: the sweep must not stall on MLflow's default retries
-# (7 attempts with exponential back-off); what is missed is sent at the next sync.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
-_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+def configure() -> None:
+    """Fail fast when a server is down: a sweep must not stall on MLflow's default retries
+    (7 attempts with exponential back-off); what is missed is sent at the next sync. Called
+    when a sync is made, never at import."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def default_tracking_uri(run_dir: Path) -> str:
-    return f"sqlite:///{run_dir / 'mlflow.db'}"
+    return f"sqlite:///{RunFolder(run_dir).mlflow_db}"
 
 
 def metric_key(measure: str, layer: int | None, level: int | None) -> str:
@@ -65,10 +70,12 @@ class MlflowSync:
     """Creates the sweep's runs and sends committed rows; one per driver process."""
 
     def __init__(self, run_dir: Path, tracking_uri: str, sweep: str) -> None:
-        self.run_dir = Path(run_dir)
+        configure()
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.path
         self.tracking_uri = tracking_uri
         self.sweep = sweep
-        self.ledger_path = self.run_dir / "mlflow" / "ledger.json"
+        self.ledger_path = self.folder.ledger_path
         self._client = None
 
     # -- ledger ----------------------------------------------------------------------------
@@ -77,7 +84,7 @@ class MlflowSync:
     def _ledger(self) -> Iterator[dict[str, Any]]:
         """The ledger, locked against a concurrent ``emerge sync-mlflow``; saved on exit."""
         self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.ledger_path.with_suffix(".lock"), "w") as lock:
+        with open(self.folder.ledger_lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = (json.loads(self.ledger_path.read_text()) if self.ledger_path.exists()
                     else {"tracking_uri": self.tracking_uri, "trials": {}})
@@ -109,7 +116,7 @@ class MlflowSync:
                 return led["parent_run_id"]
             exp = self.client.get_experiment_by_name(self.sweep)
             if exp is None:
-                artifacts = (self.run_dir / "mlflow" / "artifacts").absolute().as_uri() \
+                artifacts = self.folder.mlflow_artifacts_dir.as_uri() \
                     if self.tracking_uri.startswith("sqlite:") else None
                 exp_id = self.client.create_experiment(self.sweep, artifact_location=artifacts)
             else:
@@ -119,7 +126,7 @@ class MlflowSync:
                                                "emerge.run_dir": str(self.run_dir)})
             led.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if spec_text is not None:
-            self.client.log_text(run.info.run_id, spec_text, "spec.yaml")
+            self.client.log_text(run.info.run_id, spec_text, RunFolder.SPEC)
         return run.info.run_id
 
     def trial_run(self, trial: str, config: TrainConfig) -> str:
@@ -166,8 +173,8 @@ class MlflowSync:
         metrics = [Metric(metric_key(m, ly, lv), v if v is not None else float("nan"), t, s)
                    for m, ly, lv, v, s, t in zip(cols["measure"], cols["layer"], cols["level"],
                                                  cols["value"], cols["step"], stamps, strict=True)]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        for i in range(0, len(metrics), MLFLOW_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH])
         with self._ledger() as led:
             led["trials"][trial]["logged_through"] = max(cols["step"])
         self._tag_events(run_id, trial)
@@ -178,9 +185,9 @@ class MlflowSync:
         and their diagnostics (the LLC's loss trace, ...) as artifacts."""
         from mlflow.entities import Metric
 
-        from orchestrator.probe_queue import ProbeQueue
+        from orchestrator.probes.queue import ProbeQueue
 
-        queue = ProbeQueue(self.run_dir)
+        queue = ProbeQueue(self.folder)
         mine = sorted(j for j in queue.done_jobs() if j.trial == trial)
         with self._ledger() as led:
             logged = set(led["trials"].get(trial, {}).get("probes_logged", []))
@@ -198,8 +205,8 @@ class MlflowSync:
                     table["step"].to_pylist(), stamps, strict=True):
                 metrics.append(Metric(metric_key(m, ly, lv),
                                       v if v is not None else float("nan"), t, st))
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        for i in range(0, len(metrics), MLFLOW_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH])
         for job in todo:
             diag = queue.diagnostics_path(job)
             if diag.exists():
@@ -245,8 +252,7 @@ class MlflowSync:
         for cfg in configs:
             trial = cfg.trial_name()
             sent[trial] = self.sync_trial(trial, cfg) + self.sync_probes(trial, cfg)
-            marker = TrialStore(self.run_dir, trial).checkpoint_dir / "COMPLETE.json"
-            if marker.exists():
+            if self.folder.is_complete(trial):
                 self.set_status(trial, "FINISHED")
         return sent
 

@@ -30,22 +30,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from rich.text import Text
 
+from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, atomic_path
-from orchestrator.errors import UsageError
-from orchestrator.pythia_spec import (
+from orchestrator.common.errors import UsageError
+from orchestrator.common.progress import PythiaBoard
+from orchestrator.pythia.spec import (
     MEASUREMENT_FIELDS,
     PythiaResources,
     PythiaSpec,
     RevisionTask,
     load_pythia_spec,
-    parse_pythia_spec,
 )
 
 __all__ = ["PythiaBoard", "done_steps", "dry_run_table", "evaluate_task", "failure_line",
@@ -91,70 +89,6 @@ def plan(spec: PythiaSpec, run_dir: Path) -> tuple[list[RevisionTask], list[Revi
         else:
             skipped.append(task)
     return todo, skipped
-
-
-class PythiaBoard:
-    """Live progress: (model, revision) tasks done / running / failed / skipped.
-
-    In a terminal, a rich bar; in a log (not a terminal), one counts line per finished task.
-    """
-
-    def __init__(self, total: int, skipped: int, console: Console) -> None:
-        self.console, self.total, self.skipped = console, total, skipped
-        self.running: list[str] = []
-        self.n_done = self.n_failed = 0
-        self._live: Live | None = None
-        self._printed = ""
-
-    def __enter__(self) -> PythiaBoard:
-        if self.console.is_terminal:
-            self._live = Live(self._render(), console=self.console, auto_refresh=False)
-            self._live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.update(self._render(), refresh=True)
-            self._live.stop()
-
-    def remaining(self) -> int:
-        return self.total - self.n_done - self.n_failed
-
-    def started(self, label: str) -> None:
-        self.running.append(label)
-        if self._live is not None:  # a log gets a line per finished task only
-            self._refresh()
-
-    def done(self, label: str) -> None:
-        self.running.remove(label)
-        self.n_done += 1
-        self._refresh()
-
-    def failed(self, label: str, line: str) -> None:
-        self.running.remove(label)
-        self.n_failed += 1
-        (self._live.console if self._live else self.console).print(
-            f"[red]failed: {escape(line)}[/red]", soft_wrap=True)
-        self._refresh()
-
-    def counts_line(self) -> str:
-        pending = self.remaining() - len(self.running)
-        return (f"revisions: {self.n_done} done, {len(self.running)} running, {pending} "
-                f"pending, {self.n_failed} failed, {self.skipped} skipped")
-
-    def _refresh(self) -> None:
-        if self._live is not None:
-            self._live.update(self._render(), refresh=True)
-        elif (line := self.counts_line()) != self._printed:
-            self._printed = line
-            self.console.print(line, soft_wrap=True)
-
-    def _render(self) -> Group:
-        bar = Progress(TextColumn("pythia"), BarColumn(), MofNCompleteColumn())
-        bar.add_task("", total=max(self.total, 1), completed=self.n_done + self.n_failed)
-        shown = ", ".join(self.running[:4]) + (" ..." if len(self.running) > 4 else "")
-        return Group(Text(self.counts_line(), style="bold"), bar,
-                     Text(f"running: {shown}" if shown else "", style="dim"))
 
 
 # -- the Ray task ---------------------------------------------------------------------------
@@ -284,12 +218,10 @@ def dry_run_table(spec: PythiaSpec, run_dir: Path) -> Table:
 
 
 def _check_run_folder(run_dir: Path, spec: PythiaSpec) -> None:
-    frozen = run_dir / "spec.yaml"
+    frozen = RunFolder(run_dir).spec_path
     if frozen.exists():
-        import yaml
-
         try:
-            old = parse_pythia_spec(yaml.safe_load(frozen.read_text()), str(frozen))
+            old = load_pythia_spec(frozen)
         except UsageError:
             raise UsageError(f"run folder {run_dir} holds another kind of run (its spec.yaml "
                              "is not a pythia sweep file); set run_dir to a new folder") from None
@@ -309,7 +241,7 @@ def _preflight(spec: PythiaSpec, run_dir: Path, allow_pending: bool) -> None:
     import ray
 
     from emergence_core.pythia import parse_model_name
-    from orchestrator.cluster import preflight
+    from orchestrator.sweep.cluster import preflight
 
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     most = {k: max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU", "memory")}
@@ -335,7 +267,7 @@ def _preflight(spec: PythiaSpec, run_dir: Path, allow_pending: bool) -> None:
 
 
 def _write_failures(run_dir: Path, failures: dict[str, str]) -> None:
-    path = run_dir / "status" / "pythia-failures.json"
+    path = RunFolder(run_dir).pythia_failures_path
     if not failures:
         path.unlink(missing_ok=True)
         return
@@ -359,14 +291,13 @@ def launch(spec_path: Path, *, address: str | None, dry_run: bool, allow_pending
         return 0
     import ray
 
-    from orchestrator.cluster import connect
+    from orchestrator.sweep.cluster import connect
 
     connect(address, console)
     try:
         _preflight(spec, run_dir, allow_pending)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "spec.yaml") as tmp:
-            tmp.write_text(spec_path.read_text())
+        RunFolder(run_dir).write_spec(spec_path.read_text())
         cap = spec.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)))
         board = PythiaBoard(len(todo), skipped=len(skipped), console=console)
         try:
@@ -381,7 +312,7 @@ def launch(spec_path: Path, *, address: str | None, dry_run: bool, allow_pending
     _write_failures(run_dir, failures)
     n_done = len(todo) - len(failures)
     console.print(f"pythia {spec.name}: {n_done} done, {len(skipped)} skipped, "
-                  f"{len(failures)} failed; rows in {run_dir / 'metrics' / 'pythia'}",
+                  f"{len(failures)} failed; rows in {RunFolder(run_dir).source_dir('pythia')}",
                   soft_wrap=True)
     for line in failures.values():
         console.print(f"[red]failed: {escape(line)}[/red]", soft_wrap=True)

@@ -1,13 +1,13 @@
 """``emerge sweep`` / ``resume`` / ``sync-mlflow``: the driver of a sweep.
 
 It runs each launch's Tune experiment (``tune_run``) with the probe pool beside it
-(``probe_pool``), shows live progress, and keeps MLflow filled from Parquet on a background
-thread; what was launched and where it stands is read from the run folder (``run_folder``).
+(``orchestrator.probes``), shows live progress, and keeps MLflow filled from Parquet on a
+background thread (``orchestrator.tracking``); what was launched and where it stands is read
+from the run folder (``emergence_core.run_folder``).
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -17,20 +17,19 @@ from typing import Any
 
 from rich.console import Console
 
-from emergence_core.store import atomic_path
-from orchestrator.cluster import connect, preflight
-from orchestrator.errors import UsageError
-from orchestrator.mlflow_sync import MlflowSync, default_tracking_uri
-from orchestrator.progress import SweepBoard
-from orchestrator.run_folder import (
-    RunFolder,
+from emergence_core.run_folder import RunFolder
+from orchestrator.common.errors import UsageError
+from orchestrator.common.progress import SweepBoard
+from orchestrator.sweep.cluster import connect, preflight
+from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
+from orchestrator.sweep.views import (
     added_trials,
     dry_run_table,
+    frozen_spec,
     probe_progress,
-    run_dir_of,
-    trial_state,
+    run_folder_of,
 )
-from orchestrator.spec import SweepSpec, TrialPlan, load_spec
+from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
 
 __all__ = ["launch", "resume", "sync_mlflow"]
 
@@ -43,10 +42,11 @@ class Live:
     is missing (the ledger knows), and ``close`` does a last full sync.
     """
 
-    def __init__(self, board: SweepBoard, mlflow: MlflowSync | None, run_dir: Path) -> None:
+    def __init__(self, board: SweepBoard, mlflow: MlflowSync | None, folder: RunFolder) -> None:
         self.board = board
         self.mlflow = mlflow
-        self.run_dir = run_dir
+        self.folder = folder
+        self.run_dir = folder.path
         self.failures: dict[str, str] = {}
         self._queue: queue.Queue = queue.Queue()
         self._down_until = 0.0
@@ -80,33 +80,31 @@ class Live:
 
     def record_failure(self, name: str, error: str) -> None:
         self.failures[name] = error
-        with atomic_path(self.run_dir / "status" / f"{name}.json") as tmp:
-            tmp.write_text(json.dumps({"state": "failed", "error": error, "time": time.time()}))
+        self.folder.record_failure(name, error)
 
 
 def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
-                  plans: dict[str, TrialPlan], fresh: set[str]) -> tuple[int, bool]:
+                  plans: dict[str, Trial], fresh: set[str]) -> tuple[int, bool]:
     """Fit (or restore and fit) each launch in turn; returns the number of errored trials
     and whether Ctrl-C stopped them."""
-    from orchestrator import tune_run
+    from orchestrator.sweep import tune_run
 
     errors = 0
     for launch in launches:
-        if all(trial_state(folder.path, n)[0] == "done" for n in launch["trials"]):
+        if all(folder.is_complete(n) for n in launch["trials"]):
             continue
-        if launch["name"] in fresh or not tune_run.can_restore(folder.path, launch["name"]):
+        if launch["name"] in fresh or not tune_run.can_restore(folder, launch["name"]):
             callback = tune_run.SweepCallback(
-                folder.path, {n: plans[n].config.model_dump(mode="json")
-                              for n in launch["trials"]})
+                folder.path, {n: plans[n].config for n in launch["trials"]})
             tuner = tune_run.build_tuner(spec, [plans[n] for n in launch["trials"]],
-                                         folder.path, launch["name"], [callback])
+                                         folder, launch["name"], [callback])
         else:
-            tuner = tune_run.restore_tuner(folder.path, launch["name"])
+            tuner = tune_run.restore_tuner(folder, launch["name"])
         results, interrupted = tune_run.fit(tuner)  # returns normally on errors and Ctrl-C
         errors += results.num_errors
         if interrupted:
             return errors, True
-        if any(trial_state(folder.path, n)[0] != "done" for n in launch["trials"]):
+        if not all(folder.is_complete(n) for n in launch["trials"]):
             break  # trials failed: later launches wait for a resume
     return errors, False
 
@@ -114,24 +112,24 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
 def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
                   tracking_uri: str, console: Console, fresh: set[str]) -> int:
     """Run the trials and the probe pool beside them; returns the exit code."""
-    from orchestrator import tune_run
-    from orchestrator.probe_pool import ProbePool
+    from orchestrator.probes.pool import ProbePool
+    from orchestrator.sweep import tune_run
 
     plans = {p.name: p for p in spec.trials()}
     mlflow = MlflowSync(folder.path, tracking_uri, spec.name)
     board = SweepBoard({n: p.config.steps for n, p in plans.items()}, console)
-    live = Live(board, mlflow, folder.path)
+    live = Live(board, mlflow, folder)
     tune_run.LIVE[str(folder.path)] = live
-    live.mlflow_call(lambda m: m.parent_run(folder.spec_path.read_text()))
+    spec_text = folder.spec_text()
+    live.mlflow_call(lambda m: m.parent_run(spec_text))
     live.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
     for name in plans:
-        state, _, events = trial_state(folder.path, name)
-        if state == "done":
+        st = folder.trial_state(name)
+        if st.state == "done":
             board.finished(name, True)
-            board.result(name, plans[name].config.steps, {k: v for k, v in events.items()
+            board.result(name, plans[name].config.steps, {k: v for k, v in st.events.items()
                                                            if v is not None})
-    pool = ProbePool(folder.path, spec.name, spec.probes,
-                     {n: p.config for n, p in plans.items()},
+    pool = ProbePool(folder, spec.name, spec.probes, plans, spec.extensions,
                      on_done=lambda job: live.mlflow_call(
                          lambda m: m.sync_probes(job.trial, plans[job.trial].config)),
                      on_change=board.probes)
@@ -143,8 +141,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             finished = False
             try:
                 errors, interrupted = _fit_launches(folder, spec, launches, plans, fresh)
-                finished = not interrupted and all(trial_state(folder.path, n)[0] == "done"
-                                                   for n in plans)
+                finished = not interrupted and all(folder.is_complete(n) for n in plans)
                 if finished:
                     if pool.enabled:
                         board.note("trials done; the probe pool finishes the checkpoints")
@@ -156,10 +153,10 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                     pool.close()
     finally:
         tune_run.LIVE.pop(str(folder.path), None)
-        states = {n: trial_state(folder.path, n)[0] for n in plans}
+        states = {n: folder.trial_state(n).state for n in plans}
         missing = [n for n, s in states.items() if s != "done"]
         failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
-        p_done, p_due, p_failed = probe_progress(folder.path, spec)
+        p_done, p_due, p_failed = probe_progress(folder, spec)
         complete = not missing and p_done + len(p_failed) == p_due
         parent = ("FINISHED" if complete and not p_failed
                   else "FAILED" if failed or p_failed else "RUNNING")
@@ -178,7 +175,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         for n in failed:
             console.print(f"[red]failed: {n}: {live.failures.get(n, 'see emerge status')}[/red]")
         for job in p_failed:
-            console.print(f"[red]probe failed: {job} (see {folder.path}/probes/failed)[/red]")
+            console.print(f"[red]probe failed: {job} (see {folder.probe_dir('failed')})[/red]")
         console.print(f"{len(failed)} trial(s) and {len(p_failed)} probe(s) failed; "
                       f"`emerge resume {folder.path}` retries them")
         return 1
@@ -194,11 +191,11 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
     if dry_run:
         Console().print(dry_run_table(spec, plans))
         return 0
-    folder = RunFolder(run_dir_of(spec))
+    folder = run_folder_of(spec)
     spec_text = spec_path.read_text()
-    if folder.exists():
-        state = folder.state()
-        new = added_trials(folder.frozen_spec(), spec)
+    if folder.is_sweep():
+        state = folder.sweep_state()
+        new = added_trials(frozen_spec(folder), spec)
         launches = state["launches"]
         fresh: set[str] = set()
         if new:
@@ -219,7 +216,7 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
     started = connect(address, console)
     try:
         preflight(folder.path, plans, allow_pending=allow_pending, pool=spec.probes)
-        folder.write(spec_text, uri, launches)
+        folder.record_launch(spec_text, uri, launches)
         return _run_launches(folder, spec, launches, uri, console, fresh)
     finally:
         if started:
@@ -231,18 +228,17 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
 def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
-    state = folder.state()
-    spec = folder.frozen_spec()
+    state = folder.sweep_state()
+    spec = frozen_spec(folder)
     uri = tracking_uri or state["tracking_uri"]
-    p_done, p_due, _ = probe_progress(folder.path, spec)
-    if all(trial_state(folder.path, p.name)[0] == "done" for p in spec.trials()) \
-            and p_done == p_due:
+    p_done, p_due, _ = probe_progress(folder, spec)
+    if all(folder.is_complete(p.name) for p in spec.trials()) and p_done == p_due:
         console.print(f"sweep {spec.name} is complete; nothing to resume")
         return 0
     started = connect(address, console)
     try:
         preflight(folder.path, spec.trials(), allow_pending=allow_pending, pool=spec.probes)
-        folder.write(folder.spec_path.read_text(), uri, state["launches"])
+        folder.record_launch(folder.spec_text(), uri, state["launches"])
         return _run_launches(folder, spec, state["launches"], uri, console, set())
     finally:
         if started:
@@ -253,11 +249,11 @@ def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
 
 def sync_mlflow(run_dir: Path, *, tracking_uri: str | None) -> dict[str, int]:
     folder = RunFolder(run_dir)
-    state = folder.state()
-    spec = folder.frozen_spec()
+    state = folder.sweep_state()
+    spec = frozen_spec(folder)
     sync = MlflowSync(folder.path, tracking_uri or state["tracking_uri"], spec.name)
-    sync.parent_run(folder.spec_path.read_text())
+    sync.parent_run(folder.spec_text())
     sent = sync.sync_all([p.config for p in spec.trials()])
-    if all(trial_state(folder.path, p.name)[0] == "done" for p in spec.trials()):
+    if all(folder.is_complete(p.name) for p in spec.trials()):
         sync.set_status(None, "FINISHED")
     return sent

@@ -1,5 +1,9 @@
-"""Live progress of a sweep in the terminal: trials pending / running / done / failed,
-steps, and emergence events found."""
+"""Live progress in the terminal, for every command that runs long.
+
+``SweepBoard``: a sweep's trials pending / running / done / failed, steps, emergence events
+and the probe pool; ``PythiaBoard``: ``emerge pythia``'s (model, revision) tasks. In a
+terminal each is a rich display; in a log, one line per change of its counts.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,43 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["SweepBoard"]
+__all__ = ["PythiaBoard", "SweepBoard"]
+
+
+class _Board:
+    """A rich Live display in a terminal (started and stopped as a context manager); in a
+    log, subclasses print lines instead. Subclasses draw with ``_render``."""
+
+    console: Console
+    _live: Live | None = None
+    _use_live = True
+
+    def _render(self) -> Any:
+        raise NotImplementedError
+
+    def _closing_line(self) -> str | None:
+        """Printed at the end when there was no live display."""
+        return None
+
+    def __enter__(self) -> Any:
+        if self._use_live and self.console.is_terminal:
+            self._live = Live(self._render(), console=self.console, auto_refresh=False,
+                              transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+            self._live.stop()
+            self._live = None
+        elif (line := self._closing_line()) is not None:
+            self.console.print(line)
 
 
 @dataclass
@@ -26,7 +62,7 @@ class _Trial:
     error: str | None = None
 
 
-class SweepBoard:
+class SweepBoard(_Board):
     """A rich Live display driven by Tune callbacks (see ``tune_run``)."""
 
     def __init__(self, trials: dict[str, int], console: Console | None = None,
@@ -39,20 +75,8 @@ class SweepBoard:
         self._printed_counts = ""
         self._probes: Any = None
 
-    def __enter__(self) -> SweepBoard:
-        if self._use_live:
-            self._live = Live(self._render(), console=self.console, auto_refresh=False,
-                              transient=False)
-            self._live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.update(self._render(), refresh=True)
-            self._live.stop()
-            self._live = None
-        else:
-            self.console.print(self.counts_line())
+    def _closing_line(self) -> str:
+        return self.counts_line()
 
     # -- updates from the callbacks -----------------------------------------------------------
 
@@ -150,3 +174,56 @@ class SweepBoard:
         if len(running) > 12:
             table.add_row(Text(f"... and {len(running) - 12} more running", style="dim"))
         return Group(table, bars)
+
+
+class PythiaBoard(_Board):
+    """Live progress: (model, revision) tasks done / running / failed / skipped.
+
+    In a terminal, a rich bar; in a log (not a terminal), one counts line per finished task.
+    """
+
+    def __init__(self, total: int, skipped: int, console: Console) -> None:
+        self.console, self.total, self.skipped = console, total, skipped
+        self.running: list[str] = []
+        self.n_done = self.n_failed = 0
+        self._live: Live | None = None
+        self._printed = ""
+
+    def remaining(self) -> int:
+        return self.total - self.n_done - self.n_failed
+
+    def started(self, label: str) -> None:
+        self.running.append(label)
+        if self._live is not None:  # a log gets a line per finished task only
+            self._refresh()
+
+    def done(self, label: str) -> None:
+        self.running.remove(label)
+        self.n_done += 1
+        self._refresh()
+
+    def failed(self, label: str, line: str) -> None:
+        self.running.remove(label)
+        self.n_failed += 1
+        (self._live.console if self._live else self.console).print(
+            f"[red]failed: {escape(line)}[/red]", soft_wrap=True)
+        self._refresh()
+
+    def counts_line(self) -> str:
+        pending = self.remaining() - len(self.running)
+        return (f"revisions: {self.n_done} done, {len(self.running)} running, {pending} "
+                f"pending, {self.n_failed} failed, {self.skipped} skipped")
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+        elif (line := self.counts_line()) != self._printed:
+            self._printed = line
+            self.console.print(line, soft_wrap=True)
+
+    def _render(self) -> Group:
+        bar = Progress(TextColumn("pythia"), BarColumn(), MofNCompleteColumn())
+        bar.add_task("", total=max(self.total, 1), completed=self.n_done + self.n_failed)
+        shown = ", ".join(self.running[:4]) + (" ..." if len(self.running) > 4 else "")
+        return Group(Text(self.counts_line(), style="bold"), bar,
+                     Text(f"running: {shown}" if shown else "", style="dim"))

@@ -1,11 +1,4 @@
-"""``emerge pythia SPEC``: the command, ready for ``orchestrator/cli.py`` to register with
-
-    app.command("pythia")(pythia_command)
-
-It imports nothing heavy at module level (``emerge --help`` stays instant) and nothing from
-``orchestrator.cli`` either, so cli.py may import it at the top. ``python -m
-orchestrator.pythia_cli pythia SPEC`` runs the same command on its own.
-"""
+"""``emerge pythia SPEC``: the command. It imports nothing heavy at module level."""
 
 from __future__ import annotations
 
@@ -14,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["app", "pythia_command"]
+from orchestrator.cli.common import err_console, handles_usage_errors
+
+__all__ = ["pythia_command"]
 
 
 def pythia_command(
@@ -33,27 +28,8 @@ def pythia_command(
 
     What the run folder holds is skipped; failures are listed at the end (exit code 1).
     """
-    from rich.console import Console
-
-    from orchestrator.cli import handles_usage_errors  # at call time: cli.py imports us
-    from orchestrator.pythia_run import launch
+    from orchestrator.pythia.run import launch
 
     code = handles_usage_errors(launch)(spec, address=address, dry_run=dry_run,
-                                        allow_pending=allow_pending,
-                                        console=Console(stderr=True))
+                                        allow_pending=allow_pending, console=err_console())
     raise typer.Exit(code)
-
-
-app = typer.Typer(name="emerge", add_completion=False, pretty_exceptions_enable=False,
-                  no_args_is_help=True)
-
-
-@app.callback()
-def _root() -> None:
-    """``emerge pythia`` on its own (until cli.py registers it)."""
-
-
-app.command("pythia")(pythia_command)
-
-if __name__ == "__main__":
-    app(prog_name="emerge")

@@ -10,15 +10,13 @@ Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep f
 ``emergence`` rule (threshold, persistence) and ``analysis:`` section if it has one,
 ``--set KEY=VALUE``, then ``--threshold`` and ``--persistence``.
 
-``orchestrator.cli`` registers the command with ``app.command("analyze")(analyze_command)``;
-this module imports ``orchestrator.cli`` only when the command runs, so either may be
-imported first.
+``orchestrator.cli.app`` registers the command; what a run folder holds is read through
+``emergence_core.run_folder``.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -28,17 +26,15 @@ from urllib.parse import unquote, urlparse
 
 import typer
 
-from orchestrator.errors import UsageError, format_validation_error
+from emergence_core.run_folder import FolderInfo, RunFolder
+from orchestrator.cli.common import handles_usage_errors, parse_sets
+from orchestrator.common.errors import UsageError, format_validation_error
 
 if TYPE_CHECKING:
     from emergence_core.analysis import AnalysisSettings, ReportSummary
 
-__all__ = ["AnalyzeResult", "RunFolderInfo", "analyze_command", "analyze_run", "inspect_run_folder",
-           "log_report", "resolve_settings"]
+__all__ = ["AnalyzeResult", "analyze_command", "analyze_run", "log_report", "resolve_settings"]
 
-# Any of these makes a folder a run folder (report/report.json: an empty folder analysed once).
-_MARKERS = ("sweep.json", "run.json", "spec.yaml", "metrics", "events", "checkpoints",
-            "report/report.json")
 _CONFIG_HASH_TAG = "emerge.analysis.config_hash"
 
 
@@ -49,66 +45,6 @@ def _first_line(err: BaseException) -> str:
 
 def _listed(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
-
-
-@dataclass(frozen=True)
-class RunFolderInfo:
-    """What a run folder says about itself. ``kind``: ``sweep`` (sweep.json), ``train``
-    (run.json), ``other`` (metrics or checkpoints but neither file, e.g. Pythia rows or a
-    copied table) or ``empty``. ``recorded_dir`` and ``recorded_uri``: sweep.json's."""
-
-    path: Path
-    kind: str
-    name: str
-    launched: tuple[str, ...]
-    recorded_dir: Path | None
-    recorded_uri: str | None
-    spec: Mapping[str, Any]
-    spec_text: str | None
-    notes: tuple[str, ...]
-
-
-def inspect_run_folder(run_dir: Path) -> RunFolderInfo:
-    """Read the run folder's own files; UsageError when ``run_dir`` is not a run folder."""
-    import yaml
-
-    path = Path(run_dir).expanduser().absolute()
-    if not path.exists():
-        raise UsageError(f"{run_dir}: no such folder; give a run folder, e.g. runs/smoke")
-    if not path.is_dir():
-        raise UsageError(f"{run_dir} is a file, not a run folder")
-    present = [m for m in _MARKERS if (path / m).exists()]
-    if not present and any(path.iterdir()):
-        raise UsageError(f"{run_dir} is not a run folder (no sweep.json, run.json or metrics/); "
-                         "give a folder written by `emerge sweep` or `emerge train`")
-    notes: list[str] = []
-    state: dict[str, Any] = {}
-    kind = ("sweep" if "sweep.json" in present else "train" if "run.json" in present
-            else "other" if present else "empty")
-    if kind == "empty":
-        notes.append(f"The run folder {path} is empty: nothing has run there yet.")
-    if kind == "sweep":
-        try:
-            state = json.loads((path / "sweep.json").read_text())
-        except (OSError, ValueError) as err:
-            notes.append(f"sweep.json could not be read ({_first_line(err)}): the launched "
-                         "trials are unknown and MLflow is skipped.")
-    spec: dict[str, Any] = {}
-    spec_text = None
-    if "spec.yaml" in present:
-        try:
-            spec_text = (path / "spec.yaml").read_text()
-            loaded = yaml.safe_load(spec_text)
-            spec = loaded if isinstance(loaded, dict) else {}
-        except (OSError, yaml.YAMLError) as err:
-            notes.append(f"spec.yaml could not be read ({_first_line(err)}): default settings.")
-    launched = tuple(dict.fromkeys(t for launch in state.get("launches", [])
-                                   for t in launch.get("trials", [])))
-    return RunFolderInfo(
-        path=path, kind=kind, name=str(spec.get("name") or path.name), launched=launched,
-        recorded_dir=Path(state["run_dir"]) if state.get("run_dir") else None,
-        recorded_uri=state.get("tracking_uri"), spec=spec, spec_text=spec_text,
-        notes=tuple(notes))
 
 
 def resolve_settings(spec: Mapping[str, Any], sets: Mapping[str, Any],
@@ -145,7 +81,7 @@ def resolve_settings(spec: Mapping[str, Any], sets: Mapping[str, Any],
         raise UsageError(*format_validation_error(err)) from None
 
 
-def _readable_parts(info: RunFolderInfo) -> tuple[list[Path], list[str]]:
+def _readable_parts(info: FolderInfo) -> tuple[list[Path], list[str]]:
     """The live metric parts (superseded ones skipped) whose footer reads; notes on others."""
     import pyarrow.parquet as pq
 
@@ -163,10 +99,9 @@ def _readable_parts(info: RunFolderInfo) -> tuple[list[Path], list[str]]:
     return good, notes
 
 
-def _trial_notes(info: RunFolderInfo, parts: list[Path]) -> list[str]:
+def _trial_notes(info: FolderInfo, parts: list[Path]) -> list[str]:
     """Launched trials without rows, and trials with rows that have not finished."""
-    from emergence_core.store import TrialStore
-
+    folder = RunFolder(info.path)
     with_rows = sorted({p.parent.name for p in parts if p.parent.parent.name == "trial"})
     notes = []
     absent = [t for t in info.launched if t not in with_rows]
@@ -175,7 +110,7 @@ def _trial_notes(info: RunFolderInfo, parts: list[Path]) -> list[str]:
                      f"yet: {_listed(absent)}.")
     if info.kind in ("sweep", "train"):
         open_ = [t for t in with_rows
-                 if not (TrialStore(info.path, t).checkpoint_dir / "COMPLETE.json").exists()]
+                 if not folder.is_complete(t)]
         if open_:
             notes.append(f"{len(open_)}/{len(with_rows)} trials have not finished; their rows "
                          f"so far are analysed: {_listed(open_)}.")
@@ -192,8 +127,11 @@ def log_report(client: Any, run_id: str, summary: ReportSummary, *,
     now = int(time.time() * 1000)
     metrics = [Metric(f"report/{k}", float(v), now, 0) for k, v in sorted(summary.headline.items())]
     tags = [RunTag(_CONFIG_HASH_TAG, summary.analysis.settings.config_hash())]
-    for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes 1000 metrics per batch
-        client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+    from orchestrator.tracking.sync import MLFLOW_BATCH
+
+    for i in range(0, max(len(metrics), 1), MLFLOW_BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH],
+                         tags=tags if i == 0 else [])
     if artifacts:
         client.log_artifacts(run_id, str(summary.out_dir), "report")
     return len(metrics)
@@ -204,14 +142,14 @@ def _local_path(uri: str) -> Path | None:
     return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
 
 
-def _to_mlflow(info: RunFolderInfo, summary: ReportSummary, tracking_uri: str | None) -> str:
+def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | None) -> str:
     """Log the report to the sweep's parent run; one line saying what happened."""
     if info.kind == "train":
         return "mlflow: skipped: an `emerge train` run folder has no MLflow runs"
     uri = tracking_uri or info.recorded_uri
     if info.kind != "sweep" or uri is None:
         return "mlflow: skipped: no sweep.json here, so no sweep parent run to log to"
-    from orchestrator.mlflow_sync import MlflowSync, default_tracking_uri
+    from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
 
     moved = info.recorded_dir is not None and info.recorded_dir != info.path
     if tracking_uri is None and moved and uri == default_tracking_uri(info.recorded_dir):
@@ -235,11 +173,19 @@ def _to_mlflow(info: RunFolderInfo, summary: ReportSummary, tracking_uri: str | 
            f"{skipped}"
 
 
+def _apply_plugins(info: FolderInfo) -> None:
+    """The sweep's plugins and declared scales, so that their tasks and measures are known."""
+    if info.spec.get("plugins") or info.spec.get("define_scales"):
+        from orchestrator.sweep.spec import apply_extensions
+
+        apply_extensions(dict(info.spec))
+
+
 @dataclass(frozen=True)
 class AnalyzeResult:
     """What ``analyze_run`` did: the report written, and the line about MLflow."""
 
-    info: RunFolderInfo
+    info: FolderInfo
     summary: ReportSummary
     mlflow: str
 
@@ -254,7 +200,8 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
 
     from emergence_core.analysis import analyze, empty_metrics, write_report
 
-    info = inspect_run_folder(run_dir)
+    info = RunFolder(run_dir).describe()
+    _apply_plugins(info)
     settings = resolve_settings(info.spec, sets or {}, threshold, persistence)
     parts, notes = _readable_parts(info)
     notes = [*info.notes, *_trial_notes(info, parts), *notes]
@@ -267,7 +214,7 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
                      "empty table.")
         a = analyze(empty_metrics(), settings)
     a = replace(a, missing=(*notes, *a.missing))
-    target = Path(out) if out is not None else info.path / "report"
+    target = Path(out) if out is not None else RunFolder(info.path).report_dir
     try:
         summary = write_report(metrics, target, analysis=a)
     except OSError as err:
@@ -311,7 +258,6 @@ def analyze_command(
         "--no-mlflow", help="write the report only; log nothing to MLflow")] = False,
 ) -> None:
     """Statistics of SPEC section 4 over RUN_DIR: write report/ and log it to MLflow."""
-    from orchestrator.cli import handles_usage_errors, parse_sets
 
     @handles_usage_errors
     def run() -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.errors import UsageError
-from orchestrator.spec import Probes, TrialPlan
+from emergence_core.run_folder import RunFolder
+from orchestrator.common.errors import UsageError
+from orchestrator.probes.config import Probes
+from orchestrator.sweep.spec import Trial
 
 __all__ = ["connect", "preflight"]
 
@@ -50,7 +52,7 @@ def _node_sees(path: str) -> tuple[bool, str]:
     return os.path.exists(path), socket.gethostname()
 
 
-def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool,
+def preflight(run_dir: Path, plans: list[Trial], *, allow_pending: bool,
               pool: Probes | None = None) -> None:
     """Refuse, before anything starts, a sweep this cluster cannot run."""
     import ray
@@ -90,7 +92,7 @@ def preflight(run_dir: Path, plans: list[TrialPlan], *, allow_pending: bool,
     if len(nodes) > 1:
         # Every node must see the run folder: write a marker here, look for it everywhere.
         run_dir.mkdir(parents=True, exist_ok=True)
-        marker = run_dir / f".emerge-shared-{uuid.uuid4().hex}"
+        marker = RunFolder(run_dir).shared_check_path(uuid.uuid4().hex)
         marker.write_text("")
         try:
             check = ray.remote(num_cpus=0)(_node_sees)

@@ -14,18 +14,23 @@ train: {diag_size: 1000}         # TrainConfig fields for every trial
 per_task: {MOD: {train: {steps: 1500}}}
 per_scale: {s0: {train: {lr: 1e-3}, resources: {cpus: 1, gpus: 0}}}
 emergence: {threshold: 0.5, persistence: 5}
+plugins: [mylab.emerge_ext]      # modules registering tasks, scales, expensive measures
+define_scales: {s5: {layers: 16, width: 1024, heads: 16}}   # a scale by its shape
 ```
 
 A trial's config is the scale's and task's defaults, then ``train``, then ``per_task``, then
-``per_scale``. Every problem is reported at once, one line each, naming the field.
+``per_scale``. Every problem is reported at once, one line each, naming the field. The
+sweep file is validated here once; what travels on (to Tune, the probe pool, MLflow) is the
+typed ``SweepSpec`` and its ``Trial``s, each with its plan (``emergence_core.run_folder``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -38,17 +43,21 @@ from pydantic import (
 )
 
 from emergence_core.config import TrainConfig, resolve_config
-from emergence_core.model import scale_shape
+from emergence_core.extensions import ExtensionError, Extensions
+from emergence_core.model import ScaleShape, scale_shape
+from emergence_core.run_folder import TrialPlan as Plan
+from emergence_core.run_folder import trial_plan
 from emergence_core.tasks import TaskError, get_task
-from orchestrator.errors import (
+from orchestrator.common.errors import (
     UsageError,
     checked,
     format_validation_error,
     posix_run_dir,
     read_yaml,
 )
+from orchestrator.probes.config import Probes
 
-__all__ = ["Resources", "SweepSpec", "TrialPlan", "load_spec", "parse_spec"]
+__all__ = ["Resources", "SweepSpec", "Trial", "TrialPlan", "load_spec", "parse_spec"]
 
 _GRID_KEYS = {"task", "scale", "seed", "levels"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -67,10 +76,6 @@ class Resources(_Strict):
                                      description="custom Ray resources, e.g. a node type")
 
 
-DEFAULT_RESOURCES = {"s0": Resources(), "s1": Resources(), "s2": Resources(cpus=2),
-                     "s3": Resources(cpus=4, gpus=1), "s4": Resources(cpus=4, gpus=1)}
-
-
 class Overrides(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
 
@@ -79,36 +84,47 @@ class ScaleSettings(Overrides):
     resources: Resources | None = None
 
 
-class ProbeMeasure(_Strict):
-    """When and how one expensive measure runs on a trial's checkpoints."""
+class DeclaredScale(_Strict):
+    """A scale declared by its shape in the sweep file (``define_scales``)."""
 
-    every: int = Field(10, ge=1, description="every k-th probe step (1: all); and the last")
-    batch_size: int | None = Field(None, ge=2, description="fixed probe batch (default per "
-                                                            "measure)")
-    settings: dict[str, Any] = Field(default_factory=dict,
-                                     description="fields of the measure's settings")
-
-    def due(self, index: int, last: int) -> bool:
-        return index % self.every == 0 or index == last
-
-
-class PoolResources(_Strict):
-    cpus: float = Field(0, ge=0, description="0: never competes with trials for scheduling")
+    layers: int = Field(ge=1)
+    width: int = Field(ge=1, description="d_model")
+    heads: int = Field(ge=1)
+    mlp: int | None = Field(None, ge=1, description="MLP width; default 4 x width")
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(192, ge=1)
+    warmup_steps: int = Field(800, ge=0)
+    cpus: float = Field(1, gt=0)
     gpus: float = Field(0, ge=0)
-    custom: dict[str, float] = Field(default_factory=dict)
+
+    def shape(self, name: str) -> ScaleShape:
+        return ScaleShape(name.lower(), self.layers, self.width, self.heads,
+                          self.mlp or 4 * self.width, None, lr=self.lr,
+                          batch_size=self.batch_size, warmup_steps=self.warmup_steps,
+                          cpus=self.cpus, gpus=self.gpus)
 
 
-class Probes(_Strict):
-    """The expensive probes: an actor pool working through the trials' checkpoints."""
+class ExtensionSpec(BaseModel):
+    """The part of a sweep file that must be applied before the rest can be checked."""
 
-    measures: dict[Literal["hessian", "llc", "fisher", "gradcov"], ProbeMeasure] = Field(
-        default_factory=dict)
-    actors: int = Field(1, ge=1)
-    resources: PoolResources = PoolResources()
-    threads: int = Field(1, ge=1, description="torch threads per actor")
-    keep_weights: bool = Field(True, description="false: delete a checkpoint's weights once "
-                                                 "its probes are done")
-    max_attempts: int = Field(3, ge=1, description="a job that raises this often is failed")
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")]] = \
+        Field(default_factory=list, description="modules that register tasks, scales, measures")
+    define_scales: dict[str, DeclaredScale] = Field(default_factory=dict)
+
+    @field_validator("define_scales")
+    @classmethod
+    def _names(cls, v: dict[str, DeclaredScale]) -> dict[str, DeclaredScale]:
+        for name in v:
+            if not _NAME.match(name):
+                raise ValueError(f"scale name {name!r}: use letters, digits, '.', '_', '-'")
+        return v
+
+    @property
+    def extensions(self) -> Extensions:
+        return Extensions(tuple(self.plugins),
+                          tuple(d.shape(n) for n, d in self.define_scales.items()))
 
 
 class Emergence(_Strict):
@@ -128,6 +144,10 @@ Seed = Annotated[int, Field(ge=0)]
 
 class SweepSpec(_Strict):
     name: str
+    plugins: list[str] = Field(default_factory=list,
+                               description="modules that register tasks, scales, measures")
+    define_scales: dict[str, DeclaredScale] = Field(default_factory=dict,
+                                                    description="scales declared by shape")
     run_dir: Annotated[str | None, AfterValidator(posix_run_dir)] = Field(
         None, description="default: runs/<name>")
     tracking_uri: str | None = Field(None, description="default: sqlite in the run folder")
@@ -167,10 +187,20 @@ class SweepSpec(_Strict):
 
     # -- derived -----------------------------------------------------------------------------
 
+    @property
+    def extensions(self) -> Extensions:
+        """What every process of this sweep applies before it builds a trial."""
+        return ExtensionSpec(plugins=self.plugins, define_scales=self.define_scales).extensions
+
+    def measure_every(self) -> dict[str, int]:
+        return {m: p.every for m, p in self.probes.measures.items()}
+
     def resources(self, scale: str) -> Resources:
         s = self.per_scale.get(scale)
-        return s.resources if s is not None and s.resources is not None \
-            else DEFAULT_RESOURCES[scale]
+        if s is not None and s.resources is not None:
+            return s.resources
+        shape = scale_shape(scale)
+        return Resources(cpus=shape.cpus, gpus=shape.gpus)
 
     def overrides(self, task: str, scale: str) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -180,20 +210,39 @@ class SweepSpec(_Strict):
         merged["levels"] = tuple(self.levels)
         return merged
 
-    def trials(self) -> list[TrialPlan]:
-        """The grid, in a stable order (task, scale, seed)."""
-        return [TrialPlan(resolve_config(t, s, seed, **self.overrides(t, s)), self.resources(s))
-                for t in self.tasks for s in self.scales for seed in self.seeds]
+    @cached_property
+    def _trials(self) -> tuple[Trial, ...]:
+        every = self.measure_every()
+        out = []
+        for t in self.tasks:
+            for s in self.scales:
+                for seed in self.seeds:
+                    cfg = resolve_config(t, s, seed, **self.overrides(t, s))
+                    out.append(Trial(cfg, self.resources(s), trial_plan(cfg, every)))
+        return tuple(out)
+
+    def trials(self) -> list[Trial]:
+        """The grid, in a stable order (task, scale, seed); resolved once per spec."""
+        return list(self._trials)
+
+    def trial(self, name: str) -> Trial:
+        return next(t for t in self._trials if t.name == name)
 
 
 @dataclass(frozen=True)
-class TrialPlan:
+class Trial:
+    """One trial of the grid: its validated config, what it holds, and its plan."""
+
     config: TrainConfig
     resources: Resources
+    plan: Plan
 
     @property
     def name(self) -> str:
         return self.config.trial_name()
+
+
+TrialPlan = Trial  # the name this class had before the run folder's plans existed
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +284,7 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
     if not isinstance(data, dict):
         raise UsageError(f"{source}: expected a mapping of fields at the top level, "
                          f"got {type(data).__name__}")
+    apply_extensions(data)
     problems: list[str] = []
     spec = None
     try:
@@ -271,6 +321,20 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
         raise UsageError(*dict.fromkeys(problems))  # de-duplicated, in order
     assert spec is not None
     return spec
+
+
+def apply_extensions(data: dict[str, Any]) -> Extensions:
+    """Import the sweep file's plugins and register its declared scales, so that its tasks,
+    scales and measures can be checked; UsageError (exit 2) before anything starts."""
+    try:
+        ext = ExtensionSpec(**data).extensions
+    except ValidationError as e:
+        raise UsageError(*format_validation_error(e)) from None
+    try:
+        ext.apply()
+    except (ExtensionError, TaskError) as e:
+        raise UsageError(str(e)) from None
+    return ext
 
 
 def _probe_problems(spec: SweepSpec) -> list[str]:

@@ -48,7 +48,7 @@ from emergence_core.pythia.revisions import (
     parse_revisions,
 )
 from emergence_core.pythia.scoring import POSITIONS
-from orchestrator.errors import (
+from orchestrator.common.errors import (
     UsageError,
     checked,
     format_validation_error,

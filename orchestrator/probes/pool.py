@@ -21,36 +21,30 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
 from emergence_core.config import TrainConfig
-from emergence_core.schedule import probe_schedule
-from orchestrator.probe_queue import ProbeJob, ProbeQueue
-from orchestrator.spec import Probes
+from emergence_core.extensions import Extensions
+from emergence_core.run_folder import RunFolder, TrialPlan
+from orchestrator.probes.config import Probes
+from orchestrator.probes.queue import ProbeJob, ProbeQueue
 
-__all__ = ["ProbePool", "due_jobs"]
-
-
-def due_jobs(name: str, cfg: TrainConfig, probes: Probes) -> list[ProbeJob]:
-    """Every (step, measure) job of a trial, from its probe schedule."""
-    steps = probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
-                           log_until=cfg.probe.log_until).tolist()
-    last = len(steps) - 1
-    return [ProbeJob(name, step, m) for m, spec in probes.measures.items()
-            for i, step in enumerate(steps) if spec.due(i, last)]
+__all__ = ["ProbePool", "ProbeWorker"]
 
 
 class ProbeWorker:
     """One actor: rebuilds a trial's model and probe batch, loads weights, measures."""
 
-    def __init__(self, run_dir: str, sweep: str, threads: int) -> None:
+    def __init__(self, run_dir: str, sweep: str, threads: int,
+                 extensions: Extensions | None = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.run_dir = Path(run_dir)
+        (extensions or Extensions()).apply()  # the sweep's plugins, in this actor's process
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.path
         self.sweep = sweep
         self._cache: dict[str, Any] = {}
 
@@ -72,7 +66,7 @@ class ProbeWorker:
             self._cache = {key: (data, model, device)}  # one trial at a time: bounded memory
         return self._cache[key]
 
-    def run(self, job: ProbeJob, config: dict[str, Any], batch_size: int,
+    def run(self, job: ProbeJob, cfg: TrainConfig, batch_size: int,
             settings: dict[str, Any], attempt: int) -> float:
         """Compute ``job``; write its diagnostics, then (last, atomically) its rows."""
         from emergence_core.expensive import make_settings, run_expensive, trial_probe_batch
@@ -81,12 +75,11 @@ class ProbeWorker:
 
         t0 = time.perf_counter()
         self._status({"job": [job.trial, job.step, job.measure], "started": time.time()})
-        cfg = TrainConfig.model_validate(config)
         data, model, device = self._trial(cfg)
-        TrialStore(self.run_dir, job.trial).load_weights(model, job.step)
+        TrialStore(self.folder, job.trial).load_weights(model, job.step)
         batch = trial_probe_batch(data, batch_size, cfg.seed, device)
         result = run_expensive(job.measure, model, batch, make_settings(job.measure, settings))
-        queue = ProbeQueue(self.run_dir)
+        queue = ProbeQueue(self.folder)
         queue.write_diagnostics(job, {**result.diagnostics, "step": job.step,
                                       "trial": job.trial, "attempt": attempt})
         rows = RowBuffer(TrialKey(self.sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
@@ -104,10 +97,17 @@ class ProbeWorker:
 
         from emergence_core.store import atomic_path
 
-        with atomic_path(self.run_dir / "probes" / "workers" / f"{os.getpid()}.json") as tmp:
+        with atomic_path(self.folder.probe_worker_path(os.getpid())) as tmp:
             tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                        "node_id": ray.get_runtime_context().get_node_id(),
                                        **info}))
+
+
+class Trial(Protocol):
+    """What the pool needs of a sweep's trial (``orchestrator.sweep.spec.Trial``)."""
+
+    config: TrainConfig
+    plan: TrialPlan
 
 
 @dataclass
@@ -132,15 +132,17 @@ class PoolCounts:
 class ProbePool:
     """Dispatches queued jobs to actors until told to drain; see the module docstring."""
 
-    def __init__(self, run_dir: Path, sweep: str, probes: Probes,
-                 configs: dict[str, TrainConfig],
+    def __init__(self, folder: RunFolder, sweep: str, probes: Probes,
+                 trials: dict[str, Trial], extensions: Extensions | None = None,
                  on_done: Callable[[ProbeJob], None] | None = None,
                  on_change: Callable[[PoolCounts], None] | None = None) -> None:
-        self.run_dir = Path(run_dir)
+        self.folder = folder
+        self.run_dir = folder.path
         self.sweep = sweep
         self.probes = probes
-        self.configs = configs
-        self.queue = ProbeQueue(self.run_dir)
+        self.trials = trials
+        self.extensions = extensions or Extensions()
+        self.queue = ProbeQueue(folder)
         self.on_done = on_done or (lambda job: None)
         self.on_change = on_change or (lambda counts: None)
         self.counts = PoolCounts()
@@ -157,11 +159,9 @@ class ProbePool:
     def reconcile(self, retry_failed: bool = False) -> None:
         """Enqueue the due jobs whose weights exist (a trial may have died between saving
         weights and enqueueing); with ``retry_failed``, give failed jobs another chance."""
-        from emergence_core.store import TrialStore
-
-        for name, cfg in self.configs.items():
-            have = set(TrialStore(self.run_dir, name).weight_steps())
-            for job in due_jobs(name, cfg, self.probes):
+        for name, trial in self.trials.items():
+            have = set(self.folder.weight_steps(name))
+            for job in trial.plan.jobs:
                 if job.step in have:
                     self.queue.enqueue(job)
         if retry_failed:
@@ -176,7 +176,7 @@ class ProbePool:
             num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
             max_restarts=-1, max_task_retries=0, name=None)
         self._slots = [_Slot(actor_cls.remote(str(self.run_dir), self.sweep,
-                                              self.probes.threads))
+                                              self.probes.threads, self.extensions))
                        for _ in range(self.probes.actors)]
         self._thread = threading.Thread(target=self._loop, name="emerge-probe-pool",
                                         daemon=True)
@@ -191,10 +191,8 @@ class ProbePool:
         self._thread.join(timeout)
         self.close()
         if not self.probes.keep_weights:
-            from emergence_core.store import TrialStore
-
-            for name in self.configs:  # the trials are done: no checkpoint is still to come
-                for step in TrialStore(self.run_dir, name).weight_steps():
+            for name in self.trials:  # the trials are done: no checkpoint is still to come
+                for step in self.folder.weight_steps(name):
                     self._retire_weights(name, step)
 
     def close(self) -> None:
@@ -247,16 +245,17 @@ class ProbePool:
                 continue
             while pending:
                 job = pending.pop(0)
-                if job.trial not in self.configs:
+                if job.trial not in self.trials:
                     continue  # a trial of another launch's spec: not ours to run
                 spec = self.probes.measures[job.measure]
-                from emergence_core.expensive import BATCH_SIZES
+                from emergence_core.expensive import get_measure
 
                 attempt = self.counts.attempts.get(job, 0)
                 slot.job, slot.started = job, time.monotonic()
                 slot.ref = slot.actor.run.remote(
-                    job, self.configs[job.trial].model_dump(mode="json"),
-                    spec.batch_size or BATCH_SIZES[job.measure], spec.settings, attempt)
+                    job, self.trials[job.trial].config,
+                    spec.batch_size or get_measure(job.measure).batch_size, spec.settings,
+                    attempt)
                 break
 
     def _collect(self) -> None:
@@ -286,13 +285,6 @@ class ProbePool:
 
     def _retire_weights(self, trial: str, step: int) -> None:
         """Delete a checkpoint's weights once all its jobs are done (keep_weights: false)."""
-        from emergence_core.store import TrialStore
-
-        at_step = [j for j in due_jobs(trial, self.configs[trial], self.probes) if j.step == step]
+        at_step = self.trials[trial].plan.jobs_at(step)
         if all(self.queue.is_done(j) for j in at_step):
-            TrialStore(self.run_dir, trial).weights_path(step).unlink(missing_ok=True)
-
-
-def diagnostics(run_dir: Path, job: ProbeJob) -> dict[str, Any] | None:
-    path = ProbeQueue(run_dir).diagnostics_path(job)
-    return json.loads(path.read_text()) if path.exists() else None
+            self.folder.weights_path(trial, step).unlink(missing_ok=True)

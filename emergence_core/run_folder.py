@@ -1,0 +1,492 @@
+"""The run folder, the source of truth of a sweep: every file's name, trial state, trial plans.
+
+This module is the one place that spells the layout below; everyone else (the trial runner,
+the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze``,
+``pythia``) asks it. It imports no Ray, MLflow or CLI code, so any reader can use it.
+
+```
+<run>/
+  spec.yaml                          the sweep file as launched (a Pythia sweep's, likewise)
+  sweep.json                         where it was launched, the tracking URI, the launches
+  run.json                           what an `emerge train` folder holds (instead of sweep.json)
+  tune/<launch>/                     each launch's Ray Tune experiment (restorable)
+  checkpoints/<trial>/state.pt       latest full training state (outside Tune)
+  checkpoints/<trial>/weights/step-<step>.safetensors   weights for the expensive probes
+  checkpoints/<trial>/COMPLETE.json  the trial finished: step, attempt, events
+  metrics/<source>/<trial>/part-<first>-<last>.parquet  the metrics table (source: trial,
+                                     pythia, probe/<measure>)
+  events/<trial>.parquet             emergence events, one row per level
+  alerts/                            live alerts, as they fire
+  status/<trial>.json                a trial that failed for good, and why
+  status/<trial>.worker.json         the process a trial runs in now
+  status/pythia-failures.json        (model, revision) tasks that failed
+  probes/queue/<trial>/<step>.<measure>.json     an expensive job, enqueued
+  probes/results/<trial>/<step>.<measure>.json   its diagnostics
+  probes/failed/<trial>/<step>.<measure>.json    a job that kept raising
+  probes/workers/<pid>.json          what a probe actor is doing
+  mlflow/ledger.json (.lock)         trial -> MLflow run id, and rows already sent
+  mlflow/artifacts/                  the embedded store's artifacts
+  mlflow.db                          the embedded tracking store (no tracking URI given)
+  report/                            what `emerge analyze` writes
+```
+
+A trial's *plan* (``trial_plan``) is computed here once from its config and the sweep's
+expensive measures: its probe steps, the steps whose weights are kept, and the expensive
+jobs due. The trial saves weights and enqueues jobs from it, the pool and ``emerge status``
+count against it, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emergence_core.config import TrainConfig
+
+__all__ = [
+    "FolderInfo",
+    "ProbeJob",
+    "RunFolder",
+    "RunFolderError",
+    "TrialPlan",
+    "TrialState",
+    "parse_part",
+    "part_name",
+    "trial_plan",
+]
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message is one line naming it."""
+
+
+# -- metric parts --------------------------------------------------------------------------
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+
+
+def part_name(first: int, last: int) -> str:
+    return f"part-{first:012d}-{last:012d}.parquet"
+
+
+def parse_part(name: str) -> tuple[int, int] | None:
+    """(first step, last step) of a metric part's file name; None for other files."""
+    m = _PART.match(name)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+# -- expensive jobs ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, order=True)
+class ProbeJob:
+    """One expensive measure of one trial at one checkpoint step."""
+
+    trial: str
+    step: int
+    measure: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.step:012d}.{self.measure}"
+
+    @staticmethod
+    def parse(trial: str, name: str) -> ProbeJob:
+        step, measure, _ = name.split(".")
+        return ProbeJob(trial, int(step), measure)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What a trial will do, fixed by its config: see the module docstring."""
+
+    trial: str
+    probe_steps: tuple[int, ...]
+    weight_steps: frozenset[int]
+    jobs: tuple[ProbeJob, ...]
+
+    @cached_property
+    def _by_step(self) -> dict[int, tuple[ProbeJob, ...]]:
+        out: dict[int, list[ProbeJob]] = {}
+        for j in self.jobs:
+            out.setdefault(j.step, []).append(j)
+        return {s: tuple(js) for s, js in out.items()}
+
+    def jobs_at(self, step: int) -> tuple[ProbeJob, ...]:
+        return self._by_step.get(step, ())
+
+    def keeps_weights(self, step: int) -> bool:
+        return step in self.weight_steps
+
+
+def due(index: int, last: int, every: int) -> bool:
+    """The rule for 'every k-th probe step, and the last'."""
+    return index % every == 0 or index == last
+
+
+def trial_plan(cfg: TrainConfig, measures: Mapping[str, int] | None = None) -> TrialPlan:
+    """The plan of ``cfg`` with expensive ``measures`` (name -> every k-th probe step)."""
+    from emergence_core.schedule import probe_schedule
+
+    name = cfg.trial_name()
+    p = cfg.probe
+    steps = tuple(probe_schedule(cfg.steps, p.n_probes, log_fraction=p.log_fraction,
+                                 log_until=p.log_until).tolist())
+    last = len(steps) - 1
+    k = cfg.checkpoint.weights_every
+    weights = frozenset(s for i, s in enumerate(steps) if k is not None and due(i, last, k))
+    jobs = tuple(ProbeJob(name, s, m) for m, every in (measures or {}).items()
+                 for i, s in enumerate(steps) if due(i, last, every))
+    missing = sorted({j.step for j in jobs} - weights)
+    if missing:
+        raise RunFolderError(f"trial {name}: expensive jobs are due at steps without weights "
+                             f"(first: {missing[0]}); make the measures' 'every' a multiple of "
+                             f"train.checkpoint.weights_every ({k})")
+    return TrialPlan(name, steps, weights, jobs)
+
+
+# -- trial state ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialState:
+    """Where a trial stands, from the run folder alone."""
+
+    state: str  # done, failed, incomplete, pending
+    step: int | None  # last committed step
+    events: dict[int, int | None]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """What a run folder says about itself. ``kind``: ``sweep`` (sweep.json), ``train``
+    (run.json), ``other`` (metrics or checkpoints but neither file, e.g. Pythia rows or a
+    copied table) or ``empty``. ``recorded_dir`` and ``recorded_uri``: sweep.json's."""
+
+    path: Path
+    kind: str
+    name: str
+    launched: tuple[str, ...]
+    recorded_dir: Path | None
+    recorded_uri: str | None
+    spec: Mapping[str, Any]
+    spec_text: str | None
+    notes: tuple[str, ...]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+class RunFolder:
+    """One run folder: its paths (see the module docstring) and what they say."""
+
+    SPEC = "spec.yaml"
+    SWEEP = "sweep.json"
+    RUN = "run.json"
+    STATE = "state.pt"  # a trial's full training state, here or in a Tune checkpoint
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- the sweep as launched ---------------------------------------------------------------
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / self.SPEC
+
+    @property
+    def sweep_path(self) -> Path:
+        return self.path / self.SWEEP
+
+    @property
+    def run_record_path(self) -> Path:
+        return self.path / self.RUN
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.path / "tune"
+
+    def launch_dir(self, launch: str) -> Path:
+        return self.tune_dir / launch
+
+    def is_sweep(self) -> bool:
+        return self.sweep_path.exists()
+
+    def sweep_state(self) -> dict[str, Any]:
+        """sweep.json: ``run_dir``, ``tracking_uri``, ``launches`` [{name, trials}]."""
+        if not self.is_sweep():
+            what = "no such folder" if not self.path.exists() else "no sweep.json in it"
+            raise RunFolderError(f"{self.path} is not a sweep's run folder ({what}); start "
+                                 "one with `emerge sweep SPEC`")
+        try:
+            return json.loads(self.sweep_path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunFolderError(f"{self.sweep_path} cannot be read ({_first_line(err)})"
+                                 ) from None
+
+    def spec_text(self) -> str:
+        return self.spec_path.read_text()
+
+    def record_launch(self, spec_text: str, tracking_uri: str,
+                      launches: list[dict[str, Any]]) -> None:
+        from emergence_core.store import atomic_path
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.spec_path) as tmp:
+            tmp.write_text(spec_text)
+        with atomic_path(self.sweep_path) as tmp:
+            tmp.write_text(json.dumps({"run_dir": str(self.path), "tracking_uri": tracking_uri,
+                                       "launches": launches}, indent=1))
+
+    def write_spec(self, spec_text: str) -> None:
+        from emergence_core.store import atomic_path
+
+        with atomic_path(self.spec_path) as tmp:
+            tmp.write_text(spec_text)
+
+    def read_run_record(self) -> dict[str, Any] | None:
+        return json.loads(self.run_record_path.read_text()) \
+            if self.run_record_path.exists() else None
+
+    def write_run_record(self, record: dict[str, Any]) -> None:
+        from emergence_core.store import atomic_path
+
+        with atomic_path(self.run_record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+
+    # -- a trial's files ---------------------------------------------------------------------
+
+    @property
+    def metrics_root(self) -> Path:
+        return self.path / "metrics"
+
+    def metrics_dir(self, source: str, trial: str) -> Path:
+        return self.metrics_root / source / trial
+
+    def source_dir(self, source: str) -> Path:
+        return self.metrics_root / source
+
+    @staticmethod
+    def probe_source(measure: str) -> str:
+        return f"probe/{measure}"
+
+    @property
+    def probe_metrics_root(self) -> Path:
+        return self.metrics_root / "probe"
+
+    def checkpoint_dir(self, trial: str) -> Path:
+        return self.path / "checkpoints" / trial
+
+    def state_path(self, trial: str) -> Path:
+        return self.checkpoint_dir(trial) / self.STATE
+
+    def weights_dir(self, trial: str) -> Path:
+        return self.checkpoint_dir(trial) / "weights"
+
+    def weights_path(self, trial: str, step: int) -> Path:
+        return self.weights_dir(trial) / f"step-{step:012d}.safetensors"
+
+    def weight_steps(self, trial: str) -> list[int]:
+        d = self.weights_dir(trial)
+        if not d.is_dir():
+            return []
+        return sorted(int(p.stem.split("-")[1]) for p in d.glob("step-*.safetensors"))
+
+    def complete_path(self, trial: str) -> Path:
+        return self.checkpoint_dir(trial) / "COMPLETE.json"
+
+    def completion(self, trial: str) -> dict[str, Any] | None:
+        """The trial's completion record (step, attempt, events, fingerprint), if done."""
+        path = self.complete_path(trial)
+        if not path.exists():
+            return None
+        done = json.loads(path.read_text())
+        done["events"] = {int(k): v for k, v in done.get("events", {}).items()}
+        return done
+
+    def mark_complete(self, trial: str, record: dict[str, Any]) -> None:
+        from emergence_core.store import atomic_path
+
+        with atomic_path(self.complete_path(trial)) as tmp:
+            tmp.write_text(json.dumps(record))
+
+    def is_complete(self, trial: str) -> bool:
+        return self.complete_path(trial).exists()
+
+    @property
+    def events_dir(self) -> Path:
+        return self.path / "events"
+
+    def events_path(self, trial: str) -> Path:
+        return self.events_dir / f"{trial}.parquet"
+
+    @property
+    def alerts_dir(self) -> Path:
+        return self.path / "alerts"
+
+    # -- status ------------------------------------------------------------------------------
+
+    @property
+    def status_dir(self) -> Path:
+        return self.path / "status"
+
+    def failure_path(self, trial: str) -> Path:
+        return self.status_dir / f"{trial}.json"
+
+    def record_failure(self, trial: str, error: str) -> None:
+        from emergence_core.store import atomic_path
+
+        with atomic_path(self.failure_path(trial)) as tmp:
+            tmp.write_text(json.dumps({"state": "failed", "error": error, "time": time.time()}))
+
+    def failure(self, trial: str) -> str | None:
+        """Why the trial failed for good, or None."""
+        path = self.failure_path(trial)
+        if not path.exists():
+            return None
+        try:
+            return str(json.loads(path.read_text()).get("error") or "unknown error")
+        except (OSError, ValueError):
+            return "unknown error (its status file cannot be read)"
+
+    def worker_path(self, trial: str) -> Path:
+        return self.status_dir / f"{trial}.worker.json"
+
+    def record_worker(self, trial: str, info: dict[str, Any]) -> None:
+        from emergence_core.store import atomic_path
+
+        with atomic_path(self.worker_path(trial)) as tmp:
+            tmp.write_text(json.dumps(info))
+
+    @property
+    def pythia_failures_path(self) -> Path:
+        return self.status_dir / "pythia-failures.json"
+
+    def trial_state(self, trial: str) -> TrialState:
+        """(state, last committed step, events, error) of a trial, from the folder alone."""
+        from emergence_core.store import TrialStore
+
+        done = self.completion(trial)
+        if done is not None:
+            return TrialState("done", done["step"], done["events"])
+        parts = TrialStore(self, trial).parts()
+        step = parts[-1][1] if parts else None
+        error = self.failure(trial)
+        if error is not None:
+            return TrialState("failed", step, {}, error)
+        return TrialState("incomplete" if parts else "pending", step, {})
+
+    # -- the expensive probes ----------------------------------------------------------------
+
+    @property
+    def probes_dir(self) -> Path:
+        return self.path / "probes"
+
+    def probe_dir(self, kind: str) -> Path:
+        """``queue``, ``results`` or ``failed``."""
+        return self.probes_dir / kind
+
+    def probe_path(self, kind: str, job: ProbeJob) -> Path:
+        return self.probe_dir(kind) / job.trial / f"{job.stem}.json"
+
+    def probe_jobs(self, kind: str) -> list[ProbeJob]:
+        root = self.probe_dir(kind)
+        if not root.is_dir():
+            return []
+        return sorted(ProbeJob.parse(d.name, f.name) for d in root.iterdir() if d.is_dir()
+                      for f in d.glob("*.json"))
+
+    def probe_worker_path(self, pid: int) -> Path:
+        return self.probes_dir / "workers" / f"{pid}.json"
+
+    # -- tracking and report -----------------------------------------------------------------
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.path / "mlflow"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.mlflow_dir / "ledger.json"
+
+    @property
+    def ledger_lock_path(self) -> Path:
+        return self.mlflow_dir / "ledger.lock"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.path / "mlflow.db"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    # -- what kind of folder -----------------------------------------------------------------
+
+    def _markers(self) -> list[str]:
+        marks = (self.SWEEP, self.RUN, self.SPEC, "metrics", "events", "checkpoints",
+                 "report/report.json")  # report.json: an empty folder analysed once
+        return [m for m in marks if (self.path / m).exists()]
+
+    def describe(self) -> FolderInfo:
+        """Read the folder's own files; RunFolderError when it is not a run folder."""
+        import yaml
+
+        path = self.path
+        if not path.exists():
+            raise RunFolderError(f"{path}: no such folder; give a run folder, e.g. runs/smoke")
+        if not path.is_dir():
+            raise RunFolderError(f"{path} is a file, not a run folder")
+        present = self._markers()
+        if not present and any(path.iterdir()):
+            raise RunFolderError(f"{path} is not a run folder (no sweep.json, run.json or "
+                                 "metrics/); give a folder written by `emerge sweep` or "
+                                 "`emerge train`")
+        notes: list[str] = []
+        state: dict[str, Any] = {}
+        kind = ("sweep" if self.SWEEP in present else "train" if self.RUN in present
+                else "other" if present else "empty")
+        if kind == "empty":
+            notes.append(f"The run folder {path} is empty: nothing has run there yet.")
+        if kind == "sweep":
+            try:
+                state = json.loads(self.sweep_path.read_text())
+            except (OSError, ValueError) as err:
+                notes.append(f"sweep.json could not be read ({_first_line(err)}): the "
+                             "launched trials are unknown and MLflow is skipped.")
+        spec: dict[str, Any] = {}
+        spec_text = None
+        if self.SPEC in present:
+            try:
+                spec_text = self.spec_text()
+                loaded = yaml.safe_load(spec_text)
+                spec = loaded if isinstance(loaded, dict) else {}
+            except (OSError, yaml.YAMLError) as err:
+                notes.append(f"spec.yaml could not be read ({_first_line(err)}): default "
+                             "settings.")
+        launched = tuple(dict.fromkeys(t for launch in state.get("launches", [])
+                                       for t in launch.get("trials", [])))
+        return FolderInfo(
+            path=path, kind=kind, name=str(spec.get("name") or path.name), launched=launched,
+            recorded_dir=Path(state["run_dir"]) if state.get("run_dir") else None,
+            recorded_uri=state.get("tracking_uri"), spec=spec, spec_text=spec_text,
+            notes=tuple(notes))
+
+    def shared_check_path(self, token: str) -> Path:
+        """A hidden file the cluster preflight writes, to see which nodes can read it."""
+        return self.path / f".emerge-shared-{token}"

@@ -1,0 +1,46 @@
+"""The ``emerge`` command line: each command parses, validates, calls one function, prints.
+
+The commands live beside this module (``train``, ``sweep``, ``analyze``, ``pythia``) and
+share ``common``; this module only assembles them. Heavy imports (torch, ray, mlflow) happen
+inside the commands, so ``emerge --help`` and input errors answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from orchestrator.cli import analyze, pythia, sweep, train
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="emerge",
+    help="Sweeps on Ray for studying how capabilities emerge while neural networks train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Sweeps on Ray for studying how capabilities emerge while neural networks train."""
+
+
+app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
+app.command("resume")(sweep.resume)
+app.command("status")(sweep.status)
+app.command("sync-mlflow")(sweep.sync_mlflow)
+app.command("pythia")(pythia.pythia_command)
+app.command("analyze")(analyze.analyze_command)
+
+
+def main() -> None:
+    app(prog_name="emerge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

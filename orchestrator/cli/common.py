@@ -1,0 +1,76 @@
+"""What every command shares: one voice for bad input, ``--set`` parsing, the console.
+
+Commands import this module; it imports no command, so there is no cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+
+from orchestrator.common.errors import UsageError, format_validation_error
+
+__all__ = ["err_console", "fail", "handles_usage_errors", "parse_sets"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(lines: list[str], code: int = 2) -> None:
+    for line in lines:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_usage_errors(fn: F) -> F:
+    """Turn bad input anywhere below a command into one line per problem and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from emergence_core.extensions import ExtensionError
+        from emergence_core.run_folder import RunFolderError
+        from emergence_core.tasks import TaskError
+
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            fail(e.problems)
+        except ValidationError as e:
+            fail(format_validation_error(e))
+        except (TaskError, RunFolderError, ExtensionError) as e:
+            fail([str(e)])
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``key.sub=value`` pairs into a nested dict; values are read as YAML scalars/lists."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set probe.n_probes=100")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--set {item!r}: value is not valid YAML ({e.problem})") from None
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item!r}: {p} is set both as a value and a section")
+        node[leaf] = value
+    return out
+
+
+def err_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -1,0 +1,162 @@
+"""The shape of the code: rooms without cycles, one owner of the run folder, light trials."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("emergence_core", "orchestrator")
+OWNER = ROOT / "emergence_core" / "run_folder.py"
+
+# The run folder's own names (emergence_core/run_folder.py spells them). What lies inside
+# report/ is the report writer's (emergence_core/analysis/report.py), not the run folder's.
+SEGMENTS = {"spec.yaml", "sweep.json", "run.json", "tune", "checkpoints", "state.pt", "weights",
+            "COMPLETE.json", "metrics", "events", "alerts", "status", "probes", "queue",
+            "results", "failed", "workers", "mlflow", "ledger.json", "ledger.lock", "artifacts",
+            "mlflow.db", "report", "pythia-failures.json"}
+FILE_NAMES = {"spec.yaml", "sweep.json", "run.json", "state.pt", "COMPLETE.json", "ledger.json",
+              "mlflow.db", "pythia-failures.json"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = p.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = p
+    return out
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    if top_level_only:  # `if TYPE_CHECKING:` blocks never run
+        nodes = [n for n in nodes if not (isinstance(n, ast.If)
+                                          and "TYPE_CHECKING" in ast.unparse(n.test))]
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def _graph(top_level_only: bool, key=lambda m: m) -> dict[str, set[str]]:
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps = {key(d) for d in _imports(path, top_level_only) if d in mods}
+        graph.setdefault(key(name), set()).update(deps - {key(name)})
+    return graph
+
+
+def test_no_module_import_cycles() -> None:
+    """Module-level imports form no cycle (a cycle breaks whichever module loads first)."""
+    try:
+        tuple(TopologicalSorter(_graph(top_level_only=True)).static_order())
+    except CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "orchestrator" else parts[0]
+
+
+def test_rooms_depend_one_way_even_through_deferred_imports() -> None:
+    """orchestrator's rooms (cli, sweep, probes, pythia, tracking, common) form a DAG, counting
+    the imports that commands make inside functions too."""
+    graph = {r: {d for d in deps if d.startswith("orchestrator.")}
+             for r, deps in _graph(top_level_only=False, key=_room).items()
+             if r.startswith("orchestrator.")}
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as e:
+        pytest.fail(f"rooms import each other in a circle: {' -> '.join(e.args[1])}")
+    assert set(graph) == {f"orchestrator.{r}" for r in
+                          ("cli", "common", "sweep", "probes", "pythia", "tracking")}
+    assert not graph["orchestrator.common"]  # shared helpers sit below every room
+    assert not any("orchestrator.cli" in deps for deps in graph.values())  # commands on top
+
+
+def _path_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    """String pieces joined onto paths with ``/`` and plain strings naming run-folder files."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Constant) and isinstance(side.value, str):
+                    found.append((node.lineno, side.value))
+                elif isinstance(side, ast.JoinedStr):
+                    text = "".join(v.value for v in side.values if isinstance(v, ast.Constant))
+                    found.append((node.lineno, text))
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and id(node) not in docstrings and (node.value in FILE_NAMES
+                                                  or node.value.endswith(".safetensors"))):
+            found.append((node.lineno, node.value))
+    return found
+
+
+def test_only_the_owner_spells_run_folder_names() -> None:
+    offenders = []
+    for path in _modules().values():
+        if path == OWNER:
+            continue
+        for line, text in _path_literals(ast.parse(path.read_text())):
+            segments = set(text.strip("/").split("/"))
+            if segments & SEGMENTS or text in FILE_NAMES or text.endswith(".safetensors") \
+                    or text.startswith("part-") or text.endswith(".worker.json"):
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
+    assert offenders == []
+
+
+def test_the_scan_catches_a_path_spelled_by_hand() -> None:
+    """The scan above can fail: it flags the ways a layout gets spelled again."""
+    code = ('run_dir / "checkpoints" / name / "COMPLETE.json"\n'
+            'x = folder / f"{trial}.worker.json"\n'
+            'markers = ("sweep.json", "metrics")\n'
+            'def f():\n    """Reads sweep.json."""\n')
+    texts = {t for _, t in _path_literals(ast.parse(code))}
+    assert {"checkpoints", "COMPLETE.json", ".worker.json", "sweep.json"} <= texts
+    assert "Reads sweep.json." not in texts
+
+
+def test_emerge_help_and_a_trial_import_only_what_they_use() -> None:
+    """The CLI loads no torch, Ray or MLflow for --help; a trial worker's imports (the Tune
+    trainable, the runner) load no dataframe or plotting library."""
+    code = ("import sys\n"
+            "import orchestrator.cli.app\n"
+            "heavy = ('torch', 'ray', 'mlflow', 'polars', 'matplotlib', 'transformers')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "import orchestrator.sweep.tune_run, emergence_core.runner\n"
+            "print(sorted(m for m in ('polars', 'matplotlib', 'mlflow') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout
+
+
+def test_importing_any_module_changes_no_environment() -> None:
+    modules = sorted(m for m in _modules() if not m.endswith("__main__"))
+    # the libraries set some variables of their own when imported: take those first
+    libraries = ["ray", "ray.tune", "torch", "transformers",
+                 "transformers.models.gpt2.modeling_gpt2", "mlflow", "polars", "matplotlib"]
+    code = ("import importlib, os\n"
+            f"for m in {libraries!r}: importlib.import_module(m)\n"
+            "before = dict(os.environ)\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(set(os.environ.items()) ^ set(before.items())))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
