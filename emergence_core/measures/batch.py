@@ -49,6 +49,7 @@ class ScoredBatch:
     targets: torch.Tensor  # [N, A] int64 labels per scored position; -100 = not scored
     forward: Forward
     # forward(model, sample_ids[int64, n]) -> logits [n, A, V] for those samples
+    n_population: int | None = None  # size of the data set the batch was drawn from, if any
 
     def __post_init__(self) -> None:
         t = self.targets
