@@ -22,6 +22,7 @@ from torch import nn
 
 from emergence_core.measures import (
     GradRankSettings,
+    HessianResult,
     HessianSettings,
     LLCSettings,
     ScoredBatch,
@@ -31,14 +32,17 @@ from emergence_core.measures import (
     gradcov_effective_rank,
 )
 from emergence_core.measures.batch import IGNORE_INDEX
+from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
 from emergence_core.metrics import Measure
 from emergence_core.model import answer_logits
 from emergence_core.tasks import TrialData
 from emergence_core.tasks.base import PAD
 from emergence_core.tasks.data import seed_key
 
-__all__ = ["MEASURES", "ExpensiveMeasure", "ExpensiveResult", "get_measure", "make_settings",
-           "register_measure", "run_expensive", "trial_probe_batch"]
+__all__ = ["MEASURES", "ExpensiveMeasure", "ExpensiveResult", "calibrated_settings",
+           "get_measure", "make_settings", "not_converged", "register_measure",
+           "run_calibration", "run_expensive", "trial_model", "trial_probe_batch",
+           "untrained_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,10 @@ class ExpensiveResult:
 
 
 Compute = Callable[[nn.Module, ScoredBatch, Any], ExpensiveResult]
+Calibrate = Callable[[nn.Module, ScoredBatch, Any, float, Mapping[str, Any]], dict[str, Any]]
+"""(model at the pilot checkpoint, batch, settings, the untrained model's loss on the batch,
+calibration fields) -> a JSON-safe record whose ``chosen`` is the settings fields to fix for
+the whole trial, or None when no setting met the criteria."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +66,10 @@ class ExpensiveMeasure:
     ``batch_size``: samples in its fixed probe batch, all levels equally; ``compute(model,
     batch, settings)``: its rows and diagnostics, leaving the model exactly as it was;
     ``rows``: the measure names of the rows it writes (the first is its headline value);
-    ``companions``: those of its rows that qualify another (a spread, a convergence flag).
+    ``companions``: those of its rows that qualify another (a spread, a convergence flag);
+    ``calibrate``: a per-trial pilot that fixes some settings (see ``Calibrate``), or None;
+    ``flag``: the row saying converged (1) or not (0), the only non-nan row of a
+    "not converged" result.
     """
 
     name: str
@@ -68,6 +79,8 @@ class ExpensiveMeasure:
     rows: tuple[str, ...]
     companions: tuple[str, ...] = ()
     description: str = ""
+    calibrate: Calibrate | None = None
+    flag: str | None = None
 
 
 MEASURES: dict[str, ExpensiveMeasure] = {}
@@ -107,7 +120,43 @@ def make_settings(name: str, fields: Mapping[str, Any] | None = None) -> Any:
     for key in ("params",):  # lists in YAML, tuples in the frozen dataclasses
         if isinstance(fields.get(key), list):
             fields[key] = tuple(fields[key])
-    return cls(**fields)
+    return cls(**_numbers(cls, fields))
+
+
+def _numbers(cls: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-6`` (no dot) as a string: numbers for the fields whose default is
+    a float, or a tuple of floats; ValueError names a field that is not a number."""
+    out = dict(fields)
+    for f in dataclasses.fields(cls):
+        v, d = out.get(f.name), f.default
+        try:
+            if isinstance(d, float) and isinstance(v, str):
+                out[f.name] = float(v)
+            elif isinstance(d, tuple) and d and isinstance(d[0], float) \
+                    and isinstance(v, list | tuple):
+                out[f.name] = tuple(float(x) for x in v)
+        except ValueError:
+            raise ValueError(f"{f.name} must be a number, got {v!r}") from None
+    return out
+
+
+def trial_model(cfg: Any, device: torch.device | str = "cpu") -> tuple[TrialData, nn.Module]:
+    """A trial's data and its model at initialisation (= its step-0 weights, same seed)."""
+    from emergence_core.model import build_model, scale_shape
+
+    data = TrialData(cfg.task, cfg.levels, cfg.effective_data_seed, train_size=cfg.train_size,
+                     train_fraction=cfg.train_fraction, diag_size=cfg.diag_size,
+                     level_params=cfg.level_params)
+    model = build_model(scale_shape(cfg.scale), data.vocab.size, data.seq_len, seed=cfg.seed,
+                        init_std=cfg.init_std).to(device)
+    return data, model
+
+
+def untrained_loss(cfg: Any, batch: ScoredBatch, device: torch.device | str = "cpu") -> float:
+    """The loss of the trial's untrained model on ``batch``: the calibration's yardstick."""
+    _, model = trial_model(cfg, device)
+    with torch.no_grad():
+        return float(batch.loss(model.eval()))
 
 
 def trial_probe_batch(data: TrialData, n: int, seed: int,
@@ -138,7 +187,8 @@ def trial_probe_batch(data: TrialData, n: int, seed: int,
     def forward(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return answer_logits(model, inputs[ids], positions[ids])  # [n, A_max, V]
 
-    return ScoredBatch(targets=targets, forward=forward)
+    return ScoredBatch(targets=targets, forward=forward,
+                       n_population=sum(len(enc) for enc in data.train))
 
 
 def _finite(x: float) -> float | None:
@@ -156,6 +206,38 @@ def run_expensive(name: str, model: nn.Module, batch: ScoredBatch, settings: Any
                                         **r.diagnostics})
 
 
+def run_calibration(name: str, model: nn.Module, batch: ScoredBatch, settings: Any,
+                    untrained_loss: float, fields: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """The measure's per-trial pilot on ``model`` (one checkpoint); its JSON record."""
+    m = get_measure(name)
+    if m.calibrate is None:
+        raise ValueError(f"expensive measure {name!r} has no calibration; only "
+                         f"{', '.join(k for k, v in MEASURES.items() if v.calibrate)} have one")
+    return {"measure": name, "settings": _jsonable(settings),
+            **m.calibrate(model, batch, settings, untrained_loss, dict(fields or {}))}
+
+
+def calibrated_settings(settings: Any, record: Mapping[str, Any]) -> Any | None:
+    """``settings`` with a calibration's choice fixed; None when nothing met its criteria."""
+    chosen = record.get("chosen")
+    return None if chosen is None else dataclasses.replace(settings, **chosen)
+
+
+def not_converged(name: str, record: Mapping[str, Any]) -> ExpensiveResult:
+    """The rows of a measure whose calibration found no valid setting: nan values and the
+    convergence flag 0, so no number that looks valid reaches the metrics table."""
+    m = get_measure(name)
+    rows = [(r, 0.0 if r == m.flag else math.nan) for r in m.rows]
+    return ExpensiveResult(rows, {"measure": name, "value": None, "converged": False,
+                                  "mean_loss": None, "loss_rise": None, "rhat": None,
+                                  "n_beta": record.get("n_beta"),
+                                  "status": "not converged: the calibration found no setting "
+                                            "meeting its criteria",
+                                  "calibration": {"chosen": None,
+                                                  "grid": record.get("grid", [])}})
+
+
 def _hessian(model: nn.Module, batch: ScoredBatch, s: HessianSettings) -> ExpensiveResult:
     r = estimate_hessian(model, batch, s)
     rows = [(Measure.HESSIAN_LAMBDA_MAX, r.lambda_max)]
@@ -171,10 +253,32 @@ def _llc(model: nn.Module, batch: ScoredBatch, s: LLCSettings) -> ExpensiveResul
     rows = [(Measure.LLC, r.value), (Measure.LLC_STD, r.std),
             (Measure.LLC_CONVERGED, 1.0 if r.converged else 0.0)]
     return ExpensiveResult(rows, {
-        "per_chain": list(r.per_chain), "init_loss": r.init_loss, "n_beta": r.n_beta,
+        "value": _finite(r.value), "std": _finite(r.std), "per_chain": list(r.per_chain),
+        "init_loss": r.init_loss, "mean_loss": _finite(r.mean_loss),
+        "loss_rise": _finite(r.loss_rise), "n_beta": r.n_beta, "eps": s.eps,
+        "gamma": s.gamma, "sampler": s.sampler,
         "n_burnin": r.n_burnin, "rhat": _finite(r.rhat), "converged": r.converged,
         "loss_trace": [[_finite(v) for v in chain] for chain in r.loss_trace],
         "wall_s": r.wall_s})
+
+
+def _llc_calibrate(model: nn.Module, batch: ScoredBatch, s: LLCSettings,
+                   untrained_loss: float, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The LLC's pilot (``llc_calibration``), with lambda_max for the curvature diagnostic
+    unless ``hessian: false``."""
+    fields = dict(fields)
+    lambda_max = None
+    if fields.pop("hessian", True):
+        from emergence_core.measures import HessianSettings, estimate_hessian
+
+        h: HessianResult = estimate_hessian(model, batch, HessianSettings(
+            lanczos_tol=1e-2, max_hvps=80, trace_probes=0, seed=s.seed))
+        lambda_max = h.lambda_max
+    try:
+        c = CalibrationSettings(**_numbers(CalibrationSettings, fields))
+    except TypeError as err:
+        raise ValueError(f"bad llc calibration field: {err}") from None
+    return calibrate_llc(model, batch, s, untrained_loss, c, lambda_max).to_json()
 
 
 def _grad_rank(fn: Callable[..., Any], value: str, stderr: str) -> Compute:
@@ -197,7 +301,8 @@ for _m in (
     ExpensiveMeasure("llc", LLCSettings, 1024, _llc,
                      (Measure.LLC, Measure.LLC_STD, Measure.LLC_CONVERGED),
                      (Measure.LLC_STD, Measure.LLC_CONVERGED),
-                     "local learning coefficient (SGLD)"),
+                     "local learning coefficient (SGLD)", calibrate=_llc_calibrate,
+                     flag=Measure.LLC_CONVERGED),
     ExpensiveMeasure("fisher", GradRankSettings, 64,
                      _grad_rank(fisher_effective_rank, Measure.FISHER_ERANK,
                                 Measure.FISHER_ERANK_STDERR),

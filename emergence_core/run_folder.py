@@ -407,6 +407,30 @@ class RunFolder:
         return sorted(ProbeJob.parse(d.name, f.name) for d in root.iterdir() if d.is_dir()
                       for f in d.glob("*.json"))
 
+    def calibration_path(self, trial: str, measure: str) -> Path:
+        """A trial's calibration of a measure: its pilot's grid and the choice it fixed."""
+        return self.probe_dir("calibration") / trial / f"{measure}.json"
+
+    def read_calibration(self, trial: str, measure: str) -> dict[str, Any] | None:
+        path = self.calibration_path(trial, measure)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_calibration(self, trial: str, measure: str, record: dict[str, Any]) -> None:
+        from emergence_core.store import atomic_path
+
+        path = self.calibration_path(trial, measure)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+
+    def calibrations(self) -> list[dict[str, Any]]:
+        """Every calibration record of the run, each with its ``trial``."""
+        root = self.probe_dir("calibration")
+        if not root.is_dir():
+            return []
+        return [{"trial": d.name, **json.loads(f.read_text())}
+                for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.json"))]
+
     def probe_worker_path(self, pid: int) -> Path:
         return self.probes_dir / "workers" / f"{pid}.json"
 

@@ -14,14 +14,16 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from emergence_core.analysis import figures
+from emergence_core.analysis.calibration import calibration_section
 from emergence_core.analysis.frames import Metrics, empty_metrics
 from emergence_core.analysis.markdown import render
 from emergence_core.analysis.pipeline import Analysis, analyze
@@ -112,7 +114,8 @@ def _replace(tmp: Path, out_dir: Path) -> None:
 
 def write_report(metrics: Metrics, out_dir: str | Path,
                  settings: AnalysisSettings | None = None, *,
-                 analysis: Analysis | None = None) -> ReportSummary:
+                 analysis: Analysis | None = None,
+                 calibrations: Sequence[Mapping[str, Any]] = ()) -> ReportSummary:
     """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
 
     ``metrics``: for a run folder ``frames.load_metrics(run_dir)`` (a bare glob over
@@ -141,7 +144,8 @@ def write_report(metrics: Metrics, out_dir: str | Path,
             getattr(a, name).write_csv(tmp / rel)
             tables.append(rel)
         drawn, skipped = _draw(a, tmp, notes)
-        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes))
+        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes)
+                                       + "\n".join(calibration_section(calibrations)))
         headline = headline_numbers(a)
         files = ("report.md", *tables, *drawn, "report.json")
         (tmp / "report.json").write_text(json.dumps({

@@ -216,7 +216,8 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     a = replace(a, missing=(*notes, *a.missing))
     target = Path(out) if out is not None else RunFolder(info.path).report_dir
     try:
-        summary = write_report(metrics, target, analysis=a)
+        summary = write_report(metrics, target, analysis=a,
+                               calibrations=RunFolder(info.path).calibrations())
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
                          "choose another folder with --out") from None

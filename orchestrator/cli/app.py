@@ -1,6 +1,6 @@
 """The ``emerge`` command line: each command parses, validates, calls one function, prints.
 
-The commands live beside this module (``train``, ``sweep``, ``analyze``, ``pythia``) and
+The commands live beside this module (``train``, ``sweep``, ``analyze``, ``pythia``, ``probe``) and
 share ``common``; this module only assembles them. Heavy imports (torch, ray, mlflow) happen
 inside the commands, so ``emerge --help`` and input errors answer at once.
 """
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from orchestrator.cli import analyze, pythia, sweep, train
+from orchestrator.cli import analyze, probe, pythia, sweep, train
 
 __all__ = ["app", "main"]
 
@@ -36,6 +36,7 @@ app.command("status")(sweep.status)
 app.command("sync-mlflow")(sweep.sync_mlflow)
 app.command("pythia")(pythia.pythia_command)
 app.command("analyze")(analyze.analyze_command)
+app.command("probe")(probe.probe)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 probes:
   measures:                      # registered expensive measures, and when each runs
     hessian: {every: 10}         # every 10th probe step, and the last
-    llc: {every: 10, settings: {num_chains: 4}}
+    llc: {every: 10, calibrate: true}   # a pilot fixes eps and gamma once per trial
   actors: 1                      # Ray actors computing them
   resources: {cpus: 0}           # 0 CPUs: never competes with the trials for scheduling
   threads: 1
@@ -36,6 +36,13 @@ class ProbeMeasure(_Strict):
                                                             "measure)")
     settings: dict[str, Any] = Field(default_factory=dict,
                                      description="fields of the measure's settings")
+    calibrate: bool = Field(False, description="a per-trial pilot on the trial's last "
+                                               "checkpoint fixes some settings (the LLC's "
+                                               "eps and gamma) for all its checkpoints")
+    calibration: dict[str, Any] = Field(default_factory=dict,
+                                        description="fields of the pilot (the LLC's: eps_grid, "
+                                                    "gammas, max_loss_fraction, "
+                                                    "max_halving_change, hessian)")
 
 
 MeasureName = Annotated[str, AfterValidator(checked(lambda v: get_measure(v).name, ValueError))]

@@ -53,32 +53,53 @@ class ProbeWorker:
         if key not in self._cache:
             import torch
 
-            from emergence_core.model import build_model, scale_shape
-            from emergence_core.tasks import TrialData
+            from emergence_core.expensive import trial_model
 
             device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available()
                                   else "cpu")
-            data = TrialData(cfg.task, cfg.levels, cfg.effective_data_seed,
-                             train_size=cfg.train_size, train_fraction=cfg.train_fraction,
-                             diag_size=cfg.diag_size, level_params=cfg.level_params)
-            model = build_model(scale_shape(cfg.scale), data.vocab.size, data.seq_len,
-                                seed=cfg.seed, init_std=cfg.init_std).to(device)
+            data, model = trial_model(cfg, device)
             self._cache = {key: (data, model, device)}  # one trial at a time: bounded memory
         return self._cache[key]
 
     def run(self, job: ProbeJob, cfg: TrainConfig, batch_size: int,
-            settings: dict[str, Any], attempt: int) -> float:
-        """Compute ``job``; write its diagnostics, then (last, atomically) its rows."""
-        from emergence_core.expensive import make_settings, run_expensive, trial_probe_batch
+            settings: dict[str, Any], attempt: int,
+            calibration: dict[str, Any] | None = None) -> float:
+        """Compute ``job``; write its diagnostics, then (last, atomically) its rows.
+
+        ``calibration`` ({"step": pilot checkpoint, "fields": ...}): the measure is
+        calibrated per trial; the first job of the trial runs the pilot and saves its record,
+        every job then uses the record's choice (or writes "not converged" rows)."""
+        from emergence_core.expensive import (
+            calibrated_settings,
+            make_settings,
+            not_converged,
+            run_expensive,
+            trial_probe_batch,
+        )
         from emergence_core.metrics import RowBuffer, TrialKey
         from emergence_core.store import TrialStore
 
         t0 = time.perf_counter()
         self._status({"job": [job.trial, job.step, job.measure], "started": time.time()})
         data, model, device = self._trial(cfg)
-        TrialStore(self.folder, job.trial).load_weights(model, job.step)
         batch = trial_probe_batch(data, batch_size, cfg.seed, device)
-        result = run_expensive(job.measure, model, batch, make_settings(job.measure, settings))
+        s = make_settings(job.measure, settings)
+        if calibration is not None:
+            record = self.folder.read_calibration(job.trial, job.measure)
+            if record is None:
+                record = calibrate_trial(self.folder, job.trial, job.measure, cfg, model,
+                                         batch, s, calibration["step"],
+                                         calibration.get("fields", {}), device)
+                self.folder.write_calibration(job.trial, job.measure, record)
+            s = calibrated_settings(s, record)
+        TrialStore(self.folder, job.trial).load_weights(model, job.step)
+        if s is None:
+            result = not_converged(job.measure, record)
+        else:
+            result = run_expensive(job.measure, model, batch, s)
+            if calibration is not None:
+                result.diagnostics["calibration"] = {"chosen": record["chosen"],
+                                                     "step": record["step"]}
         queue = ProbeQueue(self.folder)
         queue.write_diagnostics(job, {**result.diagnostics, "step": job.step,
                                       "trial": job.trial, "attempt": attempt})
@@ -101,6 +122,27 @@ class ProbeWorker:
             tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                        "node_id": ray.get_runtime_context().get_node_id(),
                                        **info}))
+
+
+def calibrate_trial(folder: RunFolder, trial: str, measure: str, cfg: TrainConfig, model: Any,
+                    batch: Any, settings: Any, step: int, fields: dict[str, Any],
+                    device: Any = "cpu") -> dict[str, Any]:
+    """Run ``measure``'s pilot on the trial's checkpoint at ``step`` (``model`` is loaded
+    with it); the record to save, with the step and the untrained model's loss."""
+    from emergence_core.expensive import run_calibration, untrained_loss
+    from emergence_core.store import TrialStore
+
+    TrialStore(folder, trial).load_weights(model, step)
+    start = time.time()
+    record = run_calibration(measure, model, batch, settings,
+                             untrained_loss(cfg, batch, device), fields)
+    return {"trial": trial, "step": step, "wall_s": time.time() - start, **record}
+
+
+def pilot_step(plan: TrialPlan) -> int:
+    """The checkpoint a trial's calibration runs on: its last with weights (the trained
+    model, whose basin is the sharpest, where a step size too large shows first)."""
+    return max(plan.weight_steps)
 
 
 class Trial(Protocol):
@@ -239,14 +281,33 @@ class ProbePool:
         self.on_change(c)
         return todo
 
+    def _calibration(self, job: ProbeJob) -> tuple[bool, dict[str, Any] | None]:
+        """(may run now, calibration argument) of a job: a calibrated measure's jobs wait
+        for the pilot's checkpoint, and only one of a trial's runs until its pilot is saved."""
+        spec = self.probes.measures[job.measure]
+        if not spec.calibrate:
+            return True, None
+        plan = self.trials[job.trial].plan
+        arg = {"step": pilot_step(plan), "fields": dict(spec.calibration)}
+        if self.folder.read_calibration(job.trial, job.measure) is not None:
+            return True, arg
+        busy = any(s.job is not None and (s.job.trial, s.job.measure)
+                   == (job.trial, job.measure) for s in self._slots)
+        ready = self.folder.weights_path(job.trial, arg["step"]).exists()
+        return ready and not busy, arg
+
     def _dispatch(self, pending: list[ProbeJob]) -> None:
         for slot in self._slots:
             if slot.job is not None:
                 continue
-            while pending:
-                job = pending.pop(0)
+            for job in list(pending):
                 if job.trial not in self.trials:
+                    pending.remove(job)
                     continue  # a trial of another launch's spec: not ours to run
+                may_run, calibration = self._calibration(job)
+                if not may_run:
+                    continue  # stays pending: its trial's pilot is not ready or is running
+                pending.remove(job)
                 spec = self.probes.measures[job.measure]
                 from emergence_core.expensive import get_measure
 
@@ -255,7 +316,7 @@ class ProbePool:
                 slot.ref = slot.actor.run.remote(
                     job, self.trials[job.trial].config,
                     spec.batch_size or get_measure(job.measure).batch_size, spec.settings,
-                    attempt)
+                    attempt, calibration)
                 break
 
     def _collect(self) -> None:

@@ -339,7 +339,7 @@ def apply_extensions(data: dict[str, Any]) -> Extensions:
 
 def _probe_problems(spec: SweepSpec) -> list[str]:
     """Measure settings that the measures refuse, and checkpoints without weights."""
-    from emergence_core.expensive import make_settings
+    from emergence_core.expensive import get_measure, make_settings
 
     problems = []
     for name, m in spec.probes.measures.items():
@@ -347,6 +347,9 @@ def _probe_problems(spec: SweepSpec) -> list[str]:
             make_settings(name, m.settings)
         except (ValueError, TypeError) as e:
             problems.append(f"probes.measures.{name}.settings: {e}")
+        if (m.calibrate or m.calibration) and get_measure(name).calibrate is None:
+            problems.append(f"probes.measures.{name}.calibrate: {name} has no calibration; "
+                            "remove calibrate/calibration")
     for t in spec.tasks:
         for s in spec.scales:
             cfg = resolve_config(t, s, 0, **spec.overrides(t, s))

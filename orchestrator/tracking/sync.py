@@ -192,6 +192,7 @@ class MlflowSync:
         with self._ledger() as led:
             logged = set(led["trials"].get(trial, {}).get("probes_logged", []))
         todo = [j for j in mine if f"{j.measure}@{j.step}" not in logged]
+        self._sync_calibrations(trial, config, {j.measure for j in mine})
         if not todo:
             return 0
         run_id = self.trial_run(trial, config)
@@ -216,6 +217,34 @@ class MlflowSync:
             entry["probes_logged"] = sorted(
                 set(entry.get("probes_logged", [])) | {f"{j.measure}@{j.step}" for j in todo})
         return len(metrics)
+
+    def _sync_calibrations(self, trial: str, config: TrainConfig, measures: set[str]) -> None:
+        """A measure's per-trial calibration as params (``<measure>.calibration.*``: the
+        chosen settings, or ``not converged``, and the pilot's step) and its record as an
+        artifact; once per trial and measure."""
+        from mlflow.entities import Param
+
+        with self._ledger() as led:
+            done = set(led["trials"].get(trial, {}).get("calibrations_logged", []))
+        new = []
+        for measure in sorted(measures - done):
+            record = self.folder.read_calibration(trial, measure)
+            if record is None:
+                continue
+            chosen = record.get("chosen")
+            params = {f"{measure}.calibration.step": str(record.get("step")),
+                      f"{measure}.calibration.status":
+                          "converged" if chosen is not None else "not converged"}
+            params |= {f"{measure}.calibration.{k}": str(v) for k, v in (chosen or {}).items()}
+            run_id = self.trial_run(trial, config)
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            self.client.log_artifact(run_id, str(self.folder.calibration_path(trial, measure)),
+                                     f"probes/{measure}")
+            new.append(measure)
+        if new:
+            with self._ledger() as led:
+                entry = led["trials"].setdefault(trial, {})
+                entry["calibrations_logged"] = sorted(done | set(new))
 
     def _tag_events(self, run_id: str, trial: str) -> None:
         path = TrialStore(self.run_dir, trial).events_path

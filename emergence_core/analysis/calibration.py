@@ -1,0 +1,51 @@
+"""The report's section on the per-trial calibration of expensive measures (the LLC's pilot).
+
+Reads the calibration records a run folder keeps (``RunFolder.calibrations()``: per trial and
+measure, the pilot's grid and the choice fixed for the trial) and renders them, so a reader
+sees which step size and localisation every LLC value was computed with, and which trials'
+values are "not converged" because no setting met the criteria.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["calibration_section"]
+
+
+def _num(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: one row per (trial, measure) calibration; nothing when there is none."""
+    if not records:
+        return []
+    lines = ["## Calibration of the expensive measures", "",
+             "Each trial's pilot ran on one checkpoint and fixed the settings below for all its "
+             "checkpoints. Criteria: split R-hat <= rhat_max, mean sampled loss <= "
+             "max_loss_fraction x the untrained model's loss, and the value moving by at most "
+             "max_halving_change when the step size halves.", "",
+             "| trial | measure | pilot step | chosen | value at choice | mean sampled loss | "
+             "untrained loss | R-hat | settings tried | n_beta x lambda_max |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        grid = r.get("grid") or []
+        chosen = r.get("chosen")
+        at = next((p for p in grid if chosen and p.get("eps") == chosen.get("eps")
+                   and p.get("gamma") == chosen.get("gamma")), {})
+        what = ", ".join(f"{k} {_num(v)}" for k, v in chosen.items()) if chosen \
+            else "**not converged**"
+        lines.append(f"| {r.get('trial')} | {r.get('measure')} | {r.get('step')} | {what} | "
+                     f"{_num(at.get('value'))} | {_num(at.get('mean_loss'))} | "
+                     f"{_num(r.get('untrained_loss'))} | {_num(at.get('rhat'))} | {len(grid)} | "
+                     f"{_num(r.get('n_beta_lambda_max'))} |")
+    failed = [r for r in records if r.get("chosen") is None]
+    if failed:
+        lines += ["", f"{len(failed)}/{len(records)} calibrations found no valid setting: those "
+                      "trials' values are written as nan with the convergence flag 0."]
+    return [*lines, ""]

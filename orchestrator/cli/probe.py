@@ -1,0 +1,81 @@
+"""``emerge probe``: one expensive measure on one saved checkpoint, printed (or as JSON)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli.common import handles_usage_errors, parse_sets
+
+__all__ = ["probe"]
+
+_SHOWN = ("value", "std", "converged", "init_loss", "mean_loss", "loss_rise", "rhat", "n_beta",
+          "eps", "gamma", "sampler", "lambda_max", "lambda_max_residual", "n_samples",
+          "wall_s")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "nan"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+@handles_usage_errors
+def probe(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (emerge sweep or emerge train)")],
+    measure: Annotated[str, typer.Option("--measure", "-m",
+                                         help="expensive measure: llc, hessian, fisher, "
+                                              "gradcov, or a plugin's")],
+    step: Annotated[int, typer.Option("--step", "-s", help="a checkpoint step with weights")],
+    trial: Annotated[str | None, typer.Option(
+        help="trial name, e.g. COPY-s0-0 (needed when the run has several)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="a setting of the measure, e.g. --set eps=1e-6 (repeatable); wins over "
+                      "the sweep file and the calibration; calibration.KEY=VALUE sets the "
+                      "pilot's, e.g. --set 'calibration.eps_grid=[2e-6,1e-6]'")] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate/--no-calibrate", help="use the trial's calibration (the saved one, else "
+                                           "a pilot now on its last checkpoint)")] = True,
+    recalibrate: Annotated[bool, typer.Option(
+        "--recalibrate", help="run the pilot again even if the run has saved one")] = False,
+    write: Annotated[bool, typer.Option(
+        "--write", help="store the result in the run (rows, diagnostics, a new calibration)"
+                        "; by default nothing is written")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
+) -> None:
+    """One expensive measure on one saved checkpoint of an existing run: value and diagnostics."""
+    from orchestrator.sweep.probe_one import probe_checkpoint
+
+    sets = parse_sets(set_ or [])
+    out = probe_checkpoint(run_dir, measure, step, trial=trial, sets=sets, calibrate=calibrate,
+                           recalibrate=recalibrate, write=write, threads=threads)
+    if as_json:
+        out = {k: v for k, v in out.items() if k != "loss_trace"} | {
+            "loss_trace": out.get("loss_trace")}
+        typer.echo(json.dumps(out, default=str))
+        return
+    typer.echo(f"{out['measure']} of {out['trial']} at step {out['step']}: {_fmt(out['value'])}")
+    for key in _SHOWN[1:]:
+        if key in out and out[key] is not None:
+            typer.echo(f"  {key:<20} {_fmt(out[key])}")
+    if "status" in out:
+        typer.echo(f"  {out['status']}")
+    cal = out.get("calibration")
+    if cal:
+        typer.echo(f"  calibration ({cal['source']}, pilot at step {cal['step']}): chosen "
+                   f"{cal['chosen'] or 'nothing (not converged)'}")
+        for p in cal.get("grid") or []:
+            typer.echo(f"    eps {p['eps']:<9.3g} gamma {p['gamma']:<7g} value "
+                       f"{_fmt(p['value']):<10} mean loss {_fmt(p['mean_loss']):<9} R-hat "
+                       f"{_fmt(p['rhat']):<7} change at eps/2 "
+                       f"{_fmt(p['halving_change']) if p['halving_change'] is not None else '-':<8}"
+                       f"{'pass' if p['passed'] else ''}")
+    if out.get("written"):
+        typer.echo("  written into the run")

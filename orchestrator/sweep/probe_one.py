@@ -1,0 +1,177 @@
+"""One expensive measure on one saved checkpoint of an existing run folder (``emerge probe``).
+
+In the sweep room because it reads a sweep's frozen spec (``spec.py``) and uses the probe
+pool's calibration step; the probes room may not import the sweep room.
+
+How a researcher recomputes a measure with other settings, or calibrates, on checkpoints
+that already exist, without a sweep, Ray or the pool. The run folder is a sweep's (its
+frozen spec names the trials and the measure's settings) or an ``emerge train`` folder (its
+run record holds the one config; measures take their defaults).
+
+Settings, lowest to highest: the measure's defaults, the sweep file's ``settings``, the
+calibration's choice (a measure that has one, unless ``calibrate=False``), then ``--set``;
+``--set calibration.KEY=VALUE`` sets a field of the pilot (the LLC's ``eps_grid``, ...).
+The calibration used is the trial's saved one when there is one (what the pool fixed for the
+trial), else a pilot run now on the trial's last checkpoint with weights, as the pool would.
+Nothing is written unless ``write=True``: then the rows and diagnostics go where the pool
+puts them (replacing the checkpoint's earlier result) and a new calibration is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from emergence_core.config import TrainConfig
+from emergence_core.run_folder import ProbeJob, RunFolder
+from orchestrator.common.errors import UsageError
+
+__all__ = ["probe_checkpoint"]
+
+
+def _trials(folder: RunFolder) -> tuple[str, dict[str, TrainConfig], dict[str, Any]]:
+    """(sweep name, trial configs, the sweep's probes.measures) of a run folder."""
+    if folder.is_sweep():
+        from orchestrator.sweep.spec import load_spec
+
+        spec = load_spec(folder.spec_path)
+        return (spec.name, {t.name: t.config for t in spec.trials()},
+                dict(spec.probes.measures))
+    record = folder.read_run_record()
+    if record is None or "config" not in record:
+        raise UsageError(f"{folder.path} is not an emerge run folder (no sweep.json and no "
+                         "run.json); give a folder made by emerge sweep or emerge train")
+    cfg = TrainConfig.model_validate(record["config"])
+    return "local", {cfg.trial_name(): cfg}, {}
+
+
+def _pick_trial(trials: dict[str, TrainConfig], trial: str | None) -> str:
+    if trial is None:
+        if len(trials) == 1:
+            return next(iter(trials))
+        raise UsageError(f"the run has {len(trials)} trials; choose one with --trial "
+                         f"({', '.join(list(trials)[:6])}{', ...' if len(trials) > 6 else ''})")
+    if trial not in trials:
+        near = difflib.get_close_matches(trial, list(trials), n=1)
+        hint = f"; did you mean {near[0]}?" if near else f"; trials: {', '.join(list(trials)[:6])}"
+        raise UsageError(f"unknown trial {trial!r}{hint}")
+    return trial
+
+
+def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str | None = None,
+                     sets: dict[str, Any] | None = None, calibrate: bool = True,
+                     recalibrate: bool = False, write: bool = False,
+                     threads: int | None = None) -> dict[str, Any]:
+    """Compute ``measure`` at ``step`` of a trial; its value, rows and diagnostics."""
+    from emergence_core.expensive import (
+        calibrated_settings,
+        get_measure,
+        make_settings,
+        not_converged,
+        run_expensive,
+        trial_model,
+        trial_probe_batch,
+    )
+
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise UsageError(f"{folder.path}: no such run folder")
+    try:
+        m = get_measure(measure)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sweep, trials, specs = _trials(folder)
+    name = _pick_trial(trials, trial)
+    cfg = trials[name]
+    have = folder.weight_steps(name)
+    if step not in have:
+        near = min(have, key=lambda s: abs(s - step)) if have else None
+        raise UsageError(f"trial {name} has no saved weights at step {step}"
+                         + (f" (nearest: {near}; {len(have)} steps have weights)" if have
+                            else " (no checkpoint has weights)"))
+    spec = specs.get(measure)
+    sets = dict(sets or {})
+    fields = {**(dict(spec.calibration) if spec else {}), **sets.pop("calibration", {})}
+    try:
+        base = make_settings(measure, {**(spec.settings if spec else {}), **sets})
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--set: {e}") from None
+
+    import torch
+
+    from emergence_core.store import TrialStore
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data, model = trial_model(cfg, device)
+    batch = trial_probe_batch(data, (spec.batch_size if spec and spec.batch_size else None)
+                              or m.batch_size, cfg.seed, device)
+    t0 = time.perf_counter()
+    record, calibration_source = None, None
+    settings = base
+    if calibrate and m.calibrate is not None:
+        record = None if recalibrate else folder.read_calibration(name, measure)
+        calibration_source = "saved"
+        if record is None:
+            from orchestrator.probes.pool import calibrate_trial
+
+            calibration_source = "pilot"
+            record = calibrate_trial(folder, name, measure, cfg, model, batch, base, have[-1],
+                                     fields, device)
+            if write:
+                folder.write_calibration(name, measure, record)
+        chosen = calibrated_settings(base, record)
+        # explicit --set fields win over the calibration's choice
+        settings = None if chosen is None else dataclasses.replace(
+            chosen, **{k: getattr(base, k) for k in sets})
+    TrialStore(folder, name).load_weights(model, step)
+    result = not_converged(measure, record) if settings is None \
+        else run_expensive(measure, model, batch, settings)
+    rows = dict(result.rows)
+    if "init_loss" not in result.diagnostics:  # e.g. not converged: no estimate ran
+        with torch.no_grad():
+            result.diagnostics["init_loss"] = float(batch.loss(model.eval()))
+    out: dict[str, Any] = {"run": str(folder.path), "trial": name, "step": step,
+                           "measure": measure, "value": rows.get(m.rows[0]),
+                           "rows": rows, **result.diagnostics,
+                           "wall_s": time.perf_counter() - t0}
+    if record is not None:
+        out["calibration"] = {"source": calibration_source, "step": record.get("step"),
+                              "chosen": record.get("chosen"), "grid": record.get("grid"),
+                              "lambda_max": record.get("lambda_max"),
+                              "untrained_loss": record.get("untrained_loss")}
+    if write:
+        _write(folder, sweep, cfg, ProbeJob(name, step, measure), result)
+        out["written"] = True
+    return _finite(out)
+
+
+def _finite(v: Any) -> Any:
+    """nan and inf as None, so that the JSON printed is valid JSON."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _write(folder: RunFolder, sweep: str, cfg: TrainConfig, job: ProbeJob, result: Any) -> None:
+    """Rows and diagnostics where the pool writes them (replacing an earlier result)."""
+    from emergence_core.metrics import RowBuffer, TrialKey
+    from orchestrator.probes.queue import ProbeQueue
+
+    queue = ProbeQueue(folder)
+    queue.write_diagnostics(job, {**result.diagnostics, "step": job.step, "trial": job.trial,
+                                  "attempt": 0, "source": "emerge probe"})
+    rows = RowBuffer(TrialKey(sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
+                              source="probe"), 0)
+    for measure, value in result.rows:
+        rows.add(job.step, measure, value)
+    queue.store(job).write_part(rows.take())  # the part of this one step: replaced in place

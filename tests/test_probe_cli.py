@@ -1,0 +1,145 @@
+"""`emerge probe` on a real short `emerge train` folder: the LLC with its calibration, a
+"not converged" result when no setting passes, writing only when asked, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emergence_core.analysis.calibration import calibration_section
+from emergence_core.run_folder import ProbeJob, RunFolder
+from orchestrator.cli.app import app
+
+SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=6",
+         "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
+         "--threads", "1"]
+# a small LLC and a two-point pilot without the Hessian: seconds, not minutes
+LLC = ["--set", "n_chains=2", "--set", "n_draws=40", "--set", "n_burnin=20",
+       "--set", "minibatch_size=16", "--set", "calibration.eps_grid=[2e-6, 1e-6]",
+       "--set", "calibration.gammas=[1000]", "--set", "calibration.hessian=false"]
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _files(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("probe") / "run"
+    r = _run("train", "--task", "COPY", "--steps", "12", "--out", str(out), *SMALL)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None:
+    steps = RunFolder(run).weight_steps("COPY-s0-0")
+    before = _files(run)
+    r = _run("probe", str(run), "--measure", "llc", "--step", str(steps[-1]), "--json", *LLC)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    for key in ("value", "init_loss", "mean_loss", "rhat", "converged", "loss_rise", "n_beta"):
+        assert key in out, key
+    assert out["trial"] == "COPY-s0-0" and out["step"] == steps[-1]
+    cal = out["calibration"]
+    assert cal["source"] == "pilot" and cal["step"] == steps[-1]
+    assert [p["eps"] for p in cal["grid"]] == [2e-6, 1e-6]
+    assert cal["grid"][1]["halving_change"] is None and not cal["grid"][1]["passed"]
+    assert cal["untrained_loss"] > out["init_loss"]  # 12 steps of training lowered the loss
+    if cal["chosen"] is not None:  # the choice is what the estimate used
+        assert cal["chosen"] == {"eps": 2e-6, "gamma": 1000.0}
+        assert (out["eps"], out["gamma"]) == (2e-6, 1000.0)
+        assert out["value"] == pytest.approx(out["n_beta"] * out["loss_rise"], rel=1e-6)
+    assert _files(run) == before  # without --write the run is untouched
+
+
+def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> None:
+    step = RunFolder(run).weight_steps("COPY-s0-0")[0]
+    r = _run("probe", str(run), "--measure", "llc", "--step", str(step), "--json", "--write",
+             *LLC, "--set", "calibration.max_loss_fraction=1e-9")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["value"] is None and out["converged"] is False
+    assert out["rows"] == {"llc": None, "llc_std": None, "llc_converged": 0.0}
+    assert "not converged" in out["status"]
+    folder = RunFolder(run)
+    saved = folder.read_calibration("COPY-s0-0", "llc")
+    assert saved is not None and saved["chosen"] is None
+    assert not any(p["in_basin"] for p in saved["grid"])
+    # the next probe uses the saved calibration: no pilot, still not converged
+    r2 = _run("probe", str(run), "--measure", "llc", "--step", str(step), *LLC)
+    assert r2.exit_code == 0, r2.output
+    assert "calibration (saved" in r2.output and "not converged" in r2.output
+    # ...and the report says so
+    md = "\n".join(calibration_section(folder.calibrations()))
+    assert "| COPY-s0-0 | llc |" in md and "**not converged**" in md and "1/1" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--measure", "llc", "--step", "5000"], "no saved weights at step 5000"),
+    (["--measure", "llc", "--step", "0", "--trial", "COPY-s0-9"], "unknown trial 'COPY-s0-9'"),
+    (["--measure", "lcc", "--step", "0"], "unknown expensive measure 'lcc'"),
+    (["--measure", "llc", "--step", "0", "--set", "epz=1"], "unknown setting 'epz' of llc"),
+])
+def test_bad_input_is_one_line_exit_2(run: Path, args: list[str], message: str) -> None:
+    r = _run("probe", str(run), *args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], r.output
+
+
+def test_report_section_shows_the_choice() -> None:
+    record = {"trial": "T", "measure": "llc", "step": 600, "untrained_loss": 2.79,
+              "chosen": {"eps": 1e-6, "gamma": 1000.0}, "n_beta_lambda_max": 1.5e5,
+              "grid": [{"eps": 1e-6, "gamma": 1000.0, "value": 97.6, "mean_loss": 0.0235,
+                        "rhat": 1.016, "passed": True},
+                       {"eps": 5e-7, "gamma": 1000.0, "value": math.nan, "mean_loss": 0.03,
+                        "rhat": 1.2, "passed": False}]}
+    md = calibration_section([record])
+    row = next(line for line in md if line.startswith("| T |"))
+    assert "eps 1e-06, gamma 1e+03" in row and "| 97.6 |" in row and "| 2 |" in row
+    assert calibration_section([]) == []
+
+
+def test_pool_holds_a_calibrated_measure_until_its_pilot_can_run(tmp_path: Path) -> None:
+    """The dispatcher's rule: a calibrated measure's jobs wait for the trial's last checkpoint
+    with weights, one job of the trial runs the pilot, then all may run with its record."""
+    from types import SimpleNamespace
+
+    from emergence_core.run_folder import TrialPlan
+    from orchestrator.probes.config import Probes
+    from orchestrator.probes.pool import ProbePool, _Slot
+
+    folder = RunFolder(tmp_path)
+    jobs = tuple(ProbeJob("T", s, m) for s in (0, 10, 20) for m in ("llc", "hessian"))
+    plan = TrialPlan("T", (0, 10, 20), frozenset({0, 10, 20}), jobs)
+    probes = Probes(measures={"llc": {"every": 1, "calibrate": True,
+                                      "calibration": {"gammas": [1000]}},
+                              "hessian": {"every": 1}})
+    pool = ProbePool(folder, "s", probes, {"T": SimpleNamespace(config=None, plan=plan)})
+    early = ProbeJob("T", 0, "llc")
+    assert pool._calibration(ProbeJob("T", 0, "hessian")) == (True, None)
+    assert pool._calibration(early) == (False, {"step": 20, "fields": {"gammas": [1000]}})
+    folder.weights_path("T", 20).parent.mkdir(parents=True)
+    folder.weights_path("T", 20).write_bytes(b"")
+    assert pool._calibration(early)[0]
+    pool._slots = [_Slot(actor=None, job=ProbeJob("T", 10, "llc"))]  # its pilot is running
+    assert not pool._calibration(early)[0]
+    folder.write_calibration("T", "llc", {"chosen": None, "step": 20})
+    assert pool._calibration(early) == (True, {"step": 20, "fields": {"gammas": [1000]}})
+
+
+def test_calibrate_is_refused_for_a_measure_without_one() -> None:
+    from orchestrator.common.errors import UsageError
+    from orchestrator.sweep.spec import parse_spec
+
+    with pytest.raises(UsageError, match="hessian has no calibration"):
+        parse_spec({"name": "x", "tasks": ["MOD"], "scales": ["s0"],
+                    "probes": {"measures": {"hessian": {"every": 1, "calibrate": True}}}})
