@@ -40,7 +40,7 @@ from emergence_core.tasks.base import PAD
 from emergence_core.tasks.data import seed_key
 
 __all__ = ["MEASURES", "ExpensiveMeasure", "ExpensiveResult", "calibrated_settings",
-           "get_measure", "make_settings", "not_converged", "register_measure",
+           "get_measure", "llc_curvature", "make_settings", "not_converged", "register_measure",
            "run_calibration", "run_expensive", "trial_model", "trial_probe_batch",
            "untrained_loss"]
 
@@ -236,6 +236,19 @@ def not_converged(name: str, record: Mapping[str, Any]) -> ExpensiveResult:
                                             "meeting its criteria",
                                   "calibration": {"chosen": None,
                                                   "grid": record.get("grid", [])}})
+
+
+def llc_curvature(diagnostics: Mapping[str, Any], lambda_max: float | None) -> dict[str, Any]:
+    """n_beta * lambda_max against gamma (and eps times it) for an LLC estimate, where the
+    Hessian's top eigenvalue at the same checkpoint is at hand; {} otherwise. gamma far above
+    n_beta * lambda_max: the localisation, not the loss, shapes even the sharpest direction."""
+    if lambda_max is None or not math.isfinite(lambda_max) or "n_beta" not in diagnostics \
+            or diagnostics.get("gamma") is None:
+        return {}
+    stiff = float(diagnostics["n_beta"]) * lambda_max
+    return {"lambda_max": lambda_max, "n_beta_lambda_max": stiff,
+            "gamma_over_n_beta_lambda_max": diagnostics["gamma"] / stiff if stiff > 0 else None,
+            "eps_n_beta_lambda_max": diagnostics["eps"] * stiff}
 
 
 def _hessian(model: nn.Module, batch: ScoredBatch, s: HessianSettings) -> ExpensiveResult:

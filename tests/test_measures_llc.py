@@ -204,7 +204,7 @@ def test_same_update_as_devinterp_llc(tmp_path):
     model, batch = _trained_mlp()
     n = batch.n_samples
     settings = LLCSettings(eps=1e-3, gamma=100.0, n_chains=4, n_draws=200, n_burnin=100,
-                           minibatch_size=None, seed=7)
+                           minibatch_size=None, seed=7, sampler="sgld")
     ours = estimate_llc(model, batch, settings)
 
     # devinterp wants token sequences: row i is [i, 0], and its loss_fn scores sample i
@@ -291,3 +291,34 @@ def test_settings_are_validated():
         default_n_beta(1)
     with pytest.raises(ValueError, match="sampler"):
         LLCSettings(sampler="adam")
+
+
+def test_calibration_chooses_the_largest_passing_step_and_says_when_none_passes():
+    from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
+
+    model, batch = _trained_mlp()
+    base = LLCSettings(n_chains=2, n_draws=60, n_burnin=30, minibatch_size=None, seed=1,
+                       sampler="sgld")
+    grid = CalibrationSettings(eps_grid=(4e-3, 2e-3, 1e-3), gammas=(100.0, 1000.0),
+                               max_halving_change=0.5)
+    c = calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=grid,
+                      lambda_max=2.0)
+    passed = [p for p in c.points if p.passed]
+    for p in c.points:  # every verdict follows from its numbers
+        assert p.stationary == (p.rhat <= 1.1)
+        assert p.in_basin == (p.mean_loss <= 2.5)
+        assert p.passed == (p.stationary and p.in_basin and p.halving_change is not None
+                            and p.halving_change <= 0.5)
+    assert all(p.halving_change is None for p in c.points if p.eps == 1e-3)
+    if passed:  # the first pass is chosen and the pilot stopped at its half
+        assert c.chosen == {"eps": passed[0].eps, "gamma": passed[0].gamma}
+        assert c.points[-1].eps == passed[0].eps / 2
+        assert c.apply(base).eps == passed[0].eps and c.apply(base).n_draws == 60
+        assert c.to_json()["n_beta_lambda_max"] == pytest.approx(c.n_beta * 2.0)
+    none = calibrate_llc(model, batch, base, untrained_loss=1e-9, calibration=grid)
+    assert none.chosen is None and not none.converged
+    assert len(none.points) == 6 and not any(p.in_basin for p in none.points)
+    with pytest.raises(ValueError, match="no setting"):
+        none.apply(base)
+    with pytest.raises(ValueError, match="largest first"):
+        CalibrationSettings(eps_grid=(1e-3, 2e-3))

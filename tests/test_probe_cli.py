@@ -143,3 +143,13 @@ def test_calibrate_is_refused_for_a_measure_without_one() -> None:
     with pytest.raises(UsageError, match="hessian has no calibration"):
         parse_spec({"name": "x", "tasks": ["MOD"], "scales": ["s0"],
                     "probes": {"measures": {"hessian": {"every": 1, "calibrate": True}}}})
+
+
+def test_llc_curvature_against_gamma() -> None:
+    from emergence_core.expensive import llc_curvature
+
+    d = {"n_beta": 100.0, "gamma": 1000.0, "eps": 1e-6}
+    c = llc_curvature(d, 5.0)
+    assert c["n_beta_lambda_max"] == 500.0 and c["gamma_over_n_beta_lambda_max"] == 2.0
+    assert c["eps_n_beta_lambda_max"] == pytest.approx(5e-4)
+    assert llc_curvature(d, None) == {} and llc_curvature({}, 5.0) == {}

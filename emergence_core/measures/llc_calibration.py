@@ -19,7 +19,8 @@ A setting (eps, gamma) *passes* when
 
 The choice is the largest passing step size at the smallest gamma that has one: the
 largest eps mixes fastest, and the smallest gamma leaves the value least set by the
-localisation. The smallest eps of the grid has no halved neighbour and never passes.
+localisation. The smallest eps of the grid has no halved neighbour and never passes. The
+pilot stops at the first pass (grid points below it are not run: the record lists what ran).
 With no passing setting the result says so (``chosen is None``): the caller must then
 report "not converged" rather than a number that looks valid.
 
@@ -46,8 +47,10 @@ __all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "calibrate_llc
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    eps_grid: tuple[float, ...] = (1e-5, 5e-6, 2.5e-6, 1.25e-6)  # each the previous halved
-    gammas: tuple[float, ...] = (100.0,)
+    # around what passed on COPY s0 (RMSProp, n_beta over the training set): at gamma 100
+    # the chains of a half-trained checkpoint drift, at 1e4 the localisation sets the value
+    eps_grid: tuple[float, ...] = (4e-6, 2e-6, 1e-6, 5e-7)  # each the previous halved
+    gammas: tuple[float, ...] = (1000.0, 10000.0)
     max_loss_fraction: float = 0.25  # of the untrained model's loss
     max_halving_change: float = 0.2
 
@@ -117,6 +120,14 @@ class LLCCalibration:
                 "eps_n_beta_lambda_max": self.chosen["eps"] * stiff}
 
 
+def _passes(r, half, ceiling: float, c: CalibrationSettings) -> bool:
+    if not (r.converged and math.isfinite(r.mean_loss) and r.mean_loss <= ceiling):
+        return False
+    if not (math.isfinite(r.value) and math.isfinite(half.value)):
+        return False
+    return abs(r.value - half.value) / max(abs(half.value), 1e-12) <= c.max_halving_change
+
+
 def calibrate_llc(model: nn.Module, batch: ScoredBatch, settings: LLCSettings,
                   untrained_loss: float, calibration: CalibrationSettings | None = None,
                   lambda_max: float | None = None) -> LLCCalibration:
@@ -128,11 +139,13 @@ def calibrate_llc(model: nn.Module, batch: ScoredBatch, settings: LLCSettings,
     init_loss = n_beta = math.nan
     for gamma in c.gammas:
         results = []
-        for eps in c.eps_grid:
+        for eps in c.eps_grid:  # largest first; stop once a point and its half are judged
             r = estimate_llc(model, batch, replace(settings, eps=eps, gamma=gamma))
             init_loss, n_beta = r.init_loss, r.n_beta
             results.append(r)
-        for i, (eps, r) in enumerate(zip(c.eps_grid, results, strict=True)):
+            if len(results) >= 2 and _passes(results[-2], r, ceiling, c):
+                break
+        for i, (eps, r) in enumerate(zip(c.eps_grid, results, strict=False)):
             half = results[i + 1] if i + 1 < len(results) else None
             change = None
             if half is not None and math.isfinite(r.value) and math.isfinite(half.value):

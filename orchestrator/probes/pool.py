@@ -101,6 +101,11 @@ class ProbeWorker:
                 result.diagnostics["calibration"] = {"chosen": record["chosen"],
                                                      "step": record["step"]}
         queue = ProbeQueue(self.folder)
+        if job.measure == "llc":
+            from emergence_core.expensive import llc_curvature
+
+            result.diagnostics.update(llc_curvature(result.diagnostics,
+                                                    hessian_at(queue, job.trial, job.step)))
         queue.write_diagnostics(job, {**result.diagnostics, "step": job.step,
                                       "trial": job.trial, "attempt": attempt})
         rows = RowBuffer(TrialKey(self.sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
@@ -137,6 +142,19 @@ def calibrate_trial(folder: RunFolder, trial: str, measure: str, cfg: TrainConfi
     record = run_calibration(measure, model, batch, settings,
                              untrained_loss(cfg, batch, device), fields)
     return {"trial": trial, "step": step, "wall_s": time.time() - start, **record}
+
+
+def hessian_at(queue: ProbeQueue, trial: str, step: int) -> float | None:
+    """lambda_max of the Hessian at a checkpoint, when its job is done; else None."""
+    from emergence_core.metrics import Measure
+
+    job = ProbeJob(trial, step, "hessian")
+    if not queue.is_done(job):
+        return None
+    t = queue.store(job).read()
+    values = [v for m, v in zip(t["measure"].to_pylist(), t["value"].to_pylist(), strict=True)
+              if m == Measure.HESSIAN_LAMBDA_MAX]
+    return values[0] if values else None
 
 
 def pilot_step(plan: TrialPlan) -> int:

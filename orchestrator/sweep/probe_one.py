@@ -132,6 +132,13 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
     TrialStore(folder, name).load_weights(model, step)
     result = not_converged(measure, record) if settings is None \
         else run_expensive(measure, model, batch, settings)
+    if measure == "llc":
+        from emergence_core.expensive import llc_curvature
+        from orchestrator.probes.pool import hessian_at
+        from orchestrator.probes.queue import ProbeQueue
+
+        result.diagnostics.update(llc_curvature(
+            result.diagnostics, hessian_at(ProbeQueue(folder), name, step)))
     rows = dict(result.rows)
     if "init_loss" not in result.diagnostics:  # e.g. not converged: no estimate ran
         with torch.no_grad():
