@@ -153,3 +153,31 @@ def test_llc_curvature_against_gamma() -> None:
     assert c["n_beta_lambda_max"] == 500.0 and c["gamma_over_n_beta_lambda_max"] == 2.0
     assert c["eps_n_beta_lambda_max"] == pytest.approx(5e-4)
     assert llc_curvature(d, None) == {} and llc_curvature({}, 5.0) == {}
+
+
+def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
+    from emergence_core.config import resolve_config
+    from emergence_core.metrics import RowBuffer, TrialKey
+    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.tracking.sync import MlflowSync
+
+    folder = RunFolder(tmp_path / "run")
+    cfg = resolve_config("COPY", "s0", 0)
+    trial = cfg.trial_name()
+    job = ProbeJob(trial, 10, "llc")
+    rows = RowBuffer(TrialKey("s", trial, "COPY", "s0", 0, source="probe"), 0)
+    rows.add(10, "llc", 97.5)
+    ProbeQueue(folder).store(job).write_part(rows.take())
+    folder.write_calibration(trial, "llc", {"step": 600, "chosen": {"eps": 4e-6,
+                                                                    "gamma": 1000.0}})
+    sync = MlflowSync(folder.path, f"sqlite:///{tmp_path / 'm.db'}", "s")
+    sync.sync_probes(trial, cfg)
+    run = sync.client.get_run(sync.run_ids()[trial])
+    assert run.data.params["llc.calibration.eps"] == "4e-06"
+    assert run.data.params["llc.calibration.gamma"] == "1000.0"
+    assert run.data.params["llc.calibration.status"] == "converged"
+    assert run.data.params["llc.calibration.step"] == "600"
+    assert run.data.metrics["llc"] == 97.5
+    artifacts = {a.path for a in sync.client.list_artifacts(run.info.run_id, "probes/llc")}
+    assert "probes/llc/llc.json" in artifacts
+    sync.sync_probes(trial, cfg)  # logged once: a second pass logs nothing again

@@ -33,7 +33,7 @@ Stan adapts its mass matrix in warm-up), and within 10% of the truth in the test
 
 n_beta choices (``n_beta=None``, then m / log m with m set by ``n_beta_of``): "train"
 (default), m = the size of the training set the batch was drawn from
-(``ScoredBatch.n_population``; 49,000 samples and n_beta 4,532 for COPY's three levels),
+(``ScoredBatch.n_population``; about 45,000 samples and n_beta 4,200 for COPY's three levels),
 the temperature of the posterior the model was trained on, as in Lau et al. and devinterp's
 examples; "batch", m = the n samples the loss is scored on (the probe batch: 1,024 samples,
 147.7; a hand-made batch with no ``n_population`` falls back to this); "minibatch", m = the
@@ -104,7 +104,7 @@ LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class LLCSettings:
-    # eps and gamma: what calibration chose on COPY s0 (trained, n_beta 4,532, RMSProp);
+    # eps and gamma: what calibration chose on COPY s0 (trained, n_beta 4,200, RMSProp);
     # the first defaults (1e-4, 100, plain SGLD, n_beta 147.7) left the basin
     eps: float = 2e-6  # SGLD step size
     gamma: float = 1000.0  # localisation strength
