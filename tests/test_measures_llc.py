@@ -122,6 +122,7 @@ def test_known_learning_coefficient_singular_polynomial(sampler):
     assert abs(value - expected) / expected <= 0.10 and converged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["sgld", "rmsprop"])
 def test_known_learning_coefficient_normal_crossing(sampler):
     """K = w1^2 w2^4 at 0: lambda = min(1/2, 1/4) = 1/4, approached only as n_beta / gamma^3

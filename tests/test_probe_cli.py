@@ -39,6 +39,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None:
     steps = RunFolder(run).weight_steps("COPY-s0-0")
     before = _files(run)
@@ -60,6 +61,7 @@ def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None
     assert _files(run) == before  # without --write the run is untouched
 
 
+@pytest.mark.slow
 def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> None:
     step = RunFolder(run).weight_steps("COPY-s0-0")[0]
     r = _run("probe", str(run), "--measure", "llc", "--step", str(step), "--json", "--write",
@@ -82,6 +84,7 @@ def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> No
     assert "| COPY-s0-0 | llc |" in md and "**not converged**" in md and "1/1" in md
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--measure", "llc", "--step", "5000"], "no saved weights at step 5000"),
     (["--measure", "llc", "--step", "0", "--trial", "COPY-s0-9"], "unknown trial 'COPY-s0-9'"),
@@ -155,6 +158,7 @@ def test_llc_curvature_against_gamma() -> None:
     assert llc_curvature(d, None) == {} and llc_curvature({}, 5.0) == {}
 
 
+@pytest.mark.slow
 def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
     from emergence_core.config import resolve_config
     from emergence_core.metrics import RowBuffer, TrialKey

@@ -106,7 +106,7 @@ LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 class LLCSettings:
     # eps and gamma: what calibration chose on COPY s0 (trained, n_beta 4,200, RMSProp);
     # the first defaults (1e-4, 100, plain SGLD, n_beta 147.7) left the basin
-    eps: float = 2e-6  # SGLD step size
+    eps: float = 4e-6  # SGLD step size
     gamma: float = 1000.0  # localisation strength
     n_chains: int = 4
     n_draws: int = 200  # per chain, burn-in included

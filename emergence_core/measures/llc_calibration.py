@@ -47,8 +47,11 @@ __all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "calibrate_llc
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    # around what passed on COPY s0 (RMSProp, n_beta over the training set): at gamma 100
-    # the chains of a half-trained checkpoint drift, at 1e4 the localisation sets the value
+    # around what passed on COPY s0 (RMSProp, n_beta 4,200 over the training set, 4 x 200
+    # draws). gamma 1000 first: at 100 the trained checkpoint (step 600) passes (LLC 140,
+    # R-hat 1.04) but at step 99, mid-emergence and not a minimum, the chains descend below
+    # w* (LLC -49, R-hat 1.11); at 1000 both converge (102 and 25); at 1e4 the localisation
+    # sets the value (11 and 0.9). The pilot, on the last checkpoint only, cannot see that.
     eps_grid: tuple[float, ...] = (4e-6, 2e-6, 1e-6, 5e-7)  # each the previous halved
     gammas: tuple[float, ...] = (1000.0, 10000.0)
     max_loss_fraction: float = 0.25  # of the untrained model's loss
