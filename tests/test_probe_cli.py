@@ -185,3 +185,33 @@ def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
     artifacts = {a.path for a in sync.client.list_artifacts(run.info.run_id, "probes/llc")}
     assert "probes/llc/llc.json" in artifacts
     sync.sync_probes(trial, cfg)  # logged once: a second pass logs nothing again
+
+
+@pytest.mark.slow
+def test_sanity_on_a_real_s0_checkpoint(run: Path) -> None:
+    """On a real COPY s0 checkpoint (12 steps: loss 2.36, untrained 2.8, so any rise is
+    bounded by 0.44): the first defaults climb several times higher than the new ones (3.7x
+    measured), and a stronger localisation gives a smaller rise. The trained checkpoints'
+    figures (steps 99 and 600) are in BENCHMARKS.md: too slow for a test."""
+    from emergence_core.config import TrainConfig
+    from emergence_core.expensive import trial_model, trial_probe_batch, untrained_loss
+    from emergence_core.measures.llc import LLCSettings, estimate_llc
+    from emergence_core.store import TrialStore
+
+    folder = RunFolder(run)
+    cfg = TrainConfig.model_validate(folder.read_run_record()["config"])
+    data, model = trial_model(cfg)
+    batch = trial_probe_batch(data, 256, cfg.seed)
+    untrained = untrained_loss(cfg, batch)
+    TrialStore(folder, cfg.trial_name()).load_weights(model, folder.weight_steps(
+        cfg.trial_name())[-1])
+    short = dict(n_chains=2, n_draws=40, n_burnin=20, seed=0)
+    first = estimate_llc(model, batch, LLCSettings(sampler="sgld", eps=1e-4, gamma=100.0,
+                                                   n_beta_of="batch", **short))
+    new = estimate_llc(model, batch, LLCSettings(**short))
+    tight = estimate_llc(model, batch, LLCSettings(gamma=1e4, **short))
+    assert new.n_beta == pytest.approx(sum(len(e) for e in data.train)
+                                       / math.log(sum(len(e) for e in data.train)))
+    assert first.mean_loss - first.init_loss > 2 * abs(new.mean_loss - new.init_loss)
+    assert abs(new.mean_loss - new.init_loss) < 0.25 * untrained
+    assert abs(tight.loss_rise) < abs(new.loss_rise)
