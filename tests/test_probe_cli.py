@@ -215,3 +215,42 @@ def test_sanity_on_a_real_s0_checkpoint(run: Path) -> None:
     assert first.mean_loss - first.init_loss > 2 * abs(new.mean_loss - new.init_loss)
     assert abs(new.mean_loss - new.init_loss) < 0.25 * untrained
     assert abs(tight.loss_rise) < abs(new.loss_rise)
+
+
+@pytest.mark.slow
+def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actor's code path, without Ray: the first job of a calibrated trial runs the
+    pilot on the pilot step and saves it; later jobs use the saved choice, whatever it is."""
+    import shutil
+
+    from emergence_core.config import TrainConfig
+    from orchestrator.probes import pool
+    from orchestrator.probes.queue import ProbeQueue
+
+    shutil.copytree(run, tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    shutil.rmtree(folder.probes_dir, ignore_errors=True)  # another test's --write
+    monkeypatch.setattr(pool.ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(pool.ProbeWorker, "_status", lambda self, info: None)
+    worker = pool.ProbeWorker(str(folder.path), "s", 1)
+    cfg = TrainConfig.model_validate(folder.read_run_record()["config"])
+    trial, steps = cfg.trial_name(), folder.weight_steps(cfg.trial_name())
+    cal = {"step": steps[-1], "fields": {"eps_grid": [2e-6, 1e-6], "gammas": [1000],
+                                         "hessian": False}}
+    settings = {"n_chains": 2, "n_draws": 30, "n_burnin": 16, "minibatch_size": 16}
+    first = ProbeJob(trial, steps[0], "llc")
+    worker.run(first, cfg, 64, settings, 0, cal)
+    record = folder.read_calibration(trial, "llc")
+    assert record["step"] == steps[-1] and [p["eps"] for p in record["grid"]] == [2e-6, 1e-6]
+    queue = ProbeQueue(folder)
+    diag = json.loads(queue.diagnostics_path(first).read_text())
+    if record["chosen"] is None:
+        assert "not converged" in diag["status"] and diag["value"] is None
+    else:
+        assert diag["calibration"]["chosen"] == record["chosen"] and diag["eps"] == 2e-6
+    folder.write_calibration(trial, "llc", {**record, "chosen": {"eps": 3e-6, "gamma": 500.0}})
+    last = ProbeJob(trial, steps[-1], "llc")
+    worker.run(last, cfg, 64, settings, 0, cal)
+    diag = json.loads(queue.diagnostics_path(last).read_text())
+    assert (diag["eps"], diag["gamma"]) == (3e-6, 500.0) and queue.is_done(last)
