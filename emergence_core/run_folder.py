@@ -344,21 +344,34 @@ class RunFolder:
     def failure_path(self, trial: str) -> Path:
         return self.status_dir / f"{trial}.json"
 
-    def record_failure(self, trial: str, error: str) -> None:
+    def record_failure(self, trial: str, error: str, kind: str = "error",
+                       **details: Any) -> None:
+        """The trial failed for good: ``kind`` is ``error`` (an exception that kept coming
+        back) or ``diverged`` (a non-finite loss or weights; ``details`` say where)."""
         from emergence_core.store import atomic_path
 
         with atomic_path(self.failure_path(trial)) as tmp:
-            tmp.write_text(json.dumps({"state": "failed", "error": error, "time": time.time()}))
+            tmp.write_text(json.dumps({"state": "failed", "kind": kind, "error": error,
+                                       "time": time.time(), **details}))
 
-    def failure(self, trial: str) -> str | None:
-        """Why the trial failed for good, or None."""
+    def failure_record(self, trial: str) -> dict[str, Any] | None:
         path = self.failure_path(trial)
         if not path.exists():
             return None
         try:
-            return str(json.loads(path.read_text()).get("error") or "unknown error")
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
-            return "unknown error (its status file cannot be read)"
+            return {"state": "failed", "kind": "error",
+                    "error": f"unknown error (its status file {path} cannot be read)"}
+        return record if isinstance(record, dict) else {"error": "unknown error"}
+
+    def failure(self, trial: str) -> str | None:
+        """Why the trial failed for good, or None."""
+        record = self.failure_record(trial)
+        return None if record is None else str(record.get("error") or "unknown error")
+
+    def clear_failure(self, trial: str) -> None:
+        self.failure_path(trial).unlink(missing_ok=True)
 
     def worker_path(self, trial: str) -> Path:
         return self.status_dir / f"{trial}.worker.json"

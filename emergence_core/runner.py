@@ -33,6 +33,7 @@ __all__ = [
     "FileState",
     "ProbeReport",
     "StateStore",
+    "TrialDiverged",
     "TrialHooks",
     "TrialOutcome",
     "run_trial",
@@ -72,6 +73,18 @@ class FileState:
 
     def save(self, state: dict) -> None:
         self.store.save_state(state)
+
+
+class TrialDiverged(RuntimeError):
+    """A trial's loss or weights became non-finite; its rows up to the last good probe step
+    are kept, the run folder records why, and running it again would diverge again."""
+
+    def __init__(self, trial: str, line: str, last_good: int | None) -> None:
+        kept = "no rows" if last_good is None else f"rows up to step {last_good}"
+        super().__init__(f"{trial} {line}; {kept} are kept; not retried (the same checkpoint "
+                         "diverges again): lower the learning rate or change the config")
+        self.trial = trial
+        self.last_good = last_good
 
 
 @dataclass
@@ -167,6 +180,10 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     if done is not None and done["fingerprint"] == cfg.fingerprint():
         return TrialOutcome(trial, done["step"], True, done["attempt"], done["events"],
                             done["n_params"], time.perf_counter() - t0)
+    failed = folder.failure_record(trial)
+    if failed is not None and failed.get("kind") == "diverged" \
+            and failed.get("fingerprint") == cfg.fingerprint():
+        raise TrialDiverged(trial, failed["line"], failed.get("last_good"))
     plan = plan or trial_plan(cfg)
 
     trainer = Trainer(cfg, device=device)
@@ -198,9 +215,17 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         if hooks.on_commit is not None:
             hooks.on_commit(step, store)
 
+    diverged: list = []
+    last_probe: list[int] = []
+
     def on_probe(tr: Trainer) -> bool:
         step, index = tr.step, tr.next_probe - 1
+        div = tr.divergence()  # before the probes: a broken model writes no rows
+        if div is not None:
+            diverged.append(div)
+            return True
         summary = tr.probe(rows)
+        last_probe[:] = [step]
         acc = summary.accuracy
         final = index == len(tr.probe_steps) - 1
         if plan.keeps_weights(step):
@@ -220,6 +245,16 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         return stop
 
     trainer.run(on_probe, hooks.should_stop)
+    if diverged:
+        # keep the rows of the good probes, but never save the broken state over the good one
+        store.write_part(rows.take())
+        last_good = last_probe[0] if last_probe else (
+            None if not store.parts() else store.parts()[-1][1])
+        line = diverged[0].line()
+        folder.record_failure(trial, f"{line}; rows up to step {last_good} are kept",
+                              kind="diverged", line=line, step=diverged[0].step,
+                              last_good=last_good, fingerprint=cfg.fingerprint())
+        raise TrialDiverged(trial, line, last_good)
     if trainer.step != last_commit["step"] or len(rows):
         commit(trainer.step)  # stopped between probes: keep what was done
     train_wall = time.perf_counter() - t_train

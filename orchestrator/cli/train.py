@@ -161,8 +161,14 @@ def train(
 
     if threads is not None:
         torch.set_num_threads(threads)
+    from emergence_core.runner import TrialDiverged
+
     console = Console(stderr=True)
-    outcome = train_local(cfg, folder, console=console)
+    try:
+        outcome = train_local(cfg, folder, console=console)
+    except TrialDiverged as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
     Console().print(summary_table(cfg, outcome, folder))
     if not outcome.completed:
         console.print(f"stopped at step {outcome.step}; run the same command again to resume")

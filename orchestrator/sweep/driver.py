@@ -48,35 +48,46 @@ class Live:
         self.folder = folder
         self.run_dir = folder.path
         self.failures: dict[str, str] = {}
+        self.mlflow_failed = False
         self._queue: queue.Queue = queue.Queue()
         self._down_until = 0.0
         self._thread = threading.Thread(target=self._work, name="emerge-mlflow", daemon=True)
         self._thread.start()
 
-    def mlflow_call(self, fn: Callable[[MlflowSync], Any]) -> None:
+    def mlflow_call(self, fn: Callable[[MlflowSync], Any], *, always: bool = False) -> None:
+        """Run ``fn`` on the MLflow thread. While the server was down moments ago, ordinary
+        calls are skipped (the next sync sends all that is missing); ``always`` calls (the
+        final sync, the parent's status) are attempted whatever happened before."""
         if self.mlflow is not None:
-            self._queue.put(fn)
+            self._queue.put((fn, always))
 
     def _work(self) -> None:
-        while (fn := self._queue.get()) is not None:
-            if time.monotonic() < self._down_until:
+        while (item := self._queue.get()) is not None:
+            fn, always = item
+            if not always and time.monotonic() < self._down_until:
                 continue  # the server was down moments ago: the next sync catches up
             try:
                 fn(self.mlflow)
             except Exception as e:  # any MLflow failure: note it, never stop the sweep
                 self._down_until = time.monotonic() + 20
+                self.mlflow_failed = True
                 text = str(e).strip()
                 first = text.splitlines()[0][:120] if text else type(e).__name__
                 self.board.note(f"[yellow]MLflow unavailable ({first}); Parquet stays complete; "
                                 f"`emerge sync-mlflow {self.run_dir}` fills it in[/yellow]")
+            else:
+                if always:
+                    self.mlflow_failed = False
 
-    def close(self, final: Callable[[MlflowSync], Any] | None = None) -> None:
-        """Finish queued calls, run ``final`` (after any outage), stop the thread."""
+    def close(self, final: Callable[[MlflowSync], Any] | None = None) -> bool:
+        """Finish queued calls, then run ``final`` however recent an outage was, and stop the
+        thread. Returns False when ``final`` failed (MLflow is behind the run folder)."""
         if final is not None:
-            self._queue.put(lambda m: setattr(self, "_down_until", 0.0))
-            self._queue.put(final)
+            self.mlflow_failed = False
+            self.mlflow_call(final, always=True)
         self._queue.put(None)
         self._thread.join()
+        return final is None or not self.mlflow_failed
 
     def record_failure(self, name: str, error: str) -> None:
         self.failures[name] = error
@@ -165,7 +176,9 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             m.sync_all([p.config for p in plans.values()])
             m.set_status(None, parent)
 
-        live.close(final)
+        if not live.close(final):
+            console.print(f"[yellow]MLflow missed the end of the sweep; `emerge sync-mlflow "
+                          f"{folder.path}` sends it (rows, runs, statuses)[/yellow]")
     if complete and not p_failed:
         probes = f", {p_done} expensive probes" if p_due else ""
         console.print(f"sweep {spec.name} complete: {len(plans)} trials{probes} in "
@@ -173,7 +186,8 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         return 0
     if failed or p_failed:
         for n in failed:
-            console.print(f"[red]failed: {n}: {live.failures.get(n, 'see emerge status')}[/red]")
+            why = live.failures.get(n) or folder.failure(n) or "see emerge status"
+            console.print(f"[red]failed: {n}: {why}[/red]")
         for job in p_failed:
             console.print(f"[red]probe failed: {job} (see {folder.probe_dir('failed')})[/red]")
         console.print(f"{len(failed)} trial(s) and {len(p_failed)} probe(s) failed; "

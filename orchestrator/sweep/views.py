@@ -78,19 +78,21 @@ def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
     folder.sweep_state()
     spec = frozen_spec(folder)
     t = Table(title=f"sweep {spec.name} in {folder.path}")
-    cols = ["trial", "state", "step", "events"] + (["probes"] if spec.probes.measures else [])
+    cols = ["trial", "state", "step", "events"] + (
+        ["probes"] if spec.probes.measures else []) + ["why"]
     for col in cols:
         t.add_column(col, justify="right" if col in ("step", "probes") else "left")
     counts: dict[str, int] = {}
     done_jobs = ProbeQueue(folder).done_jobs() if spec.probes.measures else set()
     for p in spec.trials():
-        state, step, events, _ = astuple(folder.trial_state(p.name))
+        state, step, events, error = astuple(folder.trial_state(p.name))
         counts[state] = counts.get(state, 0) + 1
         ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in sorted(events.items()))
         row = [p.name, state, "-" if step is None else f"{step}/{p.config.steps}", ev]
         if spec.probes.measures:
             due = p.plan.jobs
             row.append(f"{sum(j in done_jobs for j in due)}/{len(due)}")
+        row.append(error or "")
         t.add_row(*row)
     p_done, p_due, p_failed = probe_progress(folder, spec)
     t.caption = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + (

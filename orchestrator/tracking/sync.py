@@ -233,8 +233,10 @@ class MlflowSync:
         for lv, step in events.items():
             self.client.set_tag(run_id, f"emergence.L{lv}", str(step))
 
-    def set_status(self, trial: str | None, status: str) -> None:
-        """RUNNING, FINISHED or FAILED, for a trial's run or (trial None) the parent."""
+    def set_status(self, trial: str | None, status: str, reason: str | None = None) -> None:
+        """RUNNING, FINISHED or FAILED, for a trial's run or (trial None) the parent; a
+        finished or failed run gets its end time (MLflow shows its duration), a failed one
+        the reason as the tag ``emerge.failure``."""
         with self._ledger() as led:
             if trial is None:
                 run_id = led.get("parent_run_id")
@@ -243,8 +245,14 @@ class MlflowSync:
                 run_id = entry and entry["run_id"]
                 if entry is not None:
                     entry["finished"] = status == "FINISHED"
-        if run_id is not None:
+        if run_id is None:
+            return
+        if reason is not None:
+            self.client.set_tag(run_id, "emerge.failure", reason[:5000])
+        if status == "RUNNING":
             self.client.update_run(run_id, status=status)
+        else:
+            self.client.set_terminated(run_id, status=status)
 
     def sync_all(self, configs: Sequence[TrainConfig]) -> dict[str, int]:
         """Fill in every trial (``emerge sync-mlflow``); returns rows sent per trial."""
@@ -254,5 +262,7 @@ class MlflowSync:
             sent[trial] = self.sync_trial(trial, cfg) + self.sync_probes(trial, cfg)
             if self.folder.is_complete(trial):
                 self.set_status(trial, "FINISHED")
+            elif (failure := self.folder.failure(trial)) is not None:
+                self.set_status(trial, "FAILED", reason=failure)
         return sent
 
