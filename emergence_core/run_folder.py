@@ -28,6 +28,7 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
   mlflow/artifacts/                  the embedded store's artifacts
   mlflow.db                          the embedded tracking store (no tracking URI given)
   report/                            what `emerge analyze` writes
+  driver.lock                        held by the one driver running the folder's work
 ```
 
 A trial's *plan* (``trial_plan``) is computed here once from its config and the sweep's
@@ -41,7 +42,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -448,6 +450,55 @@ class RunFolder:
     @property
     def report_dir(self) -> Path:
         return self.path / "report"
+
+    # -- one driver at a time ---------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "driver.lock"
+
+    @contextmanager
+    def driver_lock(self, command: str) -> Iterator[None]:
+        """Hold the folder for one driver (``emerge sweep``, ``resume``, ``pythia``).
+
+        An advisory ``flock`` on ``driver.lock``: the kernel releases it when its process
+        ends, however it ends, so the lock of a killed driver is stale by construction and
+        the next driver takes it. The file names the holder for the refusal's message.
+        """
+        import fcntl
+        import os
+        import socket
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block, closed below
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                held = json.loads(f.read() or "{}")
+            except ValueError:
+                held = {}
+            f.close()
+            since = time.strftime("%H:%M:%S", time.localtime(held.get("since", 0)))
+            raise RunFolderError(
+                f"{self.path} is in use by another driver (`{held.get('command', 'emerge')}`, "
+                f"pid {held.get('pid', '?')} on {held.get('host', '?')}, since {since}); wait "
+                "for it to end, or stop it with Ctrl-C, then run this again") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"command": command, "pid": os.getpid(),
+                                "host": socket.gethostname(), "since": time.time()}))
+            f.flush()
+            yield
+        finally:
+            f.close()  # releases the lock
+
+    def is_empty(self) -> bool:
+        """Nothing in the folder but (perhaps) its driver lock."""
+        return not self.path.exists() or all(
+            p == self.lock_path for p in self.path.iterdir())
 
     # -- what kind of folder -----------------------------------------------------------------
 

@@ -206,6 +206,17 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
         Console().print(dry_run_table(spec, plans))
         return 0
     folder = run_folder_of(spec)
+    if not folder.is_sweep() and not folder.is_empty():
+        raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
+                         "in the sweep file to a new folder")
+    with folder.driver_lock(f"emerge sweep {spec_path}"):
+        return _launch(spec, spec_path, folder, address=address, tracking_uri=tracking_uri,
+                       allow_pending=allow_pending, console=console)
+
+
+def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str | None,
+            tracking_uri: str | None, allow_pending: bool, console: Console) -> int:
+    plans = spec.trials()
     spec_text = spec_path.read_text()
     if folder.is_sweep():
         state = folder.sweep_state()
@@ -221,9 +232,6 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
             console.print(f"{folder.path} holds this sweep; resuming it")
         uri = tracking_uri or state["tracking_uri"]
     else:
-        if folder.path.exists() and any(folder.path.iterdir()):
-            raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
-                             "in the sweep file to a new folder")
         launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
         fresh = {"launch-0"}
         uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
@@ -242,6 +250,14 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
 def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
+    folder.sweep_state()  # a sweep's folder, before anything is created in it
+    with folder.driver_lock(f"emerge resume {run_dir}"):
+        return _resume(folder, address=address, tracking_uri=tracking_uri,
+                       allow_pending=allow_pending, console=console)
+
+
+def _resume(folder: RunFolder, *, address: str | None, tracking_uri: str | None,
+            allow_pending: bool, console: Console) -> int:
     state = folder.sweep_state()
     spec = frozen_spec(folder)
     uri = tracking_uri or state["tracking_uri"]
