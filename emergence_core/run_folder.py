@@ -100,7 +100,10 @@ class ProbeJob:
 
     @staticmethod
     def parse(trial: str, name: str) -> ProbeJob:
+        """From ``<step>.<measure>.json``; ValueError for any other name."""
         step, measure, _ = name.split(".")
+        if not measure:
+            raise ValueError(f"no measure in {name!r}")
         return ProbeJob(trial, int(step), measure)
 
 
@@ -180,6 +183,17 @@ class FolderInfo:
     spec: Mapping[str, Any]
     spec_text: str | None
     notes: tuple[str, ...]
+
+
+_WARNED: set[Path] = set()
+
+
+def _warn_once(path: Path, text: str) -> None:
+    import logging
+
+    if path not in _WARNED:
+        _WARNED.add(path)
+        logging.getLogger("emerge").warning(text)
 
 
 def _first_line(err: BaseException) -> str:
@@ -292,6 +306,10 @@ class RunFolder:
 
     def state_path(self, trial: str) -> Path:
         return self.checkpoint_dir(trial) / self.STATE
+
+    def previous_state_path(self, trial: str) -> Path:
+        """The state before the latest, kept so that a damaged latest one costs one commit."""
+        return self.checkpoint_dir(trial) / f"previous-{self.STATE}"
 
     def weights_dir(self, trial: str) -> Path:
         return self.checkpoint_dir(trial) / "weights"
@@ -416,11 +434,20 @@ class RunFolder:
         return self.probe_dir(kind) / job.trial / f"{job.stem}.json"
 
     def probe_jobs(self, kind: str) -> list[ProbeJob]:
+        """The jobs filed under ``kind``; a file whose name is not a job's is skipped, with a
+        warning (once per file)."""
         root = self.probe_dir(kind)
         if not root.is_dir():
             return []
-        return sorted(ProbeJob.parse(d.name, f.name) for d in root.iterdir() if d.is_dir()
-                      for f in d.glob("*.json"))
+        jobs = []
+        for d in (d for d in root.iterdir() if d.is_dir()):
+            for f in d.glob("*.json"):
+                try:
+                    jobs.append(ProbeJob.parse(d.name, f.name))
+                except ValueError:
+                    _warn_once(f, f"skipping {f}: not a probe job's file (STEP.MEASURE.json); "
+                                  "remove it")
+        return sorted(jobs)
 
     def probe_worker_path(self, pid: int) -> Path:
         return self.probes_dir / "workers" / f"{pid}.json"

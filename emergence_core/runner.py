@@ -94,6 +94,7 @@ class TrialHooks:
     # weights of (step, probe index) are on disk at path: the expensive probes can start
     on_weights: Callable[[int, int, Path], None] | None = None
     should_stop: Callable[[], bool] | None = None  # checked between updates
+    on_note: Callable[[str], None] | None = None  # a warning (default: the "emerge" logger)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,13 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     trainer = Trainer(cfg, device=device)
     state_store = state_store or FileState(store)
     state = state_store.load()
+    for note in store.notes:
+        if hooks.on_note is not None:
+            hooks.on_note(note)
+        else:
+            import logging
+
+            logging.getLogger("emerge").warning(note)
     if state is not None:
         trainer.load_state_dict(state)  # raises StateMismatch for a different config
     attempt = (state["attempt"] + 1 if state is not None else 0) if attempt is None else attempt

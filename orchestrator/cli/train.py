@@ -91,7 +91,9 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
     try:
         with progress:
             outcome = run_trial(cfg, out, hooks=TrialHooks(
-                on_probe=on_probe, should_stop=lambda: interrupted["flag"]), **run_kwargs)
+                on_probe=on_probe, should_stop=lambda: interrupted["flag"],
+                on_note=lambda n: progress.console.print(f"[yellow]warning: {n}[/yellow]")),
+                **run_kwargs)
     finally:
         signal.signal(signal.SIGINT, previous)
     return outcome

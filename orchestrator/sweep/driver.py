@@ -68,6 +68,8 @@ class Live:
                 continue  # the server was down moments ago: the next sync catches up
             try:
                 fn(self.mlflow)
+                while self.mlflow.notes:
+                    self.board.note(f"[yellow]{self.mlflow.notes.pop(0)}[/yellow]")
             except Exception as e:  # any MLflow failure: note it, never stop the sweep
                 self._down_until = time.monotonic() + 20
                 self.mlflow_failed = True
@@ -277,7 +279,9 @@ def _resume(folder: RunFolder, *, address: str | None, tracking_uri: str | None,
             ray.shutdown()
 
 
-def sync_mlflow(run_dir: Path, *, tracking_uri: str | None) -> dict[str, int]:
+def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
+                console: Console | None = None) -> dict[str, int]:
+    """Send MLflow all the run folder holds that it lacks; returns rows sent per trial."""
     folder = RunFolder(run_dir)
     state = folder.sweep_state()
     spec = frozen_spec(folder)
@@ -286,4 +290,8 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None) -> dict[str, int]:
     sent = sync.sync_all([p.config for p in spec.trials()])
     if all(folder.is_complete(p.name) for p in spec.trials()):
         sync.set_status(None, "FINISHED")
+    elif any(folder.failure(p.name) for p in spec.trials()):
+        sync.set_status(None, "FAILED")
+    for note in sync.notes:
+        (console or Console(stderr=True)).print(f"[yellow]warning: {note}[/yellow]")
     return sent

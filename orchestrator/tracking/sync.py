@@ -77,6 +77,7 @@ class MlflowSync:
         self.sweep = sweep
         self.ledger_path = self.folder.ledger_path
         self._client = None
+        self.notes: list[str] = []  # warnings for the caller to show (a rebuilt ledger)
 
     # -- ledger ----------------------------------------------------------------------------
 
@@ -86,19 +87,59 @@ class MlflowSync:
         self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.folder.ledger_lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = (json.loads(self.ledger_path.read_text()) if self.ledger_path.exists()
-                    else {"tracking_uri": self.tracking_uri, "trials": {}})
-            before = json.dumps(data, sort_keys=True)
+            data = self._read_ledger()
+            before = "" if data.pop("_rebuilt", False) else json.dumps(data, sort_keys=True)
             yield data
             if json.dumps(data, sort_keys=True) != before:
                 with atomic_path(self.ledger_path) as tmp:
                     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
 
+    def _read_ledger(self) -> dict[str, Any]:
+        """The ledger; a damaged one is rebuilt from MLflow's own runs (their tags name the
+        sweep's folder and each trial), so no trial ever gets a second run."""
+        if not self.ledger_path.exists():
+            return {"tracking_uri": self.tracking_uri, "trials": {}}
+        try:
+            data = json.loads(self.ledger_path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("trials"), dict) and all(
+                    isinstance(e, dict) and "run_id" in e for e in data["trials"].values()):
+                return data
+            problem = "its fields are not a ledger's"
+        except (OSError, ValueError) as err:
+            problem = str(err).splitlines()[0][:200]
+        data = self._rebuild_ledger()
+        damaged = self.ledger_path.with_name(f"{self.ledger_path.name}.damaged")
+        self.ledger_path.replace(damaged)
+        self.notes.append(f"the MLflow ledger {self.ledger_path} was damaged ({problem}); "
+                          f"rebuilt from MLflow's runs ({len(data['trials'])} trials), the "
+                          f"damaged copy kept as {damaged.name}")
+        return {**data, "_rebuilt": True}  # saved by _ledger even if nothing else changes
+
+    def _rebuild_ledger(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tracking_uri": self.tracking_uri, "trials": {}}
+        exp = self.client.get_experiment_by_name(self.sweep)
+        if exp is None:
+            return data
+        runs = self.client.search_runs(
+            [exp.experiment_id], f"tags.`emerge.run_dir` = '{self.run_dir}'", max_results=1)
+        if not runs:
+            return data
+        parent = runs[0].info.run_id
+        data.update(experiment_id=exp.experiment_id, parent_run_id=parent)
+        children = self.client.search_runs(
+            [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
+        for r in children:
+            trial = r.data.tags.get("emerge.trial")
+            if trial is not None:  # rows are sent again: MLflow drops those it holds
+                data["trials"][trial] = {"run_id": r.info.run_id, "logged_through": -1,
+                                         "finished": r.info.status == "FINISHED"}
+        return data
+
     def run_ids(self) -> dict[str, str]:
         if not self.ledger_path.exists():
             return {}
-        trials = json.loads(self.ledger_path.read_text())["trials"]
-        return {t: e["run_id"] for t, e in trials.items()}
+        with self._ledger() as led:
+            return {t: e["run_id"] for t, e in led["trials"].items()}
 
     @property
     def client(self):
