@@ -14,6 +14,8 @@ one, which ``heal`` (and every reader here) drops.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,14 +35,27 @@ __all__ = ["TrialStore", "atomic_path", "metric_files", "read_metrics"]
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds."""
+    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds.
+
+    A full disk, however the writer reports it, becomes ``OSError(ENOSPC)`` naming ``final``;
+    the half-written temporary file is removed either way.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, final)
+    except Exception as err:
+        if _disk_full(err):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(err: BaseException) -> bool:
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) \
+        or "No space left on device" in str(err)
 
 
 def _parts(directory: Path) -> list[tuple[int, int, Path]]:
@@ -134,10 +149,18 @@ class TrialStore:
     def save_state(self, state: dict) -> None:
         """The new state, keeping the one before it (see ``load_state``)."""
         previous = self.folder.previous_state_path(self.trial)
-        if self.state_path.exists():
+        buffer = io.BytesIO()  # serialised first: a full disk then fails as a plain write
+        torch.save(state, buffer)
+        had = self.state_path.exists()
+        if had:
             os.replace(self.state_path, previous)
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
+        try:
+            with atomic_path(self.state_path) as tmp:
+                tmp.write_bytes(buffer.getbuffer())
+        except BaseException:
+            if had:  # the latest good state stays the latest
+                os.replace(previous, self.state_path)
+            raise
 
     def load_state(self) -> dict | None:
         """The latest state; if it is damaged (or a crash left only the previous one), the

@@ -135,3 +135,43 @@ def test_a_damaged_sweep_file_as_launched_is_one_line(tmp_path) -> None:
     for args in (["resume", str(run_dir)], ["status", str(run_dir)]):
         result = CliRunner().invoke(app, args)
         assert_usage_errors(result, [f"{folder.spec_path}: invalid YAML"])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 6 MB tmpfs as the run folder (root and mount rights needed, as in CI)."""
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with mount rights)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_stops_with_one_line_and_resume_completes(tmp_path, small_disk) -> None:
+    import subprocess
+
+    out = small_disk / "run"
+    args = ["train", "--task", "MOD", "--steps", "40", "--out", str(out), "--threads", "1",
+            "--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=20",
+            "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
+            "--set", "checkpoint.every_probes=1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "No space left on device writing" in errors[0]
+    assert not [p for p in out.rglob(".*.tmp")]  # nothing half-written left behind
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = resolve_config("MOD", "s0", 0, steps=40, train_size=200, diag_size=40,
+                         warmup_steps=2, batch_size=12, device="auto",
+                         probe={"n_probes": 20, "rankme_samples": 16},
+                         checkpoint={"every_probes": 1})
+    run_trial(cfg, tmp_path / "reference")
+    assert comparable(read_metrics(out)) == comparable(read_metrics(tmp_path / "reference"))
