@@ -61,7 +61,10 @@ def test_a_folder_holding_another_run_is_refused(tmp_path: Path) -> None:
     (["--task", "MOD", "--steps", "0"], "--steps must be positive"),
     (["--task", "MOD", "--steps", "-5"], "--steps must be positive"),
     (["--task", "MOD", "--lr", "-1"], "lr: Input should be greater than 0"),
-    (["--task", "MOD", "--set", "probe.n_probe=3"], "probe.n_probe: unknown key"),
+    (["--task", "MOD", "--set", "probe.n_probe=3"],
+     "probe.n_probe: unknown key; did you mean 'n_probes'?"),
+    (["--task", "MOD", "--levels", "1,4"], "levels: unknown level 4; levels are 1, 2, 3 "
+                                           "(got [1, 4])"),
     (["--task", "MOD", "--set", "level_params.1.p=1"], "p must be at least 2"),
     (["--task", "MOD", "--set", "nonsense"], "expected KEY=VALUE"),
 ])
@@ -69,6 +72,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, m
     out = tmp_path / "never"
     r = _run("train", *args, "--out", str(out))
     assert_usage_errors(r, [message])
+    assert not out.exists()
+
+
+def test_every_problem_of_a_train_command_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    r = _run("train", "--task", "MODD", "--scale", "s9", "--steps", "-3", "--set",
+             "probe.n_probe=10", "--out", str(out))
+    assert_usage_errors(r, ["--steps must be positive, got -3",
+                            "--task: unknown task 'MODD' (did you mean 'MOD'?)",
+                            "--scale: unknown scale 's9'",
+                            "probe.n_probe: unknown key; did you mean 'n_probes'?"])
     assert not out.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -104,6 +105,10 @@ def test_a_diverging_trial_in_a_sweep_fails_once_and_the_others_finish(tmp_path:
 
     status = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
     assert status.exit_code == 0 and "diverged" in status.output
+    data = json.loads(CliRunner().invoke(app, ["status", str(run_dir), "--json"]).output)
+    rows = {r["trial"]: r for r in data["trials"]}
+    assert rows["MOD-s0-0"]["state"] == "failed" and "diverged" in rows["MOD-s0-0"]["error"]
+    assert rows["COPY-s0-0"]["state"] == "done" and data["counts"] == {"done": 1, "failed": 1}
 
     client = MlflowClient(f"sqlite:///{folder.mlflow_db}")
     exp = client.get_experiment_by_name("div")

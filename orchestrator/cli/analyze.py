@@ -265,6 +265,7 @@ def _print(result: AnalyzeResult) -> None:
 
 def analyze_command(
     run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR",
         help="a run folder: a sweep's (runs/NAME) or an `emerge train` one")],
     out: Annotated[Path | None, typer.Option(
         help="report folder (default: RUN_DIR/report); replaced as a whole")] = None,
@@ -281,7 +282,8 @@ def analyze_command(
     no_mlflow: Annotated[bool, typer.Option(
         "--no-mlflow", help="write the report only; log nothing to MLflow")] = False,
 ) -> None:
-    """Statistics of SPEC section 4 over RUN_DIR: write report/ and log it to MLflow."""
+    """The study's statistics over RUN_DIR (emergence events, onsets and leads, collapse floors,
+    precursor rates): write RUN_DIR/report and log it to the sweep's MLflow run."""
 
     @handles_usage_errors
     def run() -> None:
