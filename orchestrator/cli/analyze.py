@@ -157,6 +157,18 @@ def log_report(client: Any, run_id: str, summary: ReportSummary, *,
     return len(metrics)
 
 
+def _trial_figures(sync: Any, summary: ReportSummary) -> None:
+    """Each trial's own figures (``*_<trial>.png``) also on the trial's child run."""
+    runs = sync.run_ids()
+    for rel in summary.files:
+        path = Path(rel)
+        if path.parts[:1] != ("figures",) or path.suffix != ".png":
+            continue
+        trial = path.stem.split("_", 1)[-1]
+        if trial in runs:
+            sync.client.log_artifact(runs[trial], str(summary.out_dir / path), "figures")
+
+
 def _local_path(uri: str) -> Path | None:
     parsed = urlparse(uri)
     return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
@@ -183,6 +195,8 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
         where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
         stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
         n = log_report(sync.client, run_id, summary, artifacts=not stale)
+        if not stale:
+            _trial_figures(sync, summary)
     except Exception as err:  # the report is the product: MLflow failing is one line
         return (f"mlflow: not logged ({uri}: {_first_line(err)}); the report stands, rerun "
                 "`emerge analyze` to log it")

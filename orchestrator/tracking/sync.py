@@ -46,6 +46,39 @@ def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{RunFolder(run_dir).mlflow_db}"
 
 
+# An experiment of training runs: without this tag MLflow 3's UI opens it in GenAI mode
+# (traces, judges, "evaluation runs").
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _sweep_params(spec_text: str) -> dict[str, str]:
+    """The sweep file's fields as the parent run's parameters (the grid, the emergence rule,
+    the probes, the shared training settings)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(spec_text)
+    except yaml.YAMLError:
+        return {}
+    return _flatten(data) if isinstance(data, dict) else {}
+
+
+def _description(spec_text: str, run_dir: Path) -> str:
+    """The parent run's description (MLflow shows it on the run's page)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(spec_text) or {}
+    except yaml.YAMLError:
+        data = {}
+    grid = " x ".join(f"{k} {', '.join(map(str, data.get(k, [])))}"
+                      for k in ("tasks", "scales", "seeds") if data.get(k))
+    rule = data.get("emergence") or {}
+    return (f"emerge sweep **{data.get('name', '?')}**: {grid}. Emergence: accuracy at "
+            f"threshold {rule.get('threshold', 0.5)} held for {rule.get('persistence', 5)} "
+            f"probe steps. Run folder `{run_dir}`; the sweep file is the artifact spec.yaml.")
+
+
 def metric_key(measure: str, layer: int | None, level: int | None) -> str:
     key = measure.replace("@", ".")
     if level is not None:
@@ -159,15 +192,26 @@ class MlflowSync:
             if exp is None:
                 artifacts = self.folder.mlflow_artifacts_dir.as_uri() \
                     if self.tracking_uri.startswith("sqlite:") else None
-                exp_id = self.client.create_experiment(self.sweep, artifact_location=artifacts)
+                exp_id = self.client.create_experiment(self.sweep, artifact_location=artifacts,
+                                                       tags=EXPERIMENT_TAGS)
             else:
                 exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=self.sweep,
-                                         tags={"emerge.kind": "sweep",
-                                               "emerge.run_dir": str(self.run_dir)})
+                for k, v in EXPERIMENT_TAGS.items():  # an experiment made by an older emerge
+                    if exp.tags.get(k) != v:
+                        self.client.set_experiment_tag(exp_id, k, v)
+            tags = {"emerge.kind": "sweep", "emerge.run_dir": str(self.run_dir)}
+            if spec_text is not None:
+                tags["mlflow.note.content"] = _description(spec_text, self.run_dir)
+            run = self.client.create_run(exp_id, run_name=self.sweep, tags=tags)
             led.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if spec_text is not None:
             self.client.log_text(run.info.run_id, spec_text, RunFolder.SPEC)
+            params = _sweep_params(spec_text)
+            from mlflow.entities import Param
+
+            items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
         return run.info.run_id
 
     def trial_run(self, trial: str, config: TrainConfig) -> str:
