@@ -12,9 +12,10 @@ from emergence_core.analysis.collapse import (
     topdown,
     trial_floors,
 )
-from emergence_core.analysis.emergence import emergence_index, emergence_step
+from emergence_core.analysis.emergence import chance_corrected, emergence_index, emergence_step
 from emergence_core.analysis.events import (
     behaviour_rows,
+    chance_table,
     difficulty_classes,
     emergence_events,
     event_details,
@@ -53,6 +54,8 @@ __all__ = [
     "as_lazy",
     "behaviour_rows",
     "binseg",
+    "chance_corrected",
+    "chance_table",
     "changepoints",
     "classify",
     "cluster_bootstrap",

@@ -53,16 +53,35 @@ def _events(a: Analysis) -> list[str]:
     for ev in s.event_measures:
         d = a.details.filter(pl.col("measure") == ev)
         k = d.filter(pl.col("step").is_not_null()).height
-        out.append(f"- {ev}: {k}/{d.height} (trial, level) series emerge (threshold "
-                   f"{s.threshold}, persistence {s.persistence} probes).")
+        what = ("chance-corrected accuracy (accuracy - chance) / (1 - chance)"
+                if ev == "accuracy" else ev)
+        out.append(f"- {ev}: {k}/{d.height} (trial, level) series emerge: the first probe at "
+                   f"which {what} is >= {s.threshold} and stays so for the next "
+                   f"{s.persistence} probes.")
+    out.append("- chance = exact-match accuracy of the best constant answer on the level's "
+               "diagnostic set (0.5 for pair-scored Pythia sets); per task level below and "
+               "in tables/chances.csv, and with every event in tables/events.csv.")
     if LOGPROB_NORM in s.event_measures:
-        out.append(f"- {LOGPROB_NORM} = 1 - logprob / logprob(first probe): 0 at the start, "
-                   "1 when the answer has probability 1.")
+        out.append(f"- {LOGPROB_NORM} = 1 - logprob / logprob_chance, logprob_chance = the "
+                   "log-prob of the answer under each answer position's token frequencies on "
+                   "the diagnostic set (a prompt-blind predictor): 0 at that baseline, 1 when "
+                   "the answer has probability 1. Where a trial logs no logprob_chance, the "
+                   "first probe's logprob is the anchor.")
     hard = a.difficulty.filter(pl.col("difficulty") == "hard").height
     rule = "the list in settings.hard" if s.hard is not None else \
         "emergence step above the median over task levels at that scale"
     out += [f"- Difficulty: {hard}/{a.difficulty.height} (task level, scale) pairs are hard "
             f"({rule}).", ""]
+    ch = (a.chances.join(a.trials.select("trial", "task"), on="trial", how="left")
+          .group_by("task", "level").agg(
+              pl.col("chance").median().alias("chance"),
+              pl.col("logprob_chance").median().alias("logprob_chance"),
+              pl.col("diag_size").min().alias("diag_size"),
+              pl.col("diag_asked").max().alias("diag_asked"))
+          .sort("task", "level", nulls_last=True))
+    out += ["Chance per task level (median over trials):", "",
+            *_table(ch, ["task", "level", "chance", "logprob_chance", "diag_size",
+                         "diag_asked"]), ""]
     per_scale = (a.details.filter(pl.col("measure") == "accuracy").group_by("scale")
                  .agg(pl.len().alias("series"), pl.col("step").is_not_null().sum()
                       .alias("emerged"), pl.col("step").median().alias("median_step")))

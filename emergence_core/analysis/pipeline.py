@@ -23,6 +23,7 @@ from emergence_core.analysis.collapse import (
 )
 from emergence_core.analysis.events import (
     behaviour_rows,
+    chance_table,
     difficulty_classes,
     event_details,
     to_events_schema,
@@ -44,7 +45,8 @@ class Analysis:
     """Every table of the statistics stage, plus the rows the figures draw from.
 
     Tables: ``inventory`` (trial, measure: final layer, per-level or not, rows, steps),
-    ``trials``, ``scales`` (scale, n_layers: ordered by depth), ``events`` (EVENTS_SCHEMA),
+    ``trials``, ``scales`` (scale, n_layers: ordered by depth), ``chances`` (per trial and
+    level: chance, logprob_chance, diag_size, diag_asked), ``events`` (EVENTS_SCHEMA),
     ``details`` (events with their probe interval), ``difficulty``, ``collapse`` (floor of
     every (trial, level, layer)), ``floors`` (per trial), ``floor_summary`` (task x scale),
     ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure),
@@ -59,6 +61,7 @@ class Analysis:
     trials: pl.DataFrame
     scales: pl.DataFrame
     behaviour: pl.DataFrame
+    chances: pl.DataFrame
     series: pl.DataFrame
     collapse_rows: pl.DataFrame
     events: pl.DataFrame
@@ -93,11 +96,34 @@ def _inventory(lf: pl.LazyFrame) -> pl.DataFrame:
         .collect().sort(["trial", "measure"]))
 
 
+def _chance_notes(trials: pl.DataFrame, chances: pl.DataFrame,
+                  details: pl.DataFrame) -> list[str]:
+    notes = []
+    acc = details.filter(pl.col("measure") == Measure.ACCURACY)
+    unknown = sorted(set(acc.filter(~pl.col("chance_known"))["trial"].to_list()))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        notes.append(f"{len(unknown)}/{trials.height} trials log no chance rate (written "
+                     f"before chance rows existed): their accuracy events use raw accuracy "
+                     f"(chance 0): {shown}.")
+    short = (chances.filter(pl.col("diag_size") < pl.col("diag_asked"))
+             .join(trials.select("trial", "task"), on="trial", how="left")
+             .group_by("task", "level").agg(pl.col("diag_size").min(),
+                                            pl.col("diag_asked").max())
+             .sort("task", "level"))
+    if short.height:
+        notes.append("Diagnostic sets smaller than asked (the level's universe is too small): "
+                     + ", ".join(f"{t} L{lv} {n:.0f} of {a:.0f}"
+                                 for t, lv, n, a in short.rows()) + ".")
+    return notes
+
+
 def _missing(inv: pl.DataFrame, trials: pl.DataFrame, details: pl.DataFrame,
-             measures: tuple[str, ...], settings: AnalysisSettings) -> tuple[str, ...]:
+             measures: tuple[str, ...], settings: AnalysisSettings,
+             chances: pl.DataFrame) -> tuple[str, ...]:
     if inv.height == 0:
         return ("The metrics table is empty: no trials, no measures, nothing to analyse.",)
-    notes = []
+    notes = _chance_notes(trials, chances, details)
     present = set(inv["measure"].to_list())
     sources = set(inv["source"].to_list())
     expected = EXPECTED_MEASURES if sources - {"pythia"} else (Measure.RANKME,)
@@ -158,13 +184,14 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     is_behaviour = pl.col("measure").is_in([Measure.ACCURACY, Measure.LOGPROB])
     needed = (lf.join(final, on=["trial", "measure"], how="left")
               .filter(is_series | is_collapse | is_behaviour).collect())
-    behaviour = behaviour_rows(needed.lazy().drop("final_layer"))
+    chances = chance_table(lf)
+    behaviour = behaviour_rows(needed.lazy().drop("final_layer"), chances)
     series = needed.filter(is_series).select("trial", "measure", "level", "layer", "step",
                                              "value")
     collapse_rows = needed.filter(is_collapse).drop("final_layer")
     del needed
 
-    details = event_details(behaviour, settings)
+    details = event_details(behaviour, settings, chances)
     events = to_events_schema(details)
     difficulty = difficulty_classes(events, settings)
     collapse = collapse_table(collapse_rows, settings)
@@ -182,10 +209,11 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     return Analysis(
         settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,
         measures=measures, inventory=inv, trials=trials, scales=scales, behaviour=behaviour,
+        chances=chances,
         series=series, collapse_rows=collapse_rows, events=events, details=details,
         difficulty=difficulty, collapse=collapse, floors=floors, floor_summary=summary,
         floor_spread=floor_spread(summary), topdown=topdown(collapse, settings), leads=leads,
         changepoints=found.changepoints, onsets=found.onsets, rates=rates,
         hierarchy=hierarchy(leads, rates),
         signals=signals, prediction=prediction_limits(signals, scales["scale"].to_list()),
-        missing=_missing(inv, trials, details, measures, settings))
+        missing=_missing(inv, trials, details, measures, settings, chances))

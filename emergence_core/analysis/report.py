@@ -30,7 +30,7 @@ from emergence_core.metrics import SCHEMA_VERSION
 
 __all__ = ["ReportSummary", "headline_numbers", "write_report"]
 
-_TABLES = ("events", "details", "difficulty", "leads", "rates", "hierarchy", "floors",
+_TABLES = ("events", "chances", "details", "difficulty", "leads", "rates", "hierarchy", "floors",
            "floor_summary", "floor_spread", "topdown", "collapse", "changepoints", "onsets",
            "signals", "prediction", "inventory")
 

@@ -28,7 +28,8 @@ LOGPROB_NORM = "logprob_norm"
 # What the model does, not its geometry: never a candidate precursor.
 BEHAVIOUR_MEASURES: tuple[str, ...] = (
     Measure.ACCURACY, Measure.TOKEN_ACCURACY, Measure.LOGPROB, Measure.DIAG_LOSS,
-    Measure.TRAIN_LOSS, Measure.LR, LOGPROB_NORM,
+    Measure.TRAIN_LOSS, Measure.LR, LOGPROB_NORM, Measure.CHANCE, Measure.LOGPROB_CHANCE,
+    Measure.DIAG_SIZE, Measure.DIAG_ASKED,
 )
 # Companions of an estimate (its spread, its convergence flag), not measures of their own.
 DIAGNOSTIC_MEASURES: tuple[str, ...] = (

@@ -93,6 +93,7 @@ class SyntheticConfig:
     source: str = "trial"
     sweep: str = "synthetic"
     seed: int = 0
+    chance: float = 0.1
     extras: bool = field(default=True)  # token accuracy, losses, lr, LLC diagnostics
 
     def grid(self) -> np.ndarray:
@@ -208,6 +209,13 @@ def _trial(cfg: SyntheticConfig, spec: tuple, rng: np.random.Generator) -> tuple
     acc = np.clip(acc + rng.normal(0, cfg.noise, acc.shape), 0.0, 1.0)
     rows.add(Measure.ACCURACY, acc, levels, [None])
     rows.add(Measure.LOGPROB, lp, levels, [None])
+    # chance rows, logged once at the first probe as the trainer does: chance 0.1 (the
+    # planted events stay where they are), the log-prob baseline at the start's log-prob
+    first = np.array([0])
+    rows.add(Measure.CHANCE, np.full((nl, 1, 1), cfg.chance), levels, [None], first)
+    rows.add(Measure.LOGPROB_CHANCE,
+             np.array([-2.3 * (2 + 2 * j) for j in range(nl)])[:, None, None], levels,
+             [None], first)
     if cfg.extras:
         rows.add(Measure.TOKEN_ACCURACY, np.sqrt(acc), levels, [None])
         answer = np.array([2 + 2 * j for j in range(nl)], dtype=np.float64)[:, None, None]
