@@ -115,11 +115,13 @@ def rankme_heatmap(a: Analysis, trial: str, path: Path) -> Path:
 
 
 def lead_distributions(a: Analysis, path: Path, event: str = "accuracy") -> Path:
-    """Lead of each measure in probe intervals, measures in hierarchy order; the band is
-    the synchronous zone of +/- one interval."""
+    """Lead of each measure in units of its stated tolerance (the ``tolerance`` column of
+    the leads table, the same one the text and tables use), measures in hierarchy order;
+    the band is +/- one tolerance (synchronous or unresolved)."""
     order = a.hierarchy.filter(pl.col("event") == event)["measure"].to_list()
-    leads = a.leads.filter((pl.col("event") == event) & pl.col("lead_intervals").is_not_null())
-    data = [leads.filter(pl.col("measure") == m)["lead_intervals"].to_numpy() for m in order]
+    leads = a.leads.filter((pl.col("event") == event)
+                           & pl.col("lead_tolerances").is_not_null())
+    data = [leads.filter(pl.col("measure") == m)["lead_tolerances"].to_numpy() for m in order]
     fig = Figure(figsize=(max(5.0, 0.9 * len(order) + 2), 4))
     ax = fig.subplots()
     ax.axhspan(-1, 1, color="0.9", zorder=0)
@@ -130,7 +132,7 @@ def lead_distributions(a: Analysis, path: Path, event: str = "accuracy") -> Path
             ax.scatter(i + rng.uniform(-0.15, 0.15, d.size), d, s=6, alpha=0.5)
         ax.set_xticks(range(1, len(order) + 1), order, rotation=30, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("lead (probe intervals); > 1: precursor")
+    ax.set_ylabel("lead / stated tolerance; > 1: precursor")
     ax.set_title(f"Lead of each measure's onset before the {event} event", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -120,14 +120,25 @@ def _precursors(a: Analysis, event: str) -> list[str]:
     rates = a.rates.filter(pl.col("event") == event)
     hier = a.hierarchy.filter(pl.col("event") == event)
     lvl = a.settings.ci_level
+    tol = ("the wider of the event's probe interval and the measure's own probe spacing at "
+           "the event" if a.settings.measure_grid_tolerance else
+           "the event's probe interval")
     out = [f"## Precursors of the {event} event", "",
-           "Onset: change point of the smoothed final-layer series nearest the event; "
-           "precursor when lead > one probe interval at the event, synchronous within +/- one,"
-           " lagging otherwise.", ""]
+           "Onset (headline, departure rule): the change point of the smoothed final-layer "
+           "series that opens the regime the measure is in at the event (the last one at or "
+           "before event + tolerance, past the collapse and, in a series pooled over levels, "
+           "nearer this event than another; else the first after). Variant: the change "
+           "point nearest the event. Lead = event step - onset step. Tolerance, per measure "
+           f"and event (column tolerance of tables/leads.csv): {tol}. Precursor when lead > "
+           "tolerance, lagging when lead < -tolerance; within it synchronous when the "
+           "tolerance is the event's own interval, unresolved when the measure's coarser grid "
+           "makes it wider. Intervals: seed bootstrap with two or more seeds, else Wilson "
+           "(column ci_method of tables/rates.csv).", ""]
     if rates.height == 0:
         return [*out, "No events with measure series: no precursor rates.", ""]
     order = hier["measure"].to_list() + sorted(set(rates["measure"].to_list())
                                                - set(hier["measure"].to_list()))
+    leads = a.leads.filter(pl.col("event") == event)
     for m in order:
         r = rates.filter((pl.col("measure") == m) & (pl.col("split_kind") == "all")).row(
             0, named=True)
@@ -135,14 +146,43 @@ def _precursors(a: Analysis, event: str) -> list[str]:
         lead = "" if h.height == 0 else (
             f"; median lead {h['median_lead'][0]:.0f} steps "
             f"({h['median_lead_intervals'][0]:.1f} probe intervals)")
+        tols = leads.filter(pl.col("measure") == m)["tolerance"].drop_nulls()
+        tol_txt = "" if tols.len() == 0 else (
+            f"; tolerance {tols.min():.0f}" + ("" if tols.min() == tols.max()
+                                               else f" to {tols.max():.0f}") + " steps")
         lag = h["median_xcorr_lag"][0] if h.height else None
         xc = "" if lag is None else f"; median cross-correlation lag {round(lag):+d} probes"
-        single = " (one seed: no CI)" if r["n_seeds"] < 2 else ""
         pre = count_phrase(r["precursor_k"], r["n"], r["precursor_lo"], r["precursor_hi"], lvl)
         out.append(
-            f"- {m} is a precursor in {pre}{single}, synchronous in "
-            f"{count_phrase(r['synchronous_k'], r['n'])}, lagging in "
-            f"{count_phrase(r['lagging_k'], r['n'])}, no onset in {r['no_onset_k']}{lead}{xc}.")
+            f"- {m} is a precursor in {pre} ({r['ci_method']}), synchronous in "
+            f"{count_phrase(r['synchronous_k'], r['n'])}, unresolved in "
+            f"{count_phrase(r['unresolved_k'], r['n'])}, lagging in "
+            f"{count_phrase(r['lagging_k'], r['n'])}, no onset in {r['no_onset_k']}"
+            f"{lead}{tol_txt}{xc}.")
+    agree = a.rule_agreement.filter(pl.col("event") == event)
+    out += ["", "Onset rules side by side (departure = headline, nearest = variant; "
+            "tables/rates_nearest.csv has the variant's rates):", "",
+            *_table(agree, ["measure", "n", "agree_k", "departure_precursor_k",
+                            "nearest_precursor_k"]), ""]
+    differ = leads.filter(~pl.col("rules_agree"))
+    if differ.height:
+        out += [f"{differ.height}/{leads.height} (event, measure) pairs are classed "
+                "differently by the two rules:", "",
+                *_table(differ.head(20), ["trial", "level", "measure", "event_step",
+                                          "onset_step", "class", "onset_nearest",
+                                          "class_nearest"]),
+                *([f"(first 20 of {differ.height}; all in tables/leads.csv)"]
+                  if differ.height > 20 else []), ""]
+    grid = a.grid_summary.filter(pl.col("event") == event) if a.grid_summary.height else \
+        a.grid_summary
+    if grid.height:
+        out += ["Same-grid control: each coarse measure's verdicts (first row of each grid), "
+                "then each cheap measure read only at that measure's probe steps and judged "
+                "with that grid's tolerance (full_*: the same events on the cheap measure's "
+                "own grid). Where a cheap measure turns unresolved or synchronous on the "
+                "coarse grid, the grid alone explains that verdict.", "",
+                *_table(grid, ["grid", "measure", "n", "precursor_k", "synchronous_k",
+                               "unresolved_k", "lagging_k", "full_precursor_k"]), ""]
     splits = rates.filter(pl.col("split_kind").is_in(["difficulty", "scale"]))
     wide = splits.with_columns(pl.format("{}/{}", "precursor_k", "n").alias("k/n")).pivot(
         "split", index="measure", values="k/n")

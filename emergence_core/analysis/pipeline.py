@@ -29,7 +29,7 @@ from emergence_core.analysis.events import (
     to_events_schema,
 )
 from emergence_core.analysis.frames import Metrics, as_lazy, unit_expr
-from emergence_core.analysis.leads import measure_leads
+from emergence_core.analysis.leads import grid_control, measure_leads
 from emergence_core.analysis.prediction import event_signals, prediction_limits
 from emergence_core.analysis.rates import hierarchy, precursor_rates
 from emergence_core.analysis.settings import EXPECTED_MEASURES, AnalysisSettings
@@ -49,8 +49,10 @@ class Analysis:
     level: chance, logprob_chance, diag_size, diag_asked), ``events`` (EVENTS_SCHEMA),
     ``details`` (events with their probe interval), ``difficulty``, ``collapse`` (floor of
     every (trial, level, layer)), ``floors`` (per trial), ``floor_summary`` (task x scale),
-    ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure),
-    ``changepoints``, ``rates``, ``hierarchy``, ``signals``, ``prediction``. ``measures``:
+    ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure, both onset
+    rules), ``rule_agreement`` (per event and measure: how often the two onset rules agree),
+    ``grid_control`` and ``grid_summary`` (``leads.grid_control``), ``changepoints``,
+    ``rates`` (departure rule) and ``rates_nearest``, ``hierarchy``, ``signals``, ``prediction``. ``measures``:
     the measures analysed; ``missing``: what the table lacks, one sentence each.
     """
 
@@ -73,9 +75,13 @@ class Analysis:
     floor_spread: pl.DataFrame
     topdown: pl.DataFrame
     leads: pl.DataFrame
+    rule_agreement: pl.DataFrame
+    grid_control: pl.DataFrame
+    grid_summary: pl.DataFrame
     changepoints: pl.DataFrame
     onsets: pl.DataFrame
     rates: pl.DataFrame
+    rates_nearest: pl.DataFrame
     hierarchy: pl.DataFrame
     signals: pl.DataFrame
     prediction: pl.DataFrame
@@ -84,6 +90,46 @@ class Analysis:
     @property
     def scale_order(self) -> list[str]:
         return self.scales["scale"].to_list()
+
+
+# An estimate's convergence flag (1.0 converged, 0.0 not), logged beside it.
+CONVERGENCE_FLAGS = {Measure.LLC: Measure.LLC_CONVERGED}
+
+
+def drop_unconverged(series: pl.DataFrame, flags: pl.DataFrame
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``series`` without the values whose convergence flag is 0, and a count of them.
+
+    Returns (kept rows, one row per measure: n_dropped, n_estimates). A value without a
+    flag row is kept (no check was made).
+    """
+    bad = []
+    for measure, flag in CONVERGENCE_FLAGS.items():
+        f = flags.filter((pl.col("measure") == flag) & (pl.col("value") < 0.5))
+        bad.append(f.select("trial", "step", pl.lit(measure).alias("measure")))
+    bad_rows = pl.concat(bad).unique()
+    key = ["trial", "measure", "step"]
+    kept = series.join(bad_rows, on=key, how="anti")
+    counts = (series.filter(pl.col("measure").is_in(list(CONVERGENCE_FLAGS)))
+              .join(bad_rows.with_columns(pl.lit(True).alias("_bad")), on=key, how="left")
+              .group_by("measure").agg(pl.col("_bad").fill_null(False).sum().alias("n_dropped"),
+                                       pl.len().alias("n_estimates")))
+    return kept, counts
+
+
+def _unconverged_notes(dropped: pl.DataFrame) -> list[str]:
+    return [f"{m}: {k}/{n} estimates flagged not converged, left out of onsets."
+            for m, k, n in dropped.select("measure", "n_dropped", "n_estimates").rows() if k]
+
+
+def rule_agreement(leads: pl.DataFrame) -> pl.DataFrame:
+    """Per (event, measure): events, how many the two onset rules class alike, and each
+    rule's precursor count."""
+    return (leads.group_by("event", "measure").agg(
+        pl.len().alias("n"), pl.col("rules_agree").sum().alias("agree_k"),
+        (pl.col("class") == "precursor").sum().alias("departure_precursor_k"),
+        (pl.col("class_nearest") == "precursor").sum().alias("nearest_precursor_k"))
+        .sort("event", "measure"))
 
 
 def _inventory(lf: pl.LazyFrame) -> pl.DataFrame:
@@ -182,12 +228,14 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     is_collapse = (pl.col("measure") == settings.collapse_measure) & (
         pl.col("level").is_null() | at_final)
     is_behaviour = pl.col("measure").is_in([Measure.ACCURACY, Measure.LOGPROB])
+    is_flag = pl.col("measure").is_in(list(CONVERGENCE_FLAGS.values()))
     needed = (lf.join(final, on=["trial", "measure"], how="left")
-              .filter(is_series | is_collapse | is_behaviour).collect())
+              .filter(is_series | is_collapse | is_behaviour | is_flag).collect())
     chances = chance_table(lf)
     behaviour = behaviour_rows(needed.lazy().drop("final_layer"), chances)
-    series = needed.filter(is_series).select("trial", "measure", "level", "layer", "step",
-                                             "value")
+    series, dropped = drop_unconverged(
+        needed.filter(is_series).select("trial", "measure", "level", "layer", "step", "value"),
+        needed.filter(is_flag))
     collapse_rows = needed.filter(is_collapse).drop("final_layer")
     del needed
 
@@ -205,6 +253,11 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
              .join(difficulty.select("unit", "scale", "difficulty"), on=["unit", "scale"],
                    how="left"))
     rates = precursor_rates(leads, settings)
+    rates_nearest = precursor_rates(leads.with_columns(pl.col("class_nearest").alias("class")),
+                                    settings)
+    control, control_summary = grid_control(
+        series, behaviour, details, found.leads, settings,
+        dict(ends.select("trial", "collapse_step").iter_rows()))
     signals = event_signals(details, found.onsets, collapse, difficulty, inv, settings)
     return Analysis(
         settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,
@@ -213,7 +266,11 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
         series=series, collapse_rows=collapse_rows, events=events, details=details,
         difficulty=difficulty, collapse=collapse, floors=floors, floor_summary=summary,
         floor_spread=floor_spread(summary), topdown=topdown(collapse, settings), leads=leads,
+        rule_agreement=rule_agreement(leads), grid_control=control,
+        grid_summary=control_summary,
         changepoints=found.changepoints, onsets=found.onsets, rates=rates,
+        rates_nearest=rates_nearest,
         hierarchy=hierarchy(leads, rates),
         signals=signals, prediction=prediction_limits(signals, scales["scale"].to_list()),
-        missing=_missing(inv, trials, details, measures, settings, chances))
+        missing=(*_missing(inv, trials, details, measures, settings, chances),
+                 *_unconverged_notes(dropped)))

@@ -30,7 +30,8 @@ from emergence_core.metrics import SCHEMA_VERSION
 
 __all__ = ["ReportSummary", "headline_numbers", "write_report"]
 
-_TABLES = ("events", "chances", "details", "difficulty", "leads", "rates", "hierarchy", "floors",
+_TABLES = ("events", "chances", "details", "difficulty", "leads", "rule_agreement",
+           "grid_control", "grid_summary", "rates", "rates_nearest", "hierarchy", "floors",
            "floor_summary", "floor_spread", "topdown", "collapse", "changepoints", "onsets",
            "signals", "prediction", "inventory")
 

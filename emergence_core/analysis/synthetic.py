@@ -301,6 +301,11 @@ def _truth(cfg: SyntheticConfig, parts: list[dict]) -> Truth:
         .replace_strict(base, default=0, return_dtype=pl.Int64).sign()
         .replace_strict({1: "precursor", 0: "synchronous", -1: "lagging"},
                         return_dtype=pl.String).alias("class"))
+    # a lead of 0 on a coarser grid lies within a tolerance wider than the event's interval
+    coarse = pl.col("measure").is_in(list(cfg.expensive)) & (cfg.expensive_every > 1)
+    onsets = onsets.with_columns(pl.when(coarse & (pl.col("class") == "synchronous"))
+                                 .then(pl.lit("unresolved")).otherwise(pl.col("class"))
+                                 .alias("class"))
     topdown = pl.DataFrame(
         [(t, sc, "bottom-up" if t in cfg.bottom_up_tasks else "top-down")
          for t in cfg.tasks for sc, _ in cfg.scales],
