@@ -52,8 +52,9 @@ class Analysis:
     ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure, both onset
     rules), ``rule_agreement`` (per event and measure: how often the two onset rules agree),
     ``grid_control`` and ``grid_summary`` (``leads.grid_control``), ``changepoints``,
-    ``rates`` (departure rule) and ``rates_nearest``, ``hierarchy``, ``signals``, ``prediction``. ``measures``:
-    the measures analysed; ``missing``: what the table lacks, one sentence each.
+    ``rates`` (departure rule) and ``rates_nearest``, ``hierarchy``, ``signals``,
+    ``prediction``. ``measures``: the measures analysed; ``missing``: what the table
+    lacks, one sentence each.
     """
 
     settings: AnalysisSettings
