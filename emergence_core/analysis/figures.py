@@ -139,13 +139,16 @@ def lead_distributions(a: Analysis, path: Path, event: str = "accuracy") -> Path
 
 
 def floors_vs_scale(a: Analysis, path: Path) -> Path:
-    """Collapse floor (median over seeds, bars: min to max) against scale, one line per task."""
+    """Collapse floor (median over seeds, bars: min to max) against scale, one line per task
+    level (per-level floors are the headline)."""
     s = a.floor_summary
     order = a.scale_order
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
-    for i, task in enumerate(sorted(set(s["task"].to_list()))):
-        t = s.filter(pl.col("task") == task)
+    units = sorted(set(s.select("task", "level").rows()), key=lambda u: (u[0], u[1] or 0))
+    for i, (task, level) in enumerate(units):
+        t = s.filter((pl.col("task") == task) & pl.col("level").eq_missing(level))
+        task = task if level is None else f"{task} L{level}"
         x = np.array([order.index(v) for v in t["scale"].to_list()])
         y = t["floor"].to_numpy()
         err = np.vstack([y - t["floor_min"].to_numpy(), t["floor_max"].to_numpy() - y])

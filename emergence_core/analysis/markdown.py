@@ -90,30 +90,78 @@ def _events(a: Analysis) -> list[str]:
     return out + _table(per_scale, ["scale", "emerged", "series", "median_step"]) + [""]
 
 
+def _unit(task: str, level: int | None) -> str:
+    return task if level is None else f"{task} L{level}"
+
+
 def _collapse(a: Analysis) -> list[str]:
     s = a.settings
     out = ["## Collapse", "",
            f"Floor: minimum of the final-layer {s.collapse_measure} (running median of "
            f"{s.smooth_window} probes) over the first {100 * s.early_fraction:.0f}% of "
-           f"training, before recovery ({100 * s.recovery_fraction:.0f}% of the drop regained). "
-           f"{a.floors.height} trials have a floor.", ""]
-    for task, n, cv, ratio in a.floor_spread.select("task", "n_scales", "cv",
-                                                     "max_min_ratio").rows():
-        sub = a.floor_summary.filter(pl.col("task") == task)
-        lo, hi = sub["floor"].min(), sub["floor"].max()
+           f"training, before recovery ({100 * s.recovery_fraction:.0f}% of the drop regained), "
+           f"per task level (the headline; pooled over levels is a variant, see Robustness). "
+           f"{a.floors.height} (trial, level) series have a floor.", ""]
+    for task, level, n, cv, ratio, lo, hi, method in a.floor_spread.select(
+            "task", "level", "n_scales", "cv", "max_min_ratio", "cv_lo", "cv_hi",
+            "ci_method").rows():
+        sub = a.floor_summary.filter((pl.col("task") == task)
+                                     & pl.col("level").eq_missing(level))
+        flo, fhi = sub["floor"].min(), sub["floor"].max()
+        ci = f", {100 * s.ci_level:.0f}% CI {lo:.2f}-{hi:.2f} ({method})" \
+            if lo is not None else f", no interval ({method})"
         spread = "one scale only, no spread" if cv is None else \
-            f"CV {cv:.2f}, max/min {ratio:.2f}" if ratio is not None else f"CV {cv:.2f}"
-        out.append(f"- {task}: floor {lo:.3g} to {hi:.3g} across {n} scales ({spread}).")
-    out += ["", *_table(a.floor_summary, ["task", "scale", "floor", "floor_min", "floor_max",
-                                          "n_seeds"]), ""]
+            (f"CV {cv:.2f}{ci}" + (f", max/min {ratio:.2f}" if ratio is not None else ""))
+        out.append(f"- {_unit(task, level)}: floor {flo:.3g} to {fhi:.3g} across {n} scales "
+                   f"({spread}).")
+    out += ["", *_table(a.floor_summary, ["task", "level", "scale", "floor", "floor_min",
+                                          "floor_max", "n_seeds"]), ""]
     td = a.topdown
     counts = {v: td.filter(pl.col("verdict") == v).height
               for v in ("top-down", "bottom-up", "mixed", "undetermined")}
+    share = a.topdown_summary.row(0, named=True) if a.topdown_summary.height else None
+    ci = "" if share is None or share["lo"] is None else \
+        (f" ({100 * s.ci_level:.0f}% CI {100 * share['lo']:.0f}-{100 * share['hi']:.0f}%, "
+         f"{share['ci_method']})")
+    layers = td["n_layers"]
+    rests = "" if td.height == 0 else (
+        f" Each verdict rests on the non-constant layers only: {layers.min()} to "
+        f"{layers.max()} layers per combination (column n_layers); "
+        f"{int(td['n_constant'].sum())} constant layers (no variance at the read position) "
+        "were left out (n_constant). A verdict on 2 layers is one comparison.")
     out += [f"Top-down: {counts['top-down']}/{td.height} (task, scale) combinations are "
-            f"top-down (Spearman rho between layer index and collapse time <= "
-            f"-{s.topdown_rho}); {counts['bottom-up']} bottom-up, {counts['mixed']} mixed, "
-            f"{counts['undetermined']} undetermined.", ""]
-    return out + _table(td, ["task", "scale", "n_layers", "rho", "verdict", "collapse_steps"])
+            f"top-down{ci} (Spearman rho between layer index and per-level collapse time, "
+            f"median over seeds and levels, <= -{s.topdown_rho}); {counts['bottom-up']} "
+            f"bottom-up, {counts['mixed']} mixed, {counts['undetermined']} undetermined."
+            f"{rests}", ""]
+    return out + _table(td, ["task", "scale", "n_layers", "n_constant", "rho", "verdict",
+                             "collapse_steps"])
+
+
+def _variants(a: Analysis) -> list[str]:
+    v = a.variants
+    out = ["## Robustness: how RankMe is measured", "",
+           "Every RankMe headline recomputed for each collapse-family measure in the run "
+           "(centred and uncentred RankMe, each read position) and per level or pooled over "
+           "levels. floor_ratio: median over (task, scale) of the variant's floor over the "
+           "headline's; topdown_changed: combinations whose verdict differs from the "
+           "headline's; precursor: accuracy events (departure rule); changes: the "
+           "conclusions that differ from the headline's (floors differing by more than 10%, "
+           "top-down verdicts).", ""]
+    if v.height == 0:
+        return [*out, "No collapse-family measure in the table: no variants.", ""]
+    shown = v.with_columns(
+        pl.format("{}/{}", "topdown_k", "topdown_n").alias("top-down"),
+        pl.when(pl.col("precursor_n").is_not_null())
+        .then(pl.format("{}/{}", "precursor_k", "precursor_n")).alias("precursor"))
+    return [*out, *_table(shown, ["variant", "n_floors", "floor_median", "floor_ratio",
+                                  "cv_median", "top-down", "topdown_lo", "topdown_hi",
+                                  "layers_median", "topdown_changed", "precursor",
+                                  "precursor_lo", "precursor_hi", "hierarchy_rank",
+                                  "changes"]),
+            "", "Intervals: topdown_lo/hi and precursor_lo/hi are seed-bootstrap intervals "
+            "with two or more seeds, Wilson otherwise (tables/variants.csv names the method).",
+            ""]
 
 
 def _precursors(a: Analysis, event: str) -> list[str]:
@@ -232,7 +280,7 @@ def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],
             "per-layer measures at their final layer.", "", "## What is missing", ""]
     missing = [*a.missing, *notes]
     head += [f"- {m}" for m in missing] or ["- Nothing: every expected table could be computed."]
-    body = [*head, "", *_events(a), *_collapse(a), ""]
+    body = [*head, "", *_events(a), *_collapse(a), "", *_variants(a)]
     for ev in a.settings.event_measures:
         body += _precursors(a, ev)
     body += _prediction(a)

@@ -19,6 +19,7 @@ from emergence_core.analysis.collapse import (
     floor_spread,
     floor_summary,
     topdown,
+    topdown_share,
     trial_floors,
 )
 from emergence_core.analysis.events import (
@@ -33,6 +34,7 @@ from emergence_core.analysis.leads import grid_control, measure_leads
 from emergence_core.analysis.prediction import event_signals, prediction_limits
 from emergence_core.analysis.rates import hierarchy, precursor_rates
 from emergence_core.analysis.settings import EXPECTED_MEASURES, AnalysisSettings
+from emergence_core.analysis.variants import family, variants_table
 from emergence_core.metrics import Measure
 
 __all__ = ["Analysis", "analyze"]
@@ -48,8 +50,11 @@ class Analysis:
     ``trials``, ``scales`` (scale, n_layers: ordered by depth), ``chances`` (per trial and
     level: chance, logprob_chance, diag_size, diag_asked), ``events`` (EVENTS_SCHEMA),
     ``details`` (events with their probe interval), ``difficulty``, ``collapse`` (floor of
-    every (trial, level, layer)), ``floors`` (per trial), ``floor_summary`` (task x scale),
-    ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure, both onset
+    every (trial, level, layer) of the collapse measure), ``floors`` (per trial level, final
+    layer), ``floor_summary`` (task x level x scale), ``floor_spread`` (per task level, with
+    a seed-bootstrap CV interval), ``topdown`` (task x scale, per-level series, layer
+    counts), ``topdown_summary`` (k/n top-down with its interval), ``variants``
+    (``variants.variants_table``), ``leads`` (event x measure, both onset
     rules), ``rule_agreement`` (per event and measure: how often the two onset rules agree),
     ``grid_control`` and ``grid_summary`` (``leads.grid_control``), ``changepoints``,
     ``rates`` (departure rule) and ``rates_nearest``, ``hierarchy``, ``signals``,
@@ -75,6 +80,8 @@ class Analysis:
     floor_summary: pl.DataFrame
     floor_spread: pl.DataFrame
     topdown: pl.DataFrame
+    topdown_summary: pl.DataFrame
+    variants: pl.DataFrame
     leads: pl.DataFrame
     rule_agreement: pl.DataFrame
     grid_control: pl.DataFrame
@@ -226,8 +233,9 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     final = inv.select("trial", "measure", "final_layer").lazy()
     at_final = pl.col("layer").is_null() | (pl.col("layer") == pl.col("final_layer"))
     is_series = pl.col("measure").is_in(list(measures)) & at_final
-    is_collapse = (pl.col("measure") == settings.collapse_measure) & (
-        pl.col("level").is_null() | at_final)
+    # every layer and level of each collapse-family measure (the variants table needs them)
+    fam = family(present, settings)
+    is_collapse = pl.col("measure").is_in(fam)
     is_behaviour = pl.col("measure").is_in([Measure.ACCURACY, Measure.LOGPROB])
     is_flag = pl.col("measure").is_in(list(CONVERGENCE_FLAGS.values()))
     needed = (lf.join(final, on=["trial", "measure"], how="left")
@@ -237,13 +245,16 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     series, dropped = drop_unconverged(
         needed.filter(is_series).select("trial", "measure", "level", "layer", "step", "value"),
         needed.filter(is_flag))
-    collapse_rows = needed.filter(is_collapse).drop("final_layer")
+    collapse_all_rows = needed.filter(is_collapse).drop("final_layer")
+    collapse_rows = collapse_all_rows.filter(pl.col("measure") == settings.collapse_measure)
     del needed
 
     details = event_details(behaviour, settings, chances)
     events = to_events_schema(details)
     difficulty = difficulty_classes(events, settings)
-    collapse = collapse_table(collapse_rows, settings)
+    collapse_all = collapse_table(collapse_all_rows, settings)
+    del collapse_all_rows
+    collapse = collapse_all.filter(pl.col("measure") == settings.collapse_measure)
     floors = trial_floors(collapse)
     summary = floor_summary(floors, scales)
     ends = collapse.filter(pl.col("is_final") & pl.col("level").is_null())
@@ -259,6 +270,8 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     control, control_summary = grid_control(
         series, behaviour, details, found.leads, settings,
         dict(ends.select("trial", "collapse_step").iter_rows()))
+    td = topdown(collapse, settings)
+    hier = hierarchy(leads, rates)
     signals = event_signals(details, found.onsets, collapse, difficulty, inv, settings)
     return Analysis(
         settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,
@@ -266,12 +279,14 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
         chances=chances,
         series=series, collapse_rows=collapse_rows, events=events, details=details,
         difficulty=difficulty, collapse=collapse, floors=floors, floor_summary=summary,
-        floor_spread=floor_spread(summary), topdown=topdown(collapse, settings), leads=leads,
+        floor_spread=floor_spread(summary, floors, settings), topdown=td, leads=leads,
+        topdown_summary=pl.DataFrame([topdown_share(collapse, td, settings)]),
+        variants=variants_table(collapse_all, scales, rates, hier, settings),
         rule_agreement=rule_agreement(leads), grid_control=control,
         grid_summary=control_summary,
         changepoints=found.changepoints, onsets=found.onsets, rates=rates,
         rates_nearest=rates_nearest,
-        hierarchy=hierarchy(leads, rates),
+        hierarchy=hier,
         signals=signals, prediction=prediction_limits(signals, scales["scale"].to_list()),
         missing=(*_missing(inv, trials, details, measures, settings, chances),
                  *_unconverged_notes(dropped)))

@@ -15,7 +15,9 @@ Every answer of the statistics stage is planted and returned beside the table:
   ``collapse_index + layer_gap * (j - 1)`` (bottom-up, for ``bottom_up_tasks``); the final
   layer's floor is ``task_floors[task] * (1 + delta_k)``, ``delta`` evenly spread over
   ``[-floor_spread, floor_spread]`` across scales, so each task's floor CV is known.
-  Layer 0 (the embedding output at SEP) is constant 0.
+  Layer 0 (the embedding output at SEP) is constant 0. Uncentred RankMe is
+  ``uncentred_scale`` x centred + 1, the pooled series ``pooled_scale`` x a level's;
+- chance rows (``chance``; log-prob baseline at the start's log-prob), logged once.
 
 The table has the real schema (``METRICS_SCHEMA``); noise is Gaussian with sd ``noise``
 times each change's size, far below it, so the planted answers are exact.
@@ -94,6 +96,8 @@ class SyntheticConfig:
     sweep: str = "synthetic"
     seed: int = 0
     chance: float = 0.1
+    uncentred_scale: float = 1.0  # uncentred RankMe = this x centred + 1 (floors differ)
+    pooled_scale: float = 1.0  # the pooled (null-level) series = this x the per-level one
     extras: bool = field(default=True)  # token accuracy, losses, lr, LLC diagnostics
 
     def grid(self) -> np.ndarray:
@@ -250,7 +254,11 @@ def _trial(cfg: SyntheticConfig, spec: tuple, rng: np.random.Generator) -> tuple
                 vals = 0.1 + 0.8 * jump * (layer / n_layers)[None]
                 sd = cfg.noise * 0.8
             else:
-                vals = base[None] + 6.0 * jump + (base_name == Measure.RANKME_UNCENTRED)
+                scale_u = cfg.uncentred_scale if base_name == Measure.RANKME_UNCENTRED else 1.0
+                pooled = np.array([cfg.pooled_scale if lv is None and levels != [None]
+                                   else 1.0 for lv in slots])[:, None, None]
+                vals = (base[None] * scale_u * pooled + 6.0 * jump
+                        + (base_name == Measure.RANKME_UNCENTRED))
                 sd = cfg.noise * 5.0
             vals = vals + rng.normal(0, sd, vals.shape)
             zero = np.zeros((len(slots), 1, n)) if base_name != Measure.LINEAR_PROBE \
