@@ -258,12 +258,16 @@ def _prediction(a: Analysis) -> list[str]:
                            ("reversal", "ordering reversals predicted")):
             r = q.filter(pl.col("statistic") == stat)
             if r.height and r["n"][0]:
+                ci = "" if r["lo"][0] is None else (
+                    f", {100 * a.settings.ci_level:.0f}% CI {_pct(r['lo'][0])}-"
+                    f"{_pct(r['hi'][0])} {r['ci_method'][0]}")
                 line += (f"; {what} {r['k'][0]:g}/{r['n'][0]} pairs "
-                         f"({_pct(r['value'][0])})")
+                         f"({_pct(r['value'][0])}{ci})")
             else:
                 line += f"; {what}: no pairs"
         out.append(line + ".")
-    return [*out, "", *_table(p, ["signal", "statistic", "scope", "n", "k", "value"]), ""]
+    return [*out, "", *_table(p, ["signal", "statistic", "scope", "n", "k", "value", "lo", "hi",
+                                  "ci_method"]), ""]
 
 
 def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],

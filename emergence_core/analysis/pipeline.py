@@ -287,6 +287,7 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
         changepoints=found.changepoints, onsets=found.onsets, rates=rates,
         rates_nearest=rates_nearest,
         hierarchy=hier,
-        signals=signals, prediction=prediction_limits(signals, scales["scale"].to_list()),
+        signals=signals,
+        prediction=prediction_limits(signals, scales["scale"].to_list(), settings),
         missing=(*_missing(inv, trials, details, measures, settings, chances),
                  *_unconverged_notes(dropped)))
