@@ -98,7 +98,8 @@ def test_pythia_file_defaults_and_resources(tmp_path):
     assert len(spec.grid()) == 3 * 154
     assert spec.resources_for("EleutherAI/pythia-160m")[1].gpus == 0
     assert spec.resources_for("EleutherAI/pythia-2.8b")[1].gpus == 1
-    assert [t.dtype for t in spec.grid()[::154]] == ["float32", "float32", "bfloat16"]
+    # auto is float32 on GPU nodes too: RankMe of a checkpoint must not depend on the node
+    assert [t.dtype for t in spec.grid()[::154]] == ["float32", "float32", "float32"]
     spec = parse_pythia_spec({"name": "p", "models": ["EleutherAI/pythia-2.8b-deduped-seed3",
                                                        "EleutherAI/pythia-410m"],
                               "revisions": "step1000..step143000:1000",

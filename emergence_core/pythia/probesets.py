@@ -96,13 +96,14 @@ _SPECS = (
     ProbeSetSpec("semantics", "continuation", "exact",
                  "word meaning: antonyms, categories, properties, part-whole"),
     ProbeSetSpec("arithmetic", "continuation", "exact",
-                 "one-operation integer arithmetic written as 'a + b ='"),
+                 "one-operation integer arithmetic in six wordings ('a + b =', 'the sum of')"),
     ProbeSetSpec("icl", "continuation", "exact",
                  "in-context learning: repeated sequences, cycles, few-shot mappings"),
     ProbeSetSpec("factual", "continuation", "exact",
                  "factual recall: capitals, people, science, geography, dates"),
-    ProbeSetSpec("logic", "continuation", "exact",
-                 "syllogisms, modus ponens, transitive orderings"),
+    ProbeSetSpec("logic", "pair", "pair",
+                 "forced choice between two words both in the prompt (chance 0.5): "
+                 "syllogisms, chains, negation, modus ponens, transitive orderings"),
     ProbeSetSpec("general_text", "continuation", "token",
                  "plain English passages and the words that continue them"),
 )
