@@ -125,9 +125,11 @@ def _collapse(a: Analysis) -> list[str]:
          f"{share['ci_method']})")
     layers = td["n_layers"]
     rests = "" if td.height == 0 else (
-        f" Each verdict rests on the non-constant layers only: {layers.min()} to "
-        f"{layers.max()} layers per combination (column n_layers); "
-        f"{int(td['n_constant'].sum())} constant layers (no variance at the read position) "
+        " Each verdict rests on the non-constant layers only: "
+        + (f"{layers.min()}" if layers.min() == layers.max()
+           else f"{layers.min()} to {layers.max()}")
+        + " layers per combination (column n_layers); "
+        + f"{int(td['n_constant'].sum())} constant layers (no variance at the read position) "
         "were left out (n_constant). A verdict on 2 layers is one comparison.")
     out += [f"Top-down: {counts['top-down']}/{td.height} (task, scale) combinations are "
             f"top-down{ci} (Spearman rho between layer index and per-level collapse time, "
