@@ -3,8 +3,13 @@
 Each set is a JSON-lines file in ``probesets/`` shipped with the package, one item a line:
 
 - *continuation* sets: ``{"prompt": "The capital of France is", "continuation": " Paris"}``
-- *pair* sets (grammar minimal pairs): ``{"prompt": "The keys to the cabinet",
+- *pair* sets (grammar minimal pairs, and logic): ``{"prompt": "The keys to the cabinet",
   "good": " are on the table.", "bad": " is on the table."}``
+
+Logic is a pair set whose two candidates both appear in the prompt (``build_probesets``),
+so copying from the prompt cannot score above its chance of 0.5; arithmetic is worded six
+ways, so its read position is not one fixed token. Each set's chance rate under its
+scoring is ``evaluate.probeset_chance``.
 
 The prompt is what the model reads; its last token is the read position of RankMe (the
 analogue of SEP in the trained tasks). Text rules, checked on load, keep tokenisation at
