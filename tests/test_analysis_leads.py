@@ -145,6 +145,12 @@ def test_a_ten_times_coarser_measure_is_judged_with_its_stated_tolerance_and_con
     assert (s["n"], s["unresolved_k"], s["full_precursor_k"]) == (3, 3, 3)
     own = a.grid_summary.filter(pl.col("measure") == Measure.LLC).row(0, named=True)
     assert (own["n"], own["unresolved_k"]) == (3, 3)
+    from emergence_core.analysis.markdown import render
+
+    md = render(a, [], [], [])
+    assert "llc is a precursor in 0/3 events" in md and "unresolved in 3/3 events" in md
+    assert "tolerance 1000 steps" in md and "tolerance 100 steps" in md  # as in the table
+    assert "On llc's grid, cheap measures keep 0/3 of their own-grid precursor verdicts" in md
 
 
 def test_estimates_flagged_not_converged_are_left_out_of_onsets_and_counted() -> None:

@@ -233,6 +233,14 @@ def _precursors(a: Analysis, event: str) -> list[str]:
                 "coarse grid, the grid alone explains that verdict.", "",
                 *_table(grid, ["grid", "measure", "n", "precursor_k", "synchronous_k",
                                "unresolved_k", "lagging_k", "full_precursor_k"]), ""]
+        ctrl = a.grid_control.filter((pl.col("event") == event)
+                                     & (pl.col("class_full") == "precursor"))
+        for g, sub in sorted(ctrl.group_by("grid"), key=lambda kv: str(kv[0][0])):
+            kept = sub.filter(pl.col("class") == "precursor").height
+            out.append(f"- On {g[0]}'s grid, cheap measures keep {kept}/{sub.height} of their "
+                       "own-grid precursor verdicts; the rest the grid alone turns into "
+                       "synchronous, unresolved or lagging.")
+        out.append("")
     splits = rates.filter(pl.col("split_kind").is_in(["difficulty", "scale"]))
     wide = splits.with_columns(pl.format("{}/{}", "precursor_k", "n").alias("k/n")).pivot(
         "split", index="measure", values="k/n")
