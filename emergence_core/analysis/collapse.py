@@ -109,11 +109,6 @@ def floor_summary(floors: pl.DataFrame, scales: pl.DataFrame) -> pl.DataFrame:
         .sort(["task", "level", "n_layers", "scale"], nulls_last=True))
 
 
-def _cv(floors: np.ndarray) -> float:
-    return float(floors.std() / floors.mean()) if floors.size >= 2 and floors.mean() else \
-        float("nan")
-
-
 def floor_spread(summary: pl.DataFrame, floors: pl.DataFrame | None = None,
                  settings: AnalysisSettings | None = None) -> pl.DataFrame:
     """Scale invariance of each task level's floor: spread of its per-scale floors.
@@ -148,7 +143,9 @@ def floor_spread(summary: pl.DataFrame, floors: pl.DataFrame | None = None,
         m = grid.drop("seed").to_numpy()  # [seeds, scales], NaN where a seed lacks a scale
         rng = np.random.default_rng(settings.bootstrap_seed)
         idx = rng.integers(0, m.shape[0], size=(settings.n_bootstrap, m.shape[0]))
-        cvs = np.array([_cv(np.nanmedian(m[i], axis=0)) for i in idx])
+        med = np.nanmedian(m[idx], axis=1)  # [resamples, scales]: per-scale median floors
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cvs = med.std(axis=1) / med.mean(axis=1)
         cvs = cvs[np.isfinite(cvs)]
         alpha = (1 - settings.ci_level) / 2
         q = np.quantile(cvs, [alpha, 1 - alpha]) if cvs.size else [None, None]
@@ -235,17 +232,32 @@ def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: Analysi
     if len(seeds) < 2:
         lo, hi = wilson(k, n, settings.ci_level)
         return {"k": k, "n": n, "lo": lo, "hi": hi, "ci_method": "wilson"}
-    rng = np.random.default_rng(settings.bootstrap_seed)
-    shares = []
-    for _ in range(min(settings.n_bootstrap, 200)):  # each resample refits every verdict
-        draw = rng.choice(seeds, size=len(seeds), replace=True).tolist()
-        t = _layer_times(collapse, pooled, draw)
+    # per (task, scale): the live series' layer, seed index and collapse step, in numpy
+    rows = scope_rows(collapse, pooled).filter(~pl.col("degenerate")
+                                               & pl.col("collapse_step").is_not_null())
+    seed_ix = {sd: i for i, sd in enumerate(seeds)}
+    combos = [(g["layer"].to_numpy(), np.array([seed_ix[x] for x in g["seed"].to_list()]),
+               g["collapse_step"].to_numpy().astype(np.float64))
+              for _, g in rows.group_by(["task", "scale"])]
+    def share(counts: np.ndarray) -> float:
         hits = 0
-        for _key, a, b in group_slices(t, ["task", "scale"]):
-            g = t[a:b].filter(~pl.col("constant") & pl.col("collapse_step").is_not_null())
-            hits += _verdict(g["layer"].to_numpy(), g["collapse_step"].to_numpy(),
-                             settings)[2] == "top-down"
-        shares.append(hits / n)
+        for layer, seed, step in combos:
+            w = counts[seed]  # a seed drawn twice counts twice, one not drawn not at all
+            layers = np.unique(layer[w > 0])
+            times = np.array([np.median(np.repeat(step[layer == lv], w[layer == lv]))
+                              for lv in layers])
+            hits += _verdict(layers, times, settings)[2] == "top-down"
+        return hits / n
+
+    rng = np.random.default_rng(settings.bootstrap_seed)
+    seen: dict[tuple, float] = {}  # few seeds give few distinct resamples: refit each once
+    shares = []
+    for _ in range(settings.n_bootstrap):
+        counts = np.bincount(rng.integers(0, len(seeds), len(seeds)), minlength=len(seeds))
+        key = tuple(counts.tolist())
+        if key not in seen:
+            seen[key] = share(counts)
+        shares.append(seen[key])
     alpha = (1 - settings.ci_level) / 2
     lo, hi = np.quantile(shares, [alpha, 1 - alpha])
     return {"k": k, "n": n, "lo": float(lo), "hi": float(hi), "ci_method": "seed bootstrap"}

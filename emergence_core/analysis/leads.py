@@ -193,7 +193,7 @@ def _segment(series: pl.DataFrame, settings: AnalysisSettings,
 
 def measure_leads(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.DataFrame,
                   settings: AnalysisSettings,
-                  collapse_end: dict[str, int] | None = None) -> Leads:
+                  collapse_end: dict[str, int] | None = None, *, xcorr: bool = True) -> Leads:
     """Onset, lead, class and cross-correlation lag of every measure for every event.
 
     ``series``: headline rows (trial, measure, level, layer, step, value) of the measures
@@ -204,6 +204,8 @@ def measure_leads(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.Dat
     which segmentation locates only to within a segment's minimum length and smoothing to
     within half a window (a linear fall into the floor is cut into a staircase whose last
     step lands just past the floor). Without a collapse step, the first change point.
+    ``xcorr`` False skips the cross-correlation lags (null), which the same-grid control
+    does not report.
     """
     seg = _segment(series, settings, collapse_end or {})
     behaviour_cache = _series_cache(
@@ -245,7 +247,7 @@ def measure_leads(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.Dat
             onset = departure_onset(found[found >= cut.get(trial, -np.inf)], e, tol, others,
                                     grid)
             nearest = nearest_onset(found, e, grid)
-            lag = None if acc is None else xcorr_lag(
+            lag = None if acc is None or not xcorr else xcorr_lag(
                 acc[0], acc[1], m_steps, m_smooth, e, max_lag=settings.xcorr_max_lag,
                 window=settings.xcorr_window)
             row = (event, trial, level, measure, seg.layer[key], key[2], e, interval, onset,
@@ -300,7 +302,8 @@ def grid_control(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.Data
                          .with_columns(pl.lit(f"{c}\x1f{grid}").alias("measure")))
     if not parts:
         return empty
-    ctrl = measure_leads(pl.concat(parts), behaviour, details, settings, collapse_end).leads
+    ctrl = measure_leads(pl.concat(parts), behaviour, details, settings, collapse_end,
+                         xcorr=False).leads
     parts_col = pl.col("measure").str.split("\x1f")
     ctrl = ctrl.with_columns(parts_col.list.get(1).alias("grid"),
                              parts_col.list.get(0).alias("measure"))

@@ -22,7 +22,8 @@ matches the emergence order at both scales.
 
 Intervals (``lo``, ``hi``, ``ci_method``) on concordance and reversal: a percentile bootstrap
 over seeds (seeds drawn with replacement, each draw a distinct cluster, the statistic
-recomputed; at most 200 resamples) with two or more seeds, else a Wilson interval on k/n.
+recomputed once per distinct multiset drawn) with two or more seeds, else a Wilson interval
+on k/n.
 """
 
 from __future__ import annotations
@@ -144,13 +145,16 @@ def _with_intervals(rows: list[dict], df: pl.DataFrame, signal: str, scales: lis
     if len(seeds) >= 2:
         rng = np.random.default_rng(settings.bootstrap_seed)
         draws: dict[tuple[str, str], list[float]] = {}
-        for _ in range(min(settings.n_bootstrap, 200)):
-            pick = pl.DataFrame({"seed": rng.choice(seeds, size=len(seeds)).tolist(),
-                                 "_draw": list(range(len(seeds)))},
-                                schema={"seed": pl.Int64, "_draw": pl.Int64})
-            again = (df.join(pick, on="seed", how="inner")
-                     .with_columns(pl.col("_draw").alias("seed")).drop("_draw"))
-            for r in _pair_rows(again, signal, scales):
+        seen: dict[tuple, list[dict]] = {}  # the statistic depends on the multiset drawn
+        for _ in range(settings.n_bootstrap):
+            drawn = tuple(sorted(rng.choice(seeds, size=len(seeds)).tolist()))
+            if drawn not in seen:
+                pick = pl.DataFrame({"seed": list(drawn), "_draw": list(range(len(seeds)))},
+                                    schema={"seed": pl.Int64, "_draw": pl.Int64})
+                again = (df.join(pick, on="seed", how="inner")
+                         .with_columns(pl.col("_draw").alias("seed")).drop("_draw"))
+                seen[drawn] = _pair_rows(again, signal, scales)
+            for r in seen[drawn]:
                 if r["value"] is not None:
                     draws.setdefault((r["statistic"], r["scope"]), []).append(r["value"])
     alpha = (1 - settings.ci_level) / 2
