@@ -52,8 +52,9 @@ def _draw(ax, name: str, rows: pl.DataFrame, levels: list, events: list[tuple],
 
 
 def trial_curves(a: Analysis, trial: str, path: Path) -> Path:
-    """Accuracy and normalised log-prob per level, then each measure's headline series;
-    accuracy events dashed, each event's matched onset dotted."""
+    """Accuracy (with each level's chance rate, sparse dots) and normalised log-prob per
+    level, then each measure's headline series; accuracy events dashed, each event's onset
+    (departure rule) dotted."""
     beh = a.behaviour.filter(pl.col("trial") == trial)
     ser = a.series.filter(pl.col("trial") == trial)
     events = (a.details.filter((pl.col("trial") == trial) & (pl.col("measure") == "accuracy")
@@ -68,6 +69,11 @@ def trial_curves(a: Analysis, trial: str, path: Path) -> Path:
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax, name in zip(axes[:2], ("accuracy", "logprob_norm"), strict=True):
         _draw(ax, name, beh.filter(pl.col("measure") == name), levels, events, [])
+    chance = a.chances.filter(pl.col("trial") == trial).select("level", "chance").drop_nulls()
+    if chance.height:  # the accuracy a constant answer gets: the event reads above it
+        axes[0].hlines(chance["chance"].to_list(), 0, 1, transform=axes[0].get_yaxis_transform(),
+                       colors=[_level_colour(lv, levels) for lv in chance["level"].to_list()],
+                       linestyles=(0, (1, 3)), lw=0.8)
     for ax, name in zip(axes[ncol:], measures, strict=False):
         onsets = (leads.filter(pl.col("measure") == name).select("level", "onset_step")
                   .drop_nulls().rows())
@@ -77,7 +83,7 @@ def trial_curves(a: Analysis, trial: str, path: Path) -> Path:
     if beh.height:
         axes[0].legend(fontsize=7, loc="upper left")
     height = fig.get_figheight()
-    fig.suptitle(f"{trial}: dashed = accuracy emergence, dotted = matched onset", fontsize=10,
+    fig.suptitle(f"{trial}: dashed = accuracy emergence, dotted = onset", fontsize=10,
                  y=1 - 0.1 / height)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.3 / height, top=1 - 0.65 / height,
                         hspace=0.5, wspace=0.2)  # fixed: tight_layout triples drawing time
