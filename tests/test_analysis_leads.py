@@ -5,7 +5,13 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from emergence_core.analysis import AnalysisSettings, SyntheticConfig, analyze, generate
+from emergence_core.analysis import (
+    AnalysisSettings,
+    SyntheticConfig,
+    analyze,
+    as_lazy,
+    generate,
+)
 from emergence_core.metrics import Measure
 
 
@@ -168,3 +174,22 @@ def test_estimates_flagged_not_converged_are_left_out_of_onsets_and_counted() ->
     n_llc = df.filter(pl.col("measure") == Measure.LLC).height
     n_bad = df.filter((pl.col("measure") == Measure.LLC) & (pl.col("step") > cut)).height
     assert any(f"llc: {n_bad}/{n_llc} estimates flagged not converged" in m for m in a.missing)
+
+
+def test_an_event_inside_the_collapse_keeps_the_collapse_change_points() -> None:
+    """An event before the final layer reaches its floor: the collapse is the regime the
+    measure departs in, so its change points stay candidates (not a spurious no_onset)."""
+    from emergence_core.analysis import behaviour_rows, event_details, measure_leads
+
+    cfg = _one_trial(((Measure.RANKME, 4),), expensive=(), per_layer=(Measure.RANKME,))
+    df = generate(cfg)[0]
+    lf = as_lazy(df)
+    settings = AnalysisSettings(event_measures=("accuracy",))
+    beh = behaviour_rows(lf)
+    det = event_details(beh, settings)
+    series = (lf.filter((pl.col("measure") == Measure.RANKME) & (pl.col("layer") == 2)
+                        & pl.col("level").is_not_null()).collect())
+    late = {"COPY-s0-seed0": 19_000}  # a collapse that ends after every event
+    got = measure_leads(series, beh, det, settings, late).leads
+    assert got["onset_step"].null_count() == 0
+    assert set(got["lead"]) == {400} and set(got["class"]) == {"precursor"}

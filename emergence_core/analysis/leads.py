@@ -15,7 +15,9 @@ with tolerance tol (below):
   e + tol; if there is none, the first one after (the measure departs only after the event:
   lagging). Two kinds of change points are not candidates: those within the collapse (before
   the trial's final layer reaches its collapse floor, plus ``changepoint_min_size +
-  smooth_window // 2`` probes, the collapse's own staircase; see ``measure_leads``), and,
+  smooth_window // 2`` probes, the collapse's own staircase; see ``measure_leads``) when the
+  event comes after it (an event inside the collapse keeps them: the collapse is then the
+  regime the measure departs in), and,
   in a series shared by several events (an expensive measure pooled over levels), those
   nearer to another event of the trial than to this one, which open that event's regime.
   A later unrelated change cannot move this onset.
@@ -244,8 +246,10 @@ def measure_leads(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.Dat
                 steps_all = shared[(trial, event)]
                 others = np.array([s for s in steps_all if s != e])
             grid = acc[0] if acc is not None else m_steps
-            onset = departure_onset(found[found >= cut.get(trial, -np.inf)], e, tol, others,
-                                    grid)
+            # an event inside the collapse departs from the regime before it: keep them all
+            start = cut.get(trial, -np.inf)
+            onset = departure_onset(found[found >= start] if e > start else found, e, tol,
+                                    others, grid)
             nearest = nearest_onset(found, e, grid)
             lag = None if acc is None or not xcorr else xcorr_lag(
                 acc[0], acc[1], m_steps, m_smooth, e, max_lag=settings.xcorr_max_lag,

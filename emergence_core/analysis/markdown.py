@@ -176,7 +176,8 @@ def _precursors(a: Analysis, event: str) -> list[str]:
     out = [f"## Precursors of the {event} event", "",
            "Onset (headline, departure rule): the change point of the smoothed final-layer "
            "series that opens the regime the measure is in at the event (the last one at or "
-           "before event + tolerance, past the collapse and, in a series pooled over levels, "
+           "before event + tolerance, past the collapse when the event comes after it and, in a "
+           "series pooled over levels, "
            "nearer this event than another; else the first after). Variant: the change "
            "point nearest the event. Lead = event step - onset step. Tolerance, per measure "
            f"and event (column tolerance of tables/leads.csv): {tol}. Precursor when lead > "
