@@ -17,9 +17,9 @@ with tolerance tol (below):
   the trial's final layer reaches its collapse floor, plus ``changepoint_min_size +
   smooth_window // 2`` probes, the collapse's own staircase; see ``measure_leads``) when the
   event comes after it (an event inside the collapse keeps them: the collapse is then the
-  regime the measure departs in), and,
-  in a series shared by several events (an expensive measure pooled over levels), those
-  nearer to another event of the trial than to this one, which open that event's regime.
+  regime the measure departs in), and, in a series shared by several events (an expensive
+  measure pooled over levels), those nearer to another event of the trial than to this one,
+  which open that event's regime.
   A later unrelated change cannot move this onset.
 - ``nearest`` (variant): the change point nearest the event in probes of the event's own
   grid, ties to the earlier, over all change points. Symmetric, but a later unrelated
