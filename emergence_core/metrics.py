@@ -91,7 +91,7 @@ class Measure:
     LOGPROB_CHANCE = "logprob_chance"  # log-prob of the per-position-marginal predictor
     DIAG_SIZE = "diag_size"  # samples in the diagnostic set
     DIAG_ASKED = "diag_asked"  # samples asked for (more than diag_size: universe too small)
-    # Pythia: "model_dtype:<dtype>" with value 1, the dtype the weights ran in
+    # Pythia: "model_dtype.<dtype>" with value 1, the dtype the weights ran in
     MODEL_DTYPE = "model_dtype"
     # representation geometry, in the trial, per layer
     RANKME = "rankme"

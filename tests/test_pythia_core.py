@@ -319,7 +319,7 @@ def test_rows_for_every_revision_probeset_and_layer(offline_hub):
     for task, layer, v in zip(rank_rows["task"].to_pylist(), rank_rows["layer"].to_pylist(),
                               rank_rows["value"].to_pylist(), strict=True):
         assert v > 1.0, (task, layer, v)  # arithmetic's prompts no longer all end in '='
-    dtype_rows = every.filter(pc.equal(every["measure"], "model_dtype:float32"))
+    dtype_rows = every.filter(pc.equal(every["measure"], "model_dtype.float32"))
     assert dtype_rows.num_rows == len(sets) * len(TINY_REVISIONS)
     chance = every.filter(pc.equal(every["measure"], Measure.CHANCE))
     got = dict(zip(chance["task"].to_pylist(), chance["value"].to_pylist(), strict=False))
@@ -342,7 +342,7 @@ def test_prompt_mean_is_logged_beside_sep(offline_hub):
     t = evaluate_revision(TINY_MODEL, "step0", [_subset("semantics", 16)], device="cpu",
                           dtype="float32", sweep="s", positions=("sep", "prompt_mean"))
     assert sorted(set(t.column("measure").to_pylist())) == [
-        "accuracy", "chance", "logprob", "model_dtype:float32", "rankme", "rankme@prompt_mean",
+        "accuracy", "chance", "logprob", "model_dtype.float32", "rankme", "rankme@prompt_mean",
         "rankme_uncentred", "rankme_uncentred@prompt_mean"]
     with pytest.raises(ValueError, match="read positions"):
         evaluate_revision(TINY_MODEL, "step0", ["semantics"], device="cpu", dtype="float32",
@@ -398,7 +398,7 @@ def test_the_dtype_is_recorded_and_a_mixed_trajectory_is_flagged(offline_hub):
                            sweep="s")
     f32 = evaluate_revision(TINY_MODEL, "step0", sets, device="cpu", dtype="float32",
                             sweep="s")
-    assert "model_dtype:bfloat16" in bf.column("measure").to_pylist()
+    assert "model_dtype.bfloat16" in bf.column("measure").to_pylist()
     rank = bf.filter(pc.equal(bf["measure"], Measure.RANKME))["value"].to_pylist()
     assert all(v == v and v > 1.0 for v in rank[1:])
     import pyarrow as pa

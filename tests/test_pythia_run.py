@@ -229,7 +229,8 @@ def test_fan_out_writes_every_row_once_and_reruns_skip(offline_hub, tmp_path):
                            rank["layer"].to_pylist(), strict=True))
         assert cells == sorted((revision_step(r), ps, layer) for r in done for ps in SETS
                                for layer in range(TINY_LAYERS + 1))
-        assert table.num_rows == len(done) * len(SETS) * (2 + 2 * (TINY_LAYERS + 1))
+        # accuracy, logprob, chance, model_dtype, then RankMe centred and not per layer
+        assert table.num_rows == len(done) * len(SETS) * (4 + 2 * (TINY_LAYERS + 1))
         assert len(metric_files(run)) == len(done) * len(SETS)  # one part per trial and step
         # each revision its own weights: the same rows as measuring it here, and distinct
         by_step = {revision_step(r): comparable(table.filter(pc.equal(

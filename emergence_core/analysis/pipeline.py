@@ -178,12 +178,12 @@ def _missing(inv: pl.DataFrame, trials: pl.DataFrame, details: pl.DataFrame,
     if inv.height == 0:
         return ("The metrics table is empty: no trials, no measures, nothing to analyse.",)
     notes = _chance_notes(trials, chances, details)
-    dtypes = (inv.filter(pl.col("measure").str.starts_with(f"{Measure.MODEL_DTYPE}:"))
+    dtypes = (inv.filter(pl.col("measure").str.starts_with(f"{Measure.MODEL_DTYPE}."))
               .group_by("trial").agg(pl.col("measure").sort(),
                                      pl.col("n_steps").sort_by("measure")).sort("trial"))
     for trial, names, steps in dtypes.filter(pl.col("measure").list.len() > 1).rows():
         notes.append(f"{trial}: revisions measured in different dtypes ("
-                     + ", ".join(f"{d.split(':', 1)[1]} {n}"
+                     + ", ".join(f"{d.split('.', 1)[1]} {n}"
                                  for d, n in zip(names, steps, strict=True))
                      + "): RankMe of one checkpoint depends on the dtype its forward ran in.")
     present = set(inv["measure"].to_list())
@@ -237,7 +237,7 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
     present = set(inv["measure"].to_list())
     keep = set(settings.measures) if settings.measures is not None else present
     measures = tuple(sorted(m for m in (present & keep) - set(settings.exclude_measures)
-                            if not m.startswith(f"{Measure.MODEL_DTYPE}:")))
+                            if not m.startswith(f"{Measure.MODEL_DTYPE}.")))
 
     final = inv.select("trial", "measure", "final_layer").lazy()
     at_final = pl.col("layer").is_null() | (pl.col("layer") == pl.col("final_layer"))

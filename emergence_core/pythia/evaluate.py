@@ -12,7 +12,7 @@ Per probe set and revision:
   computed in float32 (states of a bfloat16 model are cast before the SVD);
 - ``chance``: the set's chance rate under its scoring rule (``probeset_chance``), so the
   statistics stage corrects accuracy for it as it does for trained tasks;
-- ``model_dtype:<dtype>`` (value 1): the dtype the weights ran in. The residual stream of a
+- ``model_dtype.<dtype>`` (value 1): the dtype the weights ran in. The residual stream of a
   bfloat16 forward differs from a float32 one, so RankMe of one checkpoint depends on it;
   the statistics stage flags a trajectory whose revisions ran in different dtypes.
 
@@ -150,7 +150,7 @@ def results_to_table(results: dict[str, ProbeSetResult], *, model_name: str, rev
         buf.add(step, Measure.LOGPROB, r.logprob)
         if r.chance is not None:
             buf.add(step, Measure.CHANCE, r.chance)
-        buf.add(step, f"{Measure.MODEL_DTYPE}:{r.dtype}", 1.0)
+        buf.add(step, f"{Measure.MODEL_DTYPE}.{r.dtype}", 1.0)
         for pos, values in r.rankme.items():
             buf.extend(step, measure_name(Measure.RANKME, pos), values)
         for pos, values in r.rankme_uncentred.items():
