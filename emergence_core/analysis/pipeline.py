@@ -23,6 +23,7 @@ from emergence_core.analysis.collapse import (
     trial_floors,
 )
 from emergence_core.analysis.events import (
+    CHANCE_MEASURES,
     behaviour_rows,
     chance_table,
     difficulty_classes,
@@ -236,7 +237,9 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
               .sort(["n_layers", "scale"], nulls_last=True))
     present = set(inv["measure"].to_list())
     keep = set(settings.measures) if settings.measures is not None else present
+    # a level's baselines and the dtype rows describe the run, never a candidate precursor
     measures = tuple(sorted(m for m in (present & keep) - set(settings.exclude_measures)
+                            - set(CHANCE_MEASURES)
                             if not m.startswith(f"{Measure.MODEL_DTYPE}.")))
 
     final = inv.select("trial", "measure", "final_layer").lazy()
