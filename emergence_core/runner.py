@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emergence_core.analysis.emergence import emergence_step
+from emergence_core.analysis.emergence import chance_corrected, emergence_step
 from emergence_core.config import TrainConfig
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.run_folder import TrialPlan, trial_plan
@@ -112,10 +112,17 @@ class TrialOutcome:
 
 @dataclass
 class EmergenceTracker:
-    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule)."""
+    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule).
+
+    The rule reads chance-corrected accuracy, ``(accuracy - chance) / (1 - chance)`` with
+    ``chance[level]`` the level's best-constant-answer accuracy (``tasks.chance``); a level
+    without a chance rate is read raw (chance 0). The same correction as the statistics
+    stage's (``analysis.events``), so both find the same events.
+    """
 
     threshold: float = 0.5
     persistence: int = 5
+    chance: dict[int, float] = field(default_factory=dict)
     history: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     events: dict[int, int] = field(default_factory=dict)
 
@@ -124,7 +131,7 @@ class EmergenceTracker:
         for level, value in accuracy.items():
             steps, values = self.history.setdefault(level, ([], []))
             steps.append(step)
-            values.append(value)
+            values.append(chance_corrected(value, self.chance.get(level, 0.0)))
             if level not in self.events:
                 hit = emergence_step(np.array(steps), np.array(values), self.threshold,
                                      self.persistence)
@@ -155,6 +162,7 @@ def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) ->
         "persistence": [tracker.persistence] * len(levels),
         "step": [tracker.events.get(lv) for lv in levels],
         "source": [key.source] * len(levels),
+        "chance": [tracker.chance.get(lv) for lv in levels],
     }, schema=EVENTS_SCHEMA)
 
 
@@ -205,7 +213,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
 
     key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
     rows = RowBuffer(key, attempt)
-    tracker = EmergenceTracker(threshold, persistence)
+    tracker = EmergenceTracker(threshold, persistence,
+                               {lv: c.accuracy for lv, c in trainer.data.chance.items()})
     if state is not None:
         tracker.replay(store.read())
     meta = {"fingerprint": cfg.fingerprint(), "trial": trial, "task": cfg.task,

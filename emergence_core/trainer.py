@@ -178,6 +178,8 @@ class Trainer:
 
     def probe(self, rows: RowBuffer) -> ProbeSummary:
         """Add this step's cheap measures, the running training loss and the lr to ``rows``."""
+        if self.next_probe == 1:  # the first probe: the diagnostic sets' baselines, once
+            self._baselines(rows)
         acc = run_cheap_probes(self.model, self.data, self.cfg.probe, self.step, rows,
                                diag=self._diag)
         train_loss = None
@@ -191,6 +193,15 @@ class Trainer:
         self._loss_sum.zero_()
         self._loss_count = 0
         return ProbeSummary(acc, train_loss)
+
+    def _baselines(self, rows: RowBuffer) -> None:
+        """Chance rates and sizes of each level's diagnostic set (``tasks.chance``)."""
+        for ld in self.data.levels:
+            lv, chance = ld.spec.level, self.data.chance[ld.spec.level]
+            rows.add(self.step, Measure.CHANCE, chance.accuracy, level=lv)
+            rows.add(self.step, Measure.LOGPROB_CHANCE, chance.logprob, level=lv)
+            rows.add(self.step, Measure.DIAG_SIZE, len(ld.diag_idx), level=lv)
+            rows.add(self.step, Measure.DIAG_ASKED, self.data.diag_size, level=lv)
 
     # -- state -------------------------------------------------------------------------------
 

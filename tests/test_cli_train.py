@@ -91,3 +91,23 @@ def test_a_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
     r = _run("train", "--task", "MOD", "--out", str(tmp_path))
     assert r.exit_code == 2 and "holds no emerge run" in r.output
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["PAR", "CMP"])
+def test_forty_steps_at_chance_record_no_emergence(tmp_path: Path, task: str) -> None:
+    """Issue 11: 40 steps of PAR or CMP at s0 learn one constant answer (raw accuracy about
+    0.5 on PAR and CMP level 1), which must not count as emergence."""
+    out = tmp_path / "run"
+    r = _run("train", "--task", task, "--scale", "s0", "--steps", "40", "--out", str(out),
+             "--threads", "1")
+    assert r.exit_code == 0, r.output
+    events = pq.read_table(out / "events" / f"{task}-s0-0.parquet").to_pylist()
+    assert [e["level"] for e in events] == [1, 2, 3]
+    assert all(e["step"] is None for e in events), events
+    assert all(0.0 < e["chance"] < 1.0 for e in events)
+    table = read_metrics(out).to_pylist()
+    raw = [x["value"] for x in table if x["measure"] == "accuracy" and x["level"] is not None]
+    assert max(raw) >= 0.4  # the constant answer's raw accuracy: the trap this guards
+    chance = {x["level"]: x["value"] for x in table if x["measure"] == "chance"}
+    assert chance == {e["level"]: e["chance"] for e in events}

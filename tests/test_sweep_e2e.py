@@ -118,6 +118,13 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
     assert rc == 0, (run_dir / "analyze.log").read_text()
     report = (run_dir / "report" / "report.md").read_text()
     assert "Emergence events" in report and "4 trials" in report
+    # issue 11: chance rates, both onset rules, the variants table and intervals
+    for section in ("Chance per task level", "Onset rules side by side",
+                    "Variant: the change point nearest the event",
+                    "## Robustness: how RankMe is measured", "| rankme / per level |",
+                    "| rankme_uncentred / per level |", "95% CI"):
+        assert section in report, section
+    assert "(trial, level) series emerge: the first probe at which chance-corrected" in report
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     parent = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "smoke")["smoke"][0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
