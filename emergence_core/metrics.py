@@ -55,7 +55,8 @@ METRICS_SCHEMA = pa.schema(
 METRICS_KEY = ("trial", "step", "measure", "layer", "level")
 
 # One row per (trial, level, measure): the first step at which the rule of SPEC section 4
-# holds, or null when it never does within the run.
+# holds, or null when it never does within the run. ``chance``: the level's chance rate the
+# rule corrected for (accuracy: the best constant answer's; null where none was known).
 EVENTS_SCHEMA = pa.schema(
     [
         pa.field("sweep", pa.string(), nullable=False),
@@ -69,6 +70,7 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("persistence", pa.int32(), nullable=False),
         pa.field("step", pa.int64()),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("chance", pa.float64()),
     ],
     metadata={"emerge.schema_version": SCHEMA_VERSION, "emerge.table": "events"},
 )
@@ -84,6 +86,13 @@ class Measure:
     DIAG_LOSS = "diag_loss"  # mean cross-entropy per answer token on the diagnostic set
     TRAIN_LOSS = "train_loss"  # mean training loss per answer token since the last probe
     LR = "lr"
+    # the level's diagnostic set, logged once (at the first probe) per level
+    CHANCE = "chance"  # exact-match accuracy of the best constant answer (tasks.chance)
+    LOGPROB_CHANCE = "logprob_chance"  # log-prob of the per-position-marginal predictor
+    DIAG_SIZE = "diag_size"  # samples in the diagnostic set
+    DIAG_ASKED = "diag_asked"  # samples asked for (more than diag_size: universe too small)
+    # Pythia: "model_dtype.<dtype>" with value 1, the dtype the weights ran in
+    MODEL_DTYPE = "model_dtype"
     # representation geometry, in the trial, per layer
     RANKME = "rankme"
     RANKME_UNCENTRED = "rankme_uncentred"

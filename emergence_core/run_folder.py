@@ -28,6 +28,7 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
   mlflow/artifacts/                  the embedded store's artifacts
   mlflow.db                          the embedded tracking store (no tracking URI given)
   report/                            what `emerge analyze` writes
+  driver.lock                        held by the one driver running the folder's work
 ```
 
 A trial's *plan* (``trial_plan``) is computed here once from its config and the sweep's
@@ -41,7 +42,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -98,7 +100,10 @@ class ProbeJob:
 
     @staticmethod
     def parse(trial: str, name: str) -> ProbeJob:
+        """From ``<step>.<measure>.json``; ValueError for any other name."""
         step, measure, _ = name.split(".")
+        if not measure:
+            raise ValueError(f"no measure in {name!r}")
         return ProbeJob(trial, int(step), measure)
 
 
@@ -178,6 +183,17 @@ class FolderInfo:
     spec: Mapping[str, Any]
     spec_text: str | None
     notes: tuple[str, ...]
+
+
+_WARNED: set[Path] = set()
+
+
+def _warn_once(path: Path, text: str) -> None:
+    import logging
+
+    if path not in _WARNED:
+        _WARNED.add(path)
+        logging.getLogger("emerge").warning(text)
 
 
 def _first_line(err: BaseException) -> str:
@@ -291,6 +307,10 @@ class RunFolder:
     def state_path(self, trial: str) -> Path:
         return self.checkpoint_dir(trial) / self.STATE
 
+    def previous_state_path(self, trial: str) -> Path:
+        """The state before the latest, kept so that a damaged latest one costs one commit."""
+        return self.checkpoint_dir(trial) / f"previous-{self.STATE}"
+
     def weights_dir(self, trial: str) -> Path:
         return self.checkpoint_dir(trial) / "weights"
 
@@ -344,21 +364,34 @@ class RunFolder:
     def failure_path(self, trial: str) -> Path:
         return self.status_dir / f"{trial}.json"
 
-    def record_failure(self, trial: str, error: str) -> None:
+    def record_failure(self, trial: str, error: str, kind: str = "error",
+                       **details: Any) -> None:
+        """The trial failed for good: ``kind`` is ``error`` (an exception that kept coming
+        back) or ``diverged`` (a non-finite loss or weights; ``details`` say where)."""
         from emergence_core.store import atomic_path
 
         with atomic_path(self.failure_path(trial)) as tmp:
-            tmp.write_text(json.dumps({"state": "failed", "error": error, "time": time.time()}))
+            tmp.write_text(json.dumps({"state": "failed", "kind": kind, "error": error,
+                                       "time": time.time(), **details}))
 
-    def failure(self, trial: str) -> str | None:
-        """Why the trial failed for good, or None."""
+    def failure_record(self, trial: str) -> dict[str, Any] | None:
         path = self.failure_path(trial)
         if not path.exists():
             return None
         try:
-            return str(json.loads(path.read_text()).get("error") or "unknown error")
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
-            return "unknown error (its status file cannot be read)"
+            return {"state": "failed", "kind": "error",
+                    "error": f"unknown error (its status file {path} cannot be read)"}
+        return record if isinstance(record, dict) else {"error": "unknown error"}
+
+    def failure(self, trial: str) -> str | None:
+        """Why the trial failed for good, or None."""
+        record = self.failure_record(trial)
+        return None if record is None else str(record.get("error") or "unknown error")
+
+    def clear_failure(self, trial: str) -> None:
+        self.failure_path(trial).unlink(missing_ok=True)
 
     def worker_path(self, trial: str) -> Path:
         return self.status_dir / f"{trial}.worker.json"
@@ -401,11 +434,20 @@ class RunFolder:
         return self.probe_dir(kind) / job.trial / f"{job.stem}.json"
 
     def probe_jobs(self, kind: str) -> list[ProbeJob]:
+        """The jobs filed under ``kind``; a file whose name is not a job's is skipped, with a
+        warning (once per file)."""
         root = self.probe_dir(kind)
         if not root.is_dir():
             return []
-        return sorted(ProbeJob.parse(d.name, f.name) for d in root.iterdir() if d.is_dir()
-                      for f in d.glob("*.json"))
+        jobs = []
+        for d in (d for d in root.iterdir() if d.is_dir()):
+            for f in d.glob("*.json"):
+                try:
+                    jobs.append(ProbeJob.parse(d.name, f.name))
+                except ValueError:
+                    _warn_once(f, f"skipping {f}: not a probe job's file (STEP.MEASURE.json); "
+                                  "remove it")
+        return sorted(jobs)
 
     def calibration_path(self, trial: str, measure: str) -> Path:
         """A trial's calibration of a measure: its pilot's grid and the choice it fixed."""
@@ -459,6 +501,55 @@ class RunFolder:
     @property
     def report_dir(self) -> Path:
         return self.path / "report"
+
+    # -- one driver at a time ---------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "driver.lock"
+
+    @contextmanager
+    def driver_lock(self, command: str) -> Iterator[None]:
+        """Hold the folder for one driver (``emerge sweep``, ``resume``, ``pythia``).
+
+        An advisory ``flock`` on ``driver.lock``: the kernel releases it when its process
+        ends, however it ends, so the lock of a killed driver is stale by construction and
+        the next driver takes it. The file names the holder for the refusal's message.
+        """
+        import fcntl
+        import os
+        import socket
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block, closed below
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                held = json.loads(f.read() or "{}")
+            except ValueError:
+                held = {}
+            f.close()
+            since = time.strftime("%H:%M:%S", time.localtime(held.get("since", 0)))
+            raise RunFolderError(
+                f"{self.path} is in use by another driver (`{held.get('command', 'emerge')}`, "
+                f"pid {held.get('pid', '?')} on {held.get('host', '?')}, since {since}); wait "
+                "for it to end, or stop it with Ctrl-C, then run this again") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"command": command, "pid": os.getpid(),
+                                "host": socket.gethostname(), "since": time.time()}))
+            f.flush()
+            yield
+        finally:
+            f.close()  # releases the lock
+
+    def is_empty(self) -> bool:
+        """Nothing in the folder but (perhaps) its driver lock."""
+        return not self.path.exists() or all(
+            p == self.lock_path for p in self.path.iterdir())
 
     # -- what kind of folder -----------------------------------------------------------------
 

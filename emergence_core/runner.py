@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emergence_core.analysis.emergence import emergence_step
+from emergence_core.analysis.emergence import chance_corrected, emergence_step
 from emergence_core.config import TrainConfig
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.run_folder import TrialPlan, trial_plan
@@ -33,6 +33,7 @@ __all__ = [
     "FileState",
     "ProbeReport",
     "StateStore",
+    "TrialDiverged",
     "TrialHooks",
     "TrialOutcome",
     "run_trial",
@@ -74,6 +75,18 @@ class FileState:
         self.store.save_state(state)
 
 
+class TrialDiverged(RuntimeError):
+    """A trial's loss or weights became non-finite; its rows up to the last good probe step
+    are kept, the run folder records why, and running it again would diverge again."""
+
+    def __init__(self, trial: str, line: str, last_good: int | None) -> None:
+        kept = "no rows" if last_good is None else f"rows up to step {last_good}"
+        super().__init__(f"{trial} {line}; {kept} are kept; not retried (the same checkpoint "
+                         "diverges again): lower the learning rate or change the config")
+        self.trial = trial
+        self.last_good = last_good
+
+
 @dataclass
 class TrialHooks:
     on_probe: Callable[[ProbeReport], None] | None = None
@@ -81,6 +94,7 @@ class TrialHooks:
     # weights of (step, probe index) are on disk at path: the expensive probes can start
     on_weights: Callable[[int, int, Path], None] | None = None
     should_stop: Callable[[], bool] | None = None  # checked between updates
+    on_note: Callable[[str], None] | None = None  # a warning (default: the "emerge" logger)
 
 
 @dataclass(frozen=True)
@@ -98,10 +112,17 @@ class TrialOutcome:
 
 @dataclass
 class EmergenceTracker:
-    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule)."""
+    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule).
+
+    The rule reads chance-corrected accuracy, ``(accuracy - chance) / (1 - chance)`` with
+    ``chance[level]`` the level's best-constant-answer accuracy (``tasks.chance``); a level
+    without a chance rate is read raw (chance 0). The same correction as the statistics
+    stage's (``analysis.events``), so both find the same events.
+    """
 
     threshold: float = 0.5
     persistence: int = 5
+    chance: dict[int, float] = field(default_factory=dict)
     history: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     events: dict[int, int] = field(default_factory=dict)
 
@@ -110,7 +131,7 @@ class EmergenceTracker:
         for level, value in accuracy.items():
             steps, values = self.history.setdefault(level, ([], []))
             steps.append(step)
-            values.append(value)
+            values.append(chance_corrected(value, self.chance.get(level, 0.0)))
             if level not in self.events:
                 hit = emergence_step(np.array(steps), np.array(values), self.threshold,
                                      self.persistence)
@@ -141,6 +162,7 @@ def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) ->
         "persistence": [tracker.persistence] * len(levels),
         "step": [tracker.events.get(lv) for lv in levels],
         "source": [key.source] * len(levels),
+        "chance": [tracker.chance.get(lv) for lv in levels],
     }, schema=EVENTS_SCHEMA)
 
 
@@ -167,11 +189,22 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     if done is not None and done["fingerprint"] == cfg.fingerprint():
         return TrialOutcome(trial, done["step"], True, done["attempt"], done["events"],
                             done["n_params"], time.perf_counter() - t0)
+    failed = folder.failure_record(trial)
+    if failed is not None and failed.get("kind") == "diverged" \
+            and failed.get("fingerprint") == cfg.fingerprint():
+        raise TrialDiverged(trial, failed["line"], failed.get("last_good"))
     plan = plan or trial_plan(cfg)
 
     trainer = Trainer(cfg, device=device)
     state_store = state_store or FileState(store)
     state = state_store.load()
+    for note in store.notes:
+        if hooks.on_note is not None:
+            hooks.on_note(note)
+        else:
+            import logging
+
+            logging.getLogger("emerge").warning(note)
     if state is not None:
         trainer.load_state_dict(state)  # raises StateMismatch for a different config
     attempt = (state["attempt"] + 1 if state is not None else 0) if attempt is None else attempt
@@ -180,7 +213,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
 
     key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
     rows = RowBuffer(key, attempt)
-    tracker = EmergenceTracker(threshold, persistence)
+    tracker = EmergenceTracker(threshold, persistence,
+                               {lv: c.accuracy for lv, c in trainer.data.chance.items()})
     if state is not None:
         tracker.replay(store.read())
     meta = {"fingerprint": cfg.fingerprint(), "trial": trial, "task": cfg.task,
@@ -198,9 +232,17 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         if hooks.on_commit is not None:
             hooks.on_commit(step, store)
 
+    diverged: list = []
+    last_probe: list[int] = []
+
     def on_probe(tr: Trainer) -> bool:
         step, index = tr.step, tr.next_probe - 1
+        div = tr.divergence()  # before the probes: a broken model writes no rows
+        if div is not None:
+            diverged.append(div)
+            return True
         summary = tr.probe(rows)
+        last_probe[:] = [step]
         acc = summary.accuracy
         final = index == len(tr.probe_steps) - 1
         if plan.keeps_weights(step):
@@ -220,6 +262,16 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         return stop
 
     trainer.run(on_probe, hooks.should_stop)
+    if diverged:
+        # keep the rows of the good probes, but never save the broken state over the good one
+        store.write_part(rows.take())
+        last_good = last_probe[0] if last_probe else (
+            None if not store.parts() else store.parts()[-1][1])
+        line = diverged[0].line()
+        folder.record_failure(trial, f"{line}; rows up to step {last_good} are kept",
+                              kind="diverged", line=line, step=diverged[0].step,
+                              last_good=last_good, fingerprint=cfg.fingerprint())
+        raise TrialDiverged(trial, line, last_good)
     if trainer.step != last_commit["step"] or len(rows):
         commit(trainer.step)  # stopped between probes: keep what was done
     train_wall = time.perf_counter() - t_train

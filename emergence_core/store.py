@@ -14,6 +14,8 @@ one, which ``heal`` (and every reader here) drops.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,20 +29,33 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from emergence_core.metrics import METRICS_SCHEMA
-from emergence_core.run_folder import RunFolder, parse_part, part_name
+from emergence_core.run_folder import RunFolder, RunFolderError, parse_part, part_name
 
 __all__ = ["TrialStore", "atomic_path", "metric_files", "read_metrics"]
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds."""
+    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds.
+
+    A full disk, however the writer reports it, becomes ``OSError(ENOSPC)`` naming ``final``;
+    the half-written temporary file is removed either way.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, final)
+    except Exception as err:
+        if _disk_full(err):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(err: BaseException) -> bool:
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) \
+        or "No space left on device" in str(err)
 
 
 def _parts(directory: Path) -> list[tuple[int, int, Path]]:
@@ -77,6 +92,7 @@ class TrialStore:
         self.state_path = self.folder.state_path(trial)
         self.weights_dir = self.folder.weights_dir(trial)
         self.events_path = self.folder.events_path(trial)
+        self.notes: list[str] = []  # what a reader recovered from, for the caller to show
 
     # -- metric parts --------------------------------------------------------------------------
 
@@ -113,7 +129,7 @@ class TrialStore:
         files = [p for _, last, p in parts if p not in dead and (after is None or last > after)]
         if not files:
             return METRICS_SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(p, schema=METRICS_SCHEMA) for p in files])
+        return pa.concat_tables([_read_part(p, self.trial) for p in files])
 
     def compact(self) -> Path | None:
         """Merge the trial's parts into one, sorted by step."""
@@ -131,13 +147,45 @@ class TrialStore:
     # -- training state and weights ------------------------------------------------------------
 
     def save_state(self, state: dict) -> None:
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
+        """The new state, keeping the one before it (see ``load_state``)."""
+        previous = self.folder.previous_state_path(self.trial)
+        buffer = io.BytesIO()  # serialised first: a full disk then fails as a plain write
+        torch.save(state, buffer)
+        had = self.state_path.exists()
+        if had:
+            os.replace(self.state_path, previous)
+        try:
+            with atomic_path(self.state_path) as tmp:
+                tmp.write_bytes(buffer.getbuffer())
+        except BaseException:
+            if had:  # the latest good state stays the latest
+                os.replace(previous, self.state_path)
+            raise
 
     def load_state(self) -> dict | None:
-        if not self.state_path.exists():
-            return None
-        return torch.load(self.state_path, map_location="cpu", weights_only=True)
+        """The latest state; if it is damaged (or a crash left only the previous one), the
+        previous one, with a note: the commits after it are computed again, identically."""
+        latest, previous = self.state_path, self.folder.previous_state_path(self.trial)
+        problem = None
+        for path in (latest, previous):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # truncated, zeroed, not a torch file at all
+                problem = problem or f"{path} cannot be read ({_first_line(err)})"
+                continue
+            if path == previous:
+                why = problem or f"{latest} is missing"
+                self.notes.append(f"training state {why}; resumed from the previous one "
+                                  f"(step {state.get('step')}): the steps after it are "
+                                  "trained again, giving the same rows")
+            return state
+        if problem is not None:
+            raise RunFolderError(f"training state {problem} and no readable earlier copy "
+                                 f"exists; delete {self.checkpoint_dir} and "
+                                 f"{self.metrics_dir} to retrain {self.trial} from step 0")
+        return None
 
     def weights_path(self, step: int) -> Path:
         return self.folder.weights_path(self.trial, step)
@@ -150,7 +198,13 @@ class TrialStore:
 
     def load_weights(self, model: nn.Module, step: int) -> nn.Module:
         device = str(next(model.parameters()).device)
-        load_model(model, str(self.weights_path(step)), device=device)
+        path = self.weights_path(step)
+        try:
+            load_model(model, str(path), device=device)
+        except Exception as err:  # missing, truncated, or another model's
+            raise RunFolderError(f"weights file {path} cannot be read ({_first_line(err)}); "
+                                 f"the expensive probes of {self.trial} at step {step} need it "
+                                 "(they are recorded as failed)") from None
         return model
 
     def weight_steps(self) -> list[int]:
@@ -162,6 +216,21 @@ class TrialStore:
         with atomic_path(self.events_path) as tmp:
             pq.write_table(table, tmp)
         return self.events_path
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+def _read_part(path: Path, trial: str) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=METRICS_SCHEMA)
+    except Exception as err:  # truncated or zeroed: its rows cannot be recovered from it
+        raise RunFolderError(
+            f"metric part {path} cannot be read ({_first_line(err)}); its rows are lost and "
+            f"emerge will not write them again over kept rows: delete the trial's checkpoints "
+            f"and metrics to retrain {trial} from step 0") from None
 
 
 def metric_files(run_dir: str | Path) -> list[Path]:

@@ -26,7 +26,8 @@ from emergence_core.schedule import lr_at
 from emergence_core.tasks import EncodedSet, TrialData, stream_indices
 from emergence_core.tasks.data import seed_key
 
-__all__ = ["STATE_FORMAT", "ProbeSummary", "StateMismatch", "Trainer", "resolve_device"]
+__all__ = ["STATE_FORMAT", "Divergence", "ProbeSummary", "StateMismatch", "Trainer",
+           "resolve_device"]
 
 STATE_FORMAT = 1
 
@@ -39,6 +40,19 @@ class ProbeSummary:
 
 class StateMismatch(ValueError):
     """A saved state belongs to a different run configuration."""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Training produced a non-finite number: the first update at which it did, and what."""
+
+    step: int  # the update (counted from 0) whose loss, or the step whose weights, are bad
+    quantity: str  # "training loss" or "weights (<parameter name>)"
+    detected_at: int  # the probe step at which it was found
+
+    def line(self) -> str:
+        return (f"diverged: the {self.quantity} became non-finite at step {self.step} "
+                f"(found at probe step {self.detected_at})")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,6 +91,9 @@ class Trainer:
         self.next_probe = 0  # index into probe_steps of the next probe to run
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._loss_count = 0
+        # the first update whose loss was non-finite (-1: none); kept on the device, read once
+        # per probe, so watching for divergence costs no host synchronisation per step
+        self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._train = [enc.to(self.device) for enc in self.data.train]
         self._diag = [enc.to(self.device) for enc in self.data.diag]
         n = len(self._train)
@@ -127,8 +144,20 @@ class Trainer:
         self.optimizer.step()
         self._loss_sum += loss.detach().double()
         self._loss_count += 1
+        first = (self._bad_step < 0) & ~torch.isfinite(loss.detach())
+        self._bad_step = torch.where(first, self.step, self._bad_step)
         self.step += 1
         return loss.detach()
+
+    def divergence(self) -> Divergence | None:
+        """A non-finite training loss since the start, or non-finite weights now, if any."""
+        bad = int(self._bad_step)
+        if bad >= 0:
+            return Divergence(bad, "training loss", self.step)
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                return Divergence(self.step, f"weights ({name})", self.step)
+        return None
 
     def run(self, on_probe: Callable[[Trainer], bool | None],
             should_stop: Callable[[], bool] | None = None) -> None:
@@ -149,6 +178,8 @@ class Trainer:
 
     def probe(self, rows: RowBuffer) -> ProbeSummary:
         """Add this step's cheap measures, the running training loss and the lr to ``rows``."""
+        if self.next_probe == 1:  # the first probe: the diagnostic sets' baselines, once
+            self._baselines(rows)
         acc = run_cheap_probes(self.model, self.data, self.cfg.probe, self.step, rows,
                                diag=self._diag)
         train_loss = None
@@ -162,6 +193,15 @@ class Trainer:
         self._loss_sum.zero_()
         self._loss_count = 0
         return ProbeSummary(acc, train_loss)
+
+    def _baselines(self, rows: RowBuffer) -> None:
+        """Chance rates and sizes of each level's diagnostic set (``tasks.chance``)."""
+        for ld in self.data.levels:
+            lv, chance = ld.spec.level, self.data.chance[ld.spec.level]
+            rows.add(self.step, Measure.CHANCE, chance.accuracy, level=lv)
+            rows.add(self.step, Measure.LOGPROB_CHANCE, chance.logprob, level=lv)
+            rows.add(self.step, Measure.DIAG_SIZE, len(ld.diag_idx), level=lv)
+            rows.add(self.step, Measure.DIAG_ASKED, self.data.diag_size, level=lv)
 
     # -- state -------------------------------------------------------------------------------
 

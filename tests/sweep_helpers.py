@@ -152,3 +152,43 @@ def keys_unique(table: pa.Table) -> bool:
     cols = ("trial", "step", "measure", "layer", "level")
     keys = list(zip(*(table[c].to_pylist() for c in cols), strict=True))
     return len(keys) == len(set(keys))
+
+
+def assert_mlflow_equals_parquet(uri: str, run_dir: Path, experiment: str,
+                                 trials: list[str], status: str = "FINISHED") -> None:
+    """Exactly one MLflow run per trial (counted by run id, whatever its name), and every
+    metric of it equal to Parquet's: the same keys, steps and values."""
+    import math
+
+    import pyarrow.compute as pc
+    from mlflow.tracking import MlflowClient
+
+    from emergence_core.store import read_metrics
+    from orchestrator.tracking.sync import metric_key
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in children) == sorted(trials), \
+        "one MLflow run per trial, and no other"
+    table = read_metrics(run_dir)
+    for run in children:
+        assert run.info.status == status and run.info.end_time, (run.info.run_name,
+                                                                  run.info.status)
+        rows = table.filter(pc.equal(table["trial"], run.info.run_name))
+        want: dict[str, list[tuple[int, float]]] = {}
+        for m, ly, lv, s, v in zip(*(rows[c].to_pylist() for c in
+                                     ("measure", "layer", "level", "step", "value")),
+                                   strict=True):
+            want.setdefault(metric_key(m, ly, lv), []).append(
+                (s, float("nan") if v is None else v))
+        assert set(run.data.metrics) == set(want), run.info.run_name
+        for key, expected in want.items():
+            got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
+                                                                               key))
+            expected = sorted(expected)
+            assert [s for s, _ in got] == [s for s, _ in expected], (run.info.run_name, key)
+            for (_, a), (_, b) in zip(got, expected, strict=True):
+                assert a == b or (math.isnan(a) and math.isnan(b)), (run.info.run_name, key)

@@ -119,3 +119,50 @@ def test_difficulty_classes_follow_the_planted_median_and_the_override(planted) 
     forced = difficulty_classes(ev, AnalysisSettings(hard=("COPY", "ADD:1")))
     hard = set(forced.filter(pl.col("difficulty") == "hard")["unit"].to_list())
     assert hard == {"COPY:1", "COPY:2", "COPY:3", "ADD:1"}
+
+
+def _chance_rows(chances: dict[tuple[str, int | None], float]) -> pl.DataFrame:
+    return pl.concat([_rows({k: np.array([c])}, measure="chance") for k, c in chances.items()])
+
+
+def test_a_flat_series_at_chance_never_emerges_however_long_it_holds() -> None:
+    """Issue 11: PAR's constant answer scores about 0.5 raw; corrected it is 0."""
+    rng = np.random.default_rng(0)
+    flat = {("PAR-1", 3): 0.511 + rng.normal(0, 0.01, 200), ("CMP-1", 1): np.full(200, 0.492)}
+    df = pl.concat([_rows(flat), _chance_rows({("PAR-1", 3): 0.511, ("CMP-1", 1): 0.492})])
+    lf = as_lazy(df)
+    rows = behaviour_rows(lf)
+    raw = emergence_events(rows, AnalysisSettings(event_measures=("accuracy",)))
+    assert raw["step"].to_list() != [None, None]  # raw accuracy does cross 0.5: the trap
+    from emergence_core.analysis import chance_table
+    chances = chance_table(lf)
+    ev = emergence_events(rows, AnalysisSettings(event_measures=("accuracy",)), chances)
+    assert ev["step"].to_list() == [None, None]
+    assert sorted(ev["chance"].to_list()) == [0.492, 0.511]
+
+
+def test_chance_correction_moves_the_event_to_where_corrected_accuracy_crosses() -> None:
+    acc = np.r_[np.full(10, 0.5), np.linspace(0.5, 1.0, 11), np.ones(10)]  # 0.05 per probe
+    df = pl.concat([_rows({("PAR-1", 1): acc}), _chance_rows({("PAR-1", 1): 0.5})])
+    lf = as_lazy(df)
+    from emergence_core.analysis import chance_table
+    ev = emergence_events(behaviour_rows(lf), AnalysisSettings(event_measures=("accuracy",)),
+                          chance_table(lf))
+    # (acc - 0.5) / 0.5 >= 0.5  <=>  acc >= 0.75: probe 10 + 5 = 15
+    assert ev["step"].to_list() == [150]
+    # chance 1: nothing to learn, never an event
+    df1 = pl.concat([_rows({("K-1", 1): np.ones(20)}), _chance_rows({("K-1", 1): 1.0})])
+    ev1 = emergence_events(behaviour_rows(as_lazy(df1)), AnalysisSettings(
+        event_measures=("accuracy",)), chance_table(as_lazy(df1)))
+    assert ev1["step"].to_list() == [None]
+
+
+def test_logprob_norm_is_anchored_at_the_chance_logprob_when_logged() -> None:
+    lp = np.array([-30.0, -20.0, -5.0, -3.0, -1.0, -0.5, -0.5, -0.5, -0.5, -0.5, -0.5])
+    df = pl.concat([_rows({("A-1", 2): lp}, measure="logprob"),
+                    _rows({("A-1", 2): np.array([-4.0])}, measure="logprob_chance")])
+    rows = behaviour_rows(as_lazy(df))
+    norm = rows.filter(pl.col("measure") == "logprob_norm").sort("step")["value"].to_numpy()
+    np.testing.assert_allclose(norm, 1 - lp / -4.0)  # negative while worse than chance
+    ev = emergence_events(rows, AnalysisSettings(event_measures=("logprob_norm",)))
+    assert ev["step"].to_list() == [40]  # 1 - (-1 / -4) = 0.75: the first at or above 0.5

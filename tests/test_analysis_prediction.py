@@ -38,6 +38,8 @@ def test_concordance_counts_pairs_within_class_scale_and_seed() -> None:
     c = _get(prediction_limits(_signals(rows), ["s0"]), "onset", "concordance", "all")
     # AB AC AD right, BC BD wrong, CD a signal tie (1/2); E and F have no partner
     assert (c["k"], c["n"]) == (3.5, 6)
+    # two seeds: an interval from resampling them (seed 1 has no pair: it adds nothing)
+    assert c["ci_method"] == "seed bootstrap" and c["lo"] <= c["value"] <= c["hi"]
 
 
 def test_reversals_are_the_pairs_that_flip_between_scales() -> None:
@@ -50,6 +52,9 @@ def test_reversals_are_the_pairs_that_flip_between_scales() -> None:
     depth = _get(p, "floor_depth", "reversal", "all")
     assert (onset["k"], onset["n"]) == (1.0, 1)  # A-B flips, and the onset flips with it
     assert (depth["k"], depth["n"]) == (0.0, 1)  # the floor depth does not
+    from emergence_core.analysis.rates import wilson
+    assert onset["ci_method"] == "wilson"  # one seed: nothing to resample
+    assert (onset["lo"], onset["hi"]) == pytest.approx(wilson(1, 1))
 
 
 def test_planted_reversal_is_found_end_to_end() -> None:

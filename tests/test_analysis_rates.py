@@ -73,3 +73,17 @@ def test_rates_count_each_class_per_split() -> None:
     assert h["measure"].to_list() == ["rankme", "llc"]  # median lead 40 before 0
     assert h.filter(pl.col("measure") == "rankme")["median_lead"][0] == 40.0
     assert h.filter(pl.col("measure") == "llc")["n_onsets"][0] == 3
+
+
+def test_one_seed_gets_a_wilson_interval_and_says_so() -> None:
+    from emergence_core.analysis.rates import wilson
+
+    lo, hi = wilson(8, 10)  # textbook value: 0.490 to 0.943
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
+    rows = [("accuracy", "rankme", 0, "s0", "easy", "precursor", 50, 10, 100, 0)] * 8 + \
+        [("accuracy", "rankme", 0, "s0", "easy", "lagging", -50, -10, 100, 0)] * 2
+    r = precursor_rates(_leads(rows), AnalysisSettings()).filter(
+        pl.col("split_kind") == "all").row(0, named=True)
+    assert r["ci_method"] == "wilson" and r["n_seeds"] == 1
+    assert (r["precursor_lo"], r["precursor_hi"]) == pytest.approx((lo, hi))

@@ -53,6 +53,22 @@ def test_report_on_planted_data_states_the_planted_numbers(planted, tmp_path) ->
     rates = pl.read_csv(tmp_path / "report" / "tables" / "rates.csv")
     assert rates.filter((pl.col("measure") == "llc") & (pl.col("split_kind") == "all")
                         & (pl.col("event") == "accuracy"))["lagging_k"][0] == 24
+    # issue 11: chance rates, both onset rules, the stated tolerance, the same-grid control,
+    # the variants table and an interval (and its method) on every rate
+    assert "chance-corrected accuracy (accuracy - chance) / (1 - chance)" in md
+    assert "Chance per task level" in md and "| COPY | 1 | 0.1 |" in md
+    assert "Onset rules side by side" in md and "Variant: the change point nearest" in md
+    assert "tolerance 13 to 88 steps" in md  # rankme: stated per event, in steps
+    assert "Same-grid control" in md
+    assert "## Robustness: how RankMe is measured" in md
+    assert "| rankme / per level |" in md and "| rankme_uncentred / pooled |" in md
+    assert "(seed bootstrap)" in md
+    assert "4/4 (task, scale) combinations are top-down (95% CI" in md
+    assert "rests on the non-constant layers only: 2 to 4 layers" in md
+    for name in ("chances", "variants", "rule_agreement", "grid_summary", "rates_nearest"):
+        assert f"tables/{name}.csv" in s.files
+    leads = pl.read_csv(tmp_path / "report" / "tables" / "leads.csv")
+    assert {"tolerance", "class", "class_nearest", "onset_nearest"} <= set(leads.columns)
 
 
 def test_report_on_an_empty_table_says_so(tmp_path) -> None:
@@ -79,7 +95,7 @@ def test_report_missing_whole_measures_lists_them(planted, tmp_path) -> None:
     assert "Measures absent from the whole table: rankme" in md
     assert "8/8 trials have no rankme rows" in md
     assert "No logprob_norm series: no logprob_norm events." in md
-    assert "0 trials have a floor." in md
+    assert "0 (trial, level) series have a floor." in md
     assert "rankme_uncentred is a precursor in 24/24 events" in md
     assert ".png not drawn: ValueError: no pooled per-layer rankme rows for" in md
 

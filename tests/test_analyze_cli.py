@@ -94,6 +94,14 @@ def test_report_is_logged_to_the_sweeps_parent_run(trained: Path, tmp_path: Path
         assert (report / rel).is_file(), rel
     assert {"report.md", "tables/events.csv", "figures/leads.png"} <= set(summary["files"])
     assert summary["settings"]["threshold"] == 0.3 and summary["settings"]["persistence"] == 2
+    md = (report / "report.md").read_text()
+    # issue 11: the report shows chance rates, both onset rules, variants and intervals
+    for section in ("Chance per task level", "Variant: the change point nearest the event",
+                    "## Robustness: how RankMe is measured", "| rankme / per level |",
+                    "| rankme_uncentred / pooled |", "95% CI 0-66%, wilson"):
+        assert section in md, section
+    chances = pl.read_csv(report / "tables" / "chances.csv")
+    assert chances.height == 6 and chances["chance"].is_between(0.0, 1.0).all()
     assert f"to run {parent}" in r.output
 
     client = MlflowClient(uri)

@@ -61,7 +61,10 @@ def test_a_folder_holding_another_run_is_refused(tmp_path: Path) -> None:
     (["--task", "MOD", "--steps", "0"], "--steps must be positive"),
     (["--task", "MOD", "--steps", "-5"], "--steps must be positive"),
     (["--task", "MOD", "--lr", "-1"], "lr: Input should be greater than 0"),
-    (["--task", "MOD", "--set", "probe.n_probe=3"], "probe.n_probe: unknown key"),
+    (["--task", "MOD", "--set", "probe.n_probe=3"],
+     "probe.n_probe: unknown key; did you mean 'n_probes'?"),
+    (["--task", "MOD", "--levels", "1,4"], "levels: unknown level 4; levels are 1, 2, 3 "
+                                           "(got [1, 4])"),
     (["--task", "MOD", "--set", "level_params.1.p=1"], "p must be at least 2"),
     (["--task", "MOD", "--set", "nonsense"], "expected KEY=VALUE"),
 ])
@@ -72,8 +75,39 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, m
     assert not out.exists()
 
 
+def test_every_problem_of_a_train_command_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    r = _run("train", "--task", "MODD", "--scale", "s9", "--steps", "-3", "--set",
+             "probe.n_probe=10", "--out", str(out))
+    assert_usage_errors(r, ["--steps must be positive, got -3",
+                            "--task: unknown task 'MODD' (did you mean 'MOD'?)",
+                            "--scale: unknown scale 's9'",
+                            "probe.n_probe: unknown key; did you mean 'n_probes'?"])
+    assert not out.exists()
+
+
 def test_a_non_empty_foreign_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     r = _run("train", "--task", "MOD", "--out", str(tmp_path))
     assert r.exit_code == 2 and "holds no emerge run" in r.output
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["PAR", "CMP"])
+def test_forty_steps_at_chance_record_no_emergence(tmp_path: Path, task: str) -> None:
+    """Issue 11: 40 steps of PAR or CMP at s0 learn one constant answer (raw accuracy about
+    0.5 on PAR and CMP level 1), which must not count as emergence."""
+    out = tmp_path / "run"
+    r = _run("train", "--task", task, "--scale", "s0", "--steps", "40", "--out", str(out),
+             "--threads", "1")
+    assert r.exit_code == 0, r.output
+    events = pq.read_table(out / "events" / f"{task}-s0-0.parquet").to_pylist()
+    assert [e["level"] for e in events] == [1, 2, 3]
+    assert all(e["step"] is None for e in events), events
+    assert all(0.0 < e["chance"] < 1.0 for e in events)
+    table = read_metrics(out).to_pylist()
+    raw = [x["value"] for x in table if x["measure"] == "accuracy" and x["level"] is not None]
+    assert max(raw) >= 0.4  # the constant answer's raw accuracy: the trap this guards
+    chance = {x["level"]: x["value"] for x in table if x["measure"] == "chance"}
+    assert chance == {e["level"]: e["chance"] for e in events}

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from emergence_core.runner import run_trial
 from emergence_core.store import read_metrics
 from orchestrator.sweep.spec import load_spec
-from orchestrator.tracking.sync import metric_key
 from tests.cluster_helpers import can_unshare, hidden_node, local_cluster, node_of, wait_nodes
 from tests.sweep_helpers import (
+    assert_mlflow_equals_parquet,
     comparable,
     keys_unique,
     mlflow_server,
@@ -50,25 +50,7 @@ def _parts(run_dir: Path, trial: str) -> int:
 
 def _one_run_per_trial_with_every_row(run_dir: Path, spec_path: Path, uri: str) -> None:
     spec = load_spec(spec_path)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(spec.name)
-    runs: dict[str, list] = {}
-    for r in client.search_runs([exp.experiment_id], max_results=1000):
-        runs.setdefault(r.info.run_name, []).append(r)
-    table = read_metrics(run_dir)
-    for plan in spec.trials():
-        assert len(runs[plan.name]) == 1, plan.name
-        run_id = runs[plan.name][0].info.run_id
-        mine = table.filter(pa_equal(table, "trial", plan.name))
-        keys = {metric_key(m, ly, lv) for m, ly, lv in zip(
-            mine["measure"].to_pylist(), mine["layer"].to_pylist(), mine["level"].to_pylist(),
-            strict=True)}
-        total = 0
-        for key in keys:
-            steps = [m.step for m in client.get_metric_history(run_id, key)]
-            assert len(steps) == len(set(steps)), (plan.name, key)
-            total += len(steps)
-        assert total == mine.num_rows, plan.name
+    assert_mlflow_equals_parquet(uri, run_dir, spec.name, [p.name for p in spec.trials()])
 
 
 def pa_equal(table, column: str, value: str):
@@ -219,20 +201,24 @@ def test_mlflow_server_down_mid_sweep_then_sync_fills_it_in(tmp_path: Path) -> N
             proc = start_sweep(["sweep", str(spec_path), "--tracking-uri", uri],
                                cluster.tmpdir, log, cluster.address)
             wait_for(lambda: _parts(run_dir, "MOD-s0-0") >= 1, 300, "first commits", proc, log)
-        # the server is down now; the sweep goes on and Parquet keeps every row
+        # the server is down now, and stays down through the end of the sweep: the sweep
+        # goes on, Parquet keeps every row, and the driver says MLflow missed the end
         try:
-            during = _parts(run_dir, "MOD-s0-0")
-            wait_for(lambda: _parts(run_dir, "MOD-s0-0") > during + 1, 300,
-                     "progress while MLflow is down", proc, log)
-            port = uri.rsplit(":", 1)[1]
-            with mlflow_server(server_root, port=int(port)) as uri2:
-                assert uri2 == uri
-                assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-                assert "MLflow unavailable" in log.read_text()
-                rc = run_sweep(["sync-mlflow", str(run_dir)], cluster.tmpdir,
-                               tmp_path / "sync.log", address=None)
-                assert rc == 0, (tmp_path / "sync.log").read_text()
-                _one_run_per_trial_with_every_row(run_dir, spec_path, uri)
+            assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
         finally:
             stop(proc)
+        text = log.read_text()
+        assert "MLflow unavailable" in text and "MLflow missed the end of the sweep" in text
+        port = uri.rsplit(":", 1)[1]
+        with mlflow_server(server_root, port=int(port)) as uri2:  # up only afterwards
+            assert uri2 == uri
+            rc = run_sweep(["sync-mlflow", str(run_dir)], cluster.tmpdir,
+                           tmp_path / "sync.log", address=None)
+            assert rc == 0, (tmp_path / "sync.log").read_text()
+            _one_run_per_trial_with_every_row(run_dir, spec_path, uri)
+            parent = [r for r in MlflowClient(uri).search_runs(
+                [MlflowClient(uri).get_experiment_by_name("outage").experiment_id])
+                if "mlflow.parentRunId" not in r.data.tags]
+            assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+            assert parent[0].info.end_time
     assert keys_unique(read_metrics(run_dir))

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pytest
 from mlflow.tracking import MlflowClient
 
+from emergence_core.expensive import get_measure
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.probes.queue import ProbeQueue
 from orchestrator.sweep.spec import load_spec
@@ -45,6 +46,17 @@ def _spec(tmp_path: Path, name: str, **probes) -> Path:
                       probes={"measures": PROBES, "actors": 1, **probes})
 
 
+def _rows_of(measure: str, settings: dict) -> tuple[str, ...]:
+    """The metric rows one job of ``measure`` writes with these settings."""
+    rows = get_measure(measure).rows
+    if measure == "hessian" and not settings.get("trace_probes", 1):
+        rows = rows[:1]
+    return rows
+
+
+MEASURE_ROWS = {m: _rows_of(m, p.get("settings", {})) for m, p in PROBES.items()}
+
+
 def _check_exactly_once(run_dir: Path, spec_path: Path) -> None:
     spec = load_spec(spec_path)
     due = {j for p in spec.trials() for j in p.plan.jobs}
@@ -54,9 +66,9 @@ def _check_exactly_once(run_dir: Path, spec_path: Path) -> None:
     probe = table.filter(pc.equal(table["source"], "probe"))
     got = {(t, s, m) for t, s, m in zip(probe["trial"].to_pylist(), probe["step"].to_pylist(),
                                         probe["measure"].to_pylist(), strict=True)}
-    prefix = {"hessian": "hessian_lambda_max", "llc": "llc", "fisher": "fisher_erank",
-              "gradcov": "gradcov_erank"}
-    assert {(j.trial, j.step, prefix[j.measure]) for j in due} <= got
+    prefix = {m: rows[0] for m, rows in MEASURE_ROWS.items()}
+    assert got == {(j.trial, j.step, m) for j in due
+                   for m in MEASURE_ROWS[j.measure]}  # exactly the due set, nothing else
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name(spec.name)
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -118,15 +119,51 @@ def test_shipped_probesets_load_and_follow_the_rules():
         sets[0].items[0].prompt = "changed"
 
 
-def test_arithmetic_items_are_correct():
+def test_arithmetic_items_are_correct_and_worded_variously():
     ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    words = {"plus": "+", "sum": "+", "minus": "-", "difference": "-", "times": "*",
+             "product": "*"}
     items = load_probeset("arithmetic").items
     for item in items:
-        m = re.fullmatch(r"(\d+) ([-+*]) (\d+) =", item.prompt)
-        assert m, item.prompt
-        expected = ops[m.group(2)](int(m.group(1)), int(m.group(3)))
+        a, b = (int(x) for x in re.findall(r"\d+", item.prompt))
+        op = re.search(r"[-+*]|plus|sum|minus|difference|times|product", item.prompt).group()
+        expected = ops[words.get(op, op)](a, b)
         assert item.continuation == f" {expected}", item
-    assert {re.search(r"[-+*]", i.prompt).group() for i in items} == {"+", "-", "*"}
+    assert {words.get(o, o) for o in (re.search(r"[-+*]|plus|sum|minus|difference|times|"
+                                                r"product", i.prompt).group() for i in items)
+            } == {"+", "-", "*"}
+    # issue 11: not every prompt ends in '=': the read position varies
+    last = Counter(i.prompt.split()[-1] for i in items)
+    assert len(last) >= 5 and max(last.values()) <= len(items) / 4
+
+
+def test_logic_answers_cannot_be_copied_from_the_prompt():
+    """Issue 11: every answer of the old logic set appeared verbatim in its prompt. Now it
+    is a forced choice (chance 0.5) between two words that are both in the prompt, the
+    right one first in half the items: copying the first or the last candidate scores 0.5."""
+    from emergence_core.pythia.build_probesets import logic_items
+    from emergence_core.pythia.evaluate import probeset_chance
+
+    ps = load_probeset("logic")
+    assert ps.spec.kind == ps.spec.scoring == "pair" and probeset_chance(ps) == 0.5
+    first = 0
+    for item in ps.items:
+        good, bad = item.continuation.strip(), item.bad.strip()
+        words = re.findall(r"[A-Za-z]+", item.prompt)
+        assert good in words and bad in words, item
+        first += words.index(good) < words.index(bad)
+    assert first == len(ps.items) / 2
+    assert [(i.prompt, i.continuation, i.bad) for i in ps.items] == [
+        (d["prompt"], d["good"], d["bad"]) for d in logic_items()]  # the file is the builder's
+
+
+def test_chance_of_each_scoring_rule():
+    from emergence_core.pythia.evaluate import probeset_chance
+
+    exact = load_probeset("arithmetic")
+    top = Counter(i.continuation for i in exact.items).most_common(1)[0][1]
+    assert probeset_chance(exact) == top / len(exact)
+    assert probeset_chance(load_probeset("general_text")) is None  # tokens need a tokenizer
 
 
 def test_unknown_probeset_suggests_the_nearest():
@@ -255,7 +292,8 @@ def test_rows_for_every_revision_probeset_and_layer(offline_hub):
               for rev in TINY_REVISIONS}
     for rev, t in tables.items():
         assert t.schema == METRICS_SCHEMA
-        assert t.num_rows == len(sets) * (2 + 2 * (TINY_LAYERS + 1))
+        # accuracy, logprob, chance, model_dtype, then RankMe centred and not per layer
+        assert t.num_rows == len(sets) * (4 + 2 * (TINY_LAYERS + 1))
         assert set(t.column("step").to_pylist()) == {revision_step(rev)}
         assert set(t.column("source").to_pylist()) == {"pythia"}
         assert set(t.column("scale").to_pylist()) == {TINY_MODEL}
@@ -280,11 +318,12 @@ def test_rows_for_every_revision_probeset_and_layer(offline_hub):
     assert all(0.0 <= a <= 1.0 for a in acc)
     for task, layer, v in zip(rank_rows["task"].to_pylist(), rank_rows["layer"].to_pylist(),
                               rank_rows["value"].to_pylist(), strict=True):
-        if task == "arithmetic" and layer == 0:
-            # every arithmetic prompt ends in '=': one embedding, no variance, RankMe 0
-            assert v == 0.0
-        else:
-            assert v > 1.0, (task, layer, v)
+        assert v > 1.0, (task, layer, v)  # arithmetic's prompts no longer all end in '='
+    dtype_rows = every.filter(pc.equal(every["measure"], "model_dtype.float32"))
+    assert dtype_rows.num_rows == len(sets) * len(TINY_REVISIONS)
+    chance = every.filter(pc.equal(every["measure"], Measure.CHANCE))
+    got = dict(zip(chance["task"].to_pylist(), chance["value"].to_pylist(), strict=False))
+    assert got["grammar"] == got["logic"] == 0.5 and 0 < got["general_text"] < 1
 
     # different revisions give different values; the same revision twice, identical ones
     def measured(t):
@@ -303,8 +342,8 @@ def test_prompt_mean_is_logged_beside_sep(offline_hub):
     t = evaluate_revision(TINY_MODEL, "step0", [_subset("semantics", 16)], device="cpu",
                           dtype="float32", sweep="s", positions=("sep", "prompt_mean"))
     assert sorted(set(t.column("measure").to_pylist())) == [
-        "accuracy", "logprob", "rankme", "rankme@prompt_mean", "rankme_uncentred",
-        "rankme_uncentred@prompt_mean"]
+        "accuracy", "chance", "logprob", "model_dtype.float32", "rankme", "rankme@prompt_mean",
+        "rankme_uncentred", "rankme_uncentred@prompt_mean"]
     with pytest.raises(ValueError, match="read positions"):
         evaluate_revision(TINY_MODEL, "step0", ["semantics"], device="cpu", dtype="float32",
                           sweep="s", positions=("answer",))
@@ -346,3 +385,25 @@ def test_bad_names_fail_before_loading(offline_hub, tmp_path, monkeypatch):
 def test_trial_id_is_path_safe():
     assert trial_id("EleutherAI/pythia-160m", "grammar") == "EleutherAI--pythia-160m:grammar"
     assert "/" not in trial_id(TINY_MODEL, "icl")
+
+
+def test_the_dtype_is_recorded_and_a_mixed_trajectory_is_flagged(offline_hub):
+    """Issue 11: with dtype auto a GPU node ran bfloat16 and a CPU node float32, so RankMe
+    of one checkpoint depended on the node. The dtype is a row now, RankMe is computed in
+    float32 either way, and analyze names a trajectory that mixes dtypes."""
+    from emergence_core.analysis import analyze
+
+    sets = [_subset("semantics", 16)]
+    bf = evaluate_revision(TINY_MODEL, "step1", sets, device="cpu", dtype="bfloat16",
+                           sweep="s")
+    f32 = evaluate_revision(TINY_MODEL, "step0", sets, device="cpu", dtype="float32",
+                            sweep="s")
+    assert "model_dtype.bfloat16" in bf.column("measure").to_pylist()
+    rank = bf.filter(pc.equal(bf["measure"], Measure.RANKME))["value"].to_pylist()
+    assert all(v == v and v > 1.0 for v in rank[1:])
+    import pyarrow as pa
+
+    a = analyze(pa.concat_tables([f32, bf]))
+    assert not any(m.startswith("model_dtype") for m in a.measures)
+    assert any("revisions measured in different dtypes (bfloat16 1, float32 1)" in m
+               for m in a.missing), a.missing

@@ -98,7 +98,8 @@ def test_pythia_file_defaults_and_resources(tmp_path):
     assert len(spec.grid()) == 3 * 154
     assert spec.resources_for("EleutherAI/pythia-160m")[1].gpus == 0
     assert spec.resources_for("EleutherAI/pythia-2.8b")[1].gpus == 1
-    assert [t.dtype for t in spec.grid()[::154]] == ["float32", "float32", "bfloat16"]
+    # auto is float32 on GPU nodes too: RankMe of a checkpoint must not depend on the node
+    assert [t.dtype for t in spec.grid()[::154]] == ["float32", "float32", "float32"]
     spec = parse_pythia_spec({"name": "p", "models": ["EleutherAI/pythia-2.8b-deduped-seed3",
                                                        "EleutherAI/pythia-410m"],
                               "revisions": "step1000..step143000:1000",
@@ -220,7 +221,8 @@ def test_fan_out_writes_every_row_once_and_reruns_skip(offline_hub, tmp_path):
                            rank["layer"].to_pylist(), strict=True))
         assert cells == sorted((revision_step(r), ps, layer) for r in done for ps in SETS
                                for layer in range(TINY_LAYERS + 1))
-        assert table.num_rows == len(done) * len(SETS) * (2 + 2 * (TINY_LAYERS + 1))
+        # accuracy, logprob, chance, model_dtype, then RankMe centred and not per layer
+        assert table.num_rows == len(done) * len(SETS) * (4 + 2 * (TINY_LAYERS + 1))
         assert len(metric_files(run)) == len(done) * len(SETS)  # one part per trial and step
         # each revision its own weights: the same rows as measuring it here, and distinct
         by_step = {revision_step(r): comparable(table.filter(pc.equal(

@@ -17,12 +17,13 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.sweep.spec import load_spec
-from orchestrator.tracking.sync import metric_key
 from tests.sweep_helpers import (
     ROOT,
+    assert_mlflow_equals_parquet,
     comparable,
     keys_unique,
     mlflow_server,
@@ -53,27 +54,14 @@ def _runs_by_name(uri: str, experiment: str) -> dict[str, list]:
 def _check_mlflow_holds_every_series(uri: str, run_dir: Path, spec_path: Path) -> None:
     spec = load_spec(spec_path)
     runs = _runs_by_name(uri, spec.name)
-    client = MlflowClient(uri)
     assert len(runs[spec.name]) == 1 and runs[spec.name][0].info.status == "FINISHED"
+    assert runs[spec.name][0].info.end_time  # MLflow shows the sweep's duration
     parent = runs[spec.name][0].info.run_id
-    table = read_metrics(run_dir)
     for plan in spec.trials():
-        assert len(runs[plan.name]) == 1, f"{plan.name}: {len(runs[plan.name])} MLflow runs"
         run = runs[plan.name][0]
-        assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent
         assert run.data.params["task"] == plan.config.task
-        rows = table.filter(pc.equal(table["trial"], plan.name))
-        keys = {metric_key(m, ly, lv) for m, ly, lv in zip(
-            rows["measure"].to_pylist(), rows["layer"].to_pylist(), rows["level"].to_pylist(),
-            strict=True)}
-        assert set(run.data.metrics) == keys
-        logged = 0
-        for key in keys:
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            assert len(steps) == len(set(steps)), f"{plan.name} {key}: a step logged twice"
-            logged += len(steps)
-        assert logged == rows.num_rows
+    assert_mlflow_equals_parquet(uri, run_dir, spec.name, [p.name for p in spec.trials()])
 
 
 def _check_parquet_holds_every_series(run_dir: Path, spec_path: Path) -> None:
@@ -130,6 +118,13 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
     assert rc == 0, (run_dir / "analyze.log").read_text()
     report = (run_dir / "report" / "report.md").read_text()
     assert "Emergence events" in report and "4 trials" in report
+    # issue 11: chance rates, both onset rules, the variants table and intervals
+    for section in ("Chance per task level", "Onset rules side by side",
+                    "Variant: the change point nearest the event",
+                    "## Robustness: how RankMe is measured", "| rankme / per level |",
+                    "| rankme_uncentred / per level |", "95% CI"):
+        assert section in report, section
+    assert "(trial, level) series emerge: the first probe at which chance-corrected" in report
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     parent = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "smoke")["smoke"][0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
@@ -233,6 +228,9 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         finally:
             stop(proc)
         assert "emerge resume" in log.read_text()
+        interrupted = [t for t in ("MOD-s0-0", "COPY-s0-0")
+                       if not RunFolder(run_dir).is_complete(t)]
+        assert interrupted, "the Ctrl-C came after both trials had finished"
         rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
     assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
     table = read_metrics(run_dir)
@@ -241,5 +239,10 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         run_trial(plan.config, tmp_path / "reference")
     reference = comparable(read_metrics(tmp_path / "reference"))
     assert comparable(table) == reference
+    for trial in interrupted:  # resumed from a checkpoint, not retrained from step 0
+        rows = table.filter(pc.equal(table["trial"], trial))
+        later = [s for s, a in zip(rows["step"].to_pylist(), rows["attempt"].to_pylist(),
+                                   strict=True) if a >= 1]
+        assert later and min(later) > 0, trial
     _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
 

@@ -136,3 +136,39 @@ def test_bad_task_input_names_the_problem(call, message: str) -> None:
     with pytest.raises(TaskError, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_small_cmp_universe_is_split_with_the_samplers_strata() -> None:
+    """Issue 11: CMP level 1 (10,000 pairs) used to be permuted uniformly ('=' about 1%).
+
+    Stratified by shared-prefix length, each of the 3 strata gets an equal quota up to its
+    size (100 equal pairs, 900 with one shared digit), so '=' holds all 100 and both sets
+    have the same composition."""
+    data = TrialData("CMP", (1,), seed=0, train_size=20000)
+    ld = data.levels[0]
+    assert len(np.intersect1d(ld.train_idx, ld.diag_idx)) == 0
+    stratum, _ = ld.spec.strata(ld.spec.params, np.concatenate([ld.train_idx, ld.diag_idx]))
+    assert np.bincount(stratum).tolist() == [5000, 900, 100]
+    for idx in (ld.train_idx, ld.diag_idx):
+        s, _ = ld.spec.strata(ld.spec.params, idx)
+        share = np.bincount(s, minlength=3) / idx.size
+        np.testing.assert_allclose(share, [5000 / 6000, 900 / 6000, 100 / 6000], atol=1e-3)
+    eq = [data.vocab.tokens[int(t)] for t in data.diag[0].targets[:, 0]].count("=")
+    assert eq == round(1000 * 100 / 6000)
+
+
+def test_chance_is_the_best_constant_answer_and_the_marginal_logprob() -> None:
+    from emergence_core.tasks import answer_chance
+    c = answer_chance(np.array([[1, 0], [1, 0], [0, 1], [1, 1]]))
+    assert c.accuracy == 0.5 and c.answer == (1, 0)
+    # position 0: 3/4 ones, position 1: 1/2 -> sum of f log f
+    want = 0.75 * np.log(0.75) + 0.25 * np.log(0.25) + np.log(0.5)
+    assert c.logprob == pytest.approx(want)
+    par = TrialData("PAR", (3,), seed=0, train_size=100).chance[3]
+    assert 0.45 <= par.accuracy <= 0.55 and par.logprob == pytest.approx(np.log(0.5), abs=2e-3)
+
+
+def test_levels_with_a_universe_smaller_than_the_diagnostic_size_are_reported() -> None:
+    data = TrialData("MOD", (1, 2), seed=0, train_size=20000, diag_size=1000)
+    assert data.short_levels() == {1: 318}  # 529 pairs, 40% for training
+    assert data.describe()[0]["diag_asked"] == 1000

@@ -140,3 +140,15 @@ def test_completed_trial_returns_at_once_and_hooks_can_stop(tmp_path: Path) -> N
     again = run_trial(cfg, tmp_path)
     assert again.completed and again.steps_run == 0
     assert torch.get_num_threads() == 1
+
+
+def test_the_in_trial_tracker_corrects_for_chance_as_the_analysis_does() -> None:
+    from emergence_core.runner import EmergenceTracker
+
+    tracker = EmergenceTracker(0.5, 2, chance={1: 0.5, 2: 0.0})
+    for step in range(10):  # level 1 holds its constant answer's 0.55; level 2 learns
+        tracker.update(step, {1: 0.55, 2: 0.55 if step >= 3 else 0.1})
+    assert tracker.events == {2: 3}
+    for step in range(10, 14):
+        tracker.update(step, {1: 0.8, 2: 0.9})  # (0.8 - 0.5) / 0.5 = 0.6
+    assert tracker.events == {2: 3, 1: 10}

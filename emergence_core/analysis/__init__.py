@@ -27,6 +27,8 @@ _WHERE = {
     "as_lazy": "frames",
     "behaviour_rows": "events",
     "binseg": "series",
+    "chance_corrected": "emergence",
+    "chance_table": "events",
     "changepoints": "series",
     "classify": "leads",
     "cluster_bootstrap": "rates",

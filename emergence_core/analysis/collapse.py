@@ -1,9 +1,21 @@
 """Representation collapse: floors, their spread across scales, collapse order of layers.
 
-SPEC section 4. The series is the collapse measure (RankMe at SEP by default) pooled over
-task levels; the final layer is the headline (its floor is "the" floor of a trial), and
-every layer gets a collapse time for the top-down test. The definitions of the early part,
-recovery and "reaching" the floor are in ``series.collapse_floor``.
+SPEC section 4. The series is the collapse measure (RankMe at SEP by default) of each task
+level (the headline: pooling the levels adds rank between them, MOD s0's pooled minimum
+7.8 against per-level 20 to 24) or pooled over levels (a variant, ``pooled=True``); the
+final layer's floor is "the" floor of a trial level, and every layer gets a collapse time
+for the top-down test. A trial without per-level rows (Pythia) uses its pooled rows in
+both. The definitions of the early part, recovery and "reaching" the floor are in
+``series.collapse_floor``.
+
+Constant layers (no variance at the read position: the embedding output at SEP within a
+level) have no collapse time; they are left out of the top-down test and counted
+(``n_constant``), and each verdict states how many layers it rests on (``n_layers``).
+
+Intervals: the share of top-down (task, scale) combinations and each task level's floor CV
+get a percentile bootstrap over seeds (all trials of a resampled seed together) where
+there are two or more seeds; with one seed the top-down share gets a Wilson interval and the
+CV none (``ci_method`` says which).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import polars as pl
 from scipy import stats
 
 from emergence_core.analysis.frames import group_slices
+from emergence_core.analysis.rates import wilson
 from emergence_core.analysis.series import collapse_floor
 from emergence_core.analysis.settings import AnalysisSettings
 
@@ -20,7 +33,9 @@ __all__ = [
     "collapse_table",
     "floor_spread",
     "floor_summary",
+    "scope_rows",
     "topdown",
+    "topdown_share",
     "trial_floors",
 ]
 
@@ -28,13 +43,14 @@ _TRIAL_META = ["trial", "task", "scale", "seed", "source"]
 
 
 def collapse_table(rows: pl.DataFrame, settings: AnalysisSettings) -> pl.DataFrame:
-    """Floor of every (trial, level, layer) series in ``rows`` (collapse-measure rows).
+    """Floor of every (trial, measure, level, layer) series in ``rows`` (collapse-family rows).
 
-    Columns: trial meta, level, layer, ``is_final`` (the trial's deepest layer), initial,
-    floor, depth (``1 - floor / initial``), floor_step, collapse_step, recovery_step,
-    degenerate, n_probes. Series with fewer than 2 finite values are skipped.
+    Columns: trial meta, measure, level, layer, ``is_final`` (the trial's deepest layer of
+    that measure), initial, floor, depth (``1 - floor / initial``), floor_step,
+    collapse_step, recovery_step, degenerate, n_probes. Series with fewer than 2 finite
+    values are skipped.
     """
-    keys = ["trial", "level", "layer"]
+    keys = ["trial", "measure", "level", "layer"]
     rows = rows.filter(pl.col("value").is_not_null()).sort([*keys, "step"], nulls_last=True)
     steps, values = rows["step"].to_numpy(), rows["value"].to_numpy()
     out: dict[str, list] = {k: [] for k in (*keys, "initial", "floor", "depth", "floor_step",
@@ -54,91 +70,194 @@ def collapse_table(rows: pl.DataFrame, settings: AnalysisSettings) -> pl.DataFra
             out[name].append(getattr(f, name))
         out["n_probes"].append(b - a)
     table = pl.DataFrame(out, schema={
-        "trial": pl.String, "level": pl.Int8, "layer": pl.Int16, "initial": pl.Float64,
-        "floor": pl.Float64, "depth": pl.Float64, "floor_step": pl.Int64,
-        "collapse_step": pl.Int64, "recovery_step": pl.Int64, "degenerate": pl.Boolean,
-        "n_probes": pl.Int64})
+        "trial": pl.String, "measure": pl.String, "level": pl.Int8, "layer": pl.Int16,
+        "initial": pl.Float64, "floor": pl.Float64, "depth": pl.Float64,
+        "floor_step": pl.Int64, "collapse_step": pl.Int64, "recovery_step": pl.Int64,
+        "degenerate": pl.Boolean, "n_probes": pl.Int64})
     meta = rows.select(_TRIAL_META).unique("trial")
     return (table.join(meta, on="trial", how="left")
-            .with_columns((pl.col("layer") == pl.col("layer").max().over("trial"))
+            .with_columns((pl.col("layer") == pl.col("layer").max().over("trial", "measure"))
                           .fill_null(True).alias("is_final"))
-            .select([*_TRIAL_META, "level", "layer", "is_final", *list(out)[3:]]))
+            .select([*_TRIAL_META, "measure", "level", "layer", "is_final", *list(out)[4:]]))
 
 
-def trial_floors(collapse: pl.DataFrame) -> pl.DataFrame:
-    """The floor of each trial: its final layer, pooled over levels."""
-    return (collapse.filter(pl.col("is_final") & pl.col("level").is_null())
-            .drop("level", "is_final").sort(["task", "scale", "seed"]))
+def scope_rows(collapse: pl.DataFrame, pooled: bool = False) -> pl.DataFrame:
+    """The rows of one scope: per level (each trial's per-level rows where it has any, else
+    its pooled rows) or, with ``pooled``, the pooled (null-level) rows."""
+    if pooled:
+        return collapse.filter(pl.col("level").is_null())
+    has = pl.col("level").is_not_null().any().over("trial")
+    return collapse.filter(pl.col("level").is_not_null() | ~has)
+
+
+def trial_floors(collapse: pl.DataFrame, pooled: bool = False) -> pl.DataFrame:
+    """The floor of each trial level (final layer); with ``pooled``, of each trial."""
+    return (scope_rows(collapse, pooled).filter(pl.col("is_final")).drop("is_final")
+            .sort(["task", "scale", "seed", "level"], nulls_last=True))
 
 
 def floor_summary(floors: pl.DataFrame, scales: pl.DataFrame) -> pl.DataFrame:
-    """Floors per (task, scale): median over seeds, with min, max and the seed count.
+    """Floors per (task, level, scale): median over seeds, with min, max and the seed count.
 
     ``scales`` (scale, n_layers) orders scales by depth, so Pythia's model names sort by size.
     """
-    return (floors.group_by(["task", "scale"]).agg(
+    return (floors.group_by(["task", "level", "scale"]).agg(
         pl.col("floor").median().alias("floor"), pl.col("floor").min().alias("floor_min"),
         pl.col("floor").max().alias("floor_max"), pl.col("depth").median().alias("depth"),
         pl.col("floor_step").median().alias("floor_step"), pl.len().alias("n_seeds"))
         .join(scales, on="scale", how="left")
-        .sort(["task", "n_layers", "scale"], nulls_last=True))
+        .sort(["task", "level", "n_layers", "scale"], nulls_last=True))
 
 
-def floor_spread(summary: pl.DataFrame) -> pl.DataFrame:
-    """Scale invariance of each task's floor: spread of its per-scale floors.
+def floor_spread(summary: pl.DataFrame, floors: pl.DataFrame | None = None,
+                 settings: AnalysisSettings | None = None) -> pl.DataFrame:
+    """Scale invariance of each task level's floor: spread of its per-scale floors.
 
-    ``cv`` = population standard deviation / mean over the scales the task was run at (the
-    spread of these floors, not an estimate for unseen scales); ``max_min_ratio`` = largest
-    / smallest floor (null when the smallest is 0). Both are null for fewer than 2 scales.
+    ``cv`` = population standard deviation / mean over the scales the task level was run at
+    (the spread of these floors, not an estimate for unseen scales); ``max_min_ratio`` =
+    largest / smallest floor (null when the smallest is 0). Both are null for fewer than 2
+    scales. With ``floors`` (per seed) holding two or more seeds, ``cv_lo``/``cv_hi`` are
+    a percentile bootstrap over seeds of the CV of per-scale median floors.
     """
     enough = pl.len() >= 2
-    return summary.group_by("task").agg(
+    out = summary.group_by("task", "level").agg(
         pl.len().alias("n_scales"),
         pl.col("floor").mean().alias("mean_floor"),
         pl.when(enough).then(pl.col("floor").std(ddof=0) / pl.col("floor").mean())
         .alias("cv"),
         pl.when(enough & (pl.col("floor").min() > 0))
         .then(pl.col("floor").max() / pl.col("floor").min()).alias("max_min_ratio"),
-    ).sort("task")
+    ).sort("task", "level", nulls_last=True)
+    lo, hi, method = [], [], []
+    settings = settings or AnalysisSettings()
+    for task, level in out.select("task", "level").rows():
+        f = (floors.filter((pl.col("task") == task) & pl.col("level").eq_missing(level))
+             if floors is not None else pl.DataFrame())
+        seeds = sorted(set(f["seed"].to_list())) if f.height else []
+        if len(seeds) < 2:
+            lo.append(None)
+            hi.append(None)
+            method.append("none (one seed)")
+            continue
+        grid = f.pivot("scale", index="seed", values="floor", aggregate_function="median")
+        m = grid.drop("seed").to_numpy()  # [seeds, scales], NaN where a seed lacks a scale
+        rng = np.random.default_rng(settings.bootstrap_seed)
+        idx = rng.integers(0, m.shape[0], size=(settings.n_bootstrap, m.shape[0]))
+        med = np.nanmedian(m[idx], axis=1)  # [resamples, scales]: per-scale median floors
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cvs = med.std(axis=1) / med.mean(axis=1)
+        cvs = cvs[np.isfinite(cvs)]
+        alpha = (1 - settings.ci_level) / 2
+        q = np.quantile(cvs, [alpha, 1 - alpha]) if cvs.size else [None, None]
+        lo.append(None if q[0] is None else float(q[0]))
+        hi.append(None if q[1] is None else float(q[1]))
+        method.append("seed bootstrap")
+    return out.with_columns(pl.Series("cv_lo", lo, pl.Float64), pl.Series("cv_hi", hi, pl.Float64),
+                            pl.Series("ci_method", method, pl.String))
 
 
-def topdown(collapse: pl.DataFrame, settings: AnalysisSettings) -> pl.DataFrame:
+def _layer_times(collapse: pl.DataFrame, pooled: bool,
+                 seeds: list | None = None) -> pl.DataFrame:
+    """Per (task, scale, layer): median collapse step over seeds and levels of the scope's
+    non-constant series, the seeds counted, and whether every series was constant."""
+    rows = scope_rows(collapse, pooled)
+    if seeds is not None:  # a bootstrap resample: seeds drawn with replacement
+        pick = pl.DataFrame({"seed": seeds, "_draw": range(len(seeds))},
+                            schema={"seed": pl.Int64, "_draw": pl.Int64})
+        rows = rows.join(pick, on="seed", how="inner")
+    return (rows.group_by(["task", "scale", "layer"]).agg(
+        pl.col("collapse_step").filter(~pl.col("degenerate")).median().alias("collapse_step"),
+        pl.col("seed").filter(~pl.col("degenerate")).n_unique().alias("n_seeds"),
+        pl.col("degenerate").all().alias("constant"))
+        .sort(["task", "scale", "layer"]))
+
+
+def _verdict(layers: np.ndarray, times: np.ndarray, settings: AnalysisSettings
+             ) -> tuple[float, float, str]:
+    rho = p = float("nan")
+    if layers.size >= settings.topdown_min_layers and np.ptp(times) > 0:
+        res = stats.spearmanr(layers, times)
+        rho, p = float(res.statistic), float(res.pvalue)
+    if np.isnan(rho):
+        return rho, p, "undetermined"
+    if rho <= -settings.topdown_rho:
+        return rho, p, "top-down"
+    if rho >= settings.topdown_rho:
+        return rho, p, "bottom-up"
+    return rho, p, "mixed"
+
+
+def topdown(collapse: pl.DataFrame, settings: AnalysisSettings,
+            pooled: bool = False) -> pl.DataFrame:
     """The top-down test per (task, scale) (SPEC section 4).
 
-    Collapse time of a layer = median over seeds of its collapse step (pooled levels,
-    constant layers left out). ``rho`` = Spearman correlation between layer index and
-    collapse time; ``verdict`` is ``top-down`` when ``rho <= -topdown_rho`` (deeper layers
+    Collapse time of a layer = median over seeds and task levels of its collapse step
+    (per-level series; pooled series with ``pooled``), constant series left out; a layer
+    whose every series is constant is excluded and counted in ``n_constant``. ``rho`` =
+    Spearman correlation between layer index and collapse time over the ``n_layers``
+    remaining layers; ``verdict`` is ``top-down`` when ``rho <= -topdown_rho`` (deeper layers
     collapse first), ``bottom-up`` when ``rho >= topdown_rho``, ``mixed`` in between, and
     ``undetermined`` with fewer than ``topdown_min_layers`` layers or all times tied.
     """
-    per_layer = (collapse.filter(pl.col("level").is_null() & ~pl.col("degenerate"))
-                 .group_by(["task", "scale", "layer"]).agg(
-                     pl.col("collapse_step").median().alias("collapse_step"),
-                     pl.len().alias("n_seeds"))
-                 .sort(["task", "scale", "layer"]))
-    out: dict[str, list] = {k: [] for k in ("task", "scale", "n_layers", "n_seeds", "rho",
-                                            "p_value", "verdict", "layers", "collapse_steps")}
+    per_layer = _layer_times(collapse, pooled)
+    out: dict[str, list] = {k: [] for k in ("task", "scale", "n_layers", "n_constant",
+                                            "n_seeds", "rho", "p_value", "verdict", "layers",
+                                            "collapse_steps")}
     for (task, scale), a, b in group_slices(per_layer, ["task", "scale"]):
         g = per_layer[a:b]
-        layers, times = g["layer"].to_numpy(), g["collapse_step"].to_numpy()
-        rho = p = float("nan")
-        if layers.size >= settings.topdown_min_layers and np.ptp(times) > 0:
-            res = stats.spearmanr(layers, times)
-            rho, p = float(res.statistic), float(res.pvalue)
-        if np.isnan(rho):
-            verdict = "undetermined"
-        elif rho <= -settings.topdown_rho:
-            verdict = "top-down"
-        elif rho >= settings.topdown_rho:
-            verdict = "bottom-up"
-        else:
-            verdict = "mixed"
+        live = g.filter(~pl.col("constant") & pl.col("collapse_step").is_not_null())
+        layers, times = live["layer"].to_numpy(), live["collapse_step"].to_numpy()
+        rho, p, verdict = _verdict(layers, times, settings)
         for k, v in (("task", task), ("scale", scale), ("n_layers", int(layers.size)),
+                     ("n_constant", int(g["constant"].sum())),
                      ("n_seeds", int(g["n_seeds"].max())), ("rho", rho), ("p_value", p),
                      ("verdict", verdict), ("layers", " ".join(map(str, layers))),
                      ("collapse_steps", " ".join(str(int(t)) for t in times))):
             out[k].append(v)
     return pl.DataFrame(out, schema={
-        "task": pl.String, "scale": pl.String, "n_layers": pl.Int64, "n_seeds": pl.Int64,
-        "rho": pl.Float64, "p_value": pl.Float64, "verdict": pl.String, "layers": pl.String,
-        "collapse_steps": pl.String})
+        "task": pl.String, "scale": pl.String, "n_layers": pl.Int64, "n_constant": pl.Int64,
+        "n_seeds": pl.Int64, "rho": pl.Float64, "p_value": pl.Float64, "verdict": pl.String,
+        "layers": pl.String, "collapse_steps": pl.String})
+
+
+def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: AnalysisSettings,
+                  pooled: bool = False) -> dict:
+    """k/n of top-down (task, scale) combinations in ``table`` (``topdown``'s), with an
+    interval: seeds resampled (``n_bootstrap`` times, verdicts recomputed) when the
+    collapse table holds two or more seeds, else Wilson over the combinations."""
+    k, n = int((table["verdict"] == "top-down").sum()), table.height
+    seeds = sorted(set(collapse["seed"].to_list())) if collapse.height else []
+    if n == 0:
+        return {"k": 0, "n": 0, "lo": None, "hi": None, "ci_method": "none (no combinations)"}
+    if len(seeds) < 2:
+        lo, hi = wilson(k, n, settings.ci_level)
+        return {"k": k, "n": n, "lo": lo, "hi": hi, "ci_method": "wilson"}
+    # per (task, scale): the live series' layer, seed index and collapse step, in numpy
+    rows = scope_rows(collapse, pooled).filter(~pl.col("degenerate")
+                                               & pl.col("collapse_step").is_not_null())
+    seed_ix = {sd: i for i, sd in enumerate(seeds)}
+    combos = [(g["layer"].to_numpy(), np.array([seed_ix[x] for x in g["seed"].to_list()]),
+               g["collapse_step"].to_numpy().astype(np.float64))
+              for _, g in rows.group_by(["task", "scale"])]
+    def share(counts: np.ndarray) -> float:
+        hits = 0
+        for layer, seed, step in combos:
+            w = counts[seed]  # a seed drawn twice counts twice, one not drawn not at all
+            layers = np.unique(layer[w > 0])
+            times = np.array([np.median(np.repeat(step[layer == lv], w[layer == lv]))
+                              for lv in layers])
+            hits += _verdict(layers, times, settings)[2] == "top-down"
+        return hits / n
+
+    rng = np.random.default_rng(settings.bootstrap_seed)
+    seen: dict[tuple, float] = {}  # few seeds give few distinct resamples: refit each once
+    shares = []
+    for _ in range(settings.n_bootstrap):
+        counts = np.bincount(rng.integers(0, len(seeds), len(seeds)), minlength=len(seeds))
+        key = tuple(counts.tolist())
+        if key not in seen:
+            seen[key] = share(counts)
+        shares.append(seen[key])
+    alpha = (1 - settings.ci_level) / 2
+    lo, hi = np.quantile(shares, [alpha, 1 - alpha])
+    return {"k": k, "n": n, "lo": float(lo), "hi": float(hi), "ci_method": "seed bootstrap"}

@@ -4,13 +4,25 @@ The emergence event of a series is the first probe step at which the value reach
 ``threshold`` and stays at or above it for the following ``persistence`` probe steps.
 A crossing that the run ends before confirming is no event: the rule needs the
 ``persistence`` later probes to exist, so a run cannot report an event it has not seen hold.
+
+The accuracy rule reads chance-corrected accuracy (``chance_corrected``), so a model that
+answers one constant answer, which scores the level's chance rate, sits at 0 and never
+emerges however long it holds there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["emergence_index", "emergence_step"]
+__all__ = ["chance_corrected", "emergence_index", "emergence_step"]
+
+
+def chance_corrected(accuracy: float, chance: float) -> float:
+    """``(accuracy - chance) / (1 - chance)``: 0 at chance, 1 when every answer is right.
+
+    NaN when chance is 1 (every answer is the same one: nothing to learn, no event).
+    """
+    return (accuracy - chance) / (1.0 - chance) if chance < 1.0 else float("nan")
 
 
 def emergence_index(values: np.ndarray, threshold: float = 0.5, persistence: int = 5) -> int | None:

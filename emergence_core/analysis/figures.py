@@ -52,8 +52,9 @@ def _draw(ax, name: str, rows: pl.DataFrame, levels: list, events: list[tuple],
 
 
 def trial_curves(a: Analysis, trial: str, path: Path) -> Path:
-    """Accuracy and normalised log-prob per level, then each measure's headline series;
-    accuracy events dashed, each event's matched onset dotted."""
+    """Accuracy (with each level's chance rate, sparse dots) and normalised log-prob per
+    level, then each measure's headline series; accuracy events dashed, each event's onset
+    (departure rule) dotted."""
     beh = a.behaviour.filter(pl.col("trial") == trial)
     ser = a.series.filter(pl.col("trial") == trial)
     events = (a.details.filter((pl.col("trial") == trial) & (pl.col("measure") == "accuracy")
@@ -68,6 +69,11 @@ def trial_curves(a: Analysis, trial: str, path: Path) -> Path:
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax, name in zip(axes[:2], ("accuracy", "logprob_norm"), strict=True):
         _draw(ax, name, beh.filter(pl.col("measure") == name), levels, events, [])
+    chance = a.chances.filter(pl.col("trial") == trial).select("level", "chance").drop_nulls()
+    if chance.height:  # the accuracy a constant answer gets: the event reads above it
+        axes[0].hlines(chance["chance"].to_list(), 0, 1, transform=axes[0].get_yaxis_transform(),
+                       colors=[_level_colour(lv, levels) for lv in chance["level"].to_list()],
+                       linestyles=(0, (1, 3)), lw=0.8)
     for ax, name in zip(axes[ncol:], measures, strict=False):
         onsets = (leads.filter(pl.col("measure") == name).select("level", "onset_step")
                   .drop_nulls().rows())
@@ -77,7 +83,7 @@ def trial_curves(a: Analysis, trial: str, path: Path) -> Path:
     if beh.height:
         axes[0].legend(fontsize=7, loc="upper left")
     height = fig.get_figheight()
-    fig.suptitle(f"{trial}: dashed = accuracy emergence, dotted = matched onset", fontsize=10,
+    fig.suptitle(f"{trial}: dashed = accuracy emergence, dotted = onset", fontsize=10,
                  y=1 - 0.1 / height)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.3 / height, top=1 - 0.65 / height,
                         hspace=0.5, wspace=0.2)  # fixed: tight_layout triples drawing time
@@ -115,11 +121,13 @@ def rankme_heatmap(a: Analysis, trial: str, path: Path) -> Path:
 
 
 def lead_distributions(a: Analysis, path: Path, event: str = "accuracy") -> Path:
-    """Lead of each measure in probe intervals, measures in hierarchy order; the band is
-    the synchronous zone of +/- one interval."""
+    """Lead of each measure in units of its stated tolerance (the ``tolerance`` column of
+    the leads table, the same one the text and tables use), measures in hierarchy order;
+    the band is +/- one tolerance (synchronous or unresolved)."""
     order = a.hierarchy.filter(pl.col("event") == event)["measure"].to_list()
-    leads = a.leads.filter((pl.col("event") == event) & pl.col("lead_intervals").is_not_null())
-    data = [leads.filter(pl.col("measure") == m)["lead_intervals"].to_numpy() for m in order]
+    leads = a.leads.filter((pl.col("event") == event)
+                           & pl.col("lead_tolerances").is_not_null())
+    data = [leads.filter(pl.col("measure") == m)["lead_tolerances"].to_numpy() for m in order]
     fig = Figure(figsize=(max(5.0, 0.9 * len(order) + 2), 4))
     ax = fig.subplots()
     ax.axhspan(-1, 1, color="0.9", zorder=0)
@@ -130,20 +138,23 @@ def lead_distributions(a: Analysis, path: Path, event: str = "accuracy") -> Path
             ax.scatter(i + rng.uniform(-0.15, 0.15, d.size), d, s=6, alpha=0.5)
         ax.set_xticks(range(1, len(order) + 1), order, rotation=30, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("lead (probe intervals); > 1: precursor")
+    ax.set_ylabel("lead / stated tolerance; > 1: precursor")
     ax.set_title(f"Lead of each measure's onset before the {event} event", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def floors_vs_scale(a: Analysis, path: Path) -> Path:
-    """Collapse floor (median over seeds, bars: min to max) against scale, one line per task."""
+    """Collapse floor (median over seeds, bars: min to max) against scale, one line per task
+    level (per-level floors are the headline)."""
     s = a.floor_summary
     order = a.scale_order
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
-    for i, task in enumerate(sorted(set(s["task"].to_list()))):
-        t = s.filter(pl.col("task") == task)
+    units = sorted(set(s.select("task", "level").rows()), key=lambda u: (u[0], u[1] or 0))
+    for i, (task, level) in enumerate(units):
+        t = s.filter((pl.col("task") == task) & pl.col("level").eq_missing(level))
+        task = task if level is None else f"{task} L{level}"
         x = np.array([order.index(v) for v in t["scale"].to_list()])
         y = t["floor"].to_numpy()
         err = np.vstack([y - t["floor_min"].to_numpy(), t["floor_max"].to_numpy() - y])

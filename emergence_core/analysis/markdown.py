@@ -53,16 +53,35 @@ def _events(a: Analysis) -> list[str]:
     for ev in s.event_measures:
         d = a.details.filter(pl.col("measure") == ev)
         k = d.filter(pl.col("step").is_not_null()).height
-        out.append(f"- {ev}: {k}/{d.height} (trial, level) series emerge (threshold "
-                   f"{s.threshold}, persistence {s.persistence} probes).")
+        what = ("chance-corrected accuracy (accuracy - chance) / (1 - chance)"
+                if ev == "accuracy" else ev)
+        out.append(f"- {ev}: {k}/{d.height} (trial, level) series emerge: the first probe at "
+                   f"which {what} is >= {s.threshold} and stays so for the next "
+                   f"{s.persistence} probes.")
+    out.append("- chance = exact-match accuracy of the best constant answer on the level's "
+               "diagnostic set (0.5 for pair-scored Pythia sets); per task level below and "
+               "in tables/chances.csv, and with every event in tables/events.csv.")
     if LOGPROB_NORM in s.event_measures:
-        out.append(f"- {LOGPROB_NORM} = 1 - logprob / logprob(first probe): 0 at the start, "
-                   "1 when the answer has probability 1.")
+        out.append(f"- {LOGPROB_NORM} = 1 - logprob / logprob_chance, logprob_chance = the "
+                   "log-prob of the answer under each answer position's token frequencies on "
+                   "the diagnostic set (a prompt-blind predictor): 0 at that baseline, 1 when "
+                   "the answer has probability 1. Where a trial logs no logprob_chance, the "
+                   "first probe's logprob is the anchor.")
     hard = a.difficulty.filter(pl.col("difficulty") == "hard").height
     rule = "the list in settings.hard" if s.hard is not None else \
         "emergence step above the median over task levels at that scale"
     out += [f"- Difficulty: {hard}/{a.difficulty.height} (task level, scale) pairs are hard "
             f"({rule}).", ""]
+    ch = (a.chances.join(a.trials.select("trial", "task"), on="trial", how="left")
+          .group_by("task", "level").agg(
+              pl.col("chance").median().alias("chance"),
+              pl.col("logprob_chance").median().alias("logprob_chance"),
+              pl.col("diag_size").min().alias("diag_size"),
+              pl.col("diag_asked").max().alias("diag_asked"))
+          .sort("task", "level", nulls_last=True))
+    out += ["Chance per task level (median over trials):", "",
+            *_table(ch, ["task", "level", "chance", "logprob_chance", "diag_size",
+                         "diag_asked"]), ""]
     per_scale = (a.details.filter(pl.col("measure") == "accuracy").group_by("scale")
                  .agg(pl.len().alias("series"), pl.col("step").is_not_null().sum()
                       .alias("emerged"), pl.col("step").median().alias("median_step")))
@@ -71,44 +90,106 @@ def _events(a: Analysis) -> list[str]:
     return out + _table(per_scale, ["scale", "emerged", "series", "median_step"]) + [""]
 
 
+def _unit(task: str, level: int | None) -> str:
+    return task if level is None else f"{task} L{level}"
+
+
 def _collapse(a: Analysis) -> list[str]:
     s = a.settings
     out = ["## Collapse", "",
            f"Floor: minimum of the final-layer {s.collapse_measure} (running median of "
            f"{s.smooth_window} probes) over the first {100 * s.early_fraction:.0f}% of "
-           f"training, before recovery ({100 * s.recovery_fraction:.0f}% of the drop regained). "
-           f"{a.floors.height} trials have a floor.", ""]
-    for task, n, cv, ratio in a.floor_spread.select("task", "n_scales", "cv",
-                                                     "max_min_ratio").rows():
-        sub = a.floor_summary.filter(pl.col("task") == task)
-        lo, hi = sub["floor"].min(), sub["floor"].max()
+           f"training, before recovery ({100 * s.recovery_fraction:.0f}% of the drop regained), "
+           f"per task level (the headline; pooled over levels is a variant, see Robustness). "
+           f"{a.floors.height} (trial, level) series have a floor.", ""]
+    for task, level, n, cv, ratio, lo, hi, method in a.floor_spread.select(
+            "task", "level", "n_scales", "cv", "max_min_ratio", "cv_lo", "cv_hi",
+            "ci_method").rows():
+        sub = a.floor_summary.filter((pl.col("task") == task)
+                                     & pl.col("level").eq_missing(level))
+        flo, fhi = sub["floor"].min(), sub["floor"].max()
+        ci = f", {100 * s.ci_level:.0f}% CI {lo:.2f}-{hi:.2f} ({method})" \
+            if lo is not None else f", no interval ({method})"
         spread = "one scale only, no spread" if cv is None else \
-            f"CV {cv:.2f}, max/min {ratio:.2f}" if ratio is not None else f"CV {cv:.2f}"
-        out.append(f"- {task}: floor {lo:.3g} to {hi:.3g} across {n} scales ({spread}).")
-    out += ["", *_table(a.floor_summary, ["task", "scale", "floor", "floor_min", "floor_max",
-                                          "n_seeds"]), ""]
+            (f"CV {cv:.2f}{ci}" + (f", max/min {ratio:.2f}" if ratio is not None else ""))
+        out.append(f"- {_unit(task, level)}: floor {flo:.3g} to {fhi:.3g} across {n} scales "
+                   f"({spread}).")
+    out += ["", *_table(a.floor_summary, ["task", "level", "scale", "floor", "floor_min",
+                                          "floor_max", "n_seeds"]), ""]
     td = a.topdown
     counts = {v: td.filter(pl.col("verdict") == v).height
               for v in ("top-down", "bottom-up", "mixed", "undetermined")}
+    share = a.topdown_summary.row(0, named=True) if a.topdown_summary.height else None
+    ci = "" if share is None or share["lo"] is None else \
+        (f" ({100 * s.ci_level:.0f}% CI {100 * share['lo']:.0f}-{100 * share['hi']:.0f}%, "
+         f"{share['ci_method']})")
+    layers = td["n_layers"]
+    rests = "" if td.height == 0 else (
+        " Each verdict rests on the non-constant layers only: "
+        + (f"{layers.min()}" if layers.min() == layers.max()
+           else f"{layers.min()} to {layers.max()}")
+        + " layers per combination (column n_layers); "
+        + f"{int(td['n_constant'].sum())} constant layers (no variance at the read position) "
+        "were left out (n_constant). A verdict on 2 layers is one comparison.")
     out += [f"Top-down: {counts['top-down']}/{td.height} (task, scale) combinations are "
-            f"top-down (Spearman rho between layer index and collapse time <= "
-            f"-{s.topdown_rho}); {counts['bottom-up']} bottom-up, {counts['mixed']} mixed, "
-            f"{counts['undetermined']} undetermined.", ""]
-    return out + _table(td, ["task", "scale", "n_layers", "rho", "verdict", "collapse_steps"])
+            f"top-down{ci} (Spearman rho between layer index and per-level collapse time, "
+            f"median over seeds and levels, <= -{s.topdown_rho}); {counts['bottom-up']} "
+            f"bottom-up, {counts['mixed']} mixed, {counts['undetermined']} undetermined."
+            f"{rests}", ""]
+    return out + _table(td, ["task", "scale", "n_layers", "n_constant", "rho", "verdict",
+                             "collapse_steps"])
+
+
+def _variants(a: Analysis) -> list[str]:
+    v = a.variants
+    out = ["## Robustness: how RankMe is measured", "",
+           "Every RankMe headline recomputed for each collapse-family measure in the run "
+           "(centred and uncentred RankMe, each read position) and per level or pooled over "
+           "levels. floor_ratio: median over (task, scale) of the variant's floor over the "
+           "headline's; topdown_changed: combinations whose verdict differs from the "
+           "headline's; precursor: accuracy events (departure rule); changes: the "
+           "conclusions that differ from the headline's (floors differing by more than 10%, "
+           "top-down verdicts).", ""]
+    if v.height == 0:
+        return [*out, "No collapse-family measure in the table: no variants.", ""]
+    shown = v.with_columns(
+        pl.format("{}/{}", "topdown_k", "topdown_n").alias("top-down"),
+        pl.when(pl.col("precursor_n").is_not_null())
+        .then(pl.format("{}/{}", "precursor_k", "precursor_n")).alias("precursor"))
+    return [*out, *_table(shown, ["variant", "n_floors", "floor_median", "floor_ratio",
+                                  "cv_median", "top-down", "topdown_lo", "topdown_hi",
+                                  "layers_median", "topdown_changed", "precursor",
+                                  "precursor_lo", "precursor_hi", "hierarchy_rank",
+                                  "changes"]),
+            "", "Intervals: topdown_lo/hi and precursor_lo/hi are seed-bootstrap intervals "
+            "with two or more seeds, Wilson otherwise (tables/variants.csv names the method).",
+            ""]
 
 
 def _precursors(a: Analysis, event: str) -> list[str]:
     rates = a.rates.filter(pl.col("event") == event)
     hier = a.hierarchy.filter(pl.col("event") == event)
     lvl = a.settings.ci_level
+    tol = ("the wider of the event's probe interval and the measure's own probe spacing at "
+           "the event" if a.settings.measure_grid_tolerance else
+           "the event's probe interval")
     out = [f"## Precursors of the {event} event", "",
-           "Onset: change point of the smoothed final-layer series nearest the event; "
-           "precursor when lead > one probe interval at the event, synchronous within +/- one,"
-           " lagging otherwise.", ""]
+           "Onset (headline, departure rule): the change point of the smoothed final-layer "
+           "series that opens the regime the measure is in at the event (the last one at or "
+           "before event + tolerance, past the collapse when the event comes after it and, in a "
+           "series pooled over levels, "
+           "nearer this event than another; else the first after). Variant: the change "
+           "point nearest the event. Lead = event step - onset step. Tolerance, per measure "
+           f"and event (column tolerance of tables/leads.csv): {tol}. Precursor when lead > "
+           "tolerance, lagging when lead < -tolerance; within it synchronous when the "
+           "tolerance is the event's own interval, unresolved when the measure's coarser grid "
+           "makes it wider. Intervals: seed bootstrap with two or more seeds, else Wilson "
+           "(column ci_method of tables/rates.csv).", ""]
     if rates.height == 0:
         return [*out, "No events with measure series: no precursor rates.", ""]
     order = hier["measure"].to_list() + sorted(set(rates["measure"].to_list())
                                                - set(hier["measure"].to_list()))
+    leads = a.leads.filter(pl.col("event") == event)
     for m in order:
         r = rates.filter((pl.col("measure") == m) & (pl.col("split_kind") == "all")).row(
             0, named=True)
@@ -116,14 +197,51 @@ def _precursors(a: Analysis, event: str) -> list[str]:
         lead = "" if h.height == 0 else (
             f"; median lead {h['median_lead'][0]:.0f} steps "
             f"({h['median_lead_intervals'][0]:.1f} probe intervals)")
+        tols = leads.filter(pl.col("measure") == m)["tolerance"].drop_nulls()
+        tol_txt = "" if tols.len() == 0 else (
+            f"; tolerance {tols.min():.0f}" + ("" if tols.min() == tols.max()
+                                               else f" to {tols.max():.0f}") + " steps")
         lag = h["median_xcorr_lag"][0] if h.height else None
         xc = "" if lag is None else f"; median cross-correlation lag {round(lag):+d} probes"
-        single = " (one seed: no CI)" if r["n_seeds"] < 2 else ""
         pre = count_phrase(r["precursor_k"], r["n"], r["precursor_lo"], r["precursor_hi"], lvl)
         out.append(
-            f"- {m} is a precursor in {pre}{single}, synchronous in "
-            f"{count_phrase(r['synchronous_k'], r['n'])}, lagging in "
-            f"{count_phrase(r['lagging_k'], r['n'])}, no onset in {r['no_onset_k']}{lead}{xc}.")
+            f"- {m} is a precursor in {pre} ({r['ci_method']}), synchronous in "
+            f"{count_phrase(r['synchronous_k'], r['n'])}, unresolved in "
+            f"{count_phrase(r['unresolved_k'], r['n'])}, lagging in "
+            f"{count_phrase(r['lagging_k'], r['n'])}, no onset in {r['no_onset_k']}"
+            f"{lead}{tol_txt}{xc}.")
+    agree = a.rule_agreement.filter(pl.col("event") == event)
+    out += ["", "Onset rules side by side (departure = headline, nearest = variant; "
+            "tables/rates_nearest.csv has the variant's rates):", "",
+            *_table(agree, ["measure", "n", "agree_k", "departure_precursor_k",
+                            "nearest_precursor_k"]), ""]
+    differ = leads.filter(~pl.col("rules_agree"))
+    if differ.height:
+        out += [f"{differ.height}/{leads.height} (event, measure) pairs are classed "
+                "differently by the two rules:", "",
+                *_table(differ.head(20), ["trial", "level", "measure", "event_step",
+                                          "onset_step", "class", "onset_nearest",
+                                          "class_nearest"]),
+                *([f"(first 20 of {differ.height}; all in tables/leads.csv)"]
+                  if differ.height > 20 else []), ""]
+    grid = a.grid_summary.filter(pl.col("event") == event) if a.grid_summary.height else \
+        a.grid_summary
+    if grid.height:
+        out += ["Same-grid control: each coarse measure's verdicts (first row of each grid), "
+                "then each cheap measure read only at that measure's probe steps and judged "
+                "with that grid's tolerance (full_*: the same events on the cheap measure's "
+                "own grid). Where a cheap measure turns unresolved or synchronous on the "
+                "coarse grid, the grid alone explains that verdict.", "",
+                *_table(grid, ["grid", "measure", "n", "precursor_k", "synchronous_k",
+                               "unresolved_k", "lagging_k", "full_precursor_k"]), ""]
+        ctrl = a.grid_control.filter((pl.col("event") == event)
+                                     & (pl.col("class_full") == "precursor"))
+        for g, sub in sorted(ctrl.group_by("grid"), key=lambda kv: str(kv[0][0])):
+            kept = sub.filter(pl.col("class") == "precursor").height
+            out.append(f"- On {g[0]}'s grid, cheap measures keep {kept}/{sub.height} of their "
+                       "own-grid precursor verdicts; the rest the grid alone turns into "
+                       "synchronous, unresolved or lagging.")
+        out.append("")
     splits = rates.filter(pl.col("split_kind").is_in(["difficulty", "scale"]))
     wide = splits.with_columns(pl.format("{}/{}", "precursor_k", "n").alias("k/n")).pivot(
         "split", index="measure", values="k/n")
@@ -151,12 +269,16 @@ def _prediction(a: Analysis) -> list[str]:
                            ("reversal", "ordering reversals predicted")):
             r = q.filter(pl.col("statistic") == stat)
             if r.height and r["n"][0]:
+                ci = "" if r["lo"][0] is None else (
+                    f", {100 * a.settings.ci_level:.0f}% CI {_pct(r['lo'][0])}-"
+                    f"{_pct(r['hi'][0])} {r['ci_method'][0]}")
                 line += (f"; {what} {r['k'][0]:g}/{r['n'][0]} pairs "
-                         f"({_pct(r['value'][0])})")
+                         f"({_pct(r['value'][0])}{ci})")
             else:
                 line += f"; {what}: no pairs"
         out.append(line + ".")
-    return [*out, "", *_table(p, ["signal", "statistic", "scope", "n", "k", "value"]), ""]
+    return [*out, "", *_table(p, ["signal", "statistic", "scope", "n", "k", "value", "lo", "hi",
+                                  "ci_method"]), ""]
 
 
 def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],
@@ -173,7 +295,7 @@ def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],
             "per-layer measures at their final layer.", "", "## What is missing", ""]
     missing = [*a.missing, *notes]
     head += [f"- {m}" for m in missing] or ["- Nothing: every expected table could be computed."]
-    body = [*head, "", *_events(a), *_collapse(a), ""]
+    body = [*head, "", *_events(a), *_collapse(a), "", *_variants(a)]
     for ev in a.settings.event_measures:
         body += _precursors(a, ev)
     body += _prediction(a)

@@ -19,19 +19,23 @@ from emergence_core.analysis.collapse import (
     floor_spread,
     floor_summary,
     topdown,
+    topdown_share,
     trial_floors,
 )
 from emergence_core.analysis.events import (
+    CHANCE_MEASURES,
     behaviour_rows,
+    chance_table,
     difficulty_classes,
     event_details,
     to_events_schema,
 )
 from emergence_core.analysis.frames import Metrics, as_lazy, unit_expr
-from emergence_core.analysis.leads import measure_leads
+from emergence_core.analysis.leads import grid_control, measure_leads
 from emergence_core.analysis.prediction import event_signals, prediction_limits
 from emergence_core.analysis.rates import hierarchy, precursor_rates
 from emergence_core.analysis.settings import EXPECTED_MEASURES, AnalysisSettings
+from emergence_core.analysis.variants import family, variants_table
 from emergence_core.metrics import Measure
 
 __all__ = ["Analysis", "analyze"]
@@ -44,12 +48,19 @@ class Analysis:
     """Every table of the statistics stage, plus the rows the figures draw from.
 
     Tables: ``inventory`` (trial, measure: final layer, per-level or not, rows, steps),
-    ``trials``, ``scales`` (scale, n_layers: ordered by depth), ``events`` (EVENTS_SCHEMA),
+    ``trials``, ``scales`` (scale, n_layers: ordered by depth), ``chances`` (per trial and
+    level: chance, logprob_chance, diag_size, diag_asked), ``events`` (EVENTS_SCHEMA),
     ``details`` (events with their probe interval), ``difficulty``, ``collapse`` (floor of
-    every (trial, level, layer)), ``floors`` (per trial), ``floor_summary`` (task x scale),
-    ``floor_spread`` (per task), ``topdown`` (task x scale), ``leads`` (event x measure),
-    ``changepoints``, ``rates``, ``hierarchy``, ``signals``, ``prediction``. ``measures``:
-    the measures analysed; ``missing``: what the table lacks, one sentence each.
+    every (trial, level, layer) of the collapse measure), ``floors`` (per trial level, final
+    layer), ``floor_summary`` (task x level x scale), ``floor_spread`` (per task level, with
+    a seed-bootstrap CV interval), ``topdown`` (task x scale, per-level series, layer
+    counts), ``topdown_summary`` (k/n top-down with its interval), ``variants``
+    (``variants.variants_table``), ``leads`` (event x measure, both onset
+    rules), ``rule_agreement`` (per event and measure: how often the two onset rules agree),
+    ``grid_control`` and ``grid_summary`` (``leads.grid_control``), ``changepoints``,
+    ``rates`` (departure rule) and ``rates_nearest``, ``hierarchy``, ``signals``,
+    ``prediction``. ``measures``: the measures analysed; ``missing``: what the table
+    lacks, one sentence each.
     """
 
     settings: AnalysisSettings
@@ -59,6 +70,7 @@ class Analysis:
     trials: pl.DataFrame
     scales: pl.DataFrame
     behaviour: pl.DataFrame
+    chances: pl.DataFrame
     series: pl.DataFrame
     collapse_rows: pl.DataFrame
     events: pl.DataFrame
@@ -69,10 +81,16 @@ class Analysis:
     floor_summary: pl.DataFrame
     floor_spread: pl.DataFrame
     topdown: pl.DataFrame
+    topdown_summary: pl.DataFrame
+    variants: pl.DataFrame
     leads: pl.DataFrame
+    rule_agreement: pl.DataFrame
+    grid_control: pl.DataFrame
+    grid_summary: pl.DataFrame
     changepoints: pl.DataFrame
     onsets: pl.DataFrame
     rates: pl.DataFrame
+    rates_nearest: pl.DataFrame
     hierarchy: pl.DataFrame
     signals: pl.DataFrame
     prediction: pl.DataFrame
@@ -81,6 +99,46 @@ class Analysis:
     @property
     def scale_order(self) -> list[str]:
         return self.scales["scale"].to_list()
+
+
+# An estimate's convergence flag (1.0 converged, 0.0 not), logged beside it.
+CONVERGENCE_FLAGS = {Measure.LLC: Measure.LLC_CONVERGED}
+
+
+def drop_unconverged(series: pl.DataFrame, flags: pl.DataFrame
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``series`` without the values whose convergence flag is 0, and a count of them.
+
+    Returns (kept rows, one row per measure: n_dropped, n_estimates). A value without a
+    flag row is kept (no check was made).
+    """
+    bad = []
+    for measure, flag in CONVERGENCE_FLAGS.items():
+        f = flags.filter((pl.col("measure") == flag) & (pl.col("value") < 0.5))
+        bad.append(f.select("trial", "step", pl.lit(measure).alias("measure")))
+    bad_rows = pl.concat(bad).unique()
+    key = ["trial", "measure", "step"]
+    kept = series.join(bad_rows, on=key, how="anti")
+    counts = (series.filter(pl.col("measure").is_in(list(CONVERGENCE_FLAGS)))
+              .join(bad_rows.with_columns(pl.lit(True).alias("_bad")), on=key, how="left")
+              .group_by("measure").agg(pl.col("_bad").fill_null(False).sum().alias("n_dropped"),
+                                       pl.len().alias("n_estimates")))
+    return kept, counts
+
+
+def _unconverged_notes(dropped: pl.DataFrame) -> list[str]:
+    return [f"{m}: {k}/{n} estimates flagged not converged, left out of onsets."
+            for m, k, n in dropped.select("measure", "n_dropped", "n_estimates").rows() if k]
+
+
+def rule_agreement(leads: pl.DataFrame) -> pl.DataFrame:
+    """Per (event, measure): events, how many the two onset rules class alike, and each
+    rule's precursor count."""
+    return (leads.group_by("event", "measure").agg(
+        pl.len().alias("n"), pl.col("rules_agree").sum().alias("agree_k"),
+        (pl.col("class") == "precursor").sum().alias("departure_precursor_k"),
+        (pl.col("class_nearest") == "precursor").sum().alias("nearest_precursor_k"))
+        .sort("event", "measure"))
 
 
 def _inventory(lf: pl.LazyFrame) -> pl.DataFrame:
@@ -93,11 +151,42 @@ def _inventory(lf: pl.LazyFrame) -> pl.DataFrame:
         .collect().sort(["trial", "measure"]))
 
 
+def _chance_notes(trials: pl.DataFrame, chances: pl.DataFrame,
+                  details: pl.DataFrame) -> list[str]:
+    notes = []
+    acc = details.filter(pl.col("measure") == Measure.ACCURACY)
+    unknown = sorted(set(acc.filter(~pl.col("chance_known"))["trial"].to_list()))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        notes.append(f"{len(unknown)}/{trials.height} trials log no chance rate (written "
+                     f"before chance rows existed): their accuracy events use raw accuracy "
+                     f"(chance 0): {shown}.")
+    short = (chances.filter(pl.col("diag_size") < pl.col("diag_asked"))
+             .join(trials.select("trial", "task"), on="trial", how="left")
+             .group_by("task", "level").agg(pl.col("diag_size").min(),
+                                            pl.col("diag_asked").max())
+             .sort("task", "level"))
+    if short.height:
+        notes.append("Diagnostic sets smaller than asked (the level's universe is too small): "
+                     + ", ".join(f"{t} L{lv} {n:.0f} of {a:.0f}"
+                                 for t, lv, n, a in short.rows()) + ".")
+    return notes
+
+
 def _missing(inv: pl.DataFrame, trials: pl.DataFrame, details: pl.DataFrame,
-             measures: tuple[str, ...], settings: AnalysisSettings) -> tuple[str, ...]:
+             measures: tuple[str, ...], settings: AnalysisSettings,
+             chances: pl.DataFrame) -> tuple[str, ...]:
     if inv.height == 0:
         return ("The metrics table is empty: no trials, no measures, nothing to analyse.",)
-    notes = []
+    notes = _chance_notes(trials, chances, details)
+    dtypes = (inv.filter(pl.col("measure").str.starts_with(f"{Measure.MODEL_DTYPE}."))
+              .group_by("trial").agg(pl.col("measure").sort(),
+                                     pl.col("n_steps").sort_by("measure")).sort("trial"))
+    for trial, names, steps in dtypes.filter(pl.col("measure").list.len() > 1).rows():
+        notes.append(f"{trial}: revisions measured in different dtypes ("
+                     + ", ".join(f"{d.split('.', 1)[1]} {n}"
+                                 for d, n in zip(names, steps, strict=True))
+                     + "): RankMe of one checkpoint depends on the dtype its forward ran in.")
     present = set(inv["measure"].to_list())
     sources = set(inv["source"].to_list())
     expected = EXPECTED_MEASURES if sources - {"pythia"} else (Measure.RANKME,)
@@ -148,26 +237,36 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
               .sort(["n_layers", "scale"], nulls_last=True))
     present = set(inv["measure"].to_list())
     keep = set(settings.measures) if settings.measures is not None else present
-    measures = tuple(sorted((present & keep) - set(settings.exclude_measures)))
+    # a level's baselines and the dtype rows describe the run, never a candidate precursor
+    measures = tuple(sorted(m for m in (present & keep) - set(settings.exclude_measures)
+                            - set(CHANCE_MEASURES)
+                            if not m.startswith(f"{Measure.MODEL_DTYPE}.")))
 
     final = inv.select("trial", "measure", "final_layer").lazy()
     at_final = pl.col("layer").is_null() | (pl.col("layer") == pl.col("final_layer"))
     is_series = pl.col("measure").is_in(list(measures)) & at_final
-    is_collapse = (pl.col("measure") == settings.collapse_measure) & (
-        pl.col("level").is_null() | at_final)
+    # every layer and level of each collapse-family measure (the variants table needs them)
+    fam = family(present, settings)
+    is_collapse = pl.col("measure").is_in(fam)
     is_behaviour = pl.col("measure").is_in([Measure.ACCURACY, Measure.LOGPROB])
+    is_flag = pl.col("measure").is_in(list(CONVERGENCE_FLAGS.values()))
     needed = (lf.join(final, on=["trial", "measure"], how="left")
-              .filter(is_series | is_collapse | is_behaviour).collect())
-    behaviour = behaviour_rows(needed.lazy().drop("final_layer"))
-    series = needed.filter(is_series).select("trial", "measure", "level", "layer", "step",
-                                             "value")
-    collapse_rows = needed.filter(is_collapse).drop("final_layer")
+              .filter(is_series | is_collapse | is_behaviour | is_flag).collect())
+    chances = chance_table(lf)
+    behaviour = behaviour_rows(needed.lazy().drop("final_layer"), chances)
+    series, dropped = drop_unconverged(
+        needed.filter(is_series).select("trial", "measure", "level", "layer", "step", "value"),
+        needed.filter(is_flag))
+    collapse_all_rows = needed.filter(is_collapse).drop("final_layer")
+    collapse_rows = collapse_all_rows.filter(pl.col("measure") == settings.collapse_measure)
     del needed
 
-    details = event_details(behaviour, settings)
+    details = event_details(behaviour, settings, chances)
     events = to_events_schema(details)
     difficulty = difficulty_classes(events, settings)
-    collapse = collapse_table(collapse_rows, settings)
+    collapse_all = collapse_table(collapse_all_rows, settings)
+    del collapse_all_rows
+    collapse = collapse_all.filter(pl.col("measure") == settings.collapse_measure)
     floors = trial_floors(collapse)
     summary = floor_summary(floors, scales)
     ends = collapse.filter(pl.col("is_final") & pl.col("level").is_null())
@@ -178,14 +277,29 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
              .join(difficulty.select("unit", "scale", "difficulty"), on=["unit", "scale"],
                    how="left"))
     rates = precursor_rates(leads, settings)
+    rates_nearest = precursor_rates(leads.with_columns(pl.col("class_nearest").alias("class")),
+                                    settings)
+    control, control_summary = grid_control(
+        series, behaviour, details, found.leads, settings,
+        dict(ends.select("trial", "collapse_step").iter_rows()))
+    td = topdown(collapse, settings)
+    hier = hierarchy(leads, rates)
     signals = event_signals(details, found.onsets, collapse, difficulty, inv, settings)
     return Analysis(
         settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,
         measures=measures, inventory=inv, trials=trials, scales=scales, behaviour=behaviour,
+        chances=chances,
         series=series, collapse_rows=collapse_rows, events=events, details=details,
         difficulty=difficulty, collapse=collapse, floors=floors, floor_summary=summary,
-        floor_spread=floor_spread(summary), topdown=topdown(collapse, settings), leads=leads,
+        floor_spread=floor_spread(summary, floors, settings), topdown=td, leads=leads,
+        topdown_summary=pl.DataFrame([topdown_share(collapse, td, settings)]),
+        variants=variants_table(collapse_all, scales, rates, hier, settings),
+        rule_agreement=rule_agreement(leads), grid_control=control,
+        grid_summary=control_summary,
         changepoints=found.changepoints, onsets=found.onsets, rates=rates,
-        hierarchy=hierarchy(leads, rates),
-        signals=signals, prediction=prediction_limits(signals, scales["scale"].to_list()),
-        missing=_missing(inv, trials, details, measures, settings))
+        rates_nearest=rates_nearest,
+        hierarchy=hier,
+        signals=signals,
+        prediction=prediction_limits(signals, scales["scale"].to_list(), settings),
+        missing=(*_missing(inv, trials, details, measures, settings, chances),
+                 *_unconverged_notes(dropped)))

@@ -19,6 +19,11 @@ matches (a tie in the signal counts one half; 0.5 is chance, below 0.5 the signa
 predicts the reverse order); ``reversal``: over pairs of task levels whose emergence order
 (median over seeds) flips between two scales, the fraction for which the signal's order
 matches the emergence order at both scales.
+
+Intervals (``lo``, ``hi``, ``ci_method``) on concordance and reversal: a percentile bootstrap
+over seeds (seeds drawn with replacement, each draw a distinct cluster, the statistic
+recomputed once per distinct multiset drawn) with two or more seeds, else a Wilson interval
+on k/n.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ import polars as pl
 from scipy import stats
 
 from emergence_core.analysis.frames import group_slices, unit_expr
+from emergence_core.analysis.rates import wilson
 from emergence_core.analysis.settings import AnalysisSettings
 
 __all__ = ["SIGNALS", "event_signals", "prediction_limits"]
 
 SIGNALS = ("onset", "floor_depth")
 _SCHEMA = {"signal": pl.String, "statistic": pl.String, "scope": pl.String, "n": pl.Int64,
-           "k": pl.Float64, "value": pl.Float64, "p_value": pl.Float64}
+           "k": pl.Float64, "value": pl.Float64, "p_value": pl.Float64, "lo": pl.Float64,
+           "hi": pl.Float64, "ci_method": pl.String}
 
 
 def event_signals(details: pl.DataFrame, onsets: pl.DataFrame, collapse: pl.DataFrame,
@@ -113,29 +120,71 @@ def _reversals(df: pl.DataFrame, signal: str, scales: list[str]) -> list[dict]:
     return rows
 
 
-def prediction_limits(signals: pl.DataFrame, scales: list[str]) -> pl.DataFrame:
-    """Spearman, within-class concordance and ordering reversal for each signal.
+def _pair_rows(df: pl.DataFrame, signal: str, scales: list[str]) -> list[dict]:
+    """Concordance and reversal rows of one signal over ``df``."""
+    rows: list[dict] = []
+    groups = df.filter(pl.col("difficulty").is_not_null()).sort(["scale", "seed", "difficulty"])
+    per: dict[str, list[float]] = {}
+    for (scale, _seed, cls), a, b in group_slices(groups, ["scale", "seed", "difficulty"]):
+        k, n = _concordance(groups[signal][a:b].to_numpy(),
+                            groups["event_step"][a:b].to_numpy())
+        for scope in ("all", f"scale={scale}", f"difficulty={cls}"):
+            acc = per.setdefault(scope, [0.0, 0])
+            acc[0] += k
+            acc[1] += n
+    for scope, (k, n) in per.items():
+        rows.append({"signal": signal, "statistic": "concordance", "scope": scope,
+                     "n": int(n), "k": k, "value": k / n if n else None, "p_value": None})
+    rows.extend(_reversals(df, signal, scales))
+    return rows
+
+
+def _with_intervals(rows: list[dict], df: pl.DataFrame, signal: str, scales: list[str],
+                    settings: AnalysisSettings) -> list[dict]:
+    seeds = sorted(set(df["seed"].to_list())) if df.height else []
+    if len(seeds) >= 2:
+        rng = np.random.default_rng(settings.bootstrap_seed)
+        draws: dict[tuple[str, str], list[float]] = {}
+        seen: dict[tuple, list[dict]] = {}  # the statistic depends on the multiset drawn
+        for _ in range(settings.n_bootstrap):
+            drawn = tuple(sorted(rng.choice(seeds, size=len(seeds)).tolist()))
+            if drawn not in seen:
+                pick = pl.DataFrame({"seed": list(drawn), "_draw": list(range(len(seeds)))},
+                                    schema={"seed": pl.Int64, "_draw": pl.Int64})
+                again = (df.join(pick, on="seed", how="inner")
+                         .with_columns(pl.col("_draw").alias("seed")).drop("_draw"))
+                seen[drawn] = _pair_rows(again, signal, scales)
+            for r in seen[drawn]:
+                if r["value"] is not None:
+                    draws.setdefault((r["statistic"], r["scope"]), []).append(r["value"])
+    alpha = (1 - settings.ci_level) / 2
+    for r in rows:
+        if len(seeds) >= 2:
+            v = draws.get((r["statistic"], r["scope"]), [])
+            lo, hi = np.quantile(v, [alpha, 1 - alpha]) if v else (np.nan, np.nan)
+            method = "seed bootstrap"
+        else:
+            lo, hi = wilson(r["k"], r["n"], settings.ci_level)
+            method = "wilson"
+        r |= {"lo": None if np.isnan(lo) else float(lo), "hi": None if np.isnan(hi)
+              else float(hi), "ci_method": method if r["n"] else None}
+    return rows
+
+
+def prediction_limits(signals: pl.DataFrame, scales: list[str],
+                      settings: AnalysisSettings | None = None) -> pl.DataFrame:
+    """Spearman, within-class concordance and ordering reversal for each signal, the last
+    two with intervals (module docstring).
 
     ``scales``: scale names in order (the order of the reversal's scale pairs).
     """
+    settings = settings or AnalysisSettings()
     rows: list[dict] = []
     for signal in SIGNALS:
         df = signals.filter(pl.col(signal).is_not_null() & pl.col(signal).is_not_nan())
         rows.append(_spearman(df, signal, "all"))
         for scale in scales:
             rows.append(_spearman(df.filter(pl.col("scale") == scale), signal, f"scale={scale}"))
-        groups = df.filter(pl.col("difficulty").is_not_null()).sort(
-            ["scale", "seed", "difficulty"])
-        per: dict[str, list[float]] = {}
-        for (scale, _seed, cls), a, b in group_slices(groups, ["scale", "seed", "difficulty"]):
-            k, n = _concordance(groups[signal][a:b].to_numpy(),
-                                groups["event_step"][a:b].to_numpy())
-            for scope in ("all", f"scale={scale}", f"difficulty={cls}"):
-                acc = per.setdefault(scope, [0.0, 0])
-                acc[0] += k
-                acc[1] += n
-        for scope, (k, n) in per.items():
-            rows.append({"signal": signal, "statistic": "concordance", "scope": scope,
-                         "n": int(n), "k": k, "value": k / n if n else None, "p_value": None})
-        rows.extend(_reversals(df, signal, scales))
-    return pl.DataFrame(rows, schema=_SCHEMA)
+        rows.extend(_with_intervals(_pair_rows(df, signal, scales), df, signal, scales,
+                                    settings))
+    return pl.DataFrame([{k: r.get(k) for k in _SCHEMA} for r in rows], schema=_SCHEMA)

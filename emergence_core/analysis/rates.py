@@ -18,9 +18,10 @@ import polars as pl
 from emergence_core.analysis.frames import group_slices
 from emergence_core.analysis.settings import AnalysisSettings
 
-__all__ = ["CLASSES", "cluster_bootstrap", "hierarchy", "precursor_rates"]
+__all__ = ["CLASSES", "cluster_bootstrap", "hierarchy", "interval", "precursor_rates",
+           "wilson"]
 
-CLASSES = ("precursor", "synchronous", "lagging")
+CLASSES = ("precursor", "synchronous", "unresolved", "lagging")
 
 
 def cluster_bootstrap(k: np.ndarray, n: np.ndarray, *, n_resamples: int = 2000,
@@ -41,6 +42,33 @@ def cluster_bootstrap(k: np.ndarray, n: np.ndarray, *, n_resamples: int = 2000,
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (Wilson 1927); NaN for n = 0.
+
+    Used where a split holds one seed, so there are no clusters to resample: it treats the
+    n events as independent, which events of one training run are not quite.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2.0))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def interval(k: np.ndarray, n: np.ndarray, settings: AnalysisSettings) -> tuple[float, float, str]:
+    """(lo, hi, method) of sum(k)/sum(n): seed bootstrap with >= 2 seeds, else Wilson."""
+    if len(k) >= 2:
+        lo, hi = cluster_bootstrap(k, n, n_resamples=settings.n_bootstrap,
+                                   level=settings.ci_level, seed=settings.bootstrap_seed)
+        return lo, hi, "seed bootstrap"
+    lo, hi = wilson(int(np.sum(k)), int(np.sum(n)), settings.ci_level)
+    return lo, hi, "wilson"
 
 
 def _splits(leads: pl.DataFrame) -> pl.DataFrame:
@@ -67,7 +95,7 @@ def precursor_rates(leads: pl.DataFrame, settings: AnalysisSettings) -> pl.DataF
         pl.len().alias("n"),
         *[(pl.col("class") == c).sum().alias(c) for c in (*CLASSES, "no_onset")])
         .sort([*keys, "seed"]))
-    cols: dict[str, list] = {k: [] for k in (*keys, "n", "n_seeds")}
+    cols: dict[str, list] = {k: [] for k in (*keys, "n", "n_seeds", "ci_method")}
     for c in CLASSES:
         for suffix in ("k", "rate", "lo", "hi"):
             cols[f"{c}_{suffix}"] = []
@@ -80,16 +108,17 @@ def precursor_rates(leads: pl.DataFrame, settings: AnalysisSettings) -> pl.DataF
             cols[name].append(v)
         cols["n"].append(int(n.sum()))
         cols["n_seeds"].append(b - a)
+        cols["ci_method"].append("seed bootstrap" if b - a >= 2 else "wilson")
         for c in CLASSES:
             k = counts[c][a:b]
-            lo, hi = cluster_bootstrap(k, n, n_resamples=settings.n_bootstrap,
-                                       level=settings.ci_level, seed=settings.bootstrap_seed)
+            lo, hi, _ = interval(k, n, settings)
             cols[f"{c}_k"].append(int(k.sum()))
             cols[f"{c}_rate"].append(float(k.sum() / n.sum()))
             cols[f"{c}_lo"].append(None if np.isnan(lo) else lo)
             cols[f"{c}_hi"].append(None if np.isnan(hi) else hi)
         cols["no_onset_k"].append(int(counts["no_onset"][a:b].sum()))
-    schema = {k: pl.String for k in keys} | {"n": pl.Int64, "n_seeds": pl.Int64}
+    schema = {k: pl.String for k in keys} | {"n": pl.Int64, "n_seeds": pl.Int64,
+                                              "ci_method": pl.String}
     for c in CLASSES:
         schema |= {f"{c}_k": pl.Int64, f"{c}_rate": pl.Float64, f"{c}_lo": pl.Float64,
                    f"{c}_hi": pl.Float64}

@@ -32,9 +32,10 @@ from emergence_core.metrics import SCHEMA_VERSION
 
 __all__ = ["ReportSummary", "headline_numbers", "write_report"]
 
-_TABLES = ("events", "details", "difficulty", "leads", "rates", "hierarchy", "floors",
-           "floor_summary", "floor_spread", "topdown", "collapse", "changepoints", "onsets",
-           "signals", "prediction", "inventory")
+_TABLES = ("events", "chances", "details", "difficulty", "leads", "rule_agreement",
+           "grid_control", "grid_summary", "rates", "rates_nearest", "hierarchy", "floors",
+           "floor_summary", "floor_spread", "topdown", "topdown_summary", "variants",
+           "collapse", "changepoints", "onsets", "signals", "prediction", "inventory")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ def headline_numbers(a: Analysis) -> dict[str, float]:
            "events/accuracy/emerged": float(acc["step"].is_not_null().sum()),
            "topdown/count": float((a.topdown["verdict"] == "top-down").sum()),
            "topdown/combinations": float(a.topdown.height)}
-    for task, cv in a.floor_spread.select("task", "cv").drop_nulls().rows():
-        out[f"floor_cv/{_safe(task)}"] = float(cv)
+    for task, level, cv in a.floor_spread.select("task", "level", "cv").drop_nulls(
+            "cv").rows():
+        out[f"floor_cv/{_safe(task)}" + ("" if level is None else f"_L{level}")] = float(cv)
     for m, r in (a.rates.filter((pl.col("split_kind") == "all")
                                 & (pl.col("event") == "accuracy"))
                  .select("measure", "precursor_rate").rows()):

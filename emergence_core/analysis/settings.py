@@ -28,7 +28,8 @@ LOGPROB_NORM = "logprob_norm"
 # What the model does, not its geometry: never a candidate precursor.
 BEHAVIOUR_MEASURES: tuple[str, ...] = (
     Measure.ACCURACY, Measure.TOKEN_ACCURACY, Measure.LOGPROB, Measure.DIAG_LOSS,
-    Measure.TRAIN_LOSS, Measure.LR, LOGPROB_NORM,
+    Measure.TRAIN_LOSS, Measure.LR, LOGPROB_NORM, Measure.CHANCE, Measure.LOGPROB_CHANCE,
+    Measure.DIAG_SIZE, Measure.DIAG_ASKED,
 )
 # Companions of an estimate (its spread, its convergence flag), not measures of their own.
 DIAGNOSTIC_MEASURES: tuple[str, ...] = (
@@ -55,11 +56,18 @@ class AnalysisSettings:
     then segmented into constant-mean regimes by binary segmentation (penalty
     ``changepoint_penalty`` x sigma^2 x log n, at most ``max_changepoints``, segments of at
     least ``changepoint_min_size`` probes; sigma = robust noise of the raw series, floored
-    at ``noise_floor`` x the smoothed range). ``measure_grid_tolerance``: the synchronous
-    band is the wider of the accuracy grid's and the measure's own probe spacing at the
-    event. ``xcorr_max_lag`` and ``xcorr_window`` are in probes.
+    at ``noise_floor`` x the smoothed range). The onset is the change point opening the
+    regime the measure is in at the event (``leads.departure_onset``), the nearest change
+    point a variant. ``measure_grid_tolerance``: each lead's stated tolerance is the wider
+    of the event's probe interval and the measure's own probe spacing at the event (False:
+    the event's interval alone); a lead within a tolerance wider than the event's interval
+    is ``unresolved``. ``xcorr_max_lag`` and ``xcorr_window`` are in probes.
 
-    Collapse: ``collapse_measure`` (final layer is the headline), window ``early_fraction``
+    Emergence reads chance-corrected accuracy, ``(accuracy - chance) / (1 - chance)``, with
+    each level's ``chance`` row (``events``).
+
+    Collapse: ``collapse_measure`` (final layer, per task level, is the headline; every
+    collapse-family measure, per level and pooled, is a variant), window ``early_fraction``
     of training, recovery at ``recovery_fraction`` of the drop regained, a layer "reaches"
     its floor within ``floor_reach_fraction`` of the drop. Top-down when the Spearman rho
     between layer index and collapse time is <= -``topdown_rho`` over at least
@@ -70,7 +78,8 @@ class AnalysisSettings:
 
     Measures analysed: every measure in the table except ``exclude_measures``, or only
     ``measures`` when given. Bootstrap: ``n_bootstrap`` resamples of seeds, percentile
-    interval at ``ci_level``, generator seeded by ``bootstrap_seed``.
+    interval at ``ci_level``, generator seeded by ``bootstrap_seed`` (a Wilson interval
+    where there is one seed).
 
     Prediction limits use ``signal_measure``'s onset. The report draws per-trial figures
     for at most ``max_trial_figures`` trials (the rest are listed, not drawn).

@@ -15,7 +15,9 @@ Every answer of the statistics stage is planted and returned beside the table:
   ``collapse_index + layer_gap * (j - 1)`` (bottom-up, for ``bottom_up_tasks``); the final
   layer's floor is ``task_floors[task] * (1 + delta_k)``, ``delta`` evenly spread over
   ``[-floor_spread, floor_spread]`` across scales, so each task's floor CV is known.
-  Layer 0 (the embedding output at SEP) is constant 0.
+  Layer 0 (the embedding output at SEP) is constant 0. Uncentred RankMe is
+  ``uncentred_scale`` x centred + 1, the pooled series ``pooled_scale`` x a level's;
+- chance rows (``chance``; log-prob baseline at the start's log-prob), logged once.
 
 The table has the real schema (``METRICS_SCHEMA``); noise is Gaussian with sd ``noise``
 times each change's size, far below it, so the planted answers are exact.
@@ -93,6 +95,9 @@ class SyntheticConfig:
     source: str = "trial"
     sweep: str = "synthetic"
     seed: int = 0
+    chance: float = 0.1
+    uncentred_scale: float = 1.0  # uncentred RankMe = this x centred + 1 (floors differ)
+    pooled_scale: float = 1.0  # the pooled (null-level) series = this x the per-level one
     extras: bool = field(default=True)  # token accuracy, losses, lr, LLC diagnostics
 
     def grid(self) -> np.ndarray:
@@ -208,6 +213,13 @@ def _trial(cfg: SyntheticConfig, spec: tuple, rng: np.random.Generator) -> tuple
     acc = np.clip(acc + rng.normal(0, cfg.noise, acc.shape), 0.0, 1.0)
     rows.add(Measure.ACCURACY, acc, levels, [None])
     rows.add(Measure.LOGPROB, lp, levels, [None])
+    # chance rows, logged once at the first probe as the trainer does: chance 0.1 (the
+    # planted events stay where they are), the log-prob baseline at the start's log-prob
+    first = np.array([0])
+    rows.add(Measure.CHANCE, np.full((nl, 1, 1), cfg.chance), levels, [None], first)
+    rows.add(Measure.LOGPROB_CHANCE,
+             np.array([-2.3 * (2 + 2 * j) for j in range(nl)])[:, None, None], levels,
+             [None], first)
     if cfg.extras:
         rows.add(Measure.TOKEN_ACCURACY, np.sqrt(acc), levels, [None])
         answer = np.array([2 + 2 * j for j in range(nl)], dtype=np.float64)[:, None, None]
@@ -242,7 +254,11 @@ def _trial(cfg: SyntheticConfig, spec: tuple, rng: np.random.Generator) -> tuple
                 vals = 0.1 + 0.8 * jump * (layer / n_layers)[None]
                 sd = cfg.noise * 0.8
             else:
-                vals = base[None] + 6.0 * jump + (base_name == Measure.RANKME_UNCENTRED)
+                scale_u = cfg.uncentred_scale if base_name == Measure.RANKME_UNCENTRED else 1.0
+                pooled = np.array([cfg.pooled_scale if lv is None and levels != [None]
+                                   else 1.0 for lv in slots])[:, None, None]
+                vals = (base[None] * scale_u * pooled + 6.0 * jump
+                        + (base_name == Measure.RANKME_UNCENTRED))
                 sd = cfg.noise * 5.0
             vals = vals + rng.normal(0, sd, vals.shape)
             zero = np.zeros((len(slots), 1, n)) if base_name != Measure.LINEAR_PROBE \
@@ -293,6 +309,11 @@ def _truth(cfg: SyntheticConfig, parts: list[dict]) -> Truth:
         .replace_strict(base, default=0, return_dtype=pl.Int64).sign()
         .replace_strict({1: "precursor", 0: "synchronous", -1: "lagging"},
                         return_dtype=pl.String).alias("class"))
+    # a lead of 0 on a coarser grid lies within a tolerance wider than the event's interval
+    coarse = pl.col("measure").is_in(list(cfg.expensive)) & (cfg.expensive_every > 1)
+    onsets = onsets.with_columns(pl.when(coarse & (pl.col("class") == "synchronous"))
+                                 .then(pl.lit("unresolved")).otherwise(pl.col("class"))
+                                 .alias("class"))
     topdown = pl.DataFrame(
         [(t, sc, "bottom-up" if t in cfg.bottom_up_tasks else "top-down")
          for t in cfg.tasks for sc, _ in cfg.scales],

@@ -8,7 +8,13 @@ Per probe set and revision:
 - ``logprob``: log p(expected continuation | prompt), summed over its tokens, mean over the
   items (for grammar pairs: of the good continuation);
 - ``rankme`` and ``rankme_uncentred`` per layer (0 = embedding output, l = after block l),
-  of the [n_items, d_model] matrix of residual-stream states at the read position.
+  of the [n_items, d_model] matrix of residual-stream states at the read position, always
+  computed in float32 (states of a bfloat16 model are cast before the SVD);
+- ``chance``: the set's chance rate under its scoring rule (``probeset_chance``), so the
+  statistics stage corrects accuracy for it as it does for trained tasks;
+- ``model_dtype.<dtype>`` (value 1): the dtype the weights ran in. The residual stream of a
+  bfloat16 forward differs from a float32 one, so RankMe of one checkpoint depends on it;
+  the statistics stage flags a trajectory whose revisions ran in different dtypes.
 
 Rows follow :mod:`emergence_core.metrics`: source ``"pythia"``, ``task`` = probe-set name,
 ``scale`` = model name, ``seed`` = the ``-seedN`` suffix (0 otherwise), ``step`` = the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,9 +45,10 @@ from emergence_core.pythia.loading import load_checkpoint
 from emergence_core.pythia.probesets import ProbeSet, load_probeset
 from emergence_core.pythia.revisions import parse_model_name, revision_step
 from emergence_core.pythia.scoring import ItemScores, score_probeset
+from emergence_core.tasks.chance import PAIR_CHANCE
 
-__all__ = ["ProbeSetResult", "evaluate_model", "evaluate_revision", "results_to_table",
-           "trial_id"]
+__all__ = ["ProbeSetResult", "evaluate_model", "evaluate_revision", "probeset_chance",
+           "results_to_table", "trial_id"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,28 @@ class ProbeSetResult:
     rankme_uncentred: dict[str, tuple[float, ...]]
     item_logprob: tuple[float, ...]
     item_correct: tuple[bool, ...]
+    chance: float | None = None
+    dtype: str = "float32"
+
+
+def probeset_chance(probeset: ProbeSet, tokenizer=None) -> float | None:
+    """Accuracy of the best prompt-blind constant answer under the set's scoring rule.
+
+    Pair sets (forced choice between two continuations): 0.5. Exact-match sets: the share
+    of the most frequent expected continuation. Token-scored sets: the share of the most
+    frequent continuation token among all continuation tokens (needs ``tokenizer``; None
+    without one).
+    """
+    if probeset.spec.scoring == "pair":
+        return PAIR_CHANCE
+    if probeset.spec.scoring == "exact":
+        counts = Counter(item.continuation for item in probeset.items)
+        return max(counts.values()) / len(probeset.items)
+    if tokenizer is None:
+        return None
+    tokens = Counter(t for item in probeset.items
+                     for t in tokenizer(item.continuation, add_special_tokens=False)["input_ids"])
+    return max(tokens.values()) / sum(tokens.values()) if tokens else None
 
 
 def trial_id(model_name: str, probeset: str) -> str:
@@ -86,6 +116,7 @@ def evaluate_model(model: nn.Module, tokenizer, probesets: Sequence[ProbeSet], *
                    ) -> dict[str, ProbeSetResult]:
     """Measure an already loaded causal LM on each probe set (keyed by set name, in order)."""
     results: dict[str, ProbeSetResult] = {}
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     for ps in probesets:
         scores = score_probeset(model, tokenizer, ps, batch_size=batch_size, positions=positions)
         accuracy, correct = _accuracy(ps, scores)
@@ -94,11 +125,13 @@ def evaluate_model(model: nn.Module, tokenizer, probesets: Sequence[ProbeSet], *
             n_items=len(ps),
             accuracy=accuracy,
             logprob=float(scores.logprob.mean()),
-            rankme={p: tuple(rankme(z) for z in r) for p, r in scores.reps.items()},
-            rankme_uncentred={p: tuple(rankme(z, centre=False) for z in r)
+            rankme={p: tuple(rankme(z.float()) for z in r) for p, r in scores.reps.items()},
+            rankme_uncentred={p: tuple(rankme(z.float(), centre=False) for z in r)
                               for p, r in scores.reps.items()},
             item_logprob=tuple(scores.logprob.tolist()),
             item_correct=tuple(bool(c) for c in correct),
+            chance=probeset_chance(ps, tokenizer),
+            dtype=dtype,
         )
     return results
 
@@ -115,6 +148,9 @@ def results_to_table(results: dict[str, ProbeSetResult], *, model_name: str, rev
         buf = RowBuffer(key, attempt=attempt)
         buf.add(step, Measure.ACCURACY, r.accuracy)
         buf.add(step, Measure.LOGPROB, r.logprob)
+        if r.chance is not None:
+            buf.add(step, Measure.CHANCE, r.chance)
+        buf.add(step, f"{Measure.MODEL_DTYPE}.{r.dtype}", 1.0)
         for pos, values in r.rankme.items():
             buf.extend(step, measure_name(Measure.RANKME, pos), values)
         for pos, values in r.rankme_uncentred.items():

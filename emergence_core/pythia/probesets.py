@@ -3,8 +3,13 @@
 Each set is a JSON-lines file in ``probesets/`` shipped with the package, one item a line:
 
 - *continuation* sets: ``{"prompt": "The capital of France is", "continuation": " Paris"}``
-- *pair* sets (grammar minimal pairs): ``{"prompt": "The keys to the cabinet",
+- *pair* sets (grammar minimal pairs, and logic): ``{"prompt": "The keys to the cabinet",
   "good": " are on the table.", "bad": " is on the table."}``
+
+Logic is a pair set whose two candidates both appear in the prompt (``build_probesets``),
+so copying from the prompt cannot score above its chance of 0.5; arithmetic is worded six
+ways, so its read position is not one fixed token. Each set's chance rate under its
+scoring is ``evaluate.probeset_chance``.
 
 The prompt is what the model reads; its last token is the read position of RankMe (the
 analogue of SEP in the trained tasks). Text rules, checked on load, keep tokenisation at
@@ -96,13 +101,14 @@ _SPECS = (
     ProbeSetSpec("semantics", "continuation", "exact",
                  "word meaning: antonyms, categories, properties, part-whole"),
     ProbeSetSpec("arithmetic", "continuation", "exact",
-                 "one-operation integer arithmetic written as 'a + b ='"),
+                 "one-operation integer arithmetic in six wordings ('a + b =', 'the sum of')"),
     ProbeSetSpec("icl", "continuation", "exact",
                  "in-context learning: repeated sequences, cycles, few-shot mappings"),
     ProbeSetSpec("factual", "continuation", "exact",
                  "factual recall: capitals, people, science, geography, dates"),
-    ProbeSetSpec("logic", "continuation", "exact",
-                 "syllogisms, modus ponens, transitive orderings"),
+    ProbeSetSpec("logic", "pair", "pair",
+                 "forced choice between two words both in the prompt (chance 0.5): "
+                 "syllogisms, chains, negation, modus ponens, transitive orderings"),
     ProbeSetSpec("general_text", "continuation", "token",
                  "plain English passages and the words that continue them"),
 )

@@ -8,6 +8,7 @@ from emergence_core.tasks.base import (
     Vocabulary,
     did_you_mean,
 )
+from emergence_core.tasks.chance import PAIR_CHANCE, Chance, answer_chance
 from emergence_core.tasks.data import (
     IGNORE,
     EncodedSet,
@@ -21,8 +22,10 @@ from emergence_core.tasks.registry import TASKS, get_task, register_task, task_n
 
 __all__ = [
     "IGNORE",
+    "PAIR_CHANCE",
     "SPECIAL_TOKENS",
     "TASKS",
+    "Chance",
     "EncodedSet",
     "LevelData",
     "LevelSpec",
@@ -30,6 +33,7 @@ __all__ = [
     "TaskError",
     "TrialData",
     "Vocabulary",
+    "answer_chance",
     "did_you_mean",
     "get_task",
     "register_task",

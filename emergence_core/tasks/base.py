@@ -47,6 +47,9 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
 
 Decode = Callable[[Mapping[str, Any], np.ndarray], tuple[np.ndarray, np.ndarray]]
 Sample = Callable[[Mapping[str, Any], np.random.Generator, int], np.ndarray]
+# (params, indices) -> stratum of each index in 0..S-1, and S; the sampler draws a stratum
+# uniformly, then a problem uniformly within it (CMP: the length of the shared prefix).
+Strata = Callable[[Mapping[str, Any], np.ndarray], tuple[np.ndarray, int]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class LevelSpec:
     universe: int  # number of distinct problems
     decode: Decode = field(repr=False, compare=False)
     sampler: Sample | None = field(default=None, repr=False, compare=False)
+    strata: Strata | None = field(default=None, repr=False, compare=False)
 
     @property
     def seq_len(self) -> int:
@@ -90,7 +94,9 @@ class TaskDef:
     ``shape(params) -> (prompt_len, answer_len)``, ``universe(params) -> int``,
     ``decode(params, idx) -> (prompt, answer)`` and ``symbols(all_level_params) -> names``.
     ``sample(params, rng, k)`` draws indices (uniform over the universe unless the task
-    needs another distribution, as CMP does).
+    needs another distribution, as CMP does); a task with a sampler declares ``strata``, so
+    that a small universe, which is enumerated rather than sampled, is split with the
+    sampler's stratum shares (``data.split_indices``).
     """
 
     name: str
@@ -101,6 +107,7 @@ class TaskDef:
     decode: Decode
     symbols: Callable[[list[Mapping[str, Any]]], list[str]]
     sample: Sample | None = None
+    strata: Strata | None = None
     train_fraction: float = 0.5  # most of a small universe that training may take
     # Default steps, measured at s0 on a 2-core CPU (lr 1e-3, batch 192): a few times the step
     # at which the hardest level s0 learns crosses 50% accuracy, so cheap sweeps see the whole
@@ -130,7 +137,7 @@ class TaskDef:
         return LevelSpec(
             task=self.name, level=level, params=frozen, prompt_len=prompt_len,
             answer_len=answer_len, universe=int(self.universe(params)), decode=self.decode,
-            sampler=self.sample,
+            sampler=self.sample, strata=self.strata,
         )
 
 

@@ -11,6 +11,13 @@ The diagnostic set is drawn first, so it depends on (task, level, seed, diag_siz
 on the training-set size. When the two sets cover at least half the universe, the universe
 is enumerated and permuted (exact fractions, e.g. MOD's 40% of the p^2 table); otherwise
 problems are drawn from the level's distribution until enough are distinct.
+
+A level whose sampler is not uniform (CMP draws the length of the shared prefix uniformly)
+declares its strata; an enumerated universe is then split by stratum (``_stratified``), so
+both sets keep the sampler's stratum shares as far as the universe allows, and the
+diagnostic set then depends on the training-set size too. CMP level 1 (n = 2) has only 100
+equal pairs, so '=' cannot reach its sampler share of 1/3 there; ``TrialData.describe``
+reports what each level got, and the chance rate of its diagnostic set follows from it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 
 from emergence_core.tasks.base import EOS, SEP, LevelSpec, TaskError, Vocabulary
+from emergence_core.tasks.chance import Chance, answer_chance
 from emergence_core.tasks.registry import get_task
 
 __all__ = ["EncodedSet", "LevelData", "TrialData", "seed_key", "split_indices", "stream_indices",
@@ -51,6 +59,8 @@ def split_indices(spec: LevelSpec, seed: int, *, train_size: int, train_fraction
                         f"diagnostic set")
     rng = np.random.default_rng(seed_key("split", spec.task, spec.level, seed))
     need = n_train + n_diag
+    if 2 * need >= u and spec.strata is not None:
+        return _stratified(spec, rng, n_train, n_diag)
     if 2 * need >= u:
         order = rng.permutation(u).astype(np.int64)
     else:
@@ -66,6 +76,45 @@ def split_indices(spec: LevelSpec, seed: int, *, train_size: int, train_fraction
             raise TaskError(f"{spec.task} level {spec.level}: could not draw {need} distinct "
                             f"problems; lower train_size or diag_size")
     return order[n_diag:need].copy(), order[:n_diag].copy()
+
+
+def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Problems to take per stratum: equal shares of ``total``, capped at each stratum's
+    size, the excess of full strata handed to the others (water-filling)."""
+    take = np.zeros(sizes.size, dtype=np.int64)
+    left, open_ = total, sizes > 0
+    while left > 0 and open_.any():
+        share = max(1, left // int(open_.sum()))
+        for s in np.flatnonzero(open_):
+            add = min(share, int(sizes[s] - take[s]), left)
+            take[s] += add
+            left -= add
+            if take[s] == sizes[s]:
+                open_[s] = False
+            if left == 0:
+                break
+    return take
+
+
+def _stratified(spec: LevelSpec, rng: np.random.Generator, n_train: int,
+                n_diag: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, diag) of an enumerated universe with the sampler's (equal) stratum shares.
+
+    Each stratum contributes ``_quotas`` problems, split between the two sets in the ratio
+    n_diag : n_train (largest remainders), so both sets have the same composition.
+    """
+    assert spec.strata is not None
+    universe = np.arange(spec.universe, dtype=np.int64)
+    stratum, n_strata = spec.strata(spec.params, universe)
+    members = [rng.permutation(universe[stratum == s]) for s in range(n_strata)]
+    take = _quotas(np.array([m.size for m in members]), n_train + n_diag)
+    exact = take * n_diag / (n_train + n_diag)
+    diag_k = np.floor(exact).astype(np.int64)
+    extra = n_diag - int(diag_k.sum())
+    diag_k[np.argsort(-(exact - diag_k), kind="stable")[:extra]] += 1
+    diag = np.concatenate([m[:d] for m, d in zip(members, diag_k, strict=True)])
+    train = np.concatenate([m[d:t] for m, d, t in zip(members, diag_k, take, strict=True)])
+    return rng.permutation(train), rng.permutation(diag)
 
 
 def stream_indices(n: int, start: int, count: int, key: Sequence[int],
@@ -158,6 +207,7 @@ class TrialData:
         tdef = get_task(task)
         self.task = tdef.name
         self.seed = seed
+        self.diag_size = diag_size  # asked for; a small universe can give fewer
         self.specs, self.vocab = trial_layout(task, levels, level_params)
         frac = tdef.train_fraction if train_fraction is None else train_fraction
         self.levels = [
@@ -193,6 +243,20 @@ class TrialData:
         """Per level, the encoded diagnostic set."""
         return [self.encode(ld.spec, ld.diag_idx) for ld in self.levels]
 
+    @cached_property
+    def chance(self) -> dict[int, Chance]:
+        """Per level, the chance baselines of its diagnostic set (``tasks.chance``)."""
+        return {ld.spec.level: answer_chance(ld.spec.problems(ld.diag_idx)[1])
+                for ld in self.levels}
+
+    def short_levels(self) -> dict[int, int]:
+        """Levels whose diagnostic set is smaller than asked (universe too small): size."""
+        return {ld.spec.level: len(ld.diag_idx) for ld in self.levels
+                if len(ld.diag_idx) < self.diag_size}
+
     def describe(self) -> list[dict[str, Any]]:
         return [{"level": ld.spec.level, **ld.spec.params, "universe": ld.spec.universe,
-                 "train": len(ld.train_idx), "diag": len(ld.diag_idx)} for ld in self.levels]
+                 "train": len(ld.train_idx), "diag": len(ld.diag_idx),
+                 "diag_asked": self.diag_size,
+                 "chance": round(self.chance[ld.spec.level].accuracy, 4)}
+                for ld in self.levels]

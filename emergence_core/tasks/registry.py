@@ -128,6 +128,15 @@ def _cmp_sample(p: Mapping[str, Any], rng: np.random.Generator, k: int) -> np.nd
     return (a @ powers) * 10**n + (b @ powers)
 
 
+def _cmp_strata(p: Mapping[str, Any], idx: np.ndarray) -> tuple[np.ndarray, int]:
+    """Length of the shared leading-digit prefix of each pair (n: the numbers are equal)."""
+    n = p["n"]
+    a, b = _operands(idx, n)
+    same = _digits(a, n) == _digits(b, n)  # [k, n]
+    # index of the first differing digit, n where none differs
+    return np.where(same.all(axis=1), n, np.argmin(same, axis=1)), n + 1
+
+
 # MOD: symbol 0 is '+', symbol 1 + i is the number i -------------------------------------
 
 def _mod_decode(p: Mapping[str, Any], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +188,7 @@ TASKS: dict[str, TaskDef] = {
             name="CMP", description="'<', '=' or '>' comparing two n-digit numbers",
             defaults=({"n": 2}, {"n": 4}, {"n": 8}),
             shape=lambda p: (2 * p["n"] + 1, 1), universe=lambda p: 10 ** (2 * p["n"]),
-            decode=_cmp_decode, sample=_cmp_sample,
+            decode=_cmp_decode, sample=_cmp_sample, strata=_cmp_strata,
             symbols=lambda ps: [*_DIGITS, ",", "<", "=", ">"],
             validate=_digit_validate("CMP", "n", "n"),
         ),

@@ -99,18 +99,38 @@ def _readable_parts(info: FolderInfo) -> tuple[list[Path], list[str]]:
     return good, notes
 
 
-def _trial_notes(info: FolderInfo, parts: list[Path]) -> list[str]:
-    """Launched trials without rows, and trials with rows that have not finished."""
+def _trial_rows(parts: list[Path]) -> list[str]:
+    return sorted({p.parent.name for p in parts if p.parent.parent.name == "trial"})
+
+
+def _diverged(info: FolderInfo, parts: list[Path]) -> dict[str, tuple[int | None, str]]:
+    """Trials that diverged: their last good step and the reason."""
     folder = RunFolder(info.path)
-    with_rows = sorted({p.parent.name for p in parts if p.parent.parent.name == "trial"})
+    out = {}
+    for t in sorted({*_trial_rows(parts), *info.launched}):
+        record = folder.failure_record(t)
+        if record is not None and record.get("kind") == "diverged":
+            out[t] = (record.get("last_good"), str(record.get("line", "diverged")))
+    return out
+
+
+def _trial_notes(info: FolderInfo, parts: list[Path],
+                 diverged: Mapping[str, tuple[int | None, str]]) -> list[str]:
+    """Launched trials without rows, diverged trials, and trials that have not finished."""
+    folder = RunFolder(info.path)
+    with_rows = _trial_rows(parts)
     notes = []
     absent = [t for t in info.launched if t not in with_rows]
     if absent:
         notes.append(f"{len(absent)}/{len(info.launched)} launched trials have no metrics "
                      f"yet: {_listed(absent)}.")
+    if diverged:
+        notes.append(f"{len(diverged)} trial(s) diverged and stopped; rows after their last "
+                     "good step are left out: " + "; ".join(
+                         f"{t} ({line}; last good step {last})"
+                         for t, (last, line) in diverged.items()) + ".")
     if info.kind in ("sweep", "train"):
-        open_ = [t for t in with_rows
-                 if not folder.is_complete(t)]
+        open_ = [t for t in with_rows if not folder.is_complete(t) and t not in diverged]
         if open_:
             notes.append(f"{len(open_)}/{len(with_rows)} trials have not finished; their rows "
                          f"so far are analysed: {_listed(open_)}.")
@@ -135,6 +155,18 @@ def log_report(client: Any, run_id: str, summary: ReportSummary, *,
     if artifacts:
         client.log_artifacts(run_id, str(summary.out_dir), "report")
     return len(metrics)
+
+
+def _trial_figures(sync: Any, summary: ReportSummary) -> None:
+    """Each trial's own figures (``*_<trial>.png``) also on the trial's child run."""
+    runs = sync.run_ids()
+    for rel in summary.files:
+        path = Path(rel)
+        if path.parts[:1] != ("figures",) or path.suffix != ".png":
+            continue
+        trial = path.stem.split("_", 1)[-1]
+        if trial in runs:
+            sync.client.log_artifact(runs[trial], str(summary.out_dir / path), "figures")
 
 
 def _local_path(uri: str) -> Path | None:
@@ -163,6 +195,8 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
         where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
         stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
         n = log_report(sync.client, run_id, summary, artifacts=not stale)
+        if not stale:
+            _trial_figures(sync, summary)
     except Exception as err:  # the report is the product: MLflow failing is one line
         return (f"mlflow: not logged ({uri}: {_first_line(err)}); the report stands, rerun "
                 "`emerge analyze` to log it")
@@ -204,9 +238,13 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     _apply_plugins(info)
     settings = resolve_settings(info.spec, sets or {}, threshold, persistence)
     parts, notes = _readable_parts(info)
-    notes = [*info.notes, *_trial_notes(info, parts), *notes]
+    diverged = _diverged(info, parts)
+    notes = [*info.notes, *_trial_notes(info, parts, diverged), *notes]
     metrics = (pl.scan_parquet([str(p) for p in parts], hive_partitioning=False) if parts
                else empty_metrics().lazy())
+    for trial, (last_good, _) in diverged.items():
+        after = pl.col("step") > (last_good if last_good is not None else -1)
+        metrics = metrics.filter(~((pl.col("trial") == trial) & after))
     try:
         a = analyze(metrics, settings)
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
@@ -242,6 +280,7 @@ def _print(result: AnalyzeResult) -> None:
 
 def analyze_command(
     run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR",
         help="a run folder: a sweep's (runs/NAME) or an `emerge train` one")],
     out: Annotated[Path | None, typer.Option(
         help="report folder (default: RUN_DIR/report); replaced as a whole")] = None,
@@ -258,7 +297,8 @@ def analyze_command(
     no_mlflow: Annotated[bool, typer.Option(
         "--no-mlflow", help="write the report only; log nothing to MLflow")] = False,
 ) -> None:
-    """Statistics of SPEC section 4 over RUN_DIR: write report/ and log it to MLflow."""
+    """The study's statistics over RUN_DIR (emergence events, onsets and leads, collapse floors,
+    precursor rates): write RUN_DIR/report and log it to the sweep's MLflow run."""
 
     @handles_usage_errors
     def run() -> None:

@@ -43,6 +43,12 @@ def handles_usage_errors(fn: F) -> F:
             fail(format_validation_error(e))
         except (TaskError, RunFolderError, ExtensionError) as e:
             fail([str(e)])
+        except OSError as e:  # the machine, not the input: a full disk, a lost mount
+            if e.errno is None:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            fail([f"{e.strerror or e}{where}; nothing half-written was kept: fix it and run "
+                  "the same command again to resume"], code=1)
 
     return wrapper  # type: ignore[return-value]
 

@@ -13,7 +13,8 @@ __all__ = ["pythia_command"]
 
 
 def pythia_command(
-    spec: Annotated[Path, typer.Argument(help="pythia sweep file, e.g. sweeps/pythia.yaml")],
+    spec: Annotated[Path, typer.Argument(
+        metavar="SPEC", help="pythia sweep file, e.g. sweeps/pythia.yaml")],
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (auto, host:port); 'local' starts a new one. Default: "
              "RAY_ADDRESS, else a cluster started on this machine, else a new local one")] = None,

@@ -18,7 +18,8 @@ __all__ = ["resume", "status", "sweep", "sync_mlflow"]
 
 @handles_usage_errors
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="sweep file, e.g. sweeps/smoke.yaml")],
+    spec: Annotated[Path, typer.Argument(
+        metavar="SPEC", help="sweep file, e.g. sweeps/smoke.yaml")],
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (auto, host:port); 'local' starts a new one. Default: "
              "RAY_ADDRESS, else a cluster started on this machine, else a new local one")] = None,
@@ -40,11 +41,14 @@ def sweep(
 
 @handles_usage_errors
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="the sweep's run folder, e.g. runs/smoke")],
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="the sweep's run folder, e.g. runs/smoke")],
     address: Annotated[str | None, typer.Option(help="as for emerge sweep")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: the one the sweep was launched with)")] = None,
-    allow_pending: Annotated[bool, typer.Option("--allow-pending")] = False,
+    allow_pending: Annotated[bool, typer.Option(
+        "--allow-pending", help="start even if no node has the GPUs a trial asks for "
+                                "(an autoscaler will add them)")] = False,
 ) -> None:
     """Finish a sweep after a crash, a preemption or Ctrl-C: errored trials included."""
     from orchestrator.sweep.driver import resume as resume_sweep
@@ -55,9 +59,19 @@ def resume(
 
 @handles_usage_errors
 def status(
-    run_dir: Annotated[Path, typer.Argument(help="the sweep's run folder")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="the sweep's run folder")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print JSON (trials, states, steps, events, probes, failures)")] = False,
 ) -> None:
-    """Print a table of the sweep's trials: state, step, emergence events."""
+    """Print the sweep's trials from the run folder alone: state, step, emergence events,
+    expensive probes, and why a trial failed."""
+    if as_json:
+        import json
+
+        from orchestrator.sweep.views import status_data
+
+        typer.echo(json.dumps(status_data(run_dir), indent=1))
+        return
     from rich.console import Console
 
     from orchestrator.sweep.views import status_table
@@ -68,7 +82,8 @@ def status(
 
 @handles_usage_errors
 def sync_mlflow(
-    run_dir: Annotated[Path, typer.Argument(help="the sweep's run folder")],
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="the sweep's run folder")],
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: the one the sweep was launched with)")] = None,
 ) -> None:

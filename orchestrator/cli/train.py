@@ -91,7 +91,9 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
     try:
         with progress:
             outcome = run_trial(cfg, out, hooks=TrialHooks(
-                on_probe=on_probe, should_stop=lambda: interrupted["flag"]), **run_kwargs)
+                on_probe=on_probe, should_stop=lambda: interrupted["flag"],
+                on_note=lambda n: progress.console.print(f"[yellow]warning: {n}[/yellow]")),
+                **run_kwargs)
     finally:
         signal.signal(signal.SIGINT, previous)
     return outcome
@@ -121,6 +123,54 @@ def _levels(text: str | None) -> tuple[int, ...] | None:
             f"--levels {text!r}: expected a comma-separated list such as 1,2,3") from None
 
 
+def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | None,
+            lr: float | None, batch_size: int | None, device: str, threads: int | None,
+            sets: list[str]) -> TrainConfig:
+    """The run's config from the options; every problem at once, one line each."""
+    from pydantic import ValidationError
+
+    from emergence_core.config import TrainConfig, resolve_config
+    from emergence_core.model import scale_shape
+    from emergence_core.tasks import TaskError, get_task
+    from orchestrator.common.errors import format_validation_error
+
+    problems: list[str] = []
+    try:
+        overrides: dict[str, Any] = parse_sets(sets)
+    except UsageError as e:
+        overrides, problems = {}, [*e.problems]
+    if steps is not None and steps <= 0:
+        problems.append(f"--steps must be positive, got {steps}")
+        steps = None
+    if threads is not None and threads <= 0:
+        problems.append(f"--threads must be positive, got {threads}")
+    try:
+        lv = _levels(levels)
+    except UsageError as e:
+        problems += e.problems
+        lv = None
+    for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size),
+                        ("levels", lv)):
+        if value is not None:
+            overrides[name] = value
+    overrides["device"] = device
+    names = {}
+    for flag, value, canon in (("--task", task, get_task), ("--scale", scale, scale_shape)):
+        try:
+            names[flag] = canon(value).name
+        except TaskError as e:
+            problems.append(f"{flag}: {e}")
+    # the other fields are checked even when the task or scale is unknown, with stand-ins
+    try:
+        cfg = resolve_config(names.get("--task", "MOD"), names.get("--scale", "s0"), seed,
+                             **overrides)
+    except ValidationError as e:
+        problems += format_validation_error(e, model=TrainConfig)
+    if problems:
+        raise UsageError(*problems)
+    return cfg
+
+
 @handles_usage_errors
 def train(
     task: Annotated[str, typer.Option(help="task name: COPY REV CMP PAR ADD MOD SORT MUL")],
@@ -140,20 +190,7 @@ def train(
         "--set", help="any config field, e.g. --set probe.n_probes=100 (repeatable)")] = None,
 ) -> None:
     """Train one model on one task, writing its measures to OUT/metrics (no Ray needed)."""
-    overrides: dict[str, Any] = parse_sets(set_ or [])
-    for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size),
-                        ("levels", _levels(levels))):
-        if value is not None:
-            overrides[name] = value
-    overrides["device"] = device
-    if steps is not None and steps <= 0:
-        raise UsageError(f"--steps must be positive, got {steps}")
-    if threads is not None and threads <= 0:
-        raise UsageError(f"--threads must be positive, got {threads}")
-
-    from emergence_core.config import resolve_config
-
-    cfg = resolve_config(task, scale, seed, **overrides)
+    cfg = _config(task, scale, seed, steps, levels, lr, batch_size, device, threads, set_ or [])
     folder = (out or Path("runs") / f"train-{cfg.trial_name()}").absolute()
 
     import torch
@@ -161,8 +198,14 @@ def train(
 
     if threads is not None:
         torch.set_num_threads(threads)
+    from emergence_core.runner import TrialDiverged
+
     console = Console(stderr=True)
-    outcome = train_local(cfg, folder, console=console)
+    try:
+        outcome = train_local(cfg, folder, console=console)
+    except TrialDiverged as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
     Console().print(summary_table(cfg, outcome, folder))
     if not outcome.completed:
         console.print(f"stopped at step {outcome.step}; run the same command again to resume")

@@ -53,11 +53,40 @@ def _loc(loc: tuple[Any, ...], prefix: str) -> str:
     return path or "(top level)"
 
 
+def _close_fields(model: Any, loc: tuple[Any, ...]) -> str:
+    """'; did you mean X?' for an unknown key, from the fields of the model at ``loc``."""
+    import difflib
+
+    cls = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        cls = getattr(field, "annotation", None) if field is not None else None
+        if cls is None:
+            return ""
+    names = list(getattr(cls, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it (YAML/JSON style), not as Python prints it."""
+    import json
+
+    if isinstance(value, tuple | list):
+        try:
+            return json.dumps(list(value))
+        except (TypeError, ValueError):
+            return str(list(value))
+    return repr(value)
+
+
 def format_validation_error(err: Any, prefix: str = "",
-                            only: Callable[[tuple[Any, ...]], bool] | None = None) -> list[str]:
+                            only: Callable[[tuple[Any, ...]], bool] | None = None,
+                            model: Any = None) -> list[str]:
     """One line per pydantic error: ``field.path: message (got value)``.
 
-    ``only`` keeps the errors whose location it accepts.
+    ``only`` keeps the errors whose location it accepts; with ``model`` (the pydantic class
+    validated), an unknown key gets the closest known field as a suggestion.
     """
     lines = []
     for e in err.errors():
@@ -69,10 +98,11 @@ def format_validation_error(err: Any, prefix: str = "",
             lines.append(msg)
             continue
         if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key")
+            hint = _close_fields(model, tuple(e["loc"])) if model is not None else ""
+            lines.append(f"{where}: unknown key{hint}")
             continue
         got = e.get("input")
-        shown = "" if e["type"] == "missing" or isinstance(got, dict | list) else f" (got {got!r})"
+        shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {_shown(got)})"
         lines.append(f"{where}: {msg}{shown}")
     return lines
 

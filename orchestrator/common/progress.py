@@ -95,6 +95,8 @@ class SweepBoard(_Board):
 
     def finished(self, name: str, done: bool) -> None:
         t = self._get(name)
+        if t.state == "failed":
+            return  # ended on purpose after a failure it reported (a divergence)
         t.state = "done" if done else "stopped"
         if done:
             t.step = t.total

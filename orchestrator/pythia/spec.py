@@ -8,7 +8,7 @@ models: [EleutherAI/pythia-160m, EleutherAI/pythia-410m, EleutherAI/pythia-2.8b]
 revisions: all                       # or a list, or a range "step1000..step143000:1000"
 probesets: [grammar, semantics, arithmetic, icl, factual, logic, general_text]
 positions: [sep]                     # read positions of RankMe: sep, prompt_mean
-dtype: auto                          # bfloat16 on a GPU, float32 on CPU; or a dtype name
+dtype: auto                          # float32 on every node (geometry must not depend on it)
 batch_size: 16
 max_concurrent: null                 # (model, revision) tasks in flight; null: cluster CPUs
 retries: 2                           # per task, when its worker dies (never for load errors)
@@ -211,7 +211,7 @@ class PythiaSpec(_Strict):
         device = "cuda" if res.gpus > 0 else "cpu"
         if self.dtype != "auto":
             return device, self.dtype
-        return device, "bfloat16" if device == "cuda" else "float32"
+        return device, "float32"  # one dtype everywhere: RankMe must not depend on the node
 
     def grid(self) -> list[RevisionTask]:
         """Every (model, revision), models in file order, revisions in training order."""

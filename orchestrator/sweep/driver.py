@@ -48,35 +48,48 @@ class Live:
         self.folder = folder
         self.run_dir = folder.path
         self.failures: dict[str, str] = {}
+        self.mlflow_failed = False
         self._queue: queue.Queue = queue.Queue()
         self._down_until = 0.0
         self._thread = threading.Thread(target=self._work, name="emerge-mlflow", daemon=True)
         self._thread.start()
 
-    def mlflow_call(self, fn: Callable[[MlflowSync], Any]) -> None:
+    def mlflow_call(self, fn: Callable[[MlflowSync], Any], *, always: bool = False) -> None:
+        """Run ``fn`` on the MLflow thread. While the server was down moments ago, ordinary
+        calls are skipped (the next sync sends all that is missing); ``always`` calls (the
+        final sync, the parent's status) are attempted whatever happened before."""
         if self.mlflow is not None:
-            self._queue.put(fn)
+            self._queue.put((fn, always))
 
     def _work(self) -> None:
-        while (fn := self._queue.get()) is not None:
-            if time.monotonic() < self._down_until:
+        while (item := self._queue.get()) is not None:
+            fn, always = item
+            if not always and time.monotonic() < self._down_until:
                 continue  # the server was down moments ago: the next sync catches up
             try:
                 fn(self.mlflow)
+                while self.mlflow.notes:
+                    self.board.note(f"[yellow]{self.mlflow.notes.pop(0)}[/yellow]")
             except Exception as e:  # any MLflow failure: note it, never stop the sweep
                 self._down_until = time.monotonic() + 20
+                self.mlflow_failed = True
                 text = str(e).strip()
                 first = text.splitlines()[0][:120] if text else type(e).__name__
                 self.board.note(f"[yellow]MLflow unavailable ({first}); Parquet stays complete; "
                                 f"`emerge sync-mlflow {self.run_dir}` fills it in[/yellow]")
+            else:
+                if always:
+                    self.mlflow_failed = False
 
-    def close(self, final: Callable[[MlflowSync], Any] | None = None) -> None:
-        """Finish queued calls, run ``final`` (after any outage), stop the thread."""
+    def close(self, final: Callable[[MlflowSync], Any] | None = None) -> bool:
+        """Finish queued calls, then run ``final`` however recent an outage was, and stop the
+        thread. Returns False when ``final`` failed (MLflow is behind the run folder)."""
         if final is not None:
-            self._queue.put(lambda m: setattr(self, "_down_until", 0.0))
-            self._queue.put(final)
+            self.mlflow_failed = False
+            self.mlflow_call(final, always=True)
         self._queue.put(None)
         self._thread.join()
+        return final is None or not self.mlflow_failed
 
     def record_failure(self, name: str, error: str) -> None:
         self.failures[name] = error
@@ -165,7 +178,9 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             m.sync_all([p.config for p in plans.values()])
             m.set_status(None, parent)
 
-        live.close(final)
+        if not live.close(final):
+            console.print(f"[yellow]MLflow missed the end of the sweep; `emerge sync-mlflow "
+                          f"{folder.path}` sends it (rows, runs, statuses)[/yellow]")
     if complete and not p_failed:
         probes = f", {p_done} expensive probes" if p_due else ""
         console.print(f"sweep {spec.name} complete: {len(plans)} trials{probes} in "
@@ -173,7 +188,8 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         return 0
     if failed or p_failed:
         for n in failed:
-            console.print(f"[red]failed: {n}: {live.failures.get(n, 'see emerge status')}[/red]")
+            why = live.failures.get(n) or folder.failure(n) or "see emerge status"
+            console.print(f"[red]failed: {n}: {why}[/red]")
         for job in p_failed:
             console.print(f"[red]probe failed: {job} (see {folder.probe_dir('failed')})[/red]")
         console.print(f"{len(failed)} trial(s) and {len(p_failed)} probe(s) failed; "
@@ -192,6 +208,17 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
         Console().print(dry_run_table(spec, plans))
         return 0
     folder = run_folder_of(spec)
+    if not folder.is_sweep() and not folder.is_empty():
+        raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
+                         "in the sweep file to a new folder")
+    with folder.driver_lock(f"emerge sweep {spec_path}"):
+        return _launch(spec, spec_path, folder, address=address, tracking_uri=tracking_uri,
+                       allow_pending=allow_pending, console=console)
+
+
+def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str | None,
+            tracking_uri: str | None, allow_pending: bool, console: Console) -> int:
+    plans = spec.trials()
     spec_text = spec_path.read_text()
     if folder.is_sweep():
         state = folder.sweep_state()
@@ -207,9 +234,6 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
             console.print(f"{folder.path} holds this sweep; resuming it")
         uri = tracking_uri or state["tracking_uri"]
     else:
-        if folder.path.exists() and any(folder.path.iterdir()):
-            raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
-                             "in the sweep file to a new folder")
         launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
         fresh = {"launch-0"}
         uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
@@ -228,6 +252,14 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
 def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
+    folder.sweep_state()  # a sweep's folder, before anything is created in it
+    with folder.driver_lock(f"emerge resume {run_dir}"):
+        return _resume(folder, address=address, tracking_uri=tracking_uri,
+                       allow_pending=allow_pending, console=console)
+
+
+def _resume(folder: RunFolder, *, address: str | None, tracking_uri: str | None,
+            allow_pending: bool, console: Console) -> int:
     state = folder.sweep_state()
     spec = frozen_spec(folder)
     uri = tracking_uri or state["tracking_uri"]
@@ -247,7 +279,9 @@ def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
             ray.shutdown()
 
 
-def sync_mlflow(run_dir: Path, *, tracking_uri: str | None) -> dict[str, int]:
+def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
+                console: Console | None = None) -> dict[str, int]:
+    """Send MLflow all the run folder holds that it lacks; returns rows sent per trial."""
     folder = RunFolder(run_dir)
     state = folder.sweep_state()
     spec = frozen_spec(folder)
@@ -256,4 +290,8 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None) -> dict[str, int]:
     sent = sync.sync_all([p.config for p in spec.trials()])
     if all(folder.is_complete(p.name) for p in spec.trials()):
         sync.set_status(None, "FINISHED")
+    elif any(folder.failure(p.name) for p in spec.trials()):
+        sync.set_status(None, "FAILED")
+    for note in sync.notes:
+        (console or Console(stderr=True)).print(f"[yellow]warning: {note}[/yellow]")
     return sent

@@ -264,7 +264,8 @@ def _section_problems(where: str, overrides: Any, task: str, scale: str) -> list
         resolve_config(task, scale, 0, **rest)
     except ValidationError as e:
         # errors of fields this section does not set belong to another section
-        problems += format_validation_error(e, where, only=lambda loc: bool(loc) and loc[0] in rest)
+        problems += format_validation_error(e, where, model=TrainConfig,
+                                            only=lambda loc: bool(loc) and loc[0] in rest)
     except TaskError as e:
         problems.append(f"{where}: {e}")
     return problems
@@ -290,7 +291,7 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
     try:
         spec = SweepSpec(**data)
     except ValidationError as e:
-        problems += format_validation_error(e)
+        problems += format_validation_error(e, model=SweepSpec)
     # The training sections are checked on their own as well, so that their problems are
     # reported together with the schema's.
     task0 = _first_valid(data.get("tasks"), _task_name) or "MOD"

@@ -97,7 +97,7 @@ def _trainable(config: dict[str, Any]) -> None:
     """One trial, in a Ray worker: the typed ``Trial`` validated once by the driver."""
     import torch
 
-    from emergence_core.runner import TrialHooks, run_trial
+    from emergence_core.runner import TrialDiverged, TrialHooks, run_trial
 
     trial: Trial = config["trials"].get(config["trial"]["name"])
     config["extensions"].apply()  # the sweep's plugins and declared scales, in this process
@@ -110,11 +110,19 @@ def _trainable(config: dict[str, Any]) -> None:
     def on_probe(report: Any) -> None:
         tune.report(trial_metrics(report), checkpoint=state.take())
 
-    outcome = run_trial(cfg, folder.path, sweep=config["sweep"],
-                        hooks=TrialHooks(on_probe=on_probe,
-                                         on_weights=_enqueuer(folder, trial)),
-                        state_store=state, plan=trial.plan,
-                        threshold=config["threshold"], persistence=config["persistence"])
+    try:
+        outcome = run_trial(cfg, folder.path, sweep=config["sweep"],
+                            hooks=TrialHooks(on_probe=on_probe,
+                                             on_weights=_enqueuer(folder, trial)),
+                            state_store=state, plan=trial.plan,
+                            threshold=config["threshold"], persistence=config["persistence"])
+    except TrialDiverged as e:
+        # Deterministic: a retry from the same checkpoint diverges again, so the trial ends
+        # here (Tune retries only what raises); the run folder records it as failed.
+        tune.report({"done": False, "committed": True, "diverged": str(e)},
+                    checkpoint=state.take())
+        state.take()
+        return
     final = {"step": outcome.step, "total_steps": cfg.steps, "done": outcome.completed,
              "n_events": sum(v is not None for v in outcome.events.values()),
              "committed": True}
@@ -291,6 +299,12 @@ class SweepCallback(tune.Callback):
                         **info: Any) -> None:
         name = _trial_name(trial)
         live = self._live()
+        if result.get("diverged"):
+            live.board.failed(name, result["diverged"], will_retry=False)
+            live.failures[name] = result["diverged"]
+            live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
+            live.mlflow_call(lambda m: m.set_status(name, "FAILED", reason=result["diverged"]))
+            return
         events = {int(k.removeprefix("emergence_L")): int(v) for k, v in result.items()
                   if k.startswith("emergence_L") and v is not None}
         live.board.result(name, int(result.get("step", 0)), events)
@@ -318,7 +332,7 @@ class SweepCallback(tune.Callback):
         live.board.failed(name, error, will_retry=False)
         live.record_failure(name, error)
         live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
-        live.mlflow_call(lambda m: m.set_status(name, "FAILED"))
+        live.mlflow_call(lambda m: m.set_status(name, "FAILED", reason=error))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._live().board.refresh()

@@ -8,9 +8,10 @@ cannot extend the grid of an experiment it restores. Nothing here imports Ray.
 
 from __future__ import annotations
 
-from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from emergence_core.config import estimate
@@ -20,7 +21,7 @@ from orchestrator.probes.queue import ProbeQueue
 from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
 
 __all__ = ["added_trials", "dry_run_table", "frozen_spec", "probe_progress", "run_folder_of",
-           "status_table"]
+           "status_data", "status_table"]
 
 
 def run_folder_of(spec: SweepSpec) -> RunFolder:
@@ -58,44 +59,94 @@ def added_trials(old: SweepSpec, new: SweepSpec) -> list[Trial]:
 
 # -- dry run and status ---------------------------------------------------------------------
 
-def dry_run_table(spec: SweepSpec, plans: list[Trial]) -> Table:
+# Sustained FP32 training throughput measured at s4 on an H200 (BENCHMARKS.md, GPU trial):
+# the basis of the dry run's GPU-hour estimate.
+GPU_FLOPS = 27.7e12
+
+
+def dry_run_table(spec: SweepSpec, plans: list[Trial]) -> Group:
+    """The grid, trial by trial, then per scale, with the probe pool's work."""
     t = Table(title=f"sweep {spec.name}: {len(plans)} trials (dry run: nothing started)")
-    for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP"):
+    for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP", "probe jobs"):
         t.add_column(col, justify="left" if col == "trial" else "right")
-    total = 0.0
+    by_scale: dict[str, list] = {}
     for p in plans:
         e = estimate(p.config)
-        total += e.total_flops
+        by_scale.setdefault(p.config.scale, []).append((p, e))
         t.add_row(p.name, f"{e.params / 1e6:.2f}M", str(p.config.steps), f"{p.resources.cpus:g}",
-                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}")
-    t.caption = (f"total {total / 1e15:.2f} PFLOP (training 6N per token, probes 2N per "
-                 f"diagnostic token); run folder {run_folder_of(spec).path}")
-    return t
+                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}", str(len(p.plan.jobs)))
+    roll = Table(title="per scale")
+    for col in ("scale", "trials", "params", "est. PFLOP", "GPU-hours", "probe jobs"):
+        roll.add_column(col, justify="left" if col == "scale" else "right")
+    total = gpu_h = 0.0
+    for scale, rows in by_scale.items():
+        flops = sum(e.total_flops for _, e in rows)
+        on_gpu = sum(e.total_flops for p, e in rows if p.resources.gpus > 0)
+        total, gpu_h = total + flops, gpu_h + on_gpu / GPU_FLOPS / 3600
+        params = sorted({e.params for _, e in rows})
+        shown = f"{params[0] / 1e6:.2f}M" + (f"-{params[-1] / 1e6:.2f}M" if len(params) > 1
+                                             else "")
+        roll.add_row(scale, str(len(rows)), shown, f"{flops / 1e15:.2f}",
+                     f"{on_gpu / GPU_FLOPS / 3600:.1f}" if on_gpu else "-",
+                     str(sum(len(p.plan.jobs) for p, _ in rows)))
+    n_jobs = sum(len(p.plan.jobs) for p in plans)
+    pool = spec.probes
+    every = ", ".join(f"{m} every {m_.every}" for m, m_ in pool.measures.items())
+    probes = (f"probe pool: {n_jobs} expensive jobs ({every} probe steps) on {pool.actors} "
+              f"actor(s) with {pool.resources.cpus:g} CPU, {pool.resources.gpus:g} GPU each"
+              if n_jobs else "probe pool: no expensive measures")
+    roll.caption = (f"total {total / 1e15:.2f} PFLOP (training 6N per token, probes 2N per "
+                    f"diagnostic token); GPU-hours of GPU trials at {GPU_FLOPS / 1e12:.1f} "
+                    f"TFLOP/s (FP32 training at s4 on an H200, BENCHMARKS.md), expensive "
+                    f"probes not included\n{probes}\nrun folder {run_folder_of(spec).path}")
+    return Group(t, roll)
 
 
-def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
+def status_data(run_dir: Path) -> dict[str, Any]:
+    """Where a sweep stands, from its run folder alone (``emerge status --json``)."""
     folder = RunFolder(run_dir)
     folder.sweep_state()
     spec = frozen_spec(folder)
-    t = Table(title=f"sweep {spec.name} in {folder.path}")
-    cols = ["trial", "state", "step", "events"] + (["probes"] if spec.probes.measures else [])
+    done_jobs = ProbeQueue(folder).done_jobs() if spec.probes.measures else set()
+    trials = []
+    for p in spec.trials():
+        st = folder.trial_state(p.name)
+        row: dict[str, Any] = {
+            "trial": p.name, "state": st.state, "step": st.step,
+            "total_steps": p.config.steps,
+            "events": {str(lv): s for lv, s in sorted(st.events.items())}, "error": st.error}
+        if spec.probes.measures:
+            row["probes_done"] = sum(j in done_jobs for j in p.plan.jobs)
+            row["probes_due"] = len(p.plan.jobs)
+        trials.append(row)
+    p_done, p_due, p_failed = probe_progress(folder, spec)
+    counts: dict[str, int] = {}
+    for row in trials:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return {"sweep": spec.name, "run_dir": str(folder.path), "counts": counts,
+            "trials": trials,
+            "probes": {"done": p_done, "due": p_due, "failed": p_failed}}
+
+
+def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
+    data = status_data(run_dir)
+    probes = data["probes"]["due"] > 0 or any("probes_due" in r for r in data["trials"])
+    t = Table(title=f"sweep {data['sweep']} in {data['run_dir']}")
+    cols = ["trial", "state", "step", "events"] + (["probes"] if probes else []) + ["why"]
     for col in cols:
         t.add_column(col, justify="right" if col in ("step", "probes") else "left")
-    counts: dict[str, int] = {}
-    done_jobs = ProbeQueue(folder).done_jobs() if spec.probes.measures else set()
-    for p in spec.trials():
-        state, step, events, _ = astuple(folder.trial_state(p.name))
-        counts[state] = counts.get(state, 0) + 1
-        ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in sorted(events.items()))
-        row = [p.name, state, "-" if step is None else f"{step}/{p.config.steps}", ev]
-        if spec.probes.measures:
-            due = p.plan.jobs
-            row.append(f"{sum(j in done_jobs for j in due)}/{len(due)}")
-        t.add_row(*row)
-    p_done, p_due, p_failed = probe_progress(folder, spec)
-    t.caption = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + (
-        f"; expensive probes {p_done}/{p_due} done, {len(p_failed)} failed" if p_due else "")
-    return t, counts
+    for r in data["trials"]:
+        ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in r["events"].items())
+        step = "-" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
+        row = [r["trial"], r["state"], step, ev]
+        if probes:
+            row.append(f"{r['probes_done']}/{r['probes_due']}")
+        t.add_row(*row, r["error"] or "")
+    p = data["probes"]
+    t.caption = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items())) + (
+        f"; expensive probes {p['done']}/{p['due']} done, {len(p['failed'])} failed"
+        if p["due"] else "")
+    return t, data["counts"]
 
 
 # -- running --------------------------------------------------------------------------------

@@ -46,6 +46,39 @@ def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{RunFolder(run_dir).mlflow_db}"
 
 
+# An experiment of training runs: without this tag MLflow 3's UI opens it in GenAI mode
+# (traces, judges, "evaluation runs").
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _sweep_params(spec_text: str) -> dict[str, str]:
+    """The sweep file's fields as the parent run's parameters (the grid, the emergence rule,
+    the probes, the shared training settings)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(spec_text)
+    except yaml.YAMLError:
+        return {}
+    return _flatten(data) if isinstance(data, dict) else {}
+
+
+def _description(spec_text: str, run_dir: Path) -> str:
+    """The parent run's description (MLflow shows it on the run's page)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(spec_text) or {}
+    except yaml.YAMLError:
+        data = {}
+    grid = " x ".join(f"{k} {', '.join(map(str, data.get(k, [])))}"
+                      for k in ("tasks", "scales", "seeds") if data.get(k))
+    rule = data.get("emergence") or {}
+    return (f"emerge sweep **{data.get('name', '?')}**: {grid}. Emergence: accuracy at "
+            f"threshold {rule.get('threshold', 0.5)} held for {rule.get('persistence', 5)} "
+            f"probe steps. Run folder `{run_dir}`; the sweep file is the artifact spec.yaml.")
+
+
 def metric_key(measure: str, layer: int | None, level: int | None) -> str:
     key = measure.replace("@", ".")
     if level is not None:
@@ -77,6 +110,7 @@ class MlflowSync:
         self.sweep = sweep
         self.ledger_path = self.folder.ledger_path
         self._client = None
+        self.notes: list[str] = []  # warnings for the caller to show (a rebuilt ledger)
 
     # -- ledger ----------------------------------------------------------------------------
 
@@ -86,19 +120,59 @@ class MlflowSync:
         self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.folder.ledger_lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = (json.loads(self.ledger_path.read_text()) if self.ledger_path.exists()
-                    else {"tracking_uri": self.tracking_uri, "trials": {}})
-            before = json.dumps(data, sort_keys=True)
+            data = self._read_ledger()
+            before = "" if data.pop("_rebuilt", False) else json.dumps(data, sort_keys=True)
             yield data
             if json.dumps(data, sort_keys=True) != before:
                 with atomic_path(self.ledger_path) as tmp:
                     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
 
+    def _read_ledger(self) -> dict[str, Any]:
+        """The ledger; a damaged one is rebuilt from MLflow's own runs (their tags name the
+        sweep's folder and each trial), so no trial ever gets a second run."""
+        if not self.ledger_path.exists():
+            return {"tracking_uri": self.tracking_uri, "trials": {}}
+        try:
+            data = json.loads(self.ledger_path.read_text())
+            if isinstance(data, dict) and isinstance(data.get("trials"), dict) and all(
+                    isinstance(e, dict) and "run_id" in e for e in data["trials"].values()):
+                return data
+            problem = "its fields are not a ledger's"
+        except (OSError, ValueError) as err:
+            problem = str(err).splitlines()[0][:200]
+        data = self._rebuild_ledger()
+        damaged = self.ledger_path.with_name(f"{self.ledger_path.name}.damaged")
+        self.ledger_path.replace(damaged)
+        self.notes.append(f"the MLflow ledger {self.ledger_path} was damaged ({problem}); "
+                          f"rebuilt from MLflow's runs ({len(data['trials'])} trials), the "
+                          f"damaged copy kept as {damaged.name}")
+        return {**data, "_rebuilt": True}  # saved by _ledger even if nothing else changes
+
+    def _rebuild_ledger(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tracking_uri": self.tracking_uri, "trials": {}}
+        exp = self.client.get_experiment_by_name(self.sweep)
+        if exp is None:
+            return data
+        runs = self.client.search_runs(
+            [exp.experiment_id], f"tags.`emerge.run_dir` = '{self.run_dir}'", max_results=1)
+        if not runs:
+            return data
+        parent = runs[0].info.run_id
+        data.update(experiment_id=exp.experiment_id, parent_run_id=parent)
+        children = self.client.search_runs(
+            [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
+        for r in children:
+            trial = r.data.tags.get("emerge.trial")
+            if trial is not None:  # rows are sent again: MLflow drops those it holds
+                data["trials"][trial] = {"run_id": r.info.run_id, "logged_through": -1,
+                                         "finished": r.info.status == "FINISHED"}
+        return data
+
     def run_ids(self) -> dict[str, str]:
         if not self.ledger_path.exists():
             return {}
-        trials = json.loads(self.ledger_path.read_text())["trials"]
-        return {t: e["run_id"] for t, e in trials.items()}
+        with self._ledger() as led:
+            return {t: e["run_id"] for t, e in led["trials"].items()}
 
     @property
     def client(self):
@@ -118,15 +192,26 @@ class MlflowSync:
             if exp is None:
                 artifacts = self.folder.mlflow_artifacts_dir.as_uri() \
                     if self.tracking_uri.startswith("sqlite:") else None
-                exp_id = self.client.create_experiment(self.sweep, artifact_location=artifacts)
+                exp_id = self.client.create_experiment(self.sweep, artifact_location=artifacts,
+                                                       tags=EXPERIMENT_TAGS)
             else:
                 exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=self.sweep,
-                                         tags={"emerge.kind": "sweep",
-                                               "emerge.run_dir": str(self.run_dir)})
+                for k, v in EXPERIMENT_TAGS.items():  # an experiment made by an older emerge
+                    if exp.tags.get(k) != v:
+                        self.client.set_experiment_tag(exp_id, k, v)
+            tags = {"emerge.kind": "sweep", "emerge.run_dir": str(self.run_dir)}
+            if spec_text is not None:
+                tags["mlflow.note.content"] = _description(spec_text, self.run_dir)
+            run = self.client.create_run(exp_id, run_name=self.sweep, tags=tags)
             led.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if spec_text is not None:
             self.client.log_text(run.info.run_id, spec_text, RunFolder.SPEC)
+            params = _sweep_params(spec_text)
+            from mlflow.entities import Param
+
+            items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
         return run.info.run_id
 
     def trial_run(self, trial: str, config: TrainConfig) -> str:
@@ -262,8 +347,10 @@ class MlflowSync:
         for lv, step in events.items():
             self.client.set_tag(run_id, f"emergence.L{lv}", str(step))
 
-    def set_status(self, trial: str | None, status: str) -> None:
-        """RUNNING, FINISHED or FAILED, for a trial's run or (trial None) the parent."""
+    def set_status(self, trial: str | None, status: str, reason: str | None = None) -> None:
+        """RUNNING, FINISHED or FAILED, for a trial's run or (trial None) the parent; a
+        finished or failed run gets its end time (MLflow shows its duration), a failed one
+        the reason as the tag ``emerge.failure``."""
         with self._ledger() as led:
             if trial is None:
                 run_id = led.get("parent_run_id")
@@ -272,8 +359,14 @@ class MlflowSync:
                 run_id = entry and entry["run_id"]
                 if entry is not None:
                     entry["finished"] = status == "FINISHED"
-        if run_id is not None:
+        if run_id is None:
+            return
+        if reason is not None:
+            self.client.set_tag(run_id, "emerge.failure", reason[:5000])
+        if status == "RUNNING":
             self.client.update_run(run_id, status=status)
+        else:
+            self.client.set_terminated(run_id, status=status)
 
     def sync_all(self, configs: Sequence[TrainConfig]) -> dict[str, int]:
         """Fill in every trial (``emerge sync-mlflow``); returns rows sent per trial."""
@@ -283,5 +376,7 @@ class MlflowSync:
             sent[trial] = self.sync_trial(trial, cfg) + self.sync_probes(trial, cfg)
             if self.folder.is_complete(trial):
                 self.set_status(trial, "FINISHED")
+            elif (failure := self.folder.failure(trial)) is not None:
+                self.set_status(trial, "FAILED", reason=failure)
         return sent
 
