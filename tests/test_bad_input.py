@@ -80,6 +80,12 @@ CASES: list[tuple[str, object, list[str]]] = [
      ["revisions[0]: unknown Pythia revision 'stpe5'"]),
     ("pythia", lambda t: [_text(t, "name: p\npositions: [answer]\n")],
      ["positions[0]: unknown read position 'answer'"]),
+    ("probe", lambda t: [str(t / "nowhere"), "--measure", "llc", "--step", "0"],
+     ["nowhere: no such run folder"]),
+    ("probe", lambda t: [_folder(t, "foreign"), "--measure", "llc", "--step", "0"],
+     ["is not an emerge run folder (no sweep.json and no run.json)"]),
+    ("probe", lambda t: [_folder(t, "empty"), "--measure", "lcc", "--step", "0"],
+     ["unknown expensive measure 'lcc'"]),
     ("analyze", lambda t: [str(t / "nowhere")], ["no such folder"]),
     ("analyze", lambda t: [str(Path(_text(t, "x: 1\n")))], ["is a file, not a run folder"]),
     ("analyze", lambda t: [_folder(t, "foreign")], ["is not a run folder"]),
@@ -109,7 +115,7 @@ def test_bad_input_is_one_line_per_problem_exit_2_nothing_written(tmp_path, comm
 def test_the_campaign_covers_every_command_and_reliability_md_lists_it() -> None:
     assert len(CASES) >= 30
     assert {c for c, _, _ in CASES} >= {"train", "sweep", "resume", "status", "sync-mlflow",
-                                        "pythia", "analyze"}
+                                        "pythia", "analyze", "probe"}
     doc = (ROOT / "RELIABILITY.md").read_text()
     table = doc.split("## Bad input", 1)[1]
     for command, _, expected in CASES:
