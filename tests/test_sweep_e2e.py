@@ -17,7 +17,6 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from emergence_core.run_folder import RunFolder
 from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.sweep.spec import load_spec
@@ -220,17 +219,20 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
     with ray_tmpdir() as rt:
         proc = start_sweep(["sweep", str(spec_path)], rt, log)
         try:
-            wait_for(lambda: all(len(list((run_dir / "metrics" / "trial" / t).glob("part-*")))
-                                 >= 1 for t in ("MOD-s0-0", "COPY-s0-0")),
-                     300, "commits of both trials", proc, log)
+            # two commits each: the first one's checkpoint has reached Tune, so a resume
+            # continues from it rather than from step 0
+            wait_for(lambda: all(len(TrialStore(run_dir, t).parts()) >= 2
+                                 for t in ("MOD-s0-0", "COPY-s0-0")),
+                     300, "two commits of both trials", proc, log)
             proc.send_signal(signal.SIGINT)  # Ctrl-C in the driver's terminal
             assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
         finally:
             stop(proc)
         assert "emerge resume" in log.read_text()
-        interrupted = [t for t in ("MOD-s0-0", "COPY-s0-0")
-                       if not RunFolder(run_dir).is_complete(t)]
-        assert interrupted, "the Ctrl-C came after both trials had finished"
+        # trials the Ctrl-C caught before their last step: the resume must continue them
+        last = {t: TrialStore(run_dir, t).parts()[-1][1] for t in ("MOD-s0-0", "COPY-s0-0")}
+        interrupted = [t for t, step in last.items() if step < 200]
+        assert interrupted, "the Ctrl-C came after both trials had trained to the end"
         rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
     assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
     table = read_metrics(run_dir)
@@ -243,6 +245,6 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         rows = table.filter(pc.equal(table["trial"], trial))
         later = [s for s, a in zip(rows["step"].to_pylist(), rows["attempt"].to_pylist(),
                                    strict=True) if a >= 1]
-        assert later and min(later) > 0, trial
+        assert later and min(later) > 0 and max(later) == 200, trial
     _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
 
