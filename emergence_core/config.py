@@ -26,6 +26,7 @@ from emergence_core.model import scale_shape
 from emergence_core.tasks import TaskError, get_task, trial_layout
 
 __all__ = [
+    "AlertConfig",
     "CheckpointConfig",
     "ProbeConfig",
     "RunEstimate",
@@ -77,6 +78,24 @@ class CheckpointConfig(_Frozen):
         1, ge=1, description="model weights (safetensors) every k-th probe step; null: never")
 
 
+class AlertConfig(_Frozen):
+    """The live alerts' change-point rule (``emergence_core.alerts`` states it)."""
+
+    enabled: bool = True
+    window: int = Field(8, ge=3, description="reference: the last k values of a series")
+    k: float = Field(4.0, gt=0, description="a value departs beyond k robust spreads")
+    confirm: int = Field(2, ge=1, description="consecutive departing values raise an alert")
+    rel_floor: float = Field(0.02, ge=0, description="least spread, as a share of the median")
+    abs_floor: float = Field(0.01, ge=0, description="least spread of a geometric series")
+    approach_floor: float = Field(0.01, ge=0, description="least spread of chance-corrected "
+                                                          "accuracy (the approach alert)")
+    approach_confirm: int = Field(1, ge=1, description="departing accuracy values that raise "
+                                                       "an approach alert (a capability can "
+                                                       "cross the threshold in two probes)")
+    min_step: float = Field(0.05, ge=0, lt=1, description="no alert before this share of "
+                                                           "training (the early collapse)")
+
+
 class TrainConfig(_Frozen):
     """One trial: one model trained on one task, its levels mixed in equal proportion."""
 
@@ -105,6 +124,7 @@ class TrainConfig(_Frozen):
     diag_size: int = Field(1000, ge=2, description="diagnostic problems per level (at most)")
     probe: ProbeConfig = ProbeConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    alerts: AlertConfig = AlertConfig()
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
 
     @field_validator("task")

@@ -167,6 +167,12 @@ class RowBuffer:
         for layer, v in zip(layer_ids, values, strict=True):
             self.add(step, measure, v, layer=layer, level=level, wall_time=now)
 
+    def since(self, start: int) -> list[tuple[str, int | None, int | None, float | None]]:
+        """(measure, layer, level, value) of the rows added after the first ``start``."""
+        c = self._cols
+        return list(zip(c["measure"][start:], c["layer"][start:], c["level"][start:],
+                        c["value"][start:], strict=True))
+
     def take(self, max_step: int | None = None) -> pa.Table:
         """Remove and return the rows with ``step <= max_step`` (all rows when None)."""
         c = self._cols

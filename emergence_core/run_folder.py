@@ -16,7 +16,7 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
   metrics/<source>/<trial>/part-<first>-<last>.parquet  the metrics table (source: trial,
                                      pythia, probe/<measure>)
   events/<trial>.parquet             emergence events, one row per level
-  alerts/                            live alerts, as they fire
+  alerts/<trial>/part-<first>-<last>.parquet    live alerts, as they fire
   status/<trial>.json                a trial that failed for good, and why
   status/<trial>.worker.json         the process a trial runs in now
   status/pythia-failures.json        (model, revision) tasks that failed
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from emergence_core.config import TrainConfig
 
 __all__ = [
+    "Density",
     "FolderInfo",
     "ProbeJob",
     "RunFolder",
@@ -108,13 +109,29 @@ class ProbeJob:
 
 
 @dataclass(frozen=True)
+class Density:
+    """Adaptive density of the expensive measures (a sweep's ``probes.density``), resolved
+    for one trial: ``emergence_core.density`` makes the decisions."""
+
+    measures: tuple[str, ...]  # the dense measures; they share one backbone
+    around: int  # probe steps on each side of a trigger's onset
+    window: int  # weights of this many recent probe steps are kept, ready to pin
+    budget: int  # jobs per dense measure in this trial, its backbone included
+    triggers: tuple[str, ...]  # "alert" and/or "event"
+    alert_share: float = 0.5  # most of the budget beyond the backbone that alerts may spend
+
+
+@dataclass(frozen=True)
 class TrialPlan:
-    """What a trial will do, fixed by its config: see the module docstring."""
+    """What a trial will do, fixed by its config: see the module docstring. With
+    ``density``, ``jobs`` is the backbone and the trial adds jobs as it runs, within the
+    budget; they are found in the queue."""
 
     trial: str
     probe_steps: tuple[int, ...]
     weight_steps: frozenset[int]
     jobs: tuple[ProbeJob, ...]
+    density: Density | None = None
 
     @cached_property
     def _by_step(self) -> dict[int, tuple[ProbeJob, ...]]:
@@ -129,14 +146,30 @@ class TrialPlan:
     def keeps_weights(self, step: int) -> bool:
         return step in self.weight_steps
 
+    @property
+    def job_budget(self) -> int:
+        """The most jobs the trial can run: its backbone plus what density may add."""
+        if self.density is None:
+            return len(self.jobs)
+        dense = set(self.density.measures)
+        return sum(j.measure not in dense for j in self.jobs) \
+            + self.density.budget * len(dense)
+
 
 def due(index: int, last: int, every: int) -> bool:
     """The rule for 'every k-th probe step, and the last'."""
     return index % every == 0 or index == last
 
 
-def trial_plan(cfg: TrainConfig, measures: Mapping[str, int] | None = None) -> TrialPlan:
-    """The plan of ``cfg`` with expensive ``measures`` (name -> every k-th probe step)."""
+def trial_plan(cfg: TrainConfig, measures: Mapping[str, int] | None = None,
+               density: Mapping[str, Any] | None = None) -> TrialPlan:
+    """The plan of ``cfg`` with expensive ``measures`` (name -> every k-th probe step).
+
+    ``density`` (``measures``, ``around``, ``window``, ``budget_every``, ``triggers``,
+    ``alert_share``):
+    the dense measures get their ``every`` as a backbone and a budget of as many jobs as
+    uniform sampling at every ``budget_every``-th probe step would run.
+    """
     from emergence_core.schedule import probe_schedule
 
     name = cfg.trial_name()
@@ -148,12 +181,21 @@ def trial_plan(cfg: TrainConfig, measures: Mapping[str, int] | None = None) -> T
     weights = frozenset(s for i, s in enumerate(steps) if k is not None and due(i, last, k))
     jobs = tuple(ProbeJob(name, s, m) for m, every in (measures or {}).items()
                  for i, s in enumerate(steps) if due(i, last, every))
+    plan_density = None
+    if density is not None and (measures or {}):
+        dense = tuple(m for m in measures or {} if m in density["measures"])
+        budget = sum(due(i, last, density["budget_every"]) for i in range(len(steps)))
+        backbone = {j.step for j in jobs if j.measure in dense}
+        plan_density = Density(dense, density["around"], density["window"],
+                               max(budget, len(backbone)), tuple(density["triggers"]),
+                               density.get("alert_share", 0.5))
+        weights |= backbone
     missing = sorted({j.step for j in jobs} - weights)
     if missing:
         raise RunFolderError(f"trial {name}: expensive jobs are due at steps without weights "
                              f"(first: {missing[0]}); make the measures' 'every' a multiple of "
                              f"train.checkpoint.weights_every ({k})")
-    return TrialPlan(name, steps, weights, jobs)
+    return TrialPlan(name, steps, weights, jobs, plan_density)
 
 
 # -- trial state ---------------------------------------------------------------------------
@@ -355,6 +397,10 @@ class RunFolder:
     def alerts_dir(self) -> Path:
         return self.path / "alerts"
 
+    def trial_alerts_dir(self, trial: str) -> Path:
+        """A trial's live alerts, one part per probe step that raised any."""
+        return self.alerts_dir / trial
+
     # -- status ------------------------------------------------------------------------------
 
     @property
@@ -448,6 +494,11 @@ class RunFolder:
                     _warn_once(f, f"skipping {f}: not a probe job's file (STEP.MEASURE.json); "
                                   "remove it")
         return sorted(jobs)
+
+    def queued_at(self, trial: str, step: int) -> list[ProbeJob]:
+        """A trial's jobs enqueued at one checkpoint step."""
+        d = self.probe_dir("queue") / trial
+        return sorted(ProbeJob.parse(trial, f.name) for f in d.glob(f"{step:012d}.*.json"))
 
     def calibration_path(self, trial: str, measure: str) -> Path:
         """A trial's calibration of a measure: its pilot's grid and the choice it fixed."""

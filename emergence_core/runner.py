@@ -1,8 +1,10 @@
 """Run one trial to completion in a run folder, resumably, with exactly-once metric rows.
 
-``run_trial`` drives a ``Trainer``: at each probe step it runs the cheap probes, saves the
-weights the expensive probes will need, watches for emergence events, and now and then
-*commits* (rows up to the step, then the full state; see ``store``). Called again on the same
+``run_trial`` drives a ``Trainer``: at each probe step it runs the cheap probes, watches for
+emergence events and live alerts (``alerts``), saves the weights the expensive probes will
+need and hands their jobs out (``density`` decides where, when the sweep asks for adaptive
+density), and now and then *commits* (rows up to the step, then the full state; see
+``store``). Called again on the same
 folder it resumes from the last commit; on a completed trial it returns at once.
 
 Hooks let a caller (the CLI's progress bar, a Ray Tune trainable) watch and stop a run
@@ -12,19 +14,20 @@ without this module knowing about them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from emergence_core.alerts import Alert, AlertDetector, alerts_table
 from emergence_core.analysis.emergence import chance_corrected, emergence_step
 from emergence_core.config import TrainConfig
+from emergence_core.density import DensePlanner
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
-from emergence_core.run_folder import TrialPlan, trial_plan
+from emergence_core.run_folder import ProbeJob, TrialPlan, trial_plan
 from emergence_core.store import TrialStore
 from emergence_core.trainer import Trainer
 
@@ -52,6 +55,8 @@ class ProbeReport:
     events: dict[int, int]  # level -> emergence step, for events confirmed so far
     new_events: dict[int, int]  # the subset confirmed at this probe
     committed: bool
+    new_alerts: tuple[Alert, ...] = ()  # live alerts raised at this probe
+    n_alerts: int = 0  # raised so far in the run
 
 
 class StateStore(Protocol):
@@ -91,8 +96,8 @@ class TrialDiverged(RuntimeError):
 class TrialHooks:
     on_probe: Callable[[ProbeReport], None] | None = None
     on_commit: Callable[[int, TrialStore], None] | None = None  # rows and state are on disk
-    # weights of (step, probe index) are on disk at path: the expensive probes can start
-    on_weights: Callable[[int, int, Path], None] | None = None
+    # expensive jobs whose weights are on disk: the probe pool can start them
+    on_jobs: Callable[[list[ProbeJob]], None] | None = None
     should_stop: Callable[[], bool] | None = None  # checked between updates
     on_note: Callable[[str], None] | None = None  # a warning (default: the "emerge" logger)
 
@@ -139,16 +144,22 @@ class EmergenceTracker:
                     self.events[level] = new[level] = hit
         return new
 
-    def replay(self, table: pa.Table) -> None:
-        """Rebuild the history from committed rows (a resumed run)."""
-        acc = table.filter(pc.and_(pc.equal(table["measure"], Measure.ACCURACY),
-                                   pc.is_valid(table["level"]))).sort_by("step")
-        per_step: dict[int, dict[int, float]] = {}
-        for s, lv, v in zip(acc["step"].to_pylist(), acc["level"].to_pylist(),
-                            acc["value"].to_pylist(), strict=True):
-            per_step.setdefault(s, {})[lv] = v
-        for s in sorted(per_step):
-            self.update(s, per_step[s])
+
+
+def committed_steps(table: pa.Table) -> Iterator[tuple[int, list]]:
+    """A trial's committed rows step by step: (step, [(measure, layer, level, value)]), as
+    ``RowBuffer.since`` gave them live, so a resumed trial can replay its decisions."""
+    rows = table.sort_by("step")
+    per_step: dict[int, list] = {}
+    for s, m, layer, lv, v in zip(*(rows[c].to_pylist() for c in
+                                     ("step", "measure", "layer", "level", "value")),
+                                  strict=True):
+        per_step.setdefault(s, []).append((m, layer, lv, v))
+    yield from sorted(per_step.items())
+
+
+def level_accuracy(rows: list) -> dict[int, float]:
+    return {lv: v for m, _, lv, v in rows if m == Measure.ACCURACY and lv is not None}
 
 
 def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) -> pa.Table:
@@ -213,10 +224,27 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
 
     key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
     rows = RowBuffer(key, attempt)
-    tracker = EmergenceTracker(threshold, persistence,
-                               {lv: c.accuracy for lv, c in trainer.data.chance.items()})
+    chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
+    tracker = EmergenceTracker(threshold, persistence, chance)
+    detector = AlertDetector(cfg.alerts, total_steps=cfg.steps, threshold=threshold,
+                             chance=chance)
+    planner = DensePlanner(plan)
+    index_of = {s: i for i, s in enumerate(plan.probe_steps)}
+
+    def decide(index: int, step: int, step_rows: list) -> tuple[dict, list[Alert], list]:
+        """Events, alerts and density at one probe step: from its rows alone, live or
+        replayed, so a resumed trial decides what the first attempt decided."""
+        new = tracker.update(step, level_accuracy(step_rows))
+        alerts = detector.update(step, step_rows, tracker.events)
+        onsets = [("alert", a.onset_step) for a in alerts] + [("event", e) for e in
+                                                              new.values()]
+        return new, alerts, planner.at_probe(index, onsets)
+
     if state is not None:
-        tracker.replay(store.read())
+        store.prune_alerts_after(trainer.step)
+        for step, step_rows in committed_steps(store.read()):
+            if step in index_of:
+                decide(index_of[step], step, step_rows)  # what it did then is on disk
     meta = {"fingerprint": cfg.fingerprint(), "trial": trial, "task": cfg.task,
             "scale": cfg.scale, "seed": str(cfg.seed), "vocab_size": str(trainer.data.vocab.size),
             "n_positions": str(trainer.data.seq_len)}
@@ -241,15 +269,20 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         if div is not None:
             diverged.append(div)
             return True
+        before = len(rows)
         summary = tr.probe(rows)
         last_probe[:] = [step]
         acc = summary.accuracy
         final = index == len(tr.probe_steps) - 1
-        if plan.keeps_weights(step):
-            path = store.save_weights(tr.model, step, meta)
-            if hooks.on_weights is not None:
-                hooks.on_weights(step, index, path)
-        new = tracker.update(step, acc)
+        if planner.keeps_weights(step):
+            store.save_weights(tr.model, step, meta)
+        new, alerts, pins = decide(index, step, rows.since(before))
+        if alerts:
+            store.write_alerts(alerts_table(key, attempt, alerts))
+        if pins.jobs and hooks.on_jobs is not None:
+            hooks.on_jobs(pins.jobs)
+        for old in pins.drop_weights:
+            store.weights_path(old).unlink(missing_ok=True)
         last_commit["probes"] += 1
         stop = stop_after is not None and step >= stop_after
         due = (final or stop or last_commit["probes"] >= ck.every_probes
@@ -258,7 +291,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
             commit(step)
         if hooks.on_probe is not None:
             hooks.on_probe(ProbeReport(trial, step, cfg.steps, summary.train_loss, acc,
-                                       dict(tracker.events), new, due))
+                                       dict(tracker.events), new, due, tuple(alerts),
+                                       len(detector.fired)))
         return stop
 
     trainer.run(on_probe, hooks.should_stop)

@@ -31,7 +31,7 @@ from torch import nn
 from emergence_core.metrics import METRICS_SCHEMA
 from emergence_core.run_folder import RunFolder, RunFolderError, parse_part, part_name
 
-__all__ = ["TrialStore", "atomic_path", "metric_files", "read_metrics"]
+__all__ = ["TrialStore", "atomic_path", "metric_files", "read_alerts", "read_metrics"]
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
@@ -210,6 +210,24 @@ class TrialStore:
     def weight_steps(self) -> list[int]:
         return self.folder.weight_steps(self.trial)
 
+    # -- live alerts -----------------------------------------------------------------------------
+
+    def write_alerts(self, table: pa.Table) -> Path | None:
+        """The alerts raised at one probe step, as their own part (they show at once)."""
+        if table.num_rows == 0:
+            return None
+        step = pc.max(table["step"]).as_py()
+        final = self.folder.trial_alerts_dir(self.trial) / part_name(step, step)
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp)
+        return final
+
+    def prune_alerts_after(self, step: int) -> None:
+        """A resumed run raises the alerts after ``step`` again: drop the old ones."""
+        for first, _, p in _parts(self.folder.trial_alerts_dir(self.trial)):
+            if first > step:
+                p.unlink(missing_ok=True)
+
     # -- events ----------------------------------------------------------------------------------
 
     def write_events(self, table: pa.Table) -> Path:
@@ -245,6 +263,19 @@ def metric_files(run_dir: str | Path) -> list[Path]:
         dead = _superseded(parts)
         files += [p for _, _, p in parts if p not in dead]
     return files
+
+
+def read_alerts(run_dir: str | Path, trial: str | None = None) -> pa.Table:
+    """The live alerts of a run folder, or of one trial (``alerts.ALERTS_SCHEMA``)."""
+    from emergence_core.alerts import ALERTS_SCHEMA
+
+    folder = RunFolder(run_dir)
+    root = folder.alerts_dir if trial is None else folder.trial_alerts_dir(trial)
+    pattern = "*/part-*.parquet" if trial is None else "part-*.parquet"
+    files = sorted(root.glob(pattern)) if root.is_dir() else []
+    if not files:
+        return ALERTS_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=ALERTS_SCHEMA) for p in files])
 
 
 def read_metrics(run_dir: str | Path) -> pa.Table:

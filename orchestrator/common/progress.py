@@ -60,6 +60,7 @@ class _Trial:
     events: dict[int, int] = field(default_factory=dict)
     retries: int = 0
     error: str | None = None
+    alerts: int = 0
 
 
 class SweepBoard(_Board):
@@ -84,9 +85,14 @@ class SweepBoard(_Board):
         self._get(name).state = "running"
         self.refresh()
 
-    def result(self, name: str, step: int, events: dict[int, int]) -> None:
+    def result(self, name: str, step: int, events: dict[int, int],
+               alerts: tuple[str, ...] = (), n_alerts: int | None = None) -> None:
         t = self._get(name)
         t.state, t.step = "running", step
+        for line in alerts:
+            self._note(f"[cyan]{name} {line}[/cyan]")
+        if n_alerts is not None:
+            t.alerts = n_alerts
         for lv, s in events.items():
             if lv not in t.events:
                 t.events[lv] = s
@@ -133,8 +139,10 @@ class SweepBoard(_Board):
         c = self.counts()
         events = sum(len(t.events) for t in self.trials.values())
         extra = "".join(f", {c[k]} {k}" for k in ("retrying", "stopped") if c[k])
+        alerts = sum(t.alerts for t in self.trials.values())
         line = (f"trials: {c['done']} done, {c['running']} running, {c['pending']} pending, "
-                f"{c['failed']} failed{extra} | emergence events: {events}")
+                f"{c['failed']} failed{extra} | emergence events: {events}"
+                + (f" | live alerts: {alerts}" if alerts else ""))
         p = self._probes
         if p is not None:
             line += (f" | probes: {p.queued} queued, {p.running} running, {p.done} done"
@@ -169,8 +177,8 @@ class SweepBoard(_Board):
         running = [(n, t) for n, t in self.trials.items() if t.state in ("running", "retrying")]
         for name, t in running[:12]:
             ev = " ".join(f"L{lv}@{s}" for lv, s in sorted(t.events.items()))
-            bars.add_task(name, total=max(t.total, 1), completed=t.step,
-                          events=f"events {ev}" if ev else "")
+            shown = (f"events {ev}" if ev else "") + (f" alerts {t.alerts}" if t.alerts else "")
+            bars.add_task(name, total=max(t.total, 1), completed=t.step, events=shown.strip())
         table = Table.grid(padding=(0, 1))
         table.add_row(Text(self.counts_line(), style="bold"))
         if len(running) > 12:

@@ -9,19 +9,22 @@ probes:
   resources: {cpus: 0}           # 0 CPUs: never competes with the trials for scheduling
   threads: 1
   keep_weights: true
+  density:                       # adaptive: a backbone at each measure's every, plus jobs
+    around: 3                    # pinned around live alerts and events, within a budget
+    budget_every: 10             # (as many jobs as uniform every-10 sampling)
 ```
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from emergence_core.expensive import get_measure
 from orchestrator.common.errors import checked
 
-__all__ = ["PoolResources", "ProbeMeasure", "Probes"]
+__all__ = ["DensitySettings", "PoolResources", "ProbeMeasure", "Probes"]
 
 
 class _Strict(BaseModel):
@@ -54,6 +57,34 @@ class PoolResources(_Strict):
     custom: dict[str, float] = Field(default_factory=dict)
 
 
+Trigger = Literal["alert", "event"]
+
+
+class DensitySettings(_Strict):
+    """Adaptive density (``emergence_core.density``): a coarse backbone (each dense
+    measure's ``every``) plus jobs pinned around live alerts and emergence events."""
+
+    measures: list[MeasureName] | None = Field(
+        None, description="the dense measures (default: all); they share one 'every'")
+    around: int = Field(3, ge=0, description="probe steps pinned on each side of a trigger's "
+                                             "onset")
+    window: int = Field(8, ge=1, description="weights of this many recent probe steps are "
+                                             "kept, ready to pin (at least the emergence "
+                                             "persistence plus 'around')")
+    budget_every: int = Field(10, ge=1, description="budget per trial and measure: as many "
+                                                    "jobs as uniform every-k sampling runs")
+    triggers: list[Trigger] = Field(default_factory=lambda: ["alert", "event"], min_length=1)
+    alert_share: float = Field(0.5, ge=0, le=1, description="most of the budget beyond the "
+                                                            "backbone that alerts may spend; "
+                                                            "the rest waits for events")
+
+    def resolved(self, measures: list[str]) -> dict[str, Any]:
+        """What ``trial_plan`` takes (``measures``: the sweep's expensive measures)."""
+        return {"measures": tuple(self.measures or measures), "around": self.around,
+                "window": self.window, "budget_every": self.budget_every,
+                "triggers": tuple(self.triggers), "alert_share": self.alert_share}
+
+
 class Probes(_Strict):
     """The expensive probes: an actor pool working through the trials' checkpoints."""
 
@@ -66,3 +97,19 @@ class Probes(_Strict):
     keep_weights: bool = Field(True, description="false: delete a checkpoint's weights once "
                                                  "its probes are done")
     max_attempts: int = Field(3, ge=1, description="a job that raises this often is failed")
+    density: DensitySettings | None = Field(None, description="adaptive density; null: each "
+                                                               "measure uniform at its every")
+
+    @model_validator(mode="after")
+    def _dense_measures(self) -> Probes:
+        if self.density is None:
+            return self
+        dense = self.density.measures or list(self.measures)
+        unknown = [m for m in dense if m not in self.measures]
+        if unknown:
+            raise ValueError(f"density.measures: {unknown[0]} is not in probes.measures")
+        every = {self.measures[m].every for m in dense}
+        if len(every) > 1:
+            raise ValueError(f"density: the dense measures share one backbone; their 'every' "
+                             f"differ ({', '.join(map(str, sorted(every)))})")
+        return self

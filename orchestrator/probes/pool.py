@@ -363,7 +363,9 @@ class ProbePool:
             self.on_done(job)
 
     def _retire_weights(self, trial: str, step: int) -> None:
-        """Delete a checkpoint's weights once all its jobs are done (keep_weights: false)."""
-        at_step = self.trials[trial].plan.jobs_at(step)
+        """Delete a checkpoint's weights once all its jobs are done (keep_weights: false):
+        those of its plan and those its trial added (adaptive density), as queued."""
+        at_step = set(self.trials[trial].plan.jobs_at(step)) | set(
+            self.folder.queued_at(trial, step))
         if all(self.queue.is_done(j) for j in at_step):
             self.folder.weights_path(trial, step).unlink(missing_ok=True)

@@ -213,12 +213,14 @@ class SweepSpec(_Strict):
     @cached_property
     def _trials(self) -> tuple[Trial, ...]:
         every = self.measure_every()
+        d = self.probes.density
+        density = None if d is None else d.resolved(list(every))
         out = []
         for t in self.tasks:
             for s in self.scales:
                 for seed in self.seeds:
                     cfg = resolve_config(t, s, seed, **self.overrides(t, s))
-                    out.append(Trial(cfg, self.resources(s), trial_plan(cfg, every)))
+                    out.append(Trial(cfg, self.resources(s), trial_plan(cfg, every, density)))
         return tuple(out)
 
     def trials(self) -> list[Trial]:
@@ -355,7 +357,17 @@ def _probe_problems(spec: SweepSpec) -> list[str]:
         for s in spec.scales:
             cfg = resolve_config(t, s, 0, **spec.overrides(t, s))
             every = cfg.checkpoint.weights_every
+            d = spec.probes.density
+            dense = set() if d is None else set(d.measures or spec.probes.measures)
+            if d is not None and d.window < spec.emergence.persistence + d.around:
+                problems.append(
+                    f"probes.density.window: {d.window} probe steps cannot reach back to an "
+                    f"event's window: an event is confirmed {spec.emergence.persistence} probe "
+                    f"steps after its onset, so use at least persistence + around "
+                    f"({spec.emergence.persistence + d.around})")
             for name, m in spec.probes.measures.items():
+                if name in dense:
+                    continue  # a dense measure's backbone keeps its own weights
                 if every is None:
                     problems.append(f"probes.measures.{name}: trial {t}-{s} saves no weights "
                                     "(train.checkpoint.weights_every is null)")

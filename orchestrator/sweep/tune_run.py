@@ -26,7 +26,7 @@ from typing import Any
 from ray import tune
 from ray.tune.trainable import wrap_function
 
-from emergence_core.run_folder import RunFolder
+from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.sweep.spec import SweepSpec, Trial
 
 __all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "configure",
@@ -53,6 +53,9 @@ def trial_metrics(report: Any) -> dict[str, Any]:
         out[f"accuracy_L{lv}"] = acc
     for lv, step in report.events.items():
         out[f"emergence_L{lv}"] = step
+    out["n_alerts"] = report.n_alerts
+    if report.new_alerts:
+        out["alerts"] = "\n".join(a.line() for a in report.new_alerts)
     return out
 
 
@@ -113,7 +116,7 @@ def _trainable(config: dict[str, Any]) -> None:
     try:
         outcome = run_trial(cfg, folder.path, sweep=config["sweep"],
                             hooks=TrialHooks(on_probe=on_probe,
-                                             on_weights=_enqueuer(folder, trial)),
+                                             on_jobs=_enqueuer(folder, trial)),
                             state_store=state, plan=trial.plan,
                             threshold=config["threshold"], persistence=config["persistence"])
     except TrialDiverged as e:
@@ -132,15 +135,15 @@ def _trainable(config: dict[str, Any]) -> None:
 
 
 def _enqueuer(folder: RunFolder, trial: Trial) -> Any:
-    """The trial's side of the probe pool: enqueue the jobs due at a checkpoint, move on."""
+    """The trial's side of the probe pool: enqueue the jobs it hands out, move on."""
     from orchestrator.probes.queue import ProbeQueue
 
     if not trial.plan.jobs:
         return None
     queue = ProbeQueue(folder)
 
-    def enqueue(step: int, _index: int, _path: Path) -> None:
-        for job in trial.plan.jobs_at(step):
+    def enqueue(jobs: list[ProbeJob]) -> None:
+        for job in jobs:
             queue.enqueue(job)
 
     return enqueue
@@ -307,11 +310,15 @@ class SweepCallback(tune.Callback):
             return
         events = {int(k.removeprefix("emergence_L")): int(v) for k, v in result.items()
                   if k.startswith("emergence_L") and v is not None}
-        live.board.result(name, int(result.get("step", 0)), events)
+        alerts = tuple(result["alerts"].splitlines()) if result.get("alerts") else ()
+        live.board.result(name, int(result.get("step", 0)), events, alerts,
+                          result.get("n_alerts"))
         if result.get("committed"):
             live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
         if events:
             live.mlflow_call(lambda m: m.tag_events(name, events))
+        if alerts:
+            live.mlflow_call(lambda m: m.tag_alerts(name))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = _trial_name(trial)

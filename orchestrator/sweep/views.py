@@ -74,7 +74,7 @@ def dry_run_table(spec: SweepSpec, plans: list[Trial]) -> Group:
         e = estimate(p.config)
         by_scale.setdefault(p.config.scale, []).append((p, e))
         t.add_row(p.name, f"{e.params / 1e6:.2f}M", str(p.config.steps), f"{p.resources.cpus:g}",
-                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}", str(len(p.plan.jobs)))
+                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}", str(p.plan.job_budget))
     roll = Table(title="per scale")
     for col in ("scale", "trials", "params", "est. PFLOP", "GPU-hours", "probe jobs"):
         roll.add_column(col, justify="left" if col == "scale" else "right")
@@ -88,13 +88,20 @@ def dry_run_table(spec: SweepSpec, plans: list[Trial]) -> Group:
                                              else "")
         roll.add_row(scale, str(len(rows)), shown, f"{flops / 1e15:.2f}",
                      f"{on_gpu / GPU_FLOPS / 3600:.1f}" if on_gpu else "-",
-                     str(sum(len(p.plan.jobs) for p, _ in rows)))
-    n_jobs = sum(len(p.plan.jobs) for p in plans)
+                     str(sum(p.plan.job_budget for p, _ in rows)))
+    n_jobs = sum(p.plan.job_budget for p in plans)
     pool = spec.probes
     every = ", ".join(f"{m} every {m_.every}" for m, m_ in pool.measures.items())
-    probes = (f"probe pool: {n_jobs} expensive jobs ({every} probe steps) on {pool.actors} "
-              f"actor(s) with {pool.resources.cpus:g} CPU, {pool.resources.gpus:g} GPU each"
-              if n_jobs else "probe pool: no expensive measures")
+    d = pool.density
+    dense = "" if d is None else (
+        f"; adaptive density for {', '.join(d.measures or pool.measures)}: that backbone, "
+        f"plus {d.around} probe steps each side of {' and '.join(d.triggers)} onsets, within a "
+        f"budget of uniform every-{d.budget_every} sampling ({d.alert_share:.0%} of it for "
+        f"alerts); {d.window} recent weights files kept per trial")
+    probes = (f"probe pool: at most {n_jobs} expensive jobs ({every} probe steps{dense}) on "
+              f"{pool.actors} actor(s) with {pool.resources.cpus:g} CPU, "
+              f"{pool.resources.gpus:g} GPU each" if n_jobs else
+              "probe pool: no expensive measures")
     roll.caption = (f"total {total / 1e15:.2f} PFLOP (training 6N per token, probes 2N per "
                     f"diagnostic token); GPU-hours of GPU trials at {GPU_FLOPS / 1e12:.1f} "
                     f"TFLOP/s (FP32 training at s4 on an H200, BENCHMARKS.md), expensive "
@@ -107,17 +114,23 @@ def status_data(run_dir: Path) -> dict[str, Any]:
     folder = RunFolder(run_dir)
     folder.sweep_state()
     spec = frozen_spec(folder)
-    done_jobs = ProbeQueue(folder).done_jobs() if spec.probes.measures else set()
+    queue = ProbeQueue(folder)
+    done_jobs = queue.done_jobs() if spec.probes.measures else set()
+    queued = _queued_by_trial(queue) if spec.probes.measures else {}
+    alerts = _alert_counts(folder)
     trials = []
     for p in spec.trials():
         st = folder.trial_state(p.name)
         row: dict[str, Any] = {
             "trial": p.name, "state": st.state, "step": st.step,
             "total_steps": p.config.steps,
-            "events": {str(lv): s for lv, s in sorted(st.events.items())}, "error": st.error}
+            "events": {str(lv): s for lv, s in sorted(st.events.items())}, "error": st.error,
+            "alerts": alerts.get(p.name, {})}
         if spec.probes.measures:
-            row["probes_done"] = sum(j in done_jobs for j in p.plan.jobs)
-            row["probes_due"] = len(p.plan.jobs)
+            jobs = set(p.plan.jobs) | queued.get(p.name, set())
+            row["probes_done"] = len(jobs & done_jobs)
+            row["probes_due"] = len(jobs)  # so far: adaptive density adds jobs as it runs
+            row["probes_budget"] = p.plan.job_budget
         trials.append(row)
     p_done, p_due, p_failed = probe_progress(folder, spec)
     counts: dict[str, int] = {}
@@ -132,15 +145,19 @@ def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
     data = status_data(run_dir)
     probes = data["probes"]["due"] > 0 or any("probes_due" in r for r in data["trials"])
     t = Table(title=f"sweep {data['sweep']} in {data['run_dir']}")
-    cols = ["trial", "state", "step", "events"] + (["probes"] if probes else []) + ["why"]
+    cols = ["trial", "state", "step", "events", "alerts"] + (["probes"] if probes else []) \
+        + ["why"]
     for col in cols:
         t.add_column(col, justify="right" if col in ("step", "probes") else "left")
     for r in data["trials"]:
         ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in r["events"].items())
         step = "-" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
-        row = [r["trial"], r["state"], step, ev]
+        al = ", ".join(f"{n} {kind}" for kind, n in sorted(r["alerts"].items())) or "-"
+        row = [r["trial"], r["state"], step, ev, al]
         if probes:
-            row.append(f"{r['probes_done']}/{r['probes_due']}")
+            budget = r["probes_budget"]
+            row.append(f"{r['probes_done']}/{r['probes_due']}"
+                       + (f" (of {budget})" if budget != r["probes_due"] else ""))
         t.add_row(*row, r["error"] or "")
     p = data["probes"]
     t.caption = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items())) + (
@@ -156,7 +173,27 @@ def probe_progress(folder: RunFolder, spec: SweepSpec) -> tuple[int, int, list[s
     if not spec.probes.measures:
         return 0, 0, []
     queue = ProbeQueue(folder)
-    due = {j for p in spec.trials() for j in p.plan.jobs}
+    queued = _queued_by_trial(queue)
+    due = {j for p in spec.trials() for j in (*p.plan.jobs, *queued.get(p.name, ()))}
     done = queue.done_jobs() & due
     failed = [f"{j.trial} {j.measure} at step {j.step}" for j in queue.failures() if j in due]
     return len(done), len(due), failed
+
+
+def _queued_by_trial(queue: ProbeQueue) -> dict[str, set]:
+    out: dict[str, set] = {}
+    for job in queue.queued():
+        out.setdefault(job.trial, set()).add(job)
+    return out
+
+
+def _alert_counts(folder: RunFolder) -> dict[str, dict[str, int]]:
+    """trial -> {alert kind: how many}, from ``alerts/``."""
+    from emergence_core.store import read_alerts
+
+    out: dict[str, dict[str, int]] = {}
+    table = read_alerts(folder.path)
+    for trial, kind in zip(table["trial"].to_pylist(), table["kind"].to_pylist(), strict=True):
+        counts = out.setdefault(trial, {})
+        counts[kind] = counts.get(kind, 0) + 1
+    return out

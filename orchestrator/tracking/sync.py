@@ -263,6 +263,7 @@ class MlflowSync:
         with self._ledger() as led:
             led["trials"][trial]["logged_through"] = max(cols["step"])
         self._tag_events(run_id, trial)
+        self._tag_alerts(run_id, trial)
         return len(metrics)
 
     def sync_probes(self, trial: str, config: TrainConfig) -> int:
@@ -346,6 +347,27 @@ class MlflowSync:
             return
         for lv, step in events.items():
             self.client.set_tag(run_id, f"emergence.L{lv}", str(step))
+
+    def tag_alerts(self, trial: str) -> None:
+        """The trial's live alerts so far, from ``alerts/``: ``emerge.alerts`` (how many),
+        ``emerge.alerts.first`` and ``emerge.alerts.last`` (one line each)."""
+        run_id = self.run_ids().get(trial)
+        if run_id is not None:
+            self._tag_alerts(run_id, trial)
+
+    def _tag_alerts(self, run_id: str, trial: str) -> None:
+        from emergence_core.store import read_alerts
+
+        rows = sorted(read_alerts(self.run_dir, trial).to_pylist(),
+                      key=lambda r: (r["step"], r["kind"], r["measure"]))
+        if not rows:
+            return
+        self.client.set_tag(run_id, "emerge.alerts", str(len(rows)))
+        for which, r in (("first", rows[0]), ("last", rows[-1])):
+            where = f"L{r['level']}" + ("" if r["layer"] is None else f" layer {r['layer']}")
+            self.client.set_tag(run_id, f"emerge.alerts.{which}",
+                                f"{r['kind']} {r['measure']} {where}: onset {r['onset_step']},"
+                                f" seen at {r['step']}")
 
     def set_status(self, trial: str | None, status: str, reason: str | None = None) -> None:
         """RUNNING, FINISHED or FAILED, for a trial's run or (trial None) the parent; a
