@@ -25,13 +25,14 @@ import pyarrow as pa
 from emergence_core.alerts import Alert, AlertDetector, alerts_table
 from emergence_core.analysis.emergence import chance_corrected, emergence_step
 from emergence_core.config import TrainConfig
-from emergence_core.density import DensePlanner
+from emergence_core.density import DensePlanner, Pins
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.run_folder import ProbeJob, TrialPlan, trial_plan
 from emergence_core.store import TrialStore
 from emergence_core.trainer import Trainer
 
 __all__ = [
+    "Decisions",
     "EmergenceTracker",
     "FileState",
     "ProbeReport",
@@ -162,6 +163,44 @@ def level_accuracy(rows: list) -> dict[int, float]:
     return {lv: v for m, _, lv, v in rows if m == Measure.ACCURACY and lv is not None}
 
 
+class Decisions:
+    """What a trial decides at each probe step from its rows alone: emergence events
+    (``EmergenceTracker``), live alerts (``AlertDetector``) and adaptive density
+    (``DensePlanner``). Fed live, or replayed from committed rows, it decides the same."""
+
+    def __init__(self, cfg: TrainConfig, plan: TrialPlan, chance: dict[int, float],
+                 threshold: float, persistence: int) -> None:
+        self.tracker = EmergenceTracker(threshold, persistence, chance)
+        self.detector = AlertDetector(cfg.alerts, total_steps=cfg.steps, threshold=threshold,
+                                      chance=chance)
+        self.planner = DensePlanner(plan)
+        self.index_of = {s: i for i, s in enumerate(plan.probe_steps)}
+
+    def at_probe(self, index: int, step: int, rows: list) -> tuple[dict, list[Alert], Pins]:
+        """``rows``: the step's (measure, layer, level, value), as ``RowBuffer.since``."""
+        new = self.tracker.update(step, level_accuracy(rows))
+        alerts = self.detector.update(step, rows, self.tracker.events)
+        onsets = [("alert", a.onset_step) for a in alerts] + [("event", e) for e in
+                                                              new.values()]
+        return new, alerts, self.planner.at_probe(index, onsets)
+
+    def replay(self, table: pa.Table) -> list[ProbeJob]:
+        """Feed a trial's committed rows, step by step; the jobs it handed out."""
+        jobs = []
+        for step, rows in committed_steps(table):
+            if step in self.index_of:
+                jobs += self.at_probe(self.index_of[step], step, rows)[2].jobs
+        return jobs
+
+    @classmethod
+    def of_rows(cls, cfg: TrainConfig, plan: TrialPlan, table: pa.Table, threshold: float,
+                persistence: int) -> Decisions:
+        """Decisions for a finished trial's rows (its chance rates read from them)."""
+        chance = {lv: v for m, _, lv, v in (r for _, rows in committed_steps(table)
+                                            for r in rows) if m == Measure.CHANCE}
+        return cls(cfg, plan, chance, threshold, persistence)
+
+
 def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) -> pa.Table:
     levels = list(cfg.levels)
     return pa.Table.from_pydict({
@@ -225,26 +264,11 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
     rows = RowBuffer(key, attempt)
     chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
-    tracker = EmergenceTracker(threshold, persistence, chance)
-    detector = AlertDetector(cfg.alerts, total_steps=cfg.steps, threshold=threshold,
-                             chance=chance)
-    planner = DensePlanner(plan)
-    index_of = {s: i for i, s in enumerate(plan.probe_steps)}
-
-    def decide(index: int, step: int, step_rows: list) -> tuple[dict, list[Alert], list]:
-        """Events, alerts and density at one probe step: from its rows alone, live or
-        replayed, so a resumed trial decides what the first attempt decided."""
-        new = tracker.update(step, level_accuracy(step_rows))
-        alerts = detector.update(step, step_rows, tracker.events)
-        onsets = [("alert", a.onset_step) for a in alerts] + [("event", e) for e in
-                                                              new.values()]
-        return new, alerts, planner.at_probe(index, onsets)
-
+    decisions = Decisions(cfg, plan, chance, threshold, persistence)
+    tracker, detector = decisions.tracker, decisions.detector
     if state is not None:
         store.prune_alerts_after(trainer.step)
-        for step, step_rows in committed_steps(store.read()):
-            if step in index_of:
-                decide(index_of[step], step, step_rows)  # what it did then is on disk
+        decisions.replay(store.read())  # what it did then is on disk
     meta = {"fingerprint": cfg.fingerprint(), "trial": trial, "task": cfg.task,
             "scale": cfg.scale, "seed": str(cfg.seed), "vocab_size": str(trainer.data.vocab.size),
             "n_positions": str(trainer.data.seq_len)}
@@ -274,9 +298,9 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
         last_probe[:] = [step]
         acc = summary.accuracy
         final = index == len(tr.probe_steps) - 1
-        if planner.keeps_weights(step):
+        if decisions.planner.keeps_weights(step):
             store.save_weights(tr.model, step, meta)
-        new, alerts, pins = decide(index, step, rows.since(before))
+        new, alerts, pins = decisions.at_probe(index, step, rows.since(before))
         if alerts:
             store.write_alerts(alerts_table(key, attempt, alerts))
         if pins.jobs and hooks.on_jobs is not None:

@@ -184,7 +184,7 @@ def test_a_window_shorter_than_persistence_plus_around_is_refused(tmp_path: Path
     spec = {"name": "d", "tasks": ["COPY"], "scales": ["s0"],
             "probes": {"measures": {"hessian": {"every": 50}, "llc": {"every": 50}},
                        "density": {"window": 5}}}
-    with pytest.raises(UsageError, match="probes.density.window: 5 probe steps"):
+    with pytest.raises(UsageError, match=r"probes\.density\.window: 5 probe steps"):
         parse_spec(spec, "d.yaml")
     spec["probes"]["measures"]["llc"]["every"] = 25
     spec["probes"]["density"] = {}
@@ -239,3 +239,41 @@ def test_a_resumed_trial_makes_the_same_decisions(tmp_path: Path) -> None:
     assert set(kept[0]) - job_steps <= set(plan.probe_steps[-DENSITY["window"] - 1:])
     assert read_alerts(tmp_path / "whole").schema.equals(ALERTS_SCHEMA)
     assert isinstance(TrialStore(tmp_path / "whole", cfg.trial_name()).read(), pa.Table)
+
+
+# -- the statistics stage: precision, recall and lead of the live alerts ---------------------
+
+def test_alert_precision_recall_and_lead_are_counted_against_the_events() -> None:
+    import polars as pl
+
+    from emergence_core.analysis.live import alert_summary, alerts_section, match_alerts
+
+    details = pl.DataFrame({
+        "trial": ["A", "A", "B"], "level": [1, 2, 1], "measure": ["accuracy"] * 3,
+        "step": [100, None, 300], "interval": [10.0, 10.0, 20.0]},
+        schema_overrides={"level": pl.Int8, "step": pl.Int64})
+    alerts = pl.DataFrame({
+        "trial": ["A", "A", "A", "B", "B"], "level": [1, 1, 2, 1, 1],
+        "kind": ["precursor", "precursor", "precursor", "precursor", "approach"],
+        "measure": ["rankme", "rankme", "linear_probe", "rankme", "accuracy"],
+        "layer": [2, 2, 1, 2, None],
+        "step": [60, 120, 50, 340, 260], "onset_step": [50, 110, 40, 320, 260]},
+        schema_overrides={"level": pl.Int8, "layer": pl.Int16})
+    leads = pl.DataFrame({"event": ["accuracy"], "trial": ["A"], "level": [1],
+                          "measure": ["rankme"], "layer": [2], "onset_step": [70]},
+                         schema_overrides={"level": pl.Int8, "layer": pl.Int16})
+    m = match_alerts(alerts, details)
+    # by step: A L2 (never emerges), A L1 at 60, A L1 at 120 (after its event), B L1 (late)
+    assert m.filter(pl.col("kind") == "precursor")["preceded"].to_list() == \
+        [False, True, False, False]
+    s = {r["kind"]: r for r in alert_summary(m, details, leads).iter_rows(named=True)}
+    p, a = s["precursor"], s["approach"]
+    assert (p["alerts"], p["preceded"], p["precision"]) == (4, 1, 0.25)
+    assert (p["events"], p["events_preceded"], p["recall"]) == (2, 1, 0.5)
+    assert (p["median_lead_steps"], p["median_lead_intervals"]) == (40.0, 4.0)
+    # the first precursor onset of A L1 rankme layer 2 (50) against the offline onset (70)
+    assert (p["n_vs_offline"], p["median_onset_minus_offline_intervals"]) == (1, -2.0)
+    assert (a["alerts"], a["preceded"], a["recall"], a["median_lead_intervals"]) == \
+        (1, 1, 0.5, 2.0)
+    text = "\n".join(alerts_section(alert_summary(m, details, leads), 2))
+    assert "| precursor | 4 | 1 | 0.25 | 1/2 | 0.50 | 40 | 4.0 | -2.0 (n=1) |" in text

@@ -193,3 +193,26 @@ def test_an_event_inside_the_collapse_keeps_the_collapse_change_points() -> None
     got = measure_leads(series, beh, det, settings, late).leads
     assert got["onset_step"].null_count() == 0
     assert set(got["lead"]) == {400} and set(got["class"]) == {"precursor"}
+
+
+def test_a_measure_dense_only_around_events_is_judged_on_its_local_spacing() -> None:
+    """Adaptive density's grid: the LLC every 10th probe, plus every probe within 3 of each
+    event. A change 2 intervals before the event is then resolved (tolerance: the local
+    spacing, 1 interval) where the uniform every-10th grid leaves it unresolved."""
+    cfg = _one_trial(((Measure.LLC, 2),), per_layer=(Measure.RANKME,),
+                     expensive=(Measure.LLC,), expensive_every=1)
+    df, truth = generate(cfg)
+    events = truth.events["step"].drop_nulls().to_list()
+    is_llc = pl.col("measure") == Measure.LLC
+    coarse = pl.col("step") % 1000 == 0
+    near = pl.any_horizontal([(pl.col("step") - e).abs() <= 300 for e in events])
+    settings = AnalysisSettings(event_measures=("accuracy",))
+    dense = analyze(df.filter(~is_llc | coarse | near), settings)
+    uniform = analyze(df.filter(~is_llc | coarse), settings)
+    llc = dense.leads.filter(pl.col("measure") == Measure.LLC)
+    assert llc.height == len(events) and set(llc["measure_spacing"]) == {100.0}
+    assert set(llc["tolerance"]) == {100.0} and set(llc["lead"]) == {200}
+    assert set(llc["class"]) == {"precursor"}
+    coarse_llc = uniform.leads.filter(pl.col("measure") == Measure.LLC)
+    assert set(coarse_llc["tolerance"]) == {1000.0}
+    assert set(coarse_llc["class"]) == {"unresolved"}

@@ -25,6 +25,7 @@ import polars as pl
 from emergence_core.analysis import figures
 from emergence_core.analysis.calibration import calibration_section
 from emergence_core.analysis.frames import Metrics, empty_metrics
+from emergence_core.analysis.live import alert_summary, alerts_figure, alerts_section, match_alerts
 from emergence_core.analysis.markdown import render
 from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings
@@ -117,12 +118,15 @@ def _replace(tmp: Path, out_dir: Path) -> None:
 def write_report(metrics: Metrics, out_dir: str | Path,
                  settings: AnalysisSettings | None = None, *,
                  analysis: Analysis | None = None,
-                 calibrations: Sequence[Mapping[str, Any]] = ()) -> ReportSummary:
+                 calibrations: Sequence[Mapping[str, Any]] = (),
+                 alerts: pl.DataFrame | None = None) -> ReportSummary:
     """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
 
     ``metrics``: for a run folder ``frames.load_metrics(run_dir)`` (a bare glob over
     ``metrics/**`` would also read parts a compaction superseded). ``analysis``: an
     ``analyze`` result already computed from ``metrics`` (then ``settings`` are its settings).
+    ``calibrations`` and ``alerts``: the run folder's calibration records and live alerts
+    (``store.read_alerts``), each a section of the report when there are any.
     """
     settings = analysis.settings if analysis is not None else settings or AnalysisSettings()
     out_dir = Path(out_dir)
@@ -146,8 +150,24 @@ def write_report(metrics: Metrics, out_dir: str | Path,
             getattr(a, name).write_csv(tmp / rel)
             tables.append(rel)
         drawn, skipped = _draw(a, tmp, notes)
+        live: list[str] = []
+        if alerts is not None:
+            matched = match_alerts(alerts, a.details)
+            summary = alert_summary(matched, a.details, a.leads)
+            for name, table in (("alerts", matched), ("alert_summary", summary)):
+                table.write_csv(tmp / f"tables/{name}.csv")
+                tables.append(f"tables/{name}.csv")
+            live = alerts_section(summary, a.trials.height)
+            chosen, _ = _pick_trials(a, a.settings.max_trial_figures)
+            for trial in sorted(set(matched["trial"].to_list()) & set(chosen)):
+                rel = f"figures/alerts_{_safe(trial)}.png"
+                try:
+                    alerts_figure(a, matched, trial, tmp / rel)
+                    drawn.append(rel)
+                except Exception as err:  # a figure is never worth losing the report for
+                    notes.append(f"Figure {rel} not drawn: {type(err).__name__}: {err}")
         (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes)
-                                       + "\n".join(calibration_section(calibrations)))
+                                       + "\n".join([*live, *calibration_section(calibrations)]))
         headline = headline_numbers(a)
         files = ("report.md", *tables, *drawn, "report.json")
         (tmp / "report.json").write_text(json.dumps({

@@ -255,12 +255,30 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     target = Path(out) if out is not None else RunFolder(info.path).report_dir
     try:
         summary = write_report(metrics, target, analysis=a,
-                               calibrations=RunFolder(info.path).calibrations())
+                               calibrations=RunFolder(info.path).calibrations(),
+                               alerts=_alerts(info, diverged))
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
                          "choose another folder with --out") from None
     line = _to_mlflow(info, summary, tracking_uri) if mlflow else "mlflow: skipped (--no-mlflow)"
     return AnalyzeResult(info=info, summary=summary, mlflow=line)
+
+
+def _alerts(info: FolderInfo, diverged: Mapping[str, tuple[int | None, str]]) -> Any:
+    """The run folder's live alerts as a polars frame, without those after a divergence;
+    None when the folder has no alerts folder (a run from before alerts existed)."""
+    import polars as pl
+
+    from emergence_core.store import read_alerts
+
+    if not RunFolder(info.path).alerts_dir.is_dir():
+        return None
+    alerts = pl.from_arrow(read_alerts(info.path))
+    for trial, (last_good, _) in diverged.items():
+        alerts = alerts.filter(~((pl.col("trial") == trial)
+                                 & (pl.col("step") > (last_good if last_good is not None
+                                                      else -1))))
+    return alerts
 
 
 def _print(result: AnalyzeResult) -> None:
