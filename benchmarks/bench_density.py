@@ -6,8 +6,8 @@ so this replays finished trials' committed rows under each policy, without compu
 expensive measure. For every accuracy event it reports, per policy, the expensive measure's
 local sampling interval at the event (``analysis.series.local_spacing`` of its job steps, in
 training steps and in the trial's cheap-probe intervals there) and whether a value lies
-within 3 cheap-probe intervals on each side of the event (the step itself counting for
-both). Both policies get the same budget: uniform sampling at every ``--every``-th probe step
+within 3 cheap-probe intervals on each side of the event (strictly before and strictly
+after it). Both policies get the same budget: uniform sampling at every ``--every``-th probe step
 and the last, against a backbone at every ``--backbone``-th probe step plus jobs pinned
 around live alerts and events, capped at the uniform count.
 
@@ -42,6 +42,8 @@ def _policies(every: int, backbone: int) -> dict[str, tuple[dict, dict | None]]:
         f"uniform every {every}": ({MEASURE: every}, None),
         "adaptive, alerts and events": ({MEASURE: backbone},
                                         {**dense, "triggers": ("alert", "event")}),
+        "adaptive, approach alerts and events": (
+            {MEASURE: backbone}, {**dense, "triggers": ("approach", "event")}),
         "adaptive, events only": ({MEASURE: backbone}, {**dense, "triggers": ("event",)}),
     }
 
@@ -64,12 +66,13 @@ def replay(run_dir: Path, every: int, backbone: int) -> list[dict]:
             got = np.array(sorted(jobs))
             for level, e in sorted(d.tracker.events.items()):
                 i = int(np.searchsorted(grid, e))
-                before = got[(got <= e) & (got >= grid[max(0, i - 3)])]
-                after = got[(got >= e) & (got <= grid[min(grid.size - 1, i + 3)])]
+                before = got[(got < e) & (got >= grid[max(0, i - 3)])]
+                after = got[(got > e) & (got <= grid[min(grid.size - 1, i + 3)])]
                 cheap = local_spacing(grid, e)
                 spacing = local_spacing(got, e)
                 out.append({"policy": policy, "trial": trial.name, "level": level, "event": e,
                             "jobs": len(jobs), "budget": plan.job_budget,
+                            "n_probes": len(grid),
                             "spacing_steps": spacing, "spacing_probes": spacing / cheap,
                             "both_sides": bool(before.size and after.size)})
     return out
@@ -97,15 +100,20 @@ def main() -> None:
             f"{sum(r['both_sides'] for r in mine)}/{len(mine)}"])
     head = ["policy", "events", "jobs used / budget (events' trials)",
             f"median {MEASURE} interval at events (steps)",
-            "... (cheap-probe intervals)", "events with values within 3 probe steps each side"]
+            "... (cheap-probe intervals)",
+            "events with values within 3 probe steps before and after"]
     text = (f"## Adaptive density against uniform, at equal budget (`benchmarks/"
             f"bench_density.py`)\n\nReplayed from the committed cheap rows of "
             f"{', '.join(str(d) for d in args.run_dirs)} ({len({r['trial'] for r in rows})} "
             f"trials): each policy's decisions are those the trial would have made live. "
             f"Uniform: every {args.every}th probe step and the last; adaptive: a backbone every "
             f"{args.backbone}th plus 3 probe steps on each side of each trigger's onset, "
-            f"budget capped at the uniform count per trial.\n\n"
-            + markdown_table(head, table))
+            f"budget capped at the uniform count per trial "
+            f"({', '.join(sorted({str(r['n_probes']) for r in rows}))} probe steps per trial: "
+            f"budgets of {', '.join(sorted({str(r['budget']) for r in rows}))} jobs). Medians "
+            f"over the events; the interval is the local spacing of the measure's steps at "
+            f"the event.\n\n"
+            + markdown_table([head, *table]))
     print(text)
     if args.write:
         write_section("density", text)

@@ -12,7 +12,10 @@ confirmed emergence events.
 - A trigger with onset at probe index ``t`` *pins* the probe steps ``t - around`` to
   ``t + around``: nearest to ``t`` first, skipping steps that already have jobs, while the
   budget lasts. Alerts may spend at most ``alert_share`` of the budget beyond the backbone,
-  so that however many alerts fire early, the events still find budget left. Pinned steps
+  so that however many alerts fire early, the events still find budget left; each trigger
+  may spend at most a fair share, what is left (of the alerts' share, for an alert) divided
+  by the levels that may still emerge, so the first level does not take what the last
+  one needs. Pinned steps
   in the past get their jobs at once (their weights are in the window); pinned steps ahead
   get them when the trial reaches them.
 - A step that leaves the window unpinned, outside the backbone and the uniformly kept
@@ -75,10 +78,13 @@ class DensePlanner:
     def _dense_jobs(self, index: int) -> list[ProbeJob]:
         return [ProbeJob(self.plan.trial, self.steps[index], m) for m in self.density.measures]
 
-    def at_probe(self, index: int, onsets: list[tuple[str, int]]) -> Pins:
+    def at_probe(self, index: int, onsets: list[tuple[str, int]], pending_events: int = 1
+                 ) -> Pins:
         """Probe index ``index`` is measured and its weights saved; ``onsets``: (trigger,
-        onset step) of the triggers that fired at it, trigger ``alert`` or ``event``.
-        Returns the jobs and the deletions due."""
+        onset step) of the triggers that fired at it: an alert's kind (``precursor``,
+        ``approach``) or ``event``;
+        ``pending_events``: the events still possible, those firing now included (the levels
+        without an event). Returns the jobs and the deletions due."""
         step = self.steps[index]
         out = Pins(list(self.plan.jobs_at(step)))
         if not self.enabled:
@@ -87,9 +93,17 @@ class DensePlanner:
             self.ahead.discard(index)
             out.jobs += self._dense_jobs(index)
         for trigger, onset in onsets:
-            if trigger not in self.density.triggers:
+            alert = trigger in ("precursor", "approach")
+            if trigger not in self.density.triggers and not (
+                    alert and "alert" in self.density.triggers):
                 continue
-            for j in self._pin(index, onset, alert=trigger == "alert"):
+            # fair shares: the first trigger does not take what the later levels need
+            if alert:
+                quota = max(1, self.alert_left // max(1, pending_events))
+            else:
+                quota = max(1, self.left // max(1, pending_events))
+                pending_events -= 1
+            for j in self._pin(index, onset, alert=alert, quota=quota):
                 out.jobs += self._dense_jobs(j)
         gone = index - self.density.window - 1
         if gone >= 0 and gone not in self.pinned and self.steps[gone] not in self.job_steps \
@@ -97,9 +111,10 @@ class DensePlanner:
             out.drop_weights.append(self.steps[gone])
         return out
 
-    def _pin(self, index: int, onset: int, alert: bool) -> list[int]:
-        """Pin the window around ``onset``; the pinned indices at or before ``index``.
-        An alert spends only from its share of the budget."""
+    def _pin(self, index: int, onset: int, alert: bool, quota: int | None = None
+             ) -> list[int]:
+        """Pin the window around ``onset``, at most ``quota`` new steps; the pinned indices
+        at or before ``index``. An alert spends only from its share of the budget."""
         d = self.density
         t = self._index_at(onset)
         last = len(self.steps) - 1
@@ -107,7 +122,7 @@ class DensePlanner:
                        key=lambda j: (abs(j - t), j))
         now = []
         for j in order:
-            if self.left <= 0 or (alert and self.alert_left <= 0):
+            if self.left <= 0 or (alert and self.alert_left <= 0) or quota == 0:
                 break
             if j in self.pinned or self.steps[j] in self.job_steps:
                 continue
@@ -116,6 +131,7 @@ class DensePlanner:
                 continue
             self.left -= 1
             self.alert_left -= alert
+            quota = None if quota is None else quota - 1
             self.pinned.add(j)
             if j <= index:
                 now.append(j)

@@ -117,7 +117,7 @@ class Density:
     around: int  # probe steps on each side of a trigger's onset
     window: int  # weights of this many recent probe steps are kept, ready to pin
     budget: int  # jobs per dense measure in this trial, its backbone included
-    triggers: tuple[str, ...]  # "alert" and/or "event"
+    triggers: tuple[str, ...]  # "event", "alert" (both kinds), "precursor", "approach"
     alert_share: float = 0.5  # most of the budget beyond the backbone that alerts may spend
 
 

@@ -174,15 +174,17 @@ class Decisions:
         self.detector = AlertDetector(cfg.alerts, total_steps=cfg.steps, threshold=threshold,
                                       chance=chance)
         self.planner = DensePlanner(plan)
+        self.levels = cfg.levels
         self.index_of = {s: i for i, s in enumerate(plan.probe_steps)}
 
     def at_probe(self, index: int, step: int, rows: list) -> tuple[dict, list[Alert], Pins]:
         """``rows``: the step's (measure, layer, level, value), as ``RowBuffer.since``."""
         new = self.tracker.update(step, level_accuracy(rows))
         alerts = self.detector.update(step, rows, self.tracker.events)
-        onsets = [("alert", a.onset_step) for a in alerts] + [("event", e) for e in
-                                                              new.values()]
-        return new, alerts, self.planner.at_probe(index, onsets)
+        onsets = [(a.kind, a.onset_step) for a in alerts] + [("event", e) for _, e in
+                                                              sorted(new.items())]
+        pending = len(self.levels) - len(self.tracker.events) + len(new)
+        return new, alerts, self.planner.at_probe(index, onsets, pending)
 
     def replay(self, table: pa.Table) -> list[ProbeJob]:
         """Feed a trial's committed rows, step by step; the jobs it handed out."""

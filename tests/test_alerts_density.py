@@ -148,15 +148,43 @@ def test_alerts_spend_only_their_share() -> None:
     planner = DensePlanner(plan)
     steps = plan.probe_steps
     for i in range(len(steps)):
-        planner.at_probe(i, [("alert", steps[i])] if i % 5 == 0 else [])
+        planner.at_probe(i, [("precursor", steps[i])] if i % 5 == 0 else [])
     assert planner.spent == 24
     # events still find the rest
     planner2 = DensePlanner(plan)
     for i in range(len(steps)):
-        trig = [("alert", steps[i])] if i % 5 == 0 and i < 90 else []
+        trig = [("approach", steps[i])] if i % 5 == 0 and i < 90 else []
         trig += [("event", steps[i - 5])] if i == 95 else []
         planner2.at_probe(i, trig)
     assert planner2.spent == 24 + 7
+
+
+def test_each_event_gets_a_fair_share_of_what_is_left() -> None:
+    """Budget 11 (3 backbone, 8 to pin) and three levels still to emerge: the first event
+    takes 8 // 3, the second 6 // 2, the third the rest."""
+    plan = _plan(budget_every=10)
+    planner = DensePlanner(plan)
+    steps = plan.probe_steps
+    got = {}
+    for i in range(len(steps)):
+        pending = 3 - sum(i > k for k in (20, 40, 60))
+        onsets = [("event", steps[i - 5])] if i in (20, 40, 60) else []
+        pins = planner.at_probe(i, onsets, pending)
+        if onsets:
+            got[i] = sorted(plan.probe_steps.index(j.step) for j in pins.jobs
+                            if j.measure == "hessian")
+    assert got == {20: [14, 15], 40: [34, 35, 36], 60: [54, 55, 56]}
+
+
+def test_only_the_triggers_asked_for_pin() -> None:
+    plan = _plan(triggers=("approach", "event"))
+    planner = DensePlanner(plan)
+    steps = plan.probe_steps
+    for i in range(30):
+        planner.at_probe(i, [("precursor", steps[i])])
+    assert planner.spent == 0
+    planner.at_probe(30, [("approach", steps[30])])
+    assert planner.spent == 7  # its window: within its quota, half of the 23 left (11)
 
 
 def test_weights_leave_the_window_unless_pinned_or_planned() -> None:
@@ -199,7 +227,7 @@ LIVELY = {"level_params": {1: {"length": 2}, 2: {"length": 3}, 3: {"length": 4}}
                                                                   "weights_every": None},
           "alerts": {"window": 4, "k": 3.0, "confirm": 1, "min_step": 0.0}}
 DENSITY = {"measures": ("hessian",), "around": 2, "window": 4, "budget_every": 4,
-           "triggers": ("alert", "event"), "alert_share": 0.5}
+           "triggers": ("alert", "event"), "alert_share": 0.5}  # every kind: more decisions
 
 
 def _run(run: Path, **kw):

@@ -39,11 +39,32 @@ PROBES = {"hessian": {"every": 10, "batch_size": 48, "settings": {"trace_probes"
           "fisher": {"every": 10}, "gradcov": {"every": 20}}
 
 
+# The Hessian and the Fisher rank dense around live alerts and events (issue 13): the jobs
+# due are then the backbone plus what the trial decided while it ran.
+DENSITY = {"measures": ["hessian", "fisher"], "around": 2, "window": 8, "budget_every": 4}
+
+
 def _spec(tmp_path: Path, name: str, **probes) -> Path:
     return write_spec(tmp_path / f"{name}.yaml", name=name, run_dir=str(tmp_path / "run"),
                       tasks=["MOD"], scales=["s0"], seeds=[0],
                       max_concurrent_trials=1, train=TRAIN,
-                      probes={"measures": PROBES, "actors": 1, **probes})
+                      probes={"measures": PROBES, "actors": 1, "density": DENSITY, **probes})
+
+
+def _due(run_dir: Path, spec) -> set:
+    """The backbone and the dense jobs the trial's own rows decide (replayed here, as a
+    resumed trial would): what the run must hold exactly once."""
+    from emergence_core.runner import Decisions
+
+    due = set()
+    for p in spec.trials():
+        decided = Decisions.of_rows(p.config, p.plan, TrialStore(run_dir, p.name).read(),
+                                    spec.emergence.threshold, spec.emergence.persistence)
+        jobs = set(decided.replay(TrialStore(run_dir, p.name).read()))
+        assert set(p.plan.jobs) <= jobs and jobs - set(p.plan.jobs), "no dense job decided"
+        assert sum(j.measure == "hessian" for j in jobs) <= p.plan.density.budget
+        due |= jobs
+    return due
 
 
 def _rows_of(measure: str, settings: dict) -> tuple[str, ...]:
@@ -59,7 +80,8 @@ MEASURE_ROWS = {m: _rows_of(m, p.get("settings", {})) for m, p in PROBES.items()
 
 def _check_exactly_once(run_dir: Path, spec_path: Path) -> None:
     spec = load_spec(spec_path)
-    due = {j for p in spec.trials() for j in p.plan.jobs}
+    due = _due(run_dir, spec)
+    assert set(ProbeQueue(run_dir).queued()) == due
     assert ProbeQueue(run_dir).done_jobs() == due
     table = read_metrics(run_dir)
     assert keys_unique(table)

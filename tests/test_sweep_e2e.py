@@ -104,7 +104,66 @@ def test_smoke_sweep_end_to_end_with_sqlite(tmp_path: Path) -> None:
                            "COMPLETE.json").read_text())
         assert any(v is not None for v in done["events"].values()), plan.name
     assert "complete" in log.read_text()
+    _check_dense_probes_around_events(run_dir, spec_path)
+    _check_live_alerts(run_dir, spec_path, log.read_text())
     _analyze_the_smoke_run(run_dir, spec_path)
+
+
+def _check_dense_probes_around_events(run_dir: Path, spec_path: Path) -> None:
+    """Issue 13: every accuracy event has Hessian and LLC values within 3 cheap-probe
+    intervals before it and within 3 after it, every job once, within the trial's budget."""
+    table = read_metrics(run_dir)
+    assert keys_unique(table)
+    spec = load_spec(spec_path)
+    n_events = 0
+    for plan in spec.trials():
+        grid = list(plan.plan.probe_steps)
+        done = json.loads((TrialStore(run_dir, plan.name).checkpoint_dir /
+                           "COMPLETE.json").read_text())
+        mine = table.filter(pc.equal(table["trial"], plan.name))
+        per_measure = {}
+        for measure, value in (("hessian", "hessian_lambda_max"), ("llc", "llc")):
+            steps = sorted(set(mine.filter(pc.equal(mine["measure"], value))["step"]
+                               .to_pylist()))
+            per_measure[measure] = steps
+            assert 3 <= len(steps) <= plan.plan.density.budget, (plan.name, measure, steps)
+        for lv, e in done["events"].items():
+            if e is None:
+                continue
+            n_events += 1
+            i = grid.index(e)
+            lo, hi = grid[max(0, i - 3)], grid[min(len(grid) - 1, i + 3)]
+            for measure, steps in per_measure.items():
+                assert any(lo <= s < e for s in steps) and any(e < s <= hi for s in steps), \
+                    f"{plan.name} L{lv} event at {e}: {measure} at {steps}"
+    assert n_events >= 4
+
+
+def _check_live_alerts(run_dir: Path, spec_path: Path, log: str) -> None:
+    """Issue 13: alerts on disk, in the progress, in status and on the MLflow runs, and at
+    least one that preceded its level's event."""
+    from emergence_core.store import read_alerts
+    from orchestrator.sweep.views import status_data
+
+    alerts = read_alerts(run_dir).to_pylist()
+    assert alerts and "precursor alert:" in log and "approach alert:" in log
+    preceded = 0
+    for plan in load_spec(spec_path).trials():
+        events = json.loads((TrialStore(run_dir, plan.name).checkpoint_dir /
+                             "COMPLETE.json").read_text())["events"]
+        preceded += sum(1 for a in alerts if a["trial"] == plan.name
+                        and events.get(str(a["level"])) is not None
+                        and a["step"] < events[str(a["level"])])
+    assert preceded >= 1
+    rows = {r["trial"]: r for r in status_data(run_dir)["trials"]}
+    counted = {t: sum(r["alerts"].values()) for t, r in rows.items()}
+    assert counted == {t: sum(a["trial"] == t for a in alerts) for t in rows}
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    runs = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", load_spec(spec_path).name)
+    for trial, n in counted.items():
+        if n:
+            tags = client.get_run(runs[trial][0].info.run_id).data.tags
+            assert tags["emerge.alerts"] == str(n), trial
 
 
 def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
@@ -124,6 +183,7 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
                     "| rankme_uncentred / per level |", "95% CI"):
         assert section in report, section
     assert "(trial, level) series emerge: the first probe at which chance-corrected" in report
+    assert "## Live alerts" in report and "| precursor |" in report
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     parent = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "smoke")["smoke"][0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
@@ -143,7 +203,7 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
 
 def test_smoke_sweep_end_to_end_with_an_mlflow_server(tmp_path: Path) -> None:
     # The smoke grid with shorter runs: the server path, not the science, is under test here.
-    spec_path = _smoke_spec(tmp_path, train={**SMALL},
+    spec_path = _smoke_spec(tmp_path, train={**SMALL}, probes={},
                             per_task={t: {"train": {"steps": 120}} for t in
                                       ("COPY", "REV", "MOD", "ADD")})
     log = tmp_path / "driver.log"

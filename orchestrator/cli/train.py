@@ -84,6 +84,8 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
     def on_probe(r: ProbeReport) -> None:
         loss = "-" if r.train_loss is None else f"{r.train_loss:.3f}"
         progress.update(bar, completed=r.step, loss=loss, acc=_acc_text(r.accuracy, r.events))
+        for alert in r.new_alerts:
+            progress.console.print(f"[cyan]{alert.line()}[/cyan]")
         for lv, step in r.new_events.items():
             progress.console.print(f"emergence: level {lv} at step {step}")
 

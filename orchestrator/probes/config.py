@@ -57,7 +57,8 @@ class PoolResources(_Strict):
     custom: dict[str, float] = Field(default_factory=dict)
 
 
-Trigger = Literal["alert", "event"]
+# what pins a window: an emergence event, any live alert, or one kind of alert
+Trigger = Literal["event", "alert", "precursor", "approach"]
 
 
 class DensitySettings(_Strict):
@@ -73,7 +74,11 @@ class DensitySettings(_Strict):
                                              "persistence plus 'around')")
     budget_every: int = Field(10, ge=1, description="budget per trial and measure: as many "
                                                     "jobs as uniform every-k sampling runs")
-    triggers: list[Trigger] = Field(default_factory=lambda: ["alert", "event"], min_length=1)
+    triggers: list[Trigger] = Field(
+        default_factory=lambda: ["approach", "event"], min_length=1,
+        description="what pins a window: event, approach or precursor alerts, alert (both); "
+                    "precursor alerts fire often and early, and at equal budget leave the "
+                    "events thinly sampled (BENCHMARKS.md, density)")
     alert_share: float = Field(0.5, ge=0, le=1, description="most of the budget beyond the "
                                                             "backbone that alerts may spend; "
                                                             "the rest waits for events")

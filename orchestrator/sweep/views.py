@@ -145,14 +145,15 @@ def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
     data = status_data(run_dir)
     probes = data["probes"]["due"] > 0 or any("probes_due" in r for r in data["trials"])
     t = Table(title=f"sweep {data['sweep']} in {data['run_dir']}")
-    cols = ["trial", "state", "step", "events", "alerts"] + (["probes"] if probes else []) \
+    cols = ["trial", "state", "step", "events", "alerts p/a"] + (["probes"] if probes else []) \
         + ["why"]
     for col in cols:
         t.add_column(col, justify="right" if col in ("step", "probes") else "left")
     for r in data["trials"]:
         ev = " ".join(f"L{lv}@{'-' if s is None else s}" for lv, s in r["events"].items())
         step = "-" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
-        al = ", ".join(f"{n} {kind}" for kind, n in sorted(r["alerts"].items())) or "-"
+        al = (f"{r['alerts'].get('precursor', 0)}/{r['alerts'].get('approach', 0)}"
+              if r["alerts"] else "-")
         row = [r["trial"], r["state"], step, ev, al]
         if probes:
             budget = r["probes_budget"]
@@ -162,7 +163,7 @@ def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
     p = data["probes"]
     t.caption = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items())) + (
         f"; expensive probes {p['done']}/{p['due']} done, {len(p['failed'])} failed"
-        if p["due"] else "")
+        if p["due"] else "") + "; alerts p/a: live precursor / approach alerts"
     return t, data["counts"]
 
 
