@@ -31,7 +31,7 @@ from tests.sweep_helpers import (
 pytestmark = pytest.mark.slow
 
 TRAIN = {"steps": 150, "diag_size": 100, "probe": {"n_probes": 40, "rankme_samples": 50},
-         "checkpoint": {"every_probes": 5}}
+         "checkpoint": {"every_probes": 5}, "alerts": {"window": 4, "min_step": 0.0}}
 # An LLC slow enough (several seconds) to be caught mid-job.
 PROBES = {"hessian": {"every": 10, "batch_size": 48, "settings": {"trace_probes": 8}},
           "llc": {"every": 20, "batch_size": 256,
@@ -41,7 +41,9 @@ PROBES = {"hessian": {"every": 10, "batch_size": 48, "settings": {"trace_probes"
 
 # The Hessian and the Fisher rank dense around live alerts and events (issue 13): the jobs
 # due are then the backbone plus what the trial decided while it ran.
-DENSITY = {"measures": ["hessian", "fisher"], "around": 2, "window": 8, "budget_every": 4}
+# Every alert pins (MOD does not emerge in 150 steps, but its geometry moves).
+DENSITY = {"measures": ["hessian", "fisher"], "around": 2, "window": 8, "budget_every": 4,
+           "triggers": ["alert", "event"]}
 
 
 def _spec(tmp_path: Path, name: str, **probes) -> Path:
