@@ -248,9 +248,12 @@ def _precursors(a: Analysis, event: str) -> list[str]:
     out += ["", "Precursor k/n by difficulty class and scale:", "",
             *_table(wide, wide.columns), ""]
     if hier.height:
-        out.append("Geometric hierarchy (median lead, earliest first): "
-                   + " > ".join(f"{m} ({v:.0f})" for m, v in
-                                hier.select("measure", "median_lead").rows()) + ".")
+        out.append("Geometric hierarchy (median lead in probe intervals, earliest first; the "
+                   "order of the list above and of figures/leads.png): "
+                   + " > ".join(f"{m} ({_num(i) if i is not None else 'n/a'} intervals, "
+                                f"{v:.0f} steps)" for m, i, v in
+                                hier.select("measure", "median_lead_intervals",
+                                            "median_lead").rows()) + ".")
     return [*out, ""]
 
 
