@@ -16,6 +16,7 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,14 @@ def _pick_trials(a: Analysis, limit: int) -> tuple[list[str], list[str]]:
     return chosen, [t for t in a.trials["trial"].to_list() if t not in set(chosen)]
 
 
-def _draw(a: Analysis, tmp: Path, notes: list[str]) -> tuple[list[str], list[str]]:
+def _draw(a: Analysis, tmp: Path, notes: list[str], scale_params: Mapping[str, float]
+          ) -> tuple[list[str], list[str]]:
     (tmp / "figures").mkdir()
     drawn: list[str] = []
     chosen, skipped = _pick_trials(a, a.settings.max_trial_figures)
     jobs = [("figures/leads.png", figures.lead_distributions, ()),
-            ("figures/floors_vs_scale.png", figures.floors_vs_scale, ())]
+            ("figures/floors_vs_scale.png", partial(figures.floors_vs_scale,
+                                                    params=scale_params), ())]
     for trial in chosen:
         jobs.append((f"figures/curves_{_safe(trial)}.png", figures.trial_curves, (trial,)))
         jobs.append((f"figures/heatmap_{_safe(trial)}.png", figures.rankme_heatmap, (trial,)))
@@ -117,12 +120,15 @@ def _replace(tmp: Path, out_dir: Path) -> None:
 def write_report(metrics: Metrics, out_dir: str | Path,
                  settings: AnalysisSettings | None = None, *,
                  analysis: Analysis | None = None,
-                 calibrations: Sequence[Mapping[str, Any]] = ()) -> ReportSummary:
+                 calibrations: Sequence[Mapping[str, Any]] = (),
+                 scale_params: Mapping[str, float] | None = None) -> ReportSummary:
     """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
 
     ``metrics``: for a run folder ``frames.load_metrics(run_dir)`` (a bare glob over
     ``metrics/**`` would also read parts a compaction superseded). ``analysis``: an
     ``analyze`` result already computed from ``metrics`` (then ``settings`` are its settings).
+    ``scale_params``: parameter count per scale name, shown beside the scale in the figures
+    (the caller's: the model registry needs torch, which the analysis does not import).
     """
     settings = analysis.settings if analysis is not None else settings or AnalysisSettings()
     out_dir = Path(out_dir)
@@ -145,8 +151,9 @@ def write_report(metrics: Metrics, out_dir: str | Path,
             rel = f"tables/{name}.csv"
             getattr(a, name).write_csv(tmp / rel)
             tables.append(rel)
-        drawn, skipped = _draw(a, tmp, notes)
-        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes)
+        drawn, skipped = _draw(a, tmp, notes, scale_params or {})
+        captions = {rel: figures.caption(a, rel) for rel in drawn}
+        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes, captions)
                                        + "\n".join(calibration_section(calibrations)))
         headline = headline_numbers(a)
         files = ("report.md", *tables, *drawn, "report.json")

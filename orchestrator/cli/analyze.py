@@ -207,6 +207,16 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
            f"{skipped}"
 
 
+def _scale_params(info: FolderInfo) -> dict[str, float]:
+    """Parameter count per registered scale, for the figures (an ``emerge`` folder's scales
+    are the registry's; a Pythia folder's model names already say their size)."""
+    if info.kind not in ("sweep", "train"):
+        return {}
+    from emergence_core.model import SCALES
+
+    return {name: s.approx_params for name, s in SCALES.items() if s.approx_params}
+
+
 def _apply_plugins(info: FolderInfo) -> None:
     """The sweep's plugins and declared scales, so that their tasks and measures are known."""
     if info.spec.get("plugins") or info.spec.get("define_scales"):
@@ -255,7 +265,8 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     target = Path(out) if out is not None else RunFolder(info.path).report_dir
     try:
         summary = write_report(metrics, target, analysis=a,
-                               calibrations=RunFolder(info.path).calibrations())
+                               calibrations=RunFolder(info.path).calibrations(),
+                               scale_params=_scale_params(info))
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
                          "choose another folder with --out") from None
