@@ -106,8 +106,13 @@ def test_report_is_logged_to_the_sweeps_parent_run(trained: Path, tmp_path: Path
 
     client = MlflowClient(uri)
     logged = client.get_run(parent)
-    assert logged.data.metrics["report/trials"] == 2.0
-    assert logged.data.metrics["report/rows"] == read_metrics(run).num_rows
+    # headline numbers as tags and a table, not one-bar charts among the training curves
+    assert not any(k.startswith("report/") for k in logged.data.metrics)
+    assert logged.data.tags["report/trials"] == "2"
+    assert int(logged.data.tags["report/rows"]) == read_metrics(run).num_rows
+    table = json.loads(Path(client.download_artifacts(parent, "report/headline.json",
+                                                      str(tmp_path))).read_text())
+    assert dict(zip(table["name"], table["value"], strict=True)) == summary["headline"]
     assert logged.data.tags["emerge.analysis.config_hash"] == summary["config_hash"]
     top = {f.path for f in client.list_artifacts(parent, "report")}
     assert {"report/report.md", "report/report.json", "report/tables", "report/figures"} <= top
