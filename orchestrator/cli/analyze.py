@@ -187,16 +187,18 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
     uri = tracking_uri or info.recorded_uri
     if info.kind != "sweep" or uri is None:
         return "mlflow: skipped: no sweep.json here, so no sweep parent run to log to"
-    from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
+    from orchestrator.tracking.sync import MlflowSync, moved_tracking_uri
 
     moved = info.recorded_dir is not None and info.recorded_dir != info.path
-    if tracking_uri is None and moved and uri == default_tracking_uri(info.recorded_dir):
-        uri = default_tracking_uri(info.path)  # the folder moved, its embedded store with it
+    if tracking_uri is None:
+        uri = moved_tracking_uri(uri, info.recorded_dir, info.path)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return (f"mlflow: not logged: the tracking store {uri} does not exist "
                 "(pass --tracking-uri)")
     try:
         sync = MlflowSync(info.path, uri, info.name)
+        if moved:
+            sync.repair_artifact_locations(info.recorded_dir)
         run_id = sync.parent_run(info.spec_text)  # the ledger's; created only if it has none
         where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
         stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
