@@ -213,3 +213,17 @@ def test_report_embeds_every_figure_with_a_caption(drawn) -> None:
         i = next(i for i, x in enumerate(lines) if x.startswith("![") and x.endswith(f"]({rel})"))
         assert lines[i + 1].startswith("*") and len(lines[i + 1]) > 40, rel
     assert not any(x.startswith("- [figures/") for x in lines)  # no bare links
+
+
+def test_a_curves_panel_without_rows_says_so(planted, tmp_path, monkeypatch) -> None:
+    from emergence_core.analysis import analyze, figures
+
+    df, _ = planted
+    trial = df["trial"][0]
+    a = analyze(df.filter((pl.col("trial") == trial) & (pl.col("measure") != Measure.LOGPROB)),
+                SETTINGS)
+    kept = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: kept.append(fig) or path)
+    figures.trial_curves(a, trial, tmp_path / "c.png")
+    panel = next(ax for ax in kept[0].axes if ax.get_title() == "logprob_norm")
+    assert [t.get_text() for t in panel.texts] == ["no logprob_norm rows in this trial"]
