@@ -26,14 +26,14 @@ __all__ = ["DPI", "caption", "floors_vs_scale", "lead_distributions", "rankme_he
 
 DPI = 150
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-STEP_LABEL = "training step (symlog axis)"
+_STEP_LABEL = "training step (symlog axis)"
 
 # What each measure's value is, for axis and colourbar labels; a measure read at another
 # position (``rankme@last``) takes its base measure's.
 _UNITS = {
     "accuracy": "exact-match accuracy (fraction)",
     "token_accuracy": "answer-token accuracy (fraction)",
-    "logprob_norm": "1 - logprob / logprob_chance",
+    "logprob_norm": "1 - logprob / logprob_chance (0: chance, 1: certain)",
     "logprob": "log-prob of the answer (nats)",
     "diag_loss": "loss per answer token (nats)",
     "train_loss": "loss per answer token (nats)",
@@ -48,7 +48,7 @@ _UNITS = {
 }
 
 
-def measure_label(measure: str) -> str:
+def _measure_label(measure: str) -> str:
     """``measure``'s axis label: what the value is, and its unit where it has one."""
     return _UNITS.get(measure.split("@", 1)[0], measure)
 
@@ -75,7 +75,7 @@ def _step_axis(ax) -> None:
     ax.set_xscale("symlog", linthresh=10)
     ax.xaxis.set_minor_locator(NullLocator())  # symlog's minor ticks cost more than the plot
     ax.set_xlim(left=0)
-    ax.set_xlabel(STEP_LABEL, fontsize=7)
+    ax.set_xlabel(_STEP_LABEL, fontsize=7)
 
 
 def _draw(ax, name: str, rows: pl.DataFrame, levels: list, events: list[tuple],
@@ -93,7 +93,7 @@ def _draw(ax, name: str, rows: pl.DataFrame, levels: list, events: list[tuple],
     _step_axis(ax)
     layer = rows["layer"].drop_nulls() if "layer" in rows.columns else []
     ax.set_title(name if not len(layer) else f"{name} (layer {layer.max()})", fontsize=9)
-    ax.set_ylabel(measure_label(name), fontsize=7)
+    ax.set_ylabel(_measure_label(name), fontsize=7)
     ax.tick_params(labelsize=7)
     if rows.height == 0:
         ax.text(0.5, 0.5, f"no {name} rows in this trial", ha="center", va="center",
@@ -202,7 +202,7 @@ def rankme_heatmap(a: Analysis, trial: str, path: Path) -> Path:
                   loc="upper right", fontsize=7, facecolor="0.3", labelcolor="white")
     ax.set_ylabel("layer (0 = embedding, i = after block i)", fontsize=8)
     ax.set_title(f"{trial}: {measure} per layer, levels pooled", fontsize=10)
-    fig.colorbar(im, ax=ax).set_label(measure_label(measure), fontsize=8)
+    fig.colorbar(im, ax=ax).set_label(_measure_label(measure), fontsize=8)
     if constant.any():
         fig.text(0.01, 0.01, "constant: the layer's representation does not vary across "
                  "prompts at the read position (layer 0: same token and position)", fontsize=7)
@@ -247,7 +247,7 @@ def _params_text(n: float) -> str:
         f"{n / 1e6:.0f}M"
 
 
-def scale_label(scale: str, params: Mapping[str, float]) -> str:
+def _scale_label(scale: str, params: Mapping[str, float]) -> str:
     """``"s0 (0.4M)"``: a scale with its parameter count, where one is known."""
     n = params.get(scale)
     return scale if n is None else f"{scale} ({_params_text(n)})"
@@ -271,9 +271,9 @@ def floors_vs_scale(a: Analysis, path: Path, params: Mapping[str, float] | None 
         err = np.vstack([y - t["floor_min"].to_numpy(), t["floor_max"].to_numpy() - y])
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=task,
                     color=_COLOURS[i % len(_COLOURS)] if i < len(_COLOURS) else None)
-    ax.set_xticks(range(len(order)), [scale_label(x, params or {}) for x in order], fontsize=8)
+    ax.set_xticks(range(len(order)), [_scale_label(x, params or {}) for x in order], fontsize=8)
     ax.set_xlabel("scale (parameters)", fontsize=8)
-    ax.set_ylabel(f"final-layer floor: {measure_label(a.settings.collapse_measure)}",
+    ax.set_ylabel(f"final-layer floor: {_measure_label(a.settings.collapse_measure)}",
                   fontsize=8)
     ax.set_title("Collapse floor against scale (median over seeds, bars: min to max)",
                  fontsize=10)
