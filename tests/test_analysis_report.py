@@ -109,3 +109,121 @@ def test_a_new_report_replaces_the_old_one_whole(planted, tmp_path) -> None:
     assert not (out / "stale.txt").exists()
     assert "4 trials" not in (out / "report.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temp folders left
+
+
+@pytest.fixture(scope="module")
+def drawn(planted, tmp_path_factory):
+    """The report on the planted data, with every figure's matplotlib ``Figure`` kept
+    (by file name) for inspection."""
+    from emergence_core.analysis import figures
+
+    kept = {}
+    save = figures._save
+
+    def keep(fig, path):
+        kept[path.name] = fig
+        return save(fig, path)
+
+    out = tmp_path_factory.mktemp("drawn") / "report"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", keep)
+        s = write_report(planted[0].lazy(), out, SETTINGS,
+                         scale_params={"s0": 0.405e6, "s1": 3.2e6})
+    return s, kept
+
+
+def _legend(fig) -> set[str]:
+    return {t.get_text() for ax in fig.axes if ax.get_legend()
+            for t in ax.get_legend().get_texts()}
+
+
+def test_every_figure_is_a_150_dpi_png(drawn) -> None:
+    from PIL import Image
+
+    s, kept = drawn
+    pngs = [f for f in s.files if f.endswith(".png")]
+    assert len(pngs) == 6 and set(kept) == {f.removeprefix("figures/") for f in pngs}
+    for rel in pngs:
+        with Image.open(s.out_dir / rel) as im:
+            assert min(im.info["dpi"]) >= 149.5, rel
+    with Image.open(s.out_dir / "figures" / "leads.png") as im:
+        assert im.size[0] >= 900  # was 450 x 360 at 90 dpi
+
+
+def test_curves_name_every_line_and_label_every_axis(drawn) -> None:
+    _, kept = drawn
+    fig = next(f for name, f in kept.items() if name.startswith("curves_"))
+    # three levels and the pooled series, the two marks and the chance line
+    assert {"level 1", "level 2", "level 3", "pooled over levels", "accuracy emergence step",
+            "onset of the measure's change", "chance accuracy (constant answer)"
+            } <= _legend(fig)
+    panels = [ax for ax in fig.axes if ax.axison]
+    assert len(panels) == 7  # accuracy, logprob_norm, 5 measures: no empty frame
+    for ax in panels:
+        assert ax.lines or ax.collections, ax.get_title()
+        assert ax.get_xlabel() == "training step (symlog axis)" and ax.get_ylabel()
+        assert ax.get_xscale() == "symlog"
+    assert "RankMe effective rank (dims)" in {ax.get_ylabel() for ax in panels}
+
+
+def test_heatmap_has_the_curves_step_axis_a_labelled_colourbar_and_says_what_layer_0_is(
+        drawn) -> None:
+    _, kept = drawn
+    fig = next(f for name, f in kept.items() if name.startswith("heatmap_"))
+    ax, bar = fig.axes
+    assert ax.get_xscale() == "symlog" and ax.get_xlabel() == "training step (symlog axis)"
+    assert ax.get_xlim()[1] > 1000  # steps, not probe indices
+    assert bar.get_ylabel() == "RankMe effective rank (dims)"
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks[0] == "0 embed (constant)" and ticks[1] == "1"  # the planted layer 0 is flat
+    assert "layer 0: same token and position" in " ".join(t.get_text() for t in fig.texts)
+    assert "accuracy emergence (one per level)" in _legend(fig)
+
+
+def test_leads_figure_labels_the_band_and_counts_each_box(drawn) -> None:
+    s, kept = drawn
+    fig = kept["leads.png"]
+    ax = fig.axes[0]
+    assert "|lead| <= 1 tolerance: synchronous or unresolved" in _legend(fig)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks and all(t.endswith("\nn=24") for t in ticks)
+    # one order everywhere: the figure's, the hierarchy table's (by lead in probe
+    # intervals) and the report's sentence
+    hier = s.analysis.hierarchy.filter(pl.col("event") == "accuracy")
+    order = [t.split("\n")[0] for t in ticks]
+    assert order == hier["measure"].to_list()
+    assert hier["median_lead_intervals"].to_list() == sorted(
+        hier["median_lead_intervals"].to_list(), reverse=True)
+    md = (s.out_dir / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Geometric hierarchy"))
+    assert [p.split(" (")[0] for p in line.split(": ", 1)[1].split(" > ")] == order
+
+
+def test_floors_figure_names_scales_with_their_parameter_counts(drawn) -> None:
+    _, kept = drawn
+    ax = kept["floors_vs_scale.png"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["s0 (0.4M)", "s1 (3.2M)"]
+    assert ax.get_ylabel() and ax.get_xlabel()
+
+
+def test_report_embeds_every_figure_with_a_caption(drawn) -> None:
+    s, _ = drawn
+    lines = (s.out_dir / "report.md").read_text().splitlines()
+    for rel in (f for f in s.files if f.endswith(".png")):
+        i = next(i for i, x in enumerate(lines) if x.startswith("![") and x.endswith(f"]({rel})"))
+        assert lines[i + 1].startswith("*") and len(lines[i + 1]) > 40, rel
+    assert not any(x.startswith("- [figures/") for x in lines)  # no bare links
+
+
+def test_a_curves_panel_without_rows_says_so(planted, tmp_path, monkeypatch) -> None:
+    from emergence_core.analysis import analyze, figures
+
+    df, _ = planted
+    trial = df["trial"][0]
+    a = analyze(df.filter((pl.col("trial") == trial) & (pl.col("measure") != Measure.LOGPROB)),
+                SETTINGS)
+    kept = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: kept.append(fig) or path)
+    figures.trial_curves(a, trial, tmp_path / "c.png")
+    panel = next(ax for ax in kept[0].axes if ax.get_title() == "logprob_norm")
+    assert [t.get_text() for t in panel.texts] == ["no logprob_norm rows in this trial"]

@@ -106,8 +106,13 @@ def test_report_is_logged_to_the_sweeps_parent_run(trained: Path, tmp_path: Path
 
     client = MlflowClient(uri)
     logged = client.get_run(parent)
-    assert logged.data.metrics["report/trials"] == 2.0
-    assert logged.data.metrics["report/rows"] == read_metrics(run).num_rows
+    # headline numbers as tags and a table, not one-bar charts among the training curves
+    assert not any(k.startswith("report/") for k in logged.data.metrics)
+    assert logged.data.tags["report/trials"] == "2"
+    assert int(logged.data.tags["report/rows"]) == read_metrics(run).num_rows
+    table = json.loads(Path(client.download_artifacts(parent, "report/headline.json",
+                                                      str(tmp_path))).read_text())
+    assert dict(zip(table["name"], table["value"], strict=True)) == summary["headline"]
     assert logged.data.tags["emerge.analysis.config_hash"] == summary["config_hash"]
     top = {f.path for f in client.list_artifacts(parent, "report")}
     assert {"report/report.md", "report/report.json", "report/tables", "report/figures"} <= top
@@ -116,6 +121,52 @@ def test_report_is_logged_to_the_sweeps_parent_run(trained: Path, tmp_path: Path
     # the ledger's parent run was used: nothing new in the experiment
     exp = client.get_experiment_by_name("tiny").experiment_id
     assert [x.info.run_id for x in client.search_runs([exp])] == [parent]
+
+
+def test_a_moved_sweep_folder_gets_its_artifacts_back(trained: Path, tmp_path: Path) -> None:
+    """Artifacts are stored at absolute paths: after the folder moved, the embedded store's
+    locations are pointed into the folder's new place, and the report lands there."""
+    from mlflow.tracking import MlflowClient
+
+    old = sweep_folder(trained, tmp_path / "old")
+    parent = MlflowSync(old.absolute(), default_tracking_uri(old.absolute()),
+                        "tiny").parent_run("name: tiny\n")
+    new = tmp_path / "elsewhere" / "run"
+    new.parent.mkdir()
+    shutil.move(old, new)
+    r = emerge("analyze", str(new), *FAST)
+    assert r.exit_code == 0, r.output
+    assert "artifacts not logged" not in r.output and "report/ (" in r.output
+    client = MlflowClient(default_tracking_uri(new.absolute()))
+    run = client.get_run(parent)
+    assert run.info.artifact_uri.startswith(new.absolute().as_uri() + "/")
+    assert run.data.tags["emerge.run_dir"] == str(new.absolute())
+    assert client.get_experiment(run.info.experiment_id).artifact_location.startswith(
+        new.absolute().as_uri() + "/")
+    assert {"spec.yaml", "report"} <= {f.path for f in client.list_artifacts(parent)}
+    assert not old.exists()  # nothing written to the old place
+
+
+def test_sync_mlflow_on_a_moved_sweep_folder_repairs_its_store(trained: Path,
+                                                               tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep.driver import sync_mlflow
+
+    old = sweep_folder(trained, tmp_path / "old")
+    parent = MlflowSync(old.absolute(), default_tracking_uri(old.absolute()),
+                        "tiny").parent_run("name: tiny\n")
+    new = tmp_path / "moved"
+    shutil.move(old, new)
+    out = io.StringIO()
+    sent = sync_mlflow(new, tracking_uri=None, console=Console(file=out, width=300))
+    # the experiment and the parent run; the trial runs are made after the move
+    assert f"the run folder moved from {old.absolute()}: 2 MLflow artifact" in out.getvalue()
+    assert sum(sent.values()) > 0 and not old.exists()
+    client = MlflowClient(default_tracking_uri(new.absolute()))
+    runs = client.search_runs([client.get_run(parent).info.experiment_id])
+    assert len(runs) == 3 and all(
+        r.info.artifact_uri.startswith(new.absolute().as_uri() + "/") for r in runs)
 
 
 def test_mlflow_down_still_writes_the_report(trained: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import polars as pl
 if TYPE_CHECKING:
     from emergence_core.analysis.pipeline import Analysis
 
-__all__ = ["alert_summary", "alerts_figure", "alerts_section", "match_alerts"]
+__all__ = ["alert_summary", "alerts_caption", "alerts_figure", "alerts_section", "match_alerts"]
 
 
 def match_alerts(alerts: pl.DataFrame, details: pl.DataFrame) -> pl.DataFrame:
@@ -108,6 +108,12 @@ def alerts_section(summary: pl.DataFrame, n_trials: int) -> list[str]:
             f" | {_num(r['median_onset_minus_offline_intervals'], '.1f')} "
             f"(n={r['n_vs_offline']}) |")
     return [*lines, ""]
+
+
+def alerts_caption(trial: str) -> str:
+    return (f"Trial {trial}: chance-corrected accuracy per level against training step; marks "
+            "below zero: live precursor (|) and approach (^) alerts at the step they were "
+            "raised; dashed: emergence events.")
 
 
 def alerts_figure(a: Analysis, matched: pl.DataFrame, trial: str, path: Path) -> Path:

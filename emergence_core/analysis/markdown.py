@@ -6,7 +6,8 @@ bootstrap of ``rates.py`` and is omitted (said so) where a split holds a single 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -248,9 +249,12 @@ def _precursors(a: Analysis, event: str) -> list[str]:
     out += ["", "Precursor k/n by difficulty class and scale:", "",
             *_table(wide, wide.columns), ""]
     if hier.height:
-        out.append("Geometric hierarchy (median lead, earliest first): "
-                   + " > ".join(f"{m} ({v:.0f})" for m, v in
-                                hier.select("measure", "median_lead").rows()) + ".")
+        out.append("Geometric hierarchy (median lead in probe intervals, earliest first; the "
+                   "order of the list above and of figures/leads.png): "
+                   + " > ".join(f"{m} ({_num(i) if i is not None else 'n/a'} intervals, "
+                                f"{v:.0f} steps)" for m, i, v in
+                                hier.select("measure", "median_lead_intervals",
+                                            "median_lead").rows()) + ".")
     return [*out, ""]
 
 
@@ -281,9 +285,15 @@ def _prediction(a: Analysis) -> list[str]:
                                   "ci_method"]), ""]
 
 
+def _figure(rel: str, caption: str) -> list[str]:
+    """A figure shown in the report (not a link to it), its caption on the line below."""
+    return [f"![{Path(rel).stem.replace('_', ' ')}]({rel})", f"*{caption or rel}*", ""]
+
+
 def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],
-           tables: Sequence[str], notes: Sequence[str] = ()) -> str:
-    """The whole Markdown report."""
+           tables: Sequence[str], notes: Sequence[str] = (),
+           captions: Mapping[str, str] | None = None) -> str:
+    """The whole Markdown report; ``captions``: one line per figure path."""
     inv = a.trials
     head = ["# emerge: analysis report", "",
             f"{a.n_rows} metric rows, {inv.height} trials "
@@ -299,7 +309,9 @@ def render(a: Analysis, figures: Sequence[str], skipped_trials: Sequence[str],
     for ev in a.settings.event_measures:
         body += _precursors(a, ev)
     body += _prediction(a)
-    body += ["## Figures", ""] + [f"- [{f}]({f})" for f in figures]
+    body += ["## Figures", ""]
+    for f in figures:
+        body += _figure(f, (captions or {}).get(f, ""))
     if skipped_trials:
         body.append(f"- Per-trial figures drawn for {a.trials.height - len(skipped_trials)}/"
                     f"{a.trials.height} trials (max_trial_figures = "

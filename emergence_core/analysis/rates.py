@@ -129,8 +129,10 @@ def precursor_rates(leads: pl.DataFrame, settings: AnalysisSettings) -> pl.DataF
 def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
     """The geometric hierarchy: measures ordered by median lead (earliest first), per event.
 
-    Median, quartiles of lead in steps and median lead in probe intervals (comparable
-    across scales whose probe grids differ), over events where the measure has an onset.
+    Median, quartiles of lead in steps and median lead in probe intervals, over events where
+    the measure has an onset. The order (``rank``) is by the lead in probe intervals, which
+    is comparable across scales whose probe grids differ (a lead in steps weighs the
+    sparsely probed late events most); ties, then the lead in steps.
     """
     overall = rates.filter(pl.col("split_kind") == "all").select(
         "event", "measure", "n", "precursor_k", "precursor_rate")
@@ -143,5 +145,6 @@ def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
                 pl.col("lead_intervals").median().alias("median_lead_intervals"),
                 pl.col("xcorr_lag").median().alias("median_xcorr_lag"))
             .join(overall, on=["event", "measure"], how="left")
-            .sort(["event", "median_lead", "measure"], descending=[False, True, False])
+            .sort(["event", "median_lead_intervals", "median_lead", "measure"],
+                  descending=[False, True, True, False], nulls_last=True)
             .with_columns(pl.int_range(1, pl.len() + 1).over("event").alias("rank")))

@@ -16,6 +16,7 @@ import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ import polars as pl
 from emergence_core.analysis import figures
 from emergence_core.analysis.calibration import calibration_section
 from emergence_core.analysis.frames import Metrics, empty_metrics
-from emergence_core.analysis.live import alert_summary, alerts_figure, alerts_section, match_alerts
+from emergence_core.analysis.live import (
+    alert_summary,
+    alerts_caption,
+    alerts_figure,
+    alerts_section,
+    match_alerts,
+)
 from emergence_core.analysis.markdown import render
 from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings
@@ -87,12 +94,14 @@ def _pick_trials(a: Analysis, limit: int) -> tuple[list[str], list[str]]:
     return chosen, [t for t in a.trials["trial"].to_list() if t not in set(chosen)]
 
 
-def _draw(a: Analysis, tmp: Path, notes: list[str]) -> tuple[list[str], list[str]]:
+def _draw(a: Analysis, tmp: Path, notes: list[str], scale_params: Mapping[str, float]
+          ) -> tuple[list[str], list[str]]:
     (tmp / "figures").mkdir()
     drawn: list[str] = []
     chosen, skipped = _pick_trials(a, a.settings.max_trial_figures)
     jobs = [("figures/leads.png", figures.lead_distributions, ()),
-            ("figures/floors_vs_scale.png", figures.floors_vs_scale, ())]
+            ("figures/floors_vs_scale.png", partial(figures.floors_vs_scale,
+                                                    params=scale_params), ())]
     for trial in chosen:
         jobs.append((f"figures/curves_{_safe(trial)}.png", figures.trial_curves, (trial,)))
         jobs.append((f"figures/heatmap_{_safe(trial)}.png", figures.rankme_heatmap, (trial,)))
@@ -119,12 +128,15 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                  settings: AnalysisSettings | None = None, *,
                  analysis: Analysis | None = None,
                  calibrations: Sequence[Mapping[str, Any]] = (),
+                 scale_params: Mapping[str, float] | None = None,
                  alerts: pl.DataFrame | None = None) -> ReportSummary:
     """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
 
     ``metrics``: for a run folder ``frames.load_metrics(run_dir)`` (a bare glob over
     ``metrics/**`` would also read parts a compaction superseded). ``analysis``: an
     ``analyze`` result already computed from ``metrics`` (then ``settings`` are its settings).
+    ``scale_params``: parameter count per scale name, shown beside the scale in the figures
+    (the caller's: the model registry needs torch, which the analysis does not import).
     ``calibrations`` and ``alerts``: the run folder's calibration records and live alerts
     (``store.read_alerts``), each a section of the report when there are any.
     """
@@ -149,7 +161,8 @@ def write_report(metrics: Metrics, out_dir: str | Path,
             rel = f"tables/{name}.csv"
             getattr(a, name).write_csv(tmp / rel)
             tables.append(rel)
-        drawn, skipped = _draw(a, tmp, notes)
+        drawn, skipped = _draw(a, tmp, notes, scale_params or {})
+        captions = {rel: figures.caption(a, rel) for rel in drawn}
         live: list[str] = []
         if alerts is not None:
             matched = match_alerts(alerts, a.details)
@@ -164,9 +177,10 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                 try:
                     alerts_figure(a, matched, trial, tmp / rel)
                     drawn.append(rel)
+                    captions[rel] = alerts_caption(trial)
                 except Exception as err:  # a figure is never worth losing the report for
                     notes.append(f"Figure {rel} not drawn: {type(err).__name__}: {err}")
-        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes)
+        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes, captions)
                                        + "\n".join([*live, *calibration_section(calibrations)]))
         headline = headline_numbers(a)
         files = ("report.md", *tables, *drawn, "report.json")

@@ -2,9 +2,10 @@
 
 The report (``write_report``: Markdown, CSV tables, PNG figures, ``report.json``) is the
 product. MLflow gets a copy on the sweep's parent run: the report folder as artifacts under
-``report/``, the headline numbers as metrics ``report/<name>``, and the settings hash as the
-tag ``emerge.analysis.config_hash``. A tracking store that is down costs one line, never the
-report; an ``emerge train`` folder has no MLflow and is only reported.
+``report/``, the headline numbers as tags ``report/<name>`` and the table
+``report/headline.json``, and the settings hash as the tag ``emerge.analysis.config_hash``.
+A tracking store that is down costs one line, never the report; an ``emerge train`` folder
+has no MLflow and is only reported.
 
 Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep file's
 ``emergence`` rule (threshold, persistence) and ``analysis:`` section if it has one,
@@ -17,7 +18,6 @@ Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep f
 from __future__ import annotations
 
 import difflib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -139,22 +139,28 @@ def _trial_notes(info: FolderInfo, parts: list[Path],
 
 def log_report(client: Any, run_id: str, summary: ReportSummary, *,
                artifacts: bool = True) -> int:
-    """Log ``summary`` to MLflow run ``run_id``: headline metrics ``report/<name>`` (step 0),
-    the settings-hash tag and, with ``artifacts``, the report folder under ``report/``.
-    Returns the number of metrics logged."""
-    from mlflow.entities import Metric, RunTag
+    """Log ``summary`` to MLflow run ``run_id``: the headline numbers as tags
+    ``report/<name>`` and the table ``report/headline.json``, the settings-hash tag and, with
+    ``artifacts``, the report folder under ``report/``. Returns the number of headline
+    numbers logged.
 
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"report/{k}", float(v), now, 0) for k, v in sorted(summary.headline.items())]
+    Not as metrics: a metric logged once is a one-bar chart among the training curves, and
+    the runs table shows tags as columns just as well."""
+    from mlflow.entities import RunTag
+
+    names = sorted(summary.headline)
     tags = [RunTag(_CONFIG_HASH_TAG, summary.analysis.settings.config_hash())]
+    tags += [RunTag(f"report/{k}", f"{summary.headline[k]:.10g}") for k in names]
     from orchestrator.tracking.sync import MLFLOW_BATCH
 
-    for i in range(0, max(len(metrics), 1), MLFLOW_BATCH):
-        client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH],
-                         tags=tags if i == 0 else [])
+    for i in range(0, len(tags), MLFLOW_BATCH):
+        client.log_batch(run_id, tags=tags[i:i + MLFLOW_BATCH])
     if artifacts:
+        client.log_dict(run_id, {"name": names,
+                                 "value": [summary.headline[k] for k in names]},
+                        "report/headline.json")
         client.log_artifacts(run_id, str(summary.out_dir), "report")
-    return len(metrics)
+    return len(names)
 
 
 def _trial_figures(sync: Any, summary: ReportSummary) -> None:
@@ -181,16 +187,18 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
     uri = tracking_uri or info.recorded_uri
     if info.kind != "sweep" or uri is None:
         return "mlflow: skipped: no sweep.json here, so no sweep parent run to log to"
-    from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
+    from orchestrator.tracking.sync import MlflowSync, moved_tracking_uri
 
     moved = info.recorded_dir is not None and info.recorded_dir != info.path
-    if tracking_uri is None and moved and uri == default_tracking_uri(info.recorded_dir):
-        uri = default_tracking_uri(info.path)  # the folder moved, its embedded store with it
+    if tracking_uri is None:
+        uri = moved_tracking_uri(uri, info.recorded_dir, info.path)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return (f"mlflow: not logged: the tracking store {uri} does not exist "
                 "(pass --tracking-uri)")
     try:
         sync = MlflowSync(info.path, uri, info.name)
+        if moved:
+            sync.repair_artifact_locations(info.recorded_dir)
         run_id = sync.parent_run(info.spec_text)  # the ledger's; created only if it has none
         where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
         stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
@@ -203,8 +211,18 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
     files = "" if stale else f"report/ ({len(summary.files)} files), "
     skipped = (f"; artifacts not logged: the run's artifact store {where} is in the folder's "
                f"old location") if stale else ""
-    return f"mlflow: logged {files}{n} metrics and the settings hash to run {run_id} ({uri})" \
-           f"{skipped}"
+    return (f"mlflow: logged {files}{n} headline numbers (tags report/*) and the settings hash "
+            f"to run {run_id} ({uri}){skipped}")
+
+
+def _scale_params(info: FolderInfo) -> dict[str, float]:
+    """Parameter count per registered scale, for the figures (an ``emerge`` folder's scales
+    are the registry's; a Pythia folder's model names already say their size)."""
+    if info.kind not in ("sweep", "train"):
+        return {}
+    from emergence_core.model import SCALES
+
+    return {name: s.approx_params for name, s in SCALES.items() if s.approx_params}
 
 
 def _apply_plugins(info: FolderInfo) -> None:
@@ -256,6 +274,7 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     try:
         summary = write_report(metrics, target, analysis=a,
                                calibrations=RunFolder(info.path).calibrations(),
+                               scale_params=_scale_params(info),
                                alerts=_alerts(info, diverged))
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "

@@ -29,7 +29,7 @@ from orchestrator.sweep.views import (
     probe_progress,
     run_folder_of,
 )
-from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
+from orchestrator.tracking.sync import MlflowSync, default_tracking_uri, moved_tracking_uri
 
 __all__ = ["launch", "resume", "sync_mlflow"]
 
@@ -232,7 +232,7 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
             console.print(f"the sweep file adds {len(new)} trial(s); running them as {name}")
         else:
             console.print(f"{folder.path} holds this sweep; resuming it")
-        uri = tracking_uri or state["tracking_uri"]
+        uri = _tracking_uri(folder, state, spec.name, tracking_uri, console)
     else:
         launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
         fresh = {"launch-0"}
@@ -249,6 +249,21 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
             ray.shutdown()
 
 
+def _tracking_uri(folder: RunFolder, state: dict[str, Any], sweep: str,
+                  tracking_uri: str | None, console: Console) -> str:
+    """The tracking URI of a launched sweep: ``tracking_uri`` if given, else the recorded
+    one. A folder that moved since it was recorded keeps its embedded store (the store moved
+    with it), whose artifact locations are pointed at the folder's new place."""
+    recorded = Path(state["run_dir"]) if state.get("run_dir") else None
+    uri = tracking_uri or moved_tracking_uri(state["tracking_uri"], recorded, folder.path)
+    if recorded is not None and recorded != folder.path:
+        n = MlflowSync(folder.path, uri, sweep).repair_artifact_locations(recorded)
+        if n:
+            console.print(f"the run folder moved from {recorded}: {n} MLflow artifact "
+                          "locations now point into it")
+    return uri
+
+
 def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
@@ -262,7 +277,7 @@ def _resume(folder: RunFolder, *, address: str | None, tracking_uri: str | None,
             allow_pending: bool, console: Console) -> int:
     state = folder.sweep_state()
     spec = frozen_spec(folder)
-    uri = tracking_uri or state["tracking_uri"]
+    uri = _tracking_uri(folder, state, spec.name, tracking_uri, console)
     p_done, p_due, _ = probe_progress(folder, spec)
     if all(folder.is_complete(p.name) for p in spec.trials()) and p_done == p_due:
         console.print(f"sweep {spec.name} is complete; nothing to resume")
@@ -285,7 +300,9 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
     folder = RunFolder(run_dir)
     state = folder.sweep_state()
     spec = frozen_spec(folder)
-    sync = MlflowSync(folder.path, tracking_uri or state["tracking_uri"], spec.name)
+    console = console or Console(stderr=True)
+    sync = MlflowSync(folder.path, _tracking_uri(folder, state, spec.name, tracking_uri,
+                                                 console), spec.name)
     sync.parent_run(folder.spec_text())
     sent = sync.sync_all([p.config for p in spec.trials()])
     if all(folder.is_complete(p.name) for p in spec.trials()):
@@ -293,5 +310,5 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
     elif any(folder.failure(p.name) for p in spec.trials()):
         sync.set_status(None, "FAILED")
     for note in sync.notes:
-        (console or Console(stderr=True)).print(f"[yellow]warning: {note}[/yellow]")
+        console.print(f"[yellow]warning: {note}[/yellow]")
     return sent

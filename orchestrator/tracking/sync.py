@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, atomic_path
 
 __all__ = ["MLFLOW_BATCH", "MlflowSync", "configure", "default_tracking_uri",
-           "metric_key"]
+           "metric_key", "moved_tracking_uri"]
 
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
@@ -44,6 +44,15 @@ def configure() -> None:
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{RunFolder(run_dir).mlflow_db}"
+
+
+def moved_tracking_uri(recorded_uri: str, recorded_dir: Path | None, run_dir: Path) -> str:
+    """The tracking URI a sweep recorded, following its folder when the folder moved: the
+    embedded store (``default_tracking_uri``) lives inside the folder and moved with it."""
+    if recorded_dir is not None and recorded_dir != run_dir \
+            and recorded_uri == default_tracking_uri(recorded_dir):
+        return default_tracking_uri(run_dir)
+    return recorded_uri
 
 
 # An experiment of training runs: without this tag MLflow 3's UI opens it in GenAI mode
@@ -213,6 +222,43 @@ class MlflowSync:
             for i in range(0, len(items), 100):
                 self.client.log_batch(run.info.run_id, params=items[i:i + 100])
         return run.info.run_id
+
+    def repair_artifact_locations(self, old_dir: Path) -> int:
+        """After the run folder moved from ``old_dir``: point the experiments and runs whose
+        artifacts were stored under ``old_dir`` at the same place under the folder now, so
+        the UI shows them again; returns the number of locations changed.
+
+        MLflow stores a local artifact location as an absolute ``file://`` URI (a relative
+        one is resolved against the working directory when the experiment is made) and has
+        no call to change it, so the SQL store's two columns are rewritten in place. Only a
+        SQLite store is touched (the embedded one, or one given as a sqlite URI); a server's
+        store is the server's to manage."""
+        import sqlite3
+
+        db_path = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        if not self.tracking_uri.startswith("sqlite:///") or old_dir == self.run_dir \
+                or not db_path.is_file():
+            return 0
+        old, new = old_dir.as_uri() + "/", self.run_dir.as_uri() + "/"
+        changed = 0
+        with closing(sqlite3.connect(db_path)) as db, db:
+            for table, column in (("experiments", "artifact_location"),
+                                  ("runs", "artifact_uri")):
+                changed += db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, len(old), old)).rowcount
+        if changed:
+            from mlflow.tracking._tracking_service import utils
+
+            # MLflow keeps each run's artifact store per process, by run id: forget the old
+            # ones, or this process would go on writing to the old place
+            getattr(utils, "_artifact_repos_cache", {}).clear()
+            with self._ledger() as led:
+                parent = led.get("parent_run_id")
+            if parent is not None:  # the tag a damaged ledger is rebuilt from
+                self.client.set_tag(parent, "emerge.run_dir", str(self.run_dir))
+        return changed
 
     def trial_run(self, trial: str, config: TrainConfig) -> str:
         """The trial's run id: created once, then the same for every retry and resume."""

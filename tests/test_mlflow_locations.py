@@ -1,0 +1,53 @@
+"""MLflow's artifact locations after a run folder moves, on a real SQLite store: the
+embedded store moves with the folder, and its absolute locations are pointed at the new
+place (MLflow has no call for it)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from emergence_core.config import resolve_config
+from orchestrator.tracking.sync import MlflowSync, default_tracking_uri, moved_tracking_uri
+from tests.conftest import tiny_overrides
+
+
+def test_a_moved_folder_points_its_artifact_locations_at_the_new_place(tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    old, new = tmp_path / "old", tmp_path / "moved" / "run"
+    sync = MlflowSync(old, default_tracking_uri(old), "s")
+    parent = sync.parent_run("name: s\n")  # logs spec.yaml as an artifact
+    trial = sync.trial_run("COPY-s0-0", resolve_config("COPY", "s0", 0, **tiny_overrides()))
+    sync.client.log_text(trial, "hello", "figures/note.txt")
+    new.parent.mkdir()
+    shutil.move(old, new)
+
+    uri = moved_tracking_uri(default_tracking_uri(old), old, new)
+    assert uri == default_tracking_uri(new)
+    moved = MlflowSync(new, uri, "s")
+    assert moved.repair_artifact_locations(old) == 3  # the experiment and its two runs
+    assert moved.repair_artifact_locations(old) == 0  # once is enough
+    client = MlflowClient(uri)
+    for run_id in (parent, trial):
+        assert client.get_run(run_id).info.artifact_uri.startswith(new.as_uri() + "/")
+    assert client.get_experiment_by_name("s").artifact_location == \
+        (new / "mlflow" / "artifacts").as_uri()
+    assert [f.path for f in client.list_artifacts(trial, "figures")] == ["figures/note.txt"]
+    assert client.get_run(parent).data.tags["emerge.run_dir"] == str(new)
+    moved.client.log_text(trial, "after the move", "figures/later.txt")
+    assert (new / "mlflow" / "artifacts" / trial / "artifacts" / "figures" / "later.txt").is_file()
+    assert not old.exists()
+
+
+def test_only_the_folders_own_locations_and_only_sqlite_stores_are_rewritten(tmp_path) -> None:
+    elsewhere = Path("/srv/mlruns")
+    assert moved_tracking_uri("http://mlflow:5000", tmp_path / "a", tmp_path / "b") == \
+        "http://mlflow:5000"
+    assert moved_tracking_uri(f"sqlite:///{elsewhere}/m.db", tmp_path / "a", tmp_path / "b") \
+        == f"sqlite:///{elsewhere}/m.db"
+    assert MlflowSync(tmp_path, "http://127.0.0.1:9", "s").repair_artifact_locations(
+        tmp_path / "gone") == 0
+    assert MlflowSync(tmp_path, default_tracking_uri(tmp_path), "s").repair_artifact_locations(
+        tmp_path / "gone") == 0  # no store yet: nothing to repair, nothing created
+    assert not (tmp_path / "mlflow.db").exists()
