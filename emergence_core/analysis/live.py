@@ -153,7 +153,7 @@ def alerts_figure(a: Analysis, matched: pl.DataFrame, trial: str, path: Path) ->
     ax.set_ylabel("chance-corrected accuracy")
     ax.set_ylim(-0.22, 1.05)
     ax.set_title(f"{trial}: live alerts (below the axis, at detection) and events")
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.legend(fontsize=7, loc="center right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
