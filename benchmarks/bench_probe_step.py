@@ -6,13 +6,15 @@ then computes RankMe (centred and uncentred) and a ridge probe per layer and lev
 pooled. The per-value path (``geometry_rows_per_value``: one SVD or solve at a time, a
 host synchronisation each) is run beside the batched one (``geometry_rows``), in
 alternating rounds, minimum over rounds, in CPU seconds of the process
-(``time.process_time``: other jobs on a shared machine do not inflate it). RankMe is timed
+(``time.process_time``: other jobs on a shared machine do not inflate it), or on a GPU in
+wall seconds between synchronisations (the first round warms cuSOLVER up). RankMe is timed
 with the linear probe off, the whole geometry with it on (each the least of 5 calls); the
 linear probes are the difference. The rest (behaviour rows, mode switches) is the whole
 step minus the forward and the geometry. Differences are taken after the minima. Weights:
 the trial at step 0 (the forward's cost does not depend on them).
 
     python benchmarks/bench_probe_step.py [--tasks MOD,COPY] [--threads 1] [--rounds 3] [--write]
+    python benchmarks/bench_probe_step.py --device cuda --scale s4 --write   # on a GPU
 """
 
 from __future__ import annotations
@@ -37,49 +39,57 @@ from emergence_core.trainer import Trainer
 Geometry = Callable[[list[probes.LevelReading], str, ProbeConfig, int, RowBuffer], None]
 
 
-def _cpu_s(fn: Callable[[], object], repeat: int = 1) -> float:
-    """Least CPU seconds of ``repeat`` calls of ``fn``."""
+def _seconds(fn: Callable[[], object], device: torch.device, repeat: int = 1) -> float:
+    """Least seconds of ``repeat`` calls of ``fn``: CPU seconds of the process on the CPU,
+    wall seconds between synchronisations on a GPU (whose work the process clock misses)."""
+    gpu = device.type == "cuda"
+    clock = time.perf_counter if gpu else time.process_time
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.process_time()
+        if gpu:
+            torch.cuda.synchronize(device)
+        t0 = clock()
         fn()
-        best = min(best, time.process_time() - t0)
+        if gpu:
+            torch.cuda.synchronize(device)
+        best = min(best, clock() - t0)
     return best
 
 
 def _measure(trainer: Trainer, geometry: Geometry) -> dict[str, float]:
-    """CPU seconds of one probe step, its forward, its geometry and the geometry's RankMe
-    part (the geometry with the linear probe off), with ``geometry`` as the geometry."""
+    """Seconds of one probe step, its forward, its geometry and the geometry's RankMe part
+    (the geometry with the linear probe off), with ``geometry`` as the geometry."""
     cfg = trainer.cfg.probe
     rows = RowBuffer(TrialKey("bench", "T", trainer.cfg.task, trainer.cfg.scale, 0))
-    model, data = trainer.model, trainer.data
+    model, data, device = trainer.model, trainer.data, trainer.device
+    diag = [enc.to(device) for enc in data.diag]
 
     def forward() -> list[probes.LevelReading]:
         model.eval()
         return [probes.read_level(model, enc, sep=ld.spec.sep_pos,
                                   answer_len=ld.spec.answer_len, positions=cfg.read_positions,
                                   batch_size=cfg.eval_batch_size)
-                for ld, enc in zip(data.levels, data.diag, strict=True)]
+                for ld, enc in zip(data.levels, diag, strict=True)]
 
     def step() -> None:
         with mock.patch.object(probes, "geometry_rows", geometry):
-            probes.run_cheap_probes(model, data, cfg, 0, rows)
+            probes.run_cheap_probes(model, data, cfg, 0, rows, diag=diag)
 
     readings = forward()
     no_probe = cfg.model_copy(update={"linear_probe": False})
     out = {
-        "forward": _cpu_s(forward),
-        "geometry": _cpu_s(lambda: [geometry(readings, p, cfg, 0, rows)
-                                    for p in cfg.read_positions], repeat=5),
-        "rankme": _cpu_s(lambda: [geometry(readings, p, no_probe, 0, rows)
-                                  for p in cfg.read_positions], repeat=5),
-        "step": _cpu_s(step),
+        "forward": _seconds(forward, device),
+        "geometry": _seconds(lambda: [geometry(readings, p, cfg, 0, rows)
+                                      for p in cfg.read_positions], device, repeat=5),
+        "rankme": _seconds(lambda: [geometry(readings, p, no_probe, 0, rows)
+                                    for p in cfg.read_positions], device, repeat=5),
+        "step": _seconds(step, device),
     }
     model.train()
     return out
 
 
-def run(tasks: list[str], threads: int, rounds: int) -> str:
+def run(tasks: list[str], scale: str, device: str, threads: int, rounds: int) -> str:
     torch.set_num_threads(threads)
     paths: dict[str, Geometry] = {"per value": probes.geometry_rows_per_value,
                                   "batched": probes.geometry_rows}
@@ -87,7 +97,7 @@ def run(tasks: list[str], threads: int, rounds: int) -> str:
              "step / forward"]]
     notes = []
     for task in tasks:
-        trainer = Trainer(resolve_config(task, "s0", 0, device="cpu"))
+        trainer = Trainer(resolve_config(task, scale, 0, device=device))
         cfg = trainer.cfg.probe
         best: dict[str, dict[str, float]] = {}
         for _ in range(rounds):  # alternate: load on a shared machine hits both paths alike
@@ -106,12 +116,17 @@ def run(tasks: list[str], threads: int, rounds: int) -> str:
                      f"{n_layers} residual-stream layers, RankMe on {cfg.rankme_samples} "
                      f"samples, read at {', '.join(cfg.read_positions)}")
         print(f"{task} done", file=sys.stderr, flush=True)
+    gpu = torch.device(device).type == "cuda"
+    where = (f"{torch.cuda.get_device_name(device)}, wall seconds between synchronisations, "
+             f"torch {torch.__version__}." if gpu else header(threads))
     return "\n".join([
-        "## Probe step: forward, geometry, the rest (`benchmarks/bench_probe_step.py`)",
+        f"## Probe step{' on a GPU' if gpu else ''}: forward, geometry, the rest "
+        "(`benchmarks/bench_probe_step.py`)",
         "",
-        "One cheap probe step at s0, the former per-value geometry against the batched one "
-        f"(one SVD call per shape, one solve per probe, one host transfer). Minimum over "
-        f"{rounds} alternating rounds, CPU seconds. {'; '.join(notes)}. " + header(threads),
+        f"One cheap probe step at {scale}, the former per-value geometry against the batched "
+        "one (one SVD call per shape, one solve per probe, one host transfer). Minimum over "
+        f"{rounds} alternating rounds, {'wall' if gpu else 'CPU'} seconds. "
+        f"{'; '.join(notes)}. " + where,
         "",
         markdown_table(rows),
         "",
@@ -128,14 +143,17 @@ def run(tasks: list[str], threads: int, rounds: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="MOD,COPY")
+    parser.add_argument("--scale", default="s0")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
-    text = run(args.tasks.split(","), args.threads, args.rounds)
+    text = run(args.tasks.split(","), args.scale, args.device, args.threads, args.rounds)
     print(text)
-    if args.write:
-        write_section("probe-step", text)
+    if args.write:  # the GPU figures beside the CPU ones, not over them
+        write_section("probe-step-gpu" if args.device.startswith("cuda") else "probe-step",
+                      text)
 
 
 if __name__ == "__main__":
