@@ -110,9 +110,14 @@ def test_torch_lanczos_agrees_with_arpack_on_real_models():
     assert vec.dtype == torch.float32  # the basis is in the parameters' dtype
 
 
-def test_lanczos_method_is_checked():
+def test_lanczos_method_and_basis_size_are_checked():
     with pytest.raises(ValueError, match="lanczos"):
         HessianSettings(lanczos="eigsh")
+    with HessianOperator(Quadratic(_with_spectrum([1.0, 2.0, 3.0])), Quadratic.loss) as op:
+        with pytest.raises(ValueError, match="ncv"):
+            lanczos_lambda_max(op, torch.Generator().manual_seed(0), ncv=1)
+        lam, _, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(0), ncv=2)
+    assert converged and lam == pytest.approx(3.0, rel=1e-3)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian():

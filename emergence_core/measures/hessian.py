@@ -211,6 +211,8 @@ def lanczos_lambda_max(op: HessianOperator, generator: torch.Generator, *, tol: 
     found so far (nan if none). The vector is unnormalised float64 on the CPU for ARPACK,
     unit-norm on the operator's device in its dtype for torch.
     """
+    if ncv < 2:  # a one-vector basis cannot restart (keep one Ritz vector and extend it)
+        raise ValueError(f"ncv must be >= 2, got {ncv}")
     v0 = torch.randn(op.n_params, generator=generator, dtype=torch.float64)
     if method == "torch":
         return _torch_lanczos(op, v0, tol=tol, ncv=ncv, max_hvps=max_hvps)
