@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 ReadPosition = Literal["sep", "prompt_mean", "last_answer"]
+# fp32: everything in float32. bf16: the training forward and backward under bfloat16
+# autocast, weights and AdamW state in float32 (master weights), every measure in float32.
+Precision = Literal["fp32", "bf16"]
 
 
 class _Frozen(BaseModel):
@@ -116,6 +119,8 @@ class TrainConfig(_Frozen):
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float | None = Field(1.0, gt=0)
     init_std: float = Field(0.02, gt=0)
+    precision: Precision = Field("fp32", description="fp32, or bf16: training under bfloat16 "
+                                 "autocast, float32 weights, measures in float32")
     # data (SPEC section 1)
     train_size: int = Field(ge=1, description="training problems per level (at most)")
     train_fraction: float | None = Field(

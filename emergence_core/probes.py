@@ -10,23 +10,38 @@ pure functions of those tensors:
   fitted on the first ``probe_fit_fraction`` of a level's diagnostic samples and scored on
   the rest; pooled fits one probe on all levels' fit parts.
 
+The geometry is computed batched (:func:`geometry_rows`): one SVD call per centring and
+shape over all layers and levels, one solve per ridge probe over all layers, and one host
+transfer per read position; :func:`geometry_rows_per_value` is the former one-value-at-a-time
+computation, kept as the reference the tests and ``benchmarks/bench_probe_step.py`` compare
+against.
+
 The model is used in eval mode without gradients and returned to its previous mode.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from emergence_core.config import ProbeConfig
-from emergence_core.measures import AnswerScores, linear_probe_accuracy, rankme, score_answers
+from emergence_core.measures import (
+    AnswerScores,
+    linear_probe_accuracies,
+    linear_probe_accuracy,
+    rankme,
+    rankme_batched,
+    score_answers,
+)
 from emergence_core.metrics import Measure, RowBuffer, measure_name
 from emergence_core.model import answer_logits, capture_residual
 from emergence_core.tasks import EncodedSet, TrialData
 
-__all__ = ["LevelReading", "read_level", "run_cheap_probes"]
+__all__ = ["LevelReading", "geometry_rows", "geometry_rows_per_value", "read_level",
+           "run_cheap_probes"]
 
 
 @dataclass(frozen=True)
@@ -98,12 +113,71 @@ def run_cheap_probes(model: nn.Module, data: TrialData, cfg: ProbeConfig, step: 
              sum(r.scores.loss_per_token() for r in readings) / len(readings))
 
     for pos in cfg.read_positions:
-        _geometry(readings, pos, cfg, step, rows)
+        geometry_rows(readings, pos, cfg, step, rows)
     return acc
 
 
-def _geometry(readings: list[LevelReading], pos: str, cfg: ProbeConfig, step: int,
-              rows: RowBuffer) -> None:
+def geometry_rows(readings: list[LevelReading], pos: str, cfg: ProbeConfig, step: int,
+                  rows: RowBuffer) -> None:
+    """Add RankMe (centred, uncentred) and the linear probe at ``pos`` for every layer and
+    level, and pooled over levels: the rows of :func:`geometry_rows_per_value`, in its order.
+
+    Why batched: on a GPU the per-value path ran hundreds of small kernels per probe step,
+    each RankMe and probe ending in a host synchronisation (4.6 s per s4 probe step on an
+    H200, against a forward pass of a fraction of that). Here the values stay tensors on
+    the representations' device until one transfer at the end.
+    """
+    stacks = [torch.stack(r.reps[pos]) for r in readings]  # per level [layers, n, d]
+    n_layers = stacks[0].shape[0]
+    k = cfg.rankme_samples
+    pooled = len(readings) > 1
+    z = [s[:, :k] for s in stacks]
+    if pooled:
+        z.append(torch.cat(z, dim=1))
+    centred, uncentred = _rankmes(z, centre=True), _rankmes(z, centre=False)
+    probes: tuple[torch.Tensor, ...] = ()
+    if cfg.linear_probe:
+        cuts = [round(cfg.probe_fit_fraction * s.shape[1]) for s in stacks]
+        fits = [(s[:, :c], r.first_answer[:c]) for s, c, r in zip(stacks, cuts, readings,
+                                                                  strict=True)]
+        tests = [(s[:, c:], r.first_answer[c:]) for s, c, r in zip(stacks, cuts, readings,
+                                                                   strict=True)]
+        if pooled:
+            fits.append((torch.cat([x for x, _ in fits], dim=1),
+                         torch.cat([y for _, y in fits])))
+            tests.append((torch.cat([x for x, _ in tests], dim=1),
+                          torch.cat([y for _, y in tests])))
+        probes = tuple(linear_probe_accuracies(*fit, *test, ridge=cfg.ridge)
+                       for fit, test in zip(fits, tests, strict=True))
+    measures = [centred, uncentred, *([probes] if cfg.linear_probe else [])]
+    # [groups, measures, layers] in one host transfer; groups: the levels, then pooled
+    values = torch.stack([torch.stack(group) for group in zip(*measures, strict=True)]).tolist()
+    names = [measure_name(m, pos) for m in
+             (Measure.RANKME, Measure.RANKME_UNCENTRED, Measure.LINEAR_PROBE)][:len(measures)]
+    levels: list[int | None] = [r.level for r in readings] + ([None] if pooled else [])
+    for layer in range(n_layers):
+        for group, level in enumerate(levels):
+            for name, by_layer in zip(names, values[group], strict=True):
+                rows.add(step, name, by_layer[layer], layer=layer, level=level)
+
+
+def _rankmes(stacks: list[torch.Tensor], *, centre: bool) -> list[torch.Tensor]:
+    """RankMe [layers] of each stack [layers, n, d]: one batched SVD per distinct shape."""
+    by_shape: dict[torch.Size, list[int]] = defaultdict(list)
+    for i, s in enumerate(stacks):
+        by_shape[s.shape].append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(stacks)
+    for idx in by_shape.values():
+        ranks = rankme_batched(torch.cat([stacks[i] for i in idx]), centre=centre)
+        for i, part in zip(idx, ranks.split([stacks[i].shape[0] for i in idx]), strict=True):
+            out[i] = part
+    return out
+
+
+def geometry_rows_per_value(readings: list[LevelReading], pos: str, cfg: ProbeConfig,
+                            step: int, rows: RowBuffer) -> None:
+    """The rows of :func:`geometry_rows`, one RankMe and one probe at a time (the reference:
+    the scalar measures, each a host synchronisation)."""
     n_layers = len(readings[0].reps[pos])
     k = cfg.rankme_samples
     rk, rk_u, lp = (measure_name(m, pos) for m in

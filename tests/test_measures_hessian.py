@@ -49,16 +49,75 @@ def test_operator_is_the_matrix_of_a_quadratic():
         assert op.n_hvps == 1
 
 
-def test_lanczos_finds_largest_algebraic_not_largest_magnitude():
+@pytest.mark.parametrize("method", ["torch", "arpack"])
+def test_lanczos_finds_largest_algebraic_not_largest_magnitude(method):
     # a power iteration would return -50 here; lambda_max is the largest eigenvalue, 7
     eigs = [-50.0, *torch.linspace(0.0, 6.9, 58).tolist(), 7.0]
     model = Quadratic(_with_spectrum(eigs))
     with HessianOperator(model, Quadratic.loss) as op:
-        lam, vec, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(0), tol=1e-3)
+        lam, vec, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(0), tol=1e-3,
+                                                 method=method)
         assert converged
         assert abs(lam - 7.0) / 7.0 <= 1e-3
         residual = (op.matvec(vec / vec.norm()) - lam * vec / vec.norm()).norm()
         assert residual <= 1e-3 * 7.0
+
+
+@pytest.mark.parametrize(("eigs", "tol"), [
+    ([float(k) for k in range(1, 31)], 1e-3),  # relative gap 1/30: needs restarts at ncv 10
+    (torch.linspace(0.0, 1.0, 200).tolist(), 1e-4),  # 200 close eigenvalues, tighter tol
+    ([-3.0, -1.0, -0.5], 1e-6),  # all negative: lambda_max is the one nearest zero
+    ([2.0, 2.0, 2.0, 1.0], 1e-6),  # a repeated top eigenvalue
+    ([5.0], 1e-3),  # P = 1
+    ([0.0] * 6, 1e-3),  # H = 0: an invariant start vector, ARPACK's error -9
+])
+def test_torch_lanczos_matches_the_dense_top_eigenvalue(eigs, tol):
+    a = _with_spectrum(eigs, seed=4)
+    top = float(torch.linalg.eigvalsh(a)[-1])
+    with HessianOperator(Quadratic(a), Quadratic.loss) as op:
+        lam, vec, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(0), tol=tol)
+        assert converged
+        assert op.n_hvps <= 400
+        residual = float((op.matvec(vec) - lam * vec).norm())
+    assert vec.norm() == pytest.approx(1.0, rel=1e-12)
+    assert abs(lam - top) <= tol * max(abs(top), 1e-12) + 1e-12
+    assert abs(lam - top) <= residual + 1e-12  # the symmetric residual bound holds
+
+
+def test_torch_lanczos_out_of_budget_returns_a_ritz_value_below_the_top():
+    eigs = torch.linspace(0.0, 1.0, 200).tolist()
+    with HessianOperator(Quadratic(_with_spectrum(eigs)), Quadratic.loss) as op:
+        lam, vec, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(0),
+                                                 tol=1e-8, max_hvps=15)
+        assert op.n_hvps == 15  # the budget counts products exactly
+    assert not converged
+    assert 0.9 < lam <= 1.0 + 1e-12  # Ritz values never exceed lambda_max (Cauchy interlacing)
+    assert vec.shape == (200,) and torch.isfinite(vec).all()
+
+
+def test_torch_lanczos_agrees_with_arpack_on_real_models():
+    model, batch, _ = _mlp_batch()
+    gpt, gpt_batch = _tiny_gpt2()
+    for m, b in ((model, batch), (gpt, gpt_batch)):
+        r = {method: estimate_hessian(m, b, HessianSettings(trace_probes=0, lanczos=method))
+             for method in ("torch", "arpack")}
+        assert r["torch"].converged and r["arpack"].converged
+        top = r["arpack"].lambda_max
+        assert abs(r["torch"].lambda_max - top) <= 1e-3 * abs(top)
+        assert r["torch"].n_hvps <= r["arpack"].n_hvps + 5
+    with HessianOperator(model, batch.loss) as op:
+        _, vec, _ = lanczos_lambda_max(op, torch.Generator().manual_seed(0))
+    assert vec.dtype == torch.float32  # the basis is in the parameters' dtype
+
+
+def test_lanczos_method_and_basis_size_are_checked():
+    with pytest.raises(ValueError, match="lanczos"):
+        HessianSettings(lanczos="eigsh")
+    with HessianOperator(Quadratic(_with_spectrum([1.0, 2.0, 3.0])), Quadratic.loss) as op:
+        with pytest.raises(ValueError, match="ncv"):
+            lanczos_lambda_max(op, torch.Generator().manual_seed(0), ncv=1)
+        lam, _, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(0), ncv=2)
+    assert converged and lam == pytest.approx(3.0, rel=1e-3)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian():

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from emergence_core.config import resolve_config
 from emergence_core.metrics import METRICS_KEY, METRICS_SCHEMA
+from emergence_core.model import answer_logits
 from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_metrics
 from emergence_core.trainer import StateMismatch, Trainer
@@ -152,3 +153,27 @@ def test_the_in_trial_tracker_corrects_for_chance_as_the_analysis_does() -> None
     for step in range(10, 14):
         tracker.update(step, {1: 0.8, 2: 0.9})  # (0.8 - 0.5) / 0.5 = 0.6
     assert tracker.events == {2: 3, 1: 10}
+
+
+def test_bf16_autocast_trains_in_float32_weights_and_resumes_exactly(tmp_path: Path) -> None:
+    cfg = _config("MOD", precision="bf16")
+    assert cfg.fingerprint() != _config("MOD").fingerprint()  # another run than fp32
+    trainer = Trainer(cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what train_step does to the forward
+        parts = trainer.batch(0)
+        assert answer_logits(trainer.model, parts[0].inputs, parts[0].positions).dtype == \
+            torch.bfloat16
+    losses = [float(trainer.train_step()) for _ in range(6)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    fp32 = Trainer(_config("MOD"))
+    assert [float(fp32.train_step()) for _ in range(6)] != losses  # bf16 did run
+    whole = run_trial(cfg, tmp_path / "whole")
+    run_trial(cfg, tmp_path / "split", stop_after=5)
+    second = run_trial(cfg, tmp_path / "split")
+    assert second.completed and second.attempt == 1
+    assert _comparable(read_metrics(tmp_path / "whole")) == \
+        _comparable(read_metrics(tmp_path / "split"))
+    assert _weights(tmp_path / "whole", cfg.trial_name()) == \
+        _weights(tmp_path / "split", cfg.trial_name())
+    assert whole.events == second.events

@@ -27,7 +27,7 @@ from emergence_core.measures.hessian import (
     hutchinson_trace,
     lanczos_lambda_max,
 )
-from emergence_core.measures.linear_probe import linear_probe_accuracy
+from emergence_core.measures.linear_probe import linear_probe_accuracies, linear_probe_accuracy
 from emergence_core.measures.llc import (
     LLCResult,
     LLCSettings,
@@ -38,7 +38,13 @@ from emergence_core.measures.llc import (
     sample_sgld,
     split_rhat,
 )
-from emergence_core.measures.rankme import RANKME_EPS, effective_rank, rankme
+from emergence_core.measures.rankme import (
+    RANKME_EPS,
+    effective_rank,
+    effective_ranks,
+    rankme,
+    rankme_batched,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -55,6 +61,7 @@ __all__ = [
     "ScoredBatch",
     "default_n_beta",
     "effective_rank",
+    "effective_ranks",
     "estimate_hessian",
     "estimate_llc",
     "eval_mode",
@@ -63,9 +70,11 @@ __all__ = [
     "gradient_gram",
     "hutchinson_trace",
     "lanczos_lambda_max",
+    "linear_probe_accuracies",
     "linear_probe_accuracy",
     "llc_from_trace",
     "rankme",
+    "rankme_batched",
     "sample_sgld",
     "score_answers",
     "split_rhat",

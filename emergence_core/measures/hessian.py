@@ -14,9 +14,11 @@ P x P matrix. Pitfall: the default CPU kernel of ``F.scaled_dot_product_attentio
 double backward, so every HVP runs under ``sdpa_kernel(SDPBackend.MATH)``.
 
 Cost: on a CPU the products dominate (99% of the time for s0). On a GPU, ARPACK's work on
-P-long vectors runs on the CPU and dominates for large models: s4 (85M parameters) on an
-H200 spends ~1.2 s in 16 products and ~22 s in ARPACK for lambda_max (the trace, whose
-probes stay on the device, costs 77 ms per probe).
+P-long vectors runs on the CPU and dominated for large models: s4 (85M parameters) on an
+H200 spent ~1.2 s in 16 products and ~22 s in ARPACK for lambda_max (the trace, whose
+probes stay on the device, costs 77 ms per probe). Hence the default Lanczos is written in
+torch and keeps its basis on the operator's device (``lanczos="torch"``); ARPACK stays
+selectable (``lanczos="arpack"``) as the reference it is checked against.
 
 Reference: Yao et al., "PyHessian: Neural networks through the lens of the Hessian" (2020),
 which uses power iteration and Hutchinson; Golub & Van Loan, "Matrix Computations", ch. 10
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,20 +52,24 @@ __all__ = [
     "lanczos_lambda_max",
 ]
 
+LanczosMethod = Literal["torch", "arpack"]
+
 
 @dataclass(frozen=True)
 class HessianSettings:
     """How to estimate lambda_max and the trace.
 
-    ``lanczos_tol`` is ARPACK's stopping criterion ||H v - theta v|| <= tol * |theta|; for a
-    symmetric H an eigenvalue lies within ||H v - theta v|| of theta, so the relative error
-    of the returned lambda_max is at most ``lanczos_tol`` (and in practice far smaller: the
-    error of a Ritz value is quadratic in the residual once the top eigenvalue is isolated).
+    ``lanczos_tol`` is ARPACK's stopping criterion ||H v - theta v|| <= tol * |theta|, and
+    the torch Lanczos stops on the same test; for a symmetric H an eigenvalue lies within
+    ||H v - theta v|| of theta, so the relative error of the returned lambda_max is at most
+    ``lanczos_tol`` (and in practice far smaller: the error of a Ritz value is quadratic in
+    the residual once the top eigenvalue is isolated).
     """
 
     lanczos_tol: float = 1e-3
-    lanczos_ncv: int = 10  # Lanczos basis kept between restarts (capped at P - 1)
-    max_hvps: int = 400  # Lanczos budget (approximate: ARPACK counts restarts, not products)
+    lanczos_ncv: int = 10  # Lanczos basis size before a restart (capped at P)
+    max_hvps: int = 400  # Lanczos budget (exact for torch; ARPACK counts restarts, not products)
+    lanczos: LanczosMethod = "torch"  # basis on the model's device; "arpack": scipy on the CPU
     trace_probes: int = 64  # Rademacher probes for Hutchinson; 0 skips the trace
     params: tuple[str, ...] | None = None  # parameter-name prefixes; None: all trainable
     cache_graph: bool = True  # keep the first-gradient graph between HVPs (see HessianOperator)
@@ -76,6 +83,8 @@ class HessianSettings:
                              f"{self.max_hvps} and {self.trace_probes}")
         if self.lanczos_ncv < 2:
             raise ValueError(f"lanczos_ncv must be >= 2, got {self.lanczos_ncv}")
+        if self.lanczos not in ("torch", "arpack"):
+            raise ValueError(f"lanczos must be 'torch' or 'arpack', got {self.lanczos!r}")
 
 
 @dataclass(frozen=True)
@@ -179,26 +188,113 @@ class HessianOperator:
 
 
 def lanczos_lambda_max(op: HessianOperator, generator: torch.Generator, *, tol: float = 1e-3,
-                       ncv: int = 10, max_hvps: int = 400,
+                       ncv: int = 10, max_hvps: int = 400, method: LanczosMethod = "torch",
                        ) -> tuple[float, torch.Tensor, bool]:
-    """Largest algebraic eigenvalue of H and its unit eigenvector, by implicitly restarted Lanczos.
+    """Largest algebraic eigenvalue of H and its eigenvector, by restarted Lanczos.
 
-    ``scipy.sparse.linalg.eigsh(which="LA")`` (ARPACK) on the operator. Why not power
-    iteration: power iteration's error shrinks like (lambda_2/lambda_1)^k, so a small
-    relative gap g costs ~1/g products; Lanczos builds the optimal polynomial in the same
-    Krylov space (Chebyshev bounds, Kaniel-Paige theory), shrinking like exp(-2k sqrt(g)),
-    so ~1/sqrt(g) products. Power iteration also finds the eigenvalue largest in *magnitude*:
-    a non-convex loss with a large negative eigenvalue (early in training) makes it return
-    that one; ``which="LA"`` asks for the largest algebraic eigenvalue.
+    Why not power iteration: power iteration's error shrinks like (lambda_2/lambda_1)^k, so
+    a small relative gap g costs ~1/g products; Lanczos builds the optimal polynomial in the
+    same Krylov space (Chebyshev bounds, Kaniel-Paige theory), shrinking like
+    exp(-2k sqrt(g)), so ~1/sqrt(g) products. Power iteration also finds the eigenvalue
+    largest in *magnitude*: a non-convex loss with a large negative eigenvalue (early in
+    training) makes it return that one; Lanczos asks for the largest algebraic eigenvalue.
 
-    ``ncv`` is the basis size: ARPACK fills the basis before its first convergence test and
-    then restarts keeping it, so scipy's default of 20 costs at least 21 products even when
-    the top eigenvalue is isolated; 10 reached 1e-6 relative error in 10 to 16 products on
-    the benchmark GPT-2 and test MLPs (``benchmarks/bench_hessian.py``). The start vector
-    comes from ``generator`` (ARPACK's own is not reproducible across calls).
+    ``method="torch"`` (:func:`_torch_lanczos`) keeps the basis on the operator's device;
+    ``"arpack"`` (:func:`_arpack_lanczos`) runs scipy's ARPACK on the CPU. Both stop at
+    ||H v - theta v|| <= tol * |theta|. The start vector comes from ``generator`` (a CPU
+    generator, float64 draws), the same for both methods and on every device.
+
+    ``ncv`` is the basis size: 10 reached 1e-6 relative error in 10 to 16 products on the
+    benchmark GPT-2 and test MLPs (``benchmarks/bench_hessian.py``).
 
     Returns (lambda_max, eigenvector, converged); on no convergence, the best Ritz pair
-    found so far (nan if none).
+    found so far (nan if none). The vector is unnormalised float64 on the CPU for ARPACK,
+    unit-norm on the operator's device in its dtype for torch.
+    """
+    if ncv < 2:  # a one-vector basis cannot restart (keep one Ritz vector and extend it)
+        raise ValueError(f"ncv must be >= 2, got {ncv}")
+    v0 = torch.randn(op.n_params, generator=generator, dtype=torch.float64)
+    if method == "torch":
+        return _torch_lanczos(op, v0, tol=tol, ncv=ncv, max_hvps=max_hvps)
+    if method == "arpack":
+        return _arpack_lanczos(op, v0, tol=tol, ncv=ncv, max_hvps=max_hvps)
+    raise ValueError(f"lanczos method must be 'torch' or 'arpack', got {method!r}")
+
+
+def _torch_lanczos(op: HessianOperator, v0: torch.Tensor, *, tol: float, ncv: int,
+                   max_hvps: int) -> tuple[float, torch.Tensor, bool]:
+    """Thick-restart Lanczos (Wu & Simon 2000) with full reorthogonalisation, in torch.
+
+    The basis V (at most ``ncv`` + 1 vectors of length P, in the operator's dtype) stays on
+    its device: on a GPU no P-long vector crosses to the host, only the ~ncv projections of
+    each new product (one small transfer per HVP, which the stopping test needs anyway).
+    Memory: (ncv + 1) P values, 3.7 GB for s4 (85M parameters) in float32.
+
+    Each product w = H v_j is orthogonalised against the whole basis by classical
+    Gram-Schmidt applied twice ("twice is enough", Giraud et al. 2005), so the projected
+    matrix T = V^T H V (float64, on the host) stays exact to round-off and
+    H V = V T + beta v_next e_j^T holds: the residual of a Ritz pair (theta, V s) is
+    beta |s_j|, known without another product, and tested after every product (ARPACK only
+    tests at restarts). When the basis is full, the top ncv/2 Ritz vectors are kept and the
+    next basis vector is the residual direction; the coupling of the two is what the next
+    Gram-Schmidt step finds, so T needs no special arrowhead bookkeeping.
+
+    The search ends as converged also when the Krylov space is invariant (beta at round-off
+    level) or spans all P dimensions: then the Ritz values are exact.
+    """
+    n = op.n_params
+    size = min(ncv, n)
+    keep = max(1, size // 2)
+    eps = torch.finfo(op.dtype).eps
+    basis = torch.empty(size + 1, n, dtype=op.dtype, device=op.device)
+    basis[0] = v0.to(op.device, op.dtype)
+    basis[0] /= basis[0].norm()
+    t = torch.zeros(size, size, dtype=torch.float64)
+    j = 0  # the basis vector to multiply next; basis[:j] spans the Krylov space so far
+    for _ in range(max_hvps):
+        w = op.matvec(basis[j])
+        done = basis[: j + 1]
+        h = done @ w
+        w = torch.addmv(w, done.T, h, alpha=-1)
+        again = done @ w
+        w = torch.addmv(w, done.T, again, alpha=-1)
+        col = torch.cat([h + again, w.norm().reshape(1)]).to("cpu", torch.float64)
+        if not bool(torch.isfinite(col).all()):  # a non-finite loss or Hessian: no estimate
+            return math.nan, torch.full((n,), math.nan, dtype=op.dtype, device=op.device), False
+        beta = float(col[-1])
+        t[: j + 1, j] = col[:-1]
+        t[j, : j + 1] = col[:-1]
+        theta, s = torch.linalg.eigh(t[: j + 1, : j + 1])
+        lam = float(theta[-1])
+        invariant = beta <= 10 * eps * float(theta.abs().max()) or j + 1 == n
+        if invariant or beta * abs(float(s[-1, -1])) <= tol * abs(lam):
+            return lam, _ritz_vector(done, s[:, -1]), True
+        basis[j + 1] = w / beta
+        j += 1
+        if j == size:  # full: restart from the top Ritz vectors and the residual direction
+            basis[:keep] = s[:, -keep:].T.to(op.device, op.dtype) @ basis[:size]
+            basis[keep] = basis[size]
+            t.zero_()
+            t[:keep, :keep] = torch.diag(theta[-keep:])
+            j = keep
+    theta, s = torch.linalg.eigh(t[:j, :j])
+    return float(theta[-1]), _ritz_vector(basis[:j], s[:, -1]), False
+
+
+def _ritz_vector(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """V s, renormalised (the basis is orthonormal only to round-off)."""
+    vec = basis.T @ coefficients.to(basis.device, basis.dtype)
+    return vec / vec.norm()
+
+
+def _arpack_lanczos(op: HessianOperator, v0: torch.Tensor, *, tol: float, ncv: int,
+                    max_hvps: int) -> tuple[float, torch.Tensor, bool]:
+    """``scipy.sparse.linalg.eigsh(which="LA")`` (implicitly restarted Lanczos) on the operator.
+
+    ARPACK fills the basis before its first convergence test and then restarts keeping it,
+    so scipy's default ncv of 20 costs at least 21 products even when the top eigenvalue is
+    isolated. Every product crosses to the host and ARPACK's work on P-long vectors runs on
+    the CPU: on a GPU that dominates for large models (see the module docstring).
     """
     n = op.n_params
     if n <= 2:  # ARPACK needs ncv < n; a 1x1 or 2x2 Hessian is cheaper dense
@@ -207,11 +303,10 @@ def lanczos_lambda_max(op: HessianOperator, generator: torch.Generator, *, tol: 
         vals, vecs = torch.linalg.eigh((dense + dense.T) / 2)
         return float(vals[-1]), vecs[:, -1], True
     ncv_eff = min(ncv, n - 1)
-    v0 = torch.randn(n, generator=generator, dtype=torch.float64).numpy().astype(op.numpy_dtype)
     maxiter = max(1, math.ceil(max_hvps / ncv_eff))
     try:
         vals, vecs = eigsh(op.as_linear_operator(), k=1, which="LA", tol=tol, ncv=ncv_eff,
-                           maxiter=maxiter, v0=v0)
+                           maxiter=maxiter, v0=v0.numpy().astype(op.numpy_dtype))
         return float(vals[0]), torch.from_numpy(vecs[:, 0].astype(np.float64)), True
     except ArpackNoConvergence as err:
         if len(err.eigenvalues) == 0:
@@ -257,7 +352,7 @@ def estimate_hessian(model: nn.Module, batch: ScoredBatch,
     with HessianOperator(model, batch.loss, s.params, cache_graph=s.cache_graph) as op:
         lam, vec, converged = lanczos_lambda_max(op, torch.Generator().manual_seed(s.seed),
                                                  tol=s.lanczos_tol, ncv=s.lanczos_ncv,
-                                                 max_hvps=s.max_hvps)
+                                                 max_hvps=s.max_hvps, method=s.lanczos)
         residual = math.nan
         if math.isfinite(lam):
             vec = vec / vec.norm()
