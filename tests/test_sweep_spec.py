@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from orchestrator.cli.app import app
@@ -117,6 +118,30 @@ def test_dry_run_prints_the_grid_and_starts_nothing(tmp_path: Path) -> None:
     for name in ("MOD-s0-0", "MOD-s0-1", "COPY-s0-0", "COPY-s0-1"):
         assert name in r.output
     assert "PFLOP" in r.output and not (tmp_path / "run").exists()
+    out = " ".join(r.output.split())
+    for words in ("disk at most", "time to finish: at least", "CPU trials at",
+                  "GFLOP/s per core"):
+        assert words in out, words
+
+
+def test_dry_run_plans_the_full_grid_on_a_cluster_without_gpus_as_unplaceable() -> None:
+    from orchestrator.sweep.cluster import Capacity
+    from orchestrator.sweep.views import dry_run_table
+
+    spec = load_spec(ROOT / "sweeps" / "full.yaml")
+    console = Console(width=200, record=True)
+    console.print(dry_run_table(spec, spec.trials(), Capacity("a test cluster", 64, 0)))
+    text = " ".join(console.export_text().split())
+    assert "time to finish: never on a test cluster (64 CPUs, no GPU)" in text
+    console = Console(width=200, record=True)
+    console.print(dry_run_table(spec, spec.trials(), Capacity("a test cluster", 64, 8)))
+    text = " ".join(console.export_text().split())
+    hours = float(text.split("time to finish: at least ")[1].split(" h")[0])
+    # GPU-hours times each trial's GPU share, over 8 GPUs: s4 24 x 0.67 x 1, s3 3.6 x 1,
+    # s2 1.0 x 0.5, s1 0.2 x 0.25, about 20.2 / 8; more than the longest trial (0.67 h)
+    assert 2.4 < hours < 2.7, hours
+    assert "adaptive density" in text and "at most 10080 expensive jobs" in text
+    assert "trial-hours" in text and "weights (max)" in text and "disk at most" in text
 
 
 def test_cluster_yaml_passes_rays_own_schema() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from orchestrator.common.errors import UsageError
 from orchestrator.probes.config import Probes
 from orchestrator.sweep.spec import Trial
 
-__all__ = ["connect", "preflight"]
+__all__ = ["Capacity", "capacity_in_view", "connect", "preflight"]
 
 
 def connect(address: str | None, console: Console) -> bool:
@@ -44,6 +45,43 @@ def connect(address: str | None, console: Console) -> bool:
                   f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
                   + (f"; dashboard http://{url}" if url else ""))
     return True
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the dry run plans against: where, and its CPUs and GPUs."""
+
+    where: str
+    cpus: float
+    gpus: float
+
+
+def capacity_in_view(address: str | None) -> Capacity:
+    """The running Ray cluster's resources when one answers at ``address`` (or RAY_ADDRESS,
+    or the one ``ray start`` left here); otherwise this machine's cores and GPUs, which is
+    what ``emerge sweep`` would start a local Ray on. Starts nothing."""
+    import shutil
+    import subprocess
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address not in (None, "local"):
+        import ray
+
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            res = ray.cluster_resources()
+            return Capacity(f"the Ray cluster at {address}", res.get("CPU", 0.0),
+                            res.get("GPU", 0.0))
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            ray.shutdown()
+    gpus = 0
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        gpus = sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+    return Capacity("this machine (no Ray cluster given)", float(os.cpu_count() or 1),
+                    float(gpus))
 
 
 def _node_sees(path: str) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from rich.console import Console
 from emergence_core.run_folder import RunFolder
 from orchestrator.common.errors import UsageError
 from orchestrator.common.progress import SweepBoard
-from orchestrator.sweep.cluster import connect, preflight
+from orchestrator.sweep.cluster import capacity_in_view, connect, preflight
 from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
 from orchestrator.sweep.views import (
     added_trials,
@@ -205,7 +205,7 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
     spec = load_spec(spec_path)
     plans = spec.trials()
     if dry_run:
-        Console().print(dry_run_table(spec, plans))
+        Console().print(dry_run_table(spec, plans, capacity_in_view(address)))
         return 0
     folder = run_folder_of(spec)
     if not folder.is_sweep() and not folder.is_empty():

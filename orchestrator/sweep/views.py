@@ -59,35 +59,95 @@ def added_trials(old: SweepSpec, new: SweepSpec) -> list[Trial]:
 
 # -- dry run and status ---------------------------------------------------------------------
 
-# Sustained FP32 training throughput measured at s4 on an H200 (BENCHMARKS.md, GPU trial):
-# the basis of the dry run's GPU-hour estimate.
+# Measured rates the dry run's estimates rest on (BENCHMARKS.md), stated as such:
+# sustained FP32 training throughput at s4 on an H200 (the GPU trial section), the basis of
+# the GPU-hours; and a whole MOD run at s0 on one CPU core, probes on (the trainer section),
+# turned into a CPU FLOP rate through MOD s0's own estimate, the basis of CPU trial-hours.
 GPU_FLOPS = 27.7e12
+CPU_MOD_S0_STEPS_PER_S = 10.6
+# Parquet (zstd) bytes per metric row, measured on the smoke sweep's run folder.
+BYTES_PER_ROW = 25
 
 
-def dry_run_table(spec: SweepSpec, plans: list[Trial]) -> Group:
-    """The grid, trial by trial, then per scale, with the probe pool's work."""
+def _cpu_flops() -> float:
+    from emergence_core.config import resolve_config
+
+    e = estimate(resolve_config("MOD", "s0", 0, steps=1500, probe={"n_probes": 200}))
+    return e.total_flops / (1500 / CPU_MOD_S0_STEPS_PER_S)
+
+
+def _rows_per_probe(p: Trial) -> int:
+    """Metric rows one probe step of the trial writes: behaviour per level and pooled,
+    geometry per layer (embedding included), level (and pooled) and read position."""
+    from emergence_core.model import scale_shape
+
+    cfg = p.config
+    levels, layers = len(cfg.levels), scale_shape(cfg.scale).n_layer + 1
+    per_layer = (3 if cfg.probe.linear_probe else 2) * len(cfg.probe.read_positions)
+    return 4 * levels + 2 + 2 + layers * per_layer * (levels + (levels > 1))
+
+
+def _weights_files(p: Trial) -> int:
+    """The most weights files the trial holds at once (worst case: no job done yet)."""
+    plan, n = p.plan, len(p.plan.probe_steps)
+    if plan.density is None:
+        return len(plan.weight_steps)
+    backbone = {j.step for j in plan.jobs if j.measure in plan.density.measures}
+    uniform = len(plan.weight_steps - backbone)  # train.checkpoint.weights_every's
+    return min(n, plan.density.window + 1 + plan.density.budget + uniform)
+
+
+def _hours(p: Trial, e: Any, cpu_flops: float) -> float:
+    """Wall hours of one trial from its FLOPs and the measured rates (module constants)."""
+    if p.resources.gpus > 0:
+        return e.total_flops / GPU_FLOPS / 3600
+    return e.total_flops / (cpu_flops * max(1.0, p.resources.cpus)) / 3600
+
+
+def _size(n: float) -> str:
+    for unit, k in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n / 1e3:.0f} kB"
+
+
+def dry_run_table(spec: SweepSpec, plans: list[Trial], capacity: Any = None) -> Group:
+    """The grid, trial by trial, then per scale: compute, trial-hours, GPU-hours, disk, the
+    probe pool's work, and the time to finish on the cluster in view (``capacity``)."""
+    cpu_flops = _cpu_flops()
     t = Table(title=f"sweep {spec.name}: {len(plans)} trials (dry run: nothing started)")
-    for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP", "probe jobs"):
+    for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP", "hours", "probe jobs"):
         t.add_column(col, justify="left" if col == "trial" else "right")
     by_scale: dict[str, list] = {}
     for p in plans:
         e = estimate(p.config)
         by_scale.setdefault(p.config.scale, []).append((p, e))
         t.add_row(p.name, f"{e.params / 1e6:.2f}M", str(p.config.steps), f"{p.resources.cpus:g}",
-                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}", str(p.plan.job_budget))
+                  f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}",
+                  f"{_hours(p, e, cpu_flops):.2f}", str(p.plan.job_budget))
     roll = Table(title="per scale")
-    for col in ("scale", "trials", "params", "est. PFLOP", "GPU-hours", "probe jobs"):
+    for col in ("scale", "trials", "params", "est. PFLOP", "trial-hours", "GPU-hours",
+                "weights (max)", "metrics", "probe jobs"):
         roll.add_column(col, justify="left" if col == "scale" else "right")
-    total = gpu_h = 0.0
+    total = gpu_h = disk = 0.0
+    cpu_load = gpu_load = longest = 0.0
     for scale, rows in by_scale.items():
         flops = sum(e.total_flops for _, e in rows)
-        on_gpu = sum(e.total_flops for p, e in rows if p.resources.gpus > 0)
-        total, gpu_h = total + flops, gpu_h + on_gpu / GPU_FLOPS / 3600
+        hours = [_hours(p, e, cpu_flops) for p, e in rows]
+        on_gpu = sum(h for (p, _), h in zip(rows, hours, strict=True) if p.resources.gpus > 0)
+        total, gpu_h = total + flops, gpu_h + on_gpu
+        cpu_load += sum(h * p.resources.cpus for (p, _), h in zip(rows, hours, strict=True))
+        gpu_load += sum(h * p.resources.gpus for (p, _), h in zip(rows, hours, strict=True))
+        longest = max(longest, *hours)
+        weights = sum(_weights_files(p) * 4 * e.params for p, e in rows)
+        metrics = sum(len(p.plan.probe_steps) * _rows_per_probe(p) * BYTES_PER_ROW
+                      for p, _ in rows)
+        disk += weights + metrics
         params = sorted({e.params for _, e in rows})
         shown = f"{params[0] / 1e6:.2f}M" + (f"-{params[-1] / 1e6:.2f}M" if len(params) > 1
                                              else "")
-        roll.add_row(scale, str(len(rows)), shown, f"{flops / 1e15:.2f}",
-                     f"{on_gpu / GPU_FLOPS / 3600:.1f}" if on_gpu else "-",
+        roll.add_row(scale, str(len(rows)), shown, f"{flops / 1e15:.2f}", f"{sum(hours):.1f}",
+                     f"{on_gpu:.1f}" if on_gpu else "-", _size(weights), _size(metrics),
                      str(sum(p.plan.job_budget for p, _ in rows)))
     n_jobs = sum(p.plan.job_budget for p in plans)
     pool = spec.probes
@@ -102,11 +162,35 @@ def dry_run_table(spec: SweepSpec, plans: list[Trial]) -> Group:
               f"{pool.actors} actor(s) with {pool.resources.cpus:g} CPU, "
               f"{pool.resources.gpus:g} GPU each" if n_jobs else
               "probe pool: no expensive measures")
-    roll.caption = (f"total {total / 1e15:.2f} PFLOP (training 6N per token, probes 2N per "
-                    f"diagnostic token); GPU-hours of GPU trials at {GPU_FLOPS / 1e12:.1f} "
-                    f"TFLOP/s (FP32 training at s4 on an H200, BENCHMARKS.md), expensive "
-                    f"probes not included\n{probes}\nrun folder {run_folder_of(spec).path}")
+    lines = [
+        f"total {total / 1e15:.2f} PFLOP (training 6N per token, probes 2N per diagnostic "
+        f"token); hours from measured rates: GPU trials at {GPU_FLOPS / 1e12:.1f} TFLOP/s "
+        f"(FP32 training at s4 on an H200), CPU trials at {cpu_flops / 1e9:.1f} GFLOP/s per "
+        f"core (a whole MOD s0 run, probes on: {CPU_MOD_S0_STEPS_PER_S} steps/s), both in "
+        "BENCHMARKS.md; expensive probes not included",
+        f"disk at most {_size(disk)}: weights files at their most (fp32) and metrics at "
+        f"{BYTES_PER_ROW} bytes per row (Parquet, measured on the smoke sweep)",
+        probes]
+    if capacity is not None:
+        lines.append(_finish_line(capacity, cpu_load, gpu_load, longest, spec))
+    lines.append(f"run folder {run_folder_of(spec).path}")
+    roll.caption = "\n".join(lines)
     return Group(t, roll)
+
+
+def _finish_line(capacity: Any, cpu_load: float, gpu_load: float, longest: float,
+                 spec: SweepSpec) -> str:
+    """A lower bound on the time to finish: resource-hours over capacity, or the longest
+    trial, whichever is larger (packing and the probe pool only add to it)."""
+    if gpu_load and not capacity.gpus:
+        return (f"time to finish: never on {capacity.where} ({capacity.cpus:g} CPUs, no GPU): "
+                "its GPU trials cannot be placed")
+    bound = max(cpu_load / max(capacity.cpus, 1.0),
+                gpu_load / capacity.gpus if capacity.gpus else 0.0, longest)
+    limit = "" if spec.max_concurrent_trials is None else (
+        f", max_concurrent_trials {spec.max_concurrent_trials} may stretch it")
+    return (f"time to finish: at least {bound:.1f} h on {capacity.where} "
+            f"({capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs){limit}")
 
 
 def status_data(run_dir: Path) -> dict[str, Any]:
