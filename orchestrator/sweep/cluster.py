@@ -57,9 +57,8 @@ class Capacity:
 
 
 def capacity_in_view(address: str | None) -> Capacity:
-    """The running Ray cluster's resources when one answers at ``address`` (or RAY_ADDRESS,
-    or the one ``ray start`` left here); otherwise this machine's cores and GPUs, which is
-    what ``emerge sweep`` would start a local Ray on. Starts nothing."""
+    """The resources of the Ray cluster that answers at ``address`` (or RAY_ADDRESS);
+    otherwise this machine's cores and GPUs, what a local Ray would have. Starts nothing."""
     import shutil
     import subprocess
 
