@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
-from emergence_core.runner import run_trial
 from emergence_core.store import read_metrics
 from orchestrator.sweep.spec import load_spec
 from tests.cluster_helpers import can_unshare, hidden_node, local_cluster, node_of, wait_nodes
@@ -26,9 +24,11 @@ from tests.sweep_helpers import (
     keys_unique,
     mlflow_server,
     run_sweep,
+    start_reference,
     start_sweep,
     stop,
     wait_for,
+    wait_reference,
     write_spec,
 )
 from tests.test_probe_pool_e2e import MEASURE_ROWS, _check_exactly_once
@@ -82,6 +82,8 @@ def test_losing_the_node_of_a_trial_moves_it_and_loses_nothing(tmp_path: Path) -
                            tasks=["MOD"], scales=["s0"], seeds=[0], retries=3,
                            train={**TRAIN, "steps": 300}, per_scale=ON_TRAINERS)
     log = tmp_path / "log"
+    # the same trial uninterrupted, on the core the sweep's one trial leaves free
+    reference = start_reference(spec_path, tmp_path / "reference", tmp_path / "reference.log")
     with local_cluster(nodes) as cluster:
         proc = start_sweep(["sweep", str(spec_path)], cluster.tmpdir, log, cluster.address)
         try:
@@ -100,10 +102,9 @@ def test_losing_the_node_of_a_trial_moves_it_and_loses_nothing(tmp_path: Path) -
     assert _worker(run_dir, "MOD-s0-0")["node_id"] != lost
     table = read_metrics(run_dir)
     assert keys_unique(table) and max(table["attempt"].to_pylist()) >= 1
-    torch.set_num_threads(1)
-    run_trial(load_spec(spec_path).trials()[0].config, tmp_path / "reference")
-    assert comparable(table) == comparable(read_metrics(tmp_path / "reference"))
     _one_run_per_trial_with_every_row(run_dir, spec_path, f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                               tmp_path / "reference.log")
 
 
 def test_losing_the_node_of_a_probe_actor_moves_its_job(tmp_path: Path) -> None:

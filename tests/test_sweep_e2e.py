@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -32,9 +31,11 @@ from tests.sweep_helpers import (
     mlflow_server,
     ray_tmpdir,
     run_sweep,
+    start_reference,
     start_sweep,
     stop,
     wait_for,
+    wait_reference,
     write_spec,
 )
 
@@ -145,13 +146,6 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
     assert [o for o in outputs if "image/png" in o.get("data", {})]
 
 
-def _reference(cfg, tmp_path: Path):
-    """The same trial, uninterrupted, in this process (one thread, as in the sweep)."""
-    torch.set_num_threads(1)
-    run_trial(cfg, tmp_path / "reference")
-    return comparable(read_metrics(tmp_path / "reference"))
-
-
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     spec_path = write_spec(tmp_path / "kill.yaml", name="kill", run_dir=str(run_dir),
@@ -160,6 +154,8 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     log = tmp_path / "driver.log"
     parts = run_dir / "metrics" / "trial" / "MOD-s0-0"
     worker = run_dir / "status" / "MOD-s0-0.worker.json"
+    # the same trial uninterrupted, on the core the sweep's one trial leaves free
+    reference = start_reference(spec_path, tmp_path / "reference", tmp_path / "reference.log")
     with ray_tmpdir() as rt:
         proc = start_sweep(["sweep", str(spec_path)], rt, log)
         try:
@@ -174,11 +170,12 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     table = read_metrics(run_dir)
     assert keys_unique(table)
     assert max(table["attempt"].to_pylist()) >= 1
-    assert comparable(table) == _reference(load_spec(spec_path).trials()[0].config, tmp_path)
     runs = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "kill")
     assert len(runs["MOD-s0-0"]) == 1
     _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
     _grow_the_finished_sweep(tmp_path, run_dir, yaml.safe_load(spec_path.read_text()))
+    assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                               tmp_path / "reference.log")
 
 
 def _grow_the_finished_sweep(tmp_path: Path, run_dir: Path, spec: dict) -> None:
