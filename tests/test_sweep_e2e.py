@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.cli.app import app
 from orchestrator.sweep.spec import load_spec
@@ -222,6 +221,9 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         last = {t: TrialStore(run_dir, t).parts()[-1][1] for t in ("MOD-s0-0", "COPY-s0-0")}
         interrupted = [t for t, step in last.items() if step < 200]
         assert interrupted, "the Ctrl-C came after both trials had trained to the end"
+        # the trials uninterrupted, beside the checks below and the resume's start
+        reference = start_reference(spec_path, tmp_path / "reference",
+                                    tmp_path / "reference.log")
         folder = RunFolder(run_dir)
         _a_damaged_sweep_file_is_one_line_and_starts_nothing(folder)
         ledger = folder.ledger_path
@@ -240,10 +242,8 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         assert "Traceback" not in text
         table = read_metrics(run_dir)
         assert keys_unique(table)
-        for plan in load_spec(spec_path).trials():
-            run_trial(plan.config, tmp_path / "reference")
-        reference = comparable(read_metrics(tmp_path / "reference"))
-        assert comparable(table) == reference
+        assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                                   tmp_path / "reference.log")
         for trial in interrupted:  # resumed from a checkpoint, not retrained from step 0
             rows = table.filter(pc.equal(table["trial"], trial))
             later = [s for s, a in zip(rows["step"].to_pylist(), rows["attempt"].to_pylist(),
