@@ -75,6 +75,33 @@ def run_sweep(args: list[str], ray_tmp: str, log: Path, timeout: float = 900,
         stop(proc)
 
 
+REFERENCE = ("import sys, torch\n"
+             "from emergence_core.runner import run_trial\n"
+             "from orchestrator.sweep.spec import load_spec\n"
+             "torch.set_num_threads(1)\n"
+             "for plan in load_spec(sys.argv[1]).trials():\n"
+             "    run_trial(plan.config, sys.argv[2])\n")
+
+
+def start_reference(spec_path: Path, out: Path, log: Path) -> subprocess.Popen:
+    """Every trial of the sweep file, uninterrupted, one thread (as in the sweep), into
+    ``out``: in a process of its own, so it runs beside a sweep of one trial on a free core.
+    ``wait_reference`` gives its rows."""
+    return subprocess.Popen([sys.executable, "-c", REFERENCE, str(spec_path), str(out)],
+                            cwd=ROOT, env=sweep_env("/tmp"), stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_reference(proc: subprocess.Popen, out: Path, log: Path) -> list[tuple]:
+    try:
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        stop(proc)
+    from emergence_core.store import read_metrics
+
+    return comparable(read_metrics(out))
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a driver and everything it started (its Ray included)."""
     if proc.poll() is None:

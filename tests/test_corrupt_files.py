@@ -20,7 +20,12 @@ from orchestrator.cli.train import _record
 from orchestrator.probes.queue import ProbeQueue
 from orchestrator.tracking.sync import MlflowSync
 from tests.conftest import tiny_overrides
-from tests.sweep_helpers import assert_usage_errors, comparable, write_spec
+from tests.sweep_helpers import (
+    assert_mlflow_equals_parquet,
+    assert_usage_errors,
+    comparable,
+    write_spec,
+)
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -109,6 +114,33 @@ def test_a_damaged_mlflow_ledger_is_rebuilt_without_a_second_run(tmp_path) -> No
     assert ledger.with_name("ledger.json.damaged").exists()
     runs = again.client.search_runs([again.client.get_experiment_by_name("led").experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(["led", cfg.trial_name()])
+
+
+def test_a_rebuilt_ledger_does_not_log_rows_computed_again_twice(tmp_path) -> None:
+    """A resume computes the rows after the last checkpoint again (a new wall time): after
+    a rebuilt ledger they must not become second points at the same steps in MLflow."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    cfg = _cfg()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_trial(cfg, tmp_path, stop_after=12)
+    sync = MlflowSync(tmp_path, uri, "led")
+    sync.parent_run("name: led\n")
+    assert sync.sync_trial(cfg.trial_name(), cfg) > 0
+    last = TrialStore(tmp_path, cfg.trial_name()).parts()[-1][2]
+    part = pq.read_table(last)
+    later = pc.add(part["wall_time"].cast("int64"), 1000).cast(part.schema.field(
+        "wall_time").type)
+    pq.write_table(part.set_column(part.schema.get_field_index("wall_time"), "wall_time",
+                                   later), last)
+    ledger = RunFolder(tmp_path).ledger_path
+    ledger.write_text(ledger.read_text()[:40])
+    again = MlflowSync(tmp_path, uri, "led")
+    assert again.sync_trial(cfg.trial_name(), cfg) == 0  # MLflow holds every (key, step)
+    assert len(again.notes) == 1 and "was damaged" in again.notes[0]
+    again.set_status(cfg.trial_name(), "FINISHED")
+    assert_mlflow_equals_parquet(uri, tmp_path, "led", [cfg.trial_name()])
 
 
 def test_a_stray_probe_queue_file_is_skipped_with_a_warning(tmp_path, caplog) -> None:

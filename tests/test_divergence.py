@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -19,7 +20,6 @@ from emergence_core.store import read_metrics
 from emergence_core.trainer import Trainer
 from orchestrator.cli.app import app
 from tests.conftest import tiny_overrides
-from tests.sweep_helpers import ray_tmpdir, run_sweep, write_spec
 
 SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=12",
          "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
@@ -77,44 +77,37 @@ def test_runner_keeps_good_rows_and_raises(tmp_path: Path) -> None:
     assert all(math.isfinite(v) for v in loss)
 
 
-@pytest.mark.slow
-def test_a_diverging_trial_in_a_sweep_fails_once_and_the_others_finish(tmp_path: Path) -> None:
+def check_a_diverged_trial_in_a_sweep(run_dir: Path, rc: int, text: str, diverged: str,
+                                      finished: str, counts: dict[str, int]) -> None:
     """Real Ray, real MLflow store: the diverged trial is failed (with its reason) in the
-    run folder, `emerge status`, the driver's output and MLflow; Tune does not retry it."""
-    run_dir = tmp_path / "run"
-    spec = write_spec(tmp_path / "div.yaml", name="div", run_dir=str(run_dir),
-                      tasks=["MOD", "COPY"], scales=["s0"], seeds=[0], retries=2,
-                      max_concurrent_trials=2,
-                      train={"steps": 40, "diag_size": 60, "train_size": 400,
-                             "probe": {"n_probes": 10, "rankme_samples": 20}},
-                      per_task={"MOD": {"train": {"lr": 1e6}}})
-    log = tmp_path / "log"
-    with ray_tmpdir() as rt:
-        rc = run_sweep(["sweep", str(spec)], rt, log)
-    text = log.read_text()
+    run folder, `emerge status`, the driver's output and MLflow; Tune does not retry it.
+    The sweep is the plugin test's (tests/test_plugins.py): its two diverging trials run
+    beside the plugin's, so one sweep serves both."""
     assert rc == 1, text[-3000:]
-    assert "failed: MOD-s0-0: MOD-s0-0 diverged: the training loss became non-finite" in text
+    assert f"failed: {diverged}: {diverged} diverged: the training loss became non-finite" \
+        in text
     folder = RunFolder(run_dir)
-    assert folder.is_complete("COPY-s0-0") and not folder.is_complete("MOD-s0-0")
-    state = folder.trial_state("MOD-s0-0")
+    assert folder.is_complete(finished) and not folder.is_complete(diverged)
+    state = folder.trial_state(diverged)
     assert state.state == "failed" and "diverged" in state.error
     table = read_metrics(run_dir)
-    mod = table.filter(pc.equal(table["trial"], "MOD-s0-0"))
+    mod = table.filter(pc.equal(table["trial"], diverged))
     assert set(mod["attempt"].to_pylist()) == {0}  # ran once: never retried
-    assert max(mod["step"].to_pylist()) == folder.failure_record("MOD-s0-0")["last_good"]
+    assert max(mod["step"].to_pylist()) == folder.failure_record(diverged)["last_good"]
 
     status = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
     assert status.exit_code == 0 and "diverged" in status.output
     data = json.loads(CliRunner().invoke(app, ["status", str(run_dir), "--json"]).output)
     rows = {r["trial"]: r for r in data["trials"]}
-    assert rows["MOD-s0-0"]["state"] == "failed" and "diverged" in rows["MOD-s0-0"]["error"]
-    assert rows["COPY-s0-0"]["state"] == "done" and data["counts"] == {"done": 1, "failed": 1}
+    assert rows[diverged]["state"] == "failed" and "diverged" in rows[diverged]["error"]
+    assert rows[finished]["state"] == "done" and data["counts"] == counts
 
     client = MlflowClient(f"sqlite:///{folder.mlflow_db}")
-    exp = client.get_experiment_by_name("div")
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    mod_run, copy_run = runs["MOD-s0-0"], runs["COPY-s0-0"]
+    name = yaml.safe_load(folder.spec_path.read_text())["name"]
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id])}
+    mod_run, copy_run = runs[diverged], runs[finished]
     assert mod_run.info.status == "FAILED" and "diverged" in mod_run.data.tags["emerge.failure"]
     assert copy_run.info.status == "FINISHED"
     assert mod_run.info.end_time and copy_run.info.end_time  # MLflow shows their durations
-    assert runs["div"].info.status == "FAILED"
+    assert runs[name].info.status == "FAILED"

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
-from emergence_core.runner import run_trial
 from emergence_core.store import read_metrics
 from orchestrator.sweep.spec import load_spec
 from tests.cluster_helpers import can_unshare, hidden_node, local_cluster, node_of, wait_nodes
@@ -26,12 +24,14 @@ from tests.sweep_helpers import (
     keys_unique,
     mlflow_server,
     run_sweep,
+    start_reference,
     start_sweep,
     stop,
     wait_for,
+    wait_reference,
     write_spec,
 )
-from tests.test_probe_pool_e2e import _check_exactly_once
+from tests.test_probe_pool_e2e import MEASURE_ROWS, _check_exactly_once
 
 pytestmark = pytest.mark.slow
 
@@ -53,35 +53,26 @@ def _one_run_per_trial_with_every_row(run_dir: Path, spec_path: Path, uri: str) 
     assert_mlflow_equals_parquet(uri, run_dir, spec.name, [p.name for p in spec.trials()])
 
 
+def _probe_rows_exactly_once(run_dir: Path, spec_path: Path) -> None:
+    """The run folder's half of the probe pool's exactly-once check (its MLflow half reads
+    a local store; a sweep against a server is checked by ``assert_mlflow_equals_parquet``)."""
+    import pyarrow.compute as pc
+
+    from orchestrator.probes.queue import ProbeQueue
+
+    due = {j for p in load_spec(spec_path).trials() for j in p.plan.jobs}
+    assert due and ProbeQueue(run_dir).done_jobs() == due
+    table = read_metrics(run_dir)
+    probe = table.filter(pc.equal(table["source"], "probe"))
+    got = set(zip(probe["trial"].to_pylist(), probe["step"].to_pylist(),
+                  probe["measure"].to_pylist(), strict=True))
+    assert got == {(j.trial, j.step, m) for j in due for m in MEASURE_ROWS[j.measure]}
+
+
 def pa_equal(table, column: str, value: str):
     import pyarrow.compute as pc
 
     return pc.equal(table[column], value)
-
-
-def test_trials_and_probes_on_different_nodes_share_one_run_folder(tmp_path: Path) -> None:
-    nodes = [{"num_cpus": 1, "resources": {"trainer": 1, "node_a": 1}},
-             {"num_cpus": 1, "resources": {"trainer": 1, "node_b": 1}},
-             {"num_cpus": 1, "resources": {"probe": 1, "node_c": 1}}]
-    run_dir = tmp_path / "run"
-    spec_path = write_spec(
-        tmp_path / "s.yaml", name="multi", run_dir=str(run_dir), tasks=["MOD", "COPY"],
-        scales=["s0"], seeds=[0], max_concurrent_trials=2, train=TRAIN, per_scale=ON_TRAINERS,
-        probes={"measures": {"fisher": {"every": 10}, "hessian": {
-            "every": 20, "batch_size": 32, "settings": {"trace_probes": 4}}},
-            "resources": {"cpus": 0, "custom": {"probe": 1}}})
-    with local_cluster(nodes) as cluster:
-        rc = run_sweep(["sweep", str(spec_path)], cluster.tmpdir, tmp_path / "log",
-                       address=cluster.address)
-        assert rc == 0, (tmp_path / "log").read_text()[-3000:]
-        node_c = next(i for i, spec in cluster.specs.items() if "node_c" in spec["resources"])
-    placed = {_worker(run_dir, t)["node_id"] for t in ("MOD-s0-0", "COPY-s0-0")}
-    assert len(placed) == 2 and node_c not in placed  # one trial on each trainer node
-    probe_nodes = {json.loads(f.read_text())["node_id"]
-                   for f in (run_dir / "probes" / "workers").glob("*.json")}
-    assert probe_nodes == {node_c}
-    _check_exactly_once(run_dir, spec_path)
-    _one_run_per_trial_with_every_row(run_dir, spec_path, f"sqlite:///{run_dir / 'mlflow.db'}")
 
 
 def test_losing_the_node_of_a_trial_moves_it_and_loses_nothing(tmp_path: Path) -> None:
@@ -91,6 +82,8 @@ def test_losing_the_node_of_a_trial_moves_it_and_loses_nothing(tmp_path: Path) -
                            tasks=["MOD"], scales=["s0"], seeds=[0], retries=3,
                            train={**TRAIN, "steps": 300}, per_scale=ON_TRAINERS)
     log = tmp_path / "log"
+    # the same trial uninterrupted, on the core the sweep's one trial leaves free
+    reference = start_reference(spec_path, tmp_path / "reference", tmp_path / "reference.log")
     with local_cluster(nodes) as cluster:
         proc = start_sweep(["sweep", str(spec_path)], cluster.tmpdir, log, cluster.address)
         try:
@@ -109,10 +102,9 @@ def test_losing_the_node_of_a_trial_moves_it_and_loses_nothing(tmp_path: Path) -
     assert _worker(run_dir, "MOD-s0-0")["node_id"] != lost
     table = read_metrics(run_dir)
     assert keys_unique(table) and max(table["attempt"].to_pylist()) >= 1
-    torch.set_num_threads(1)
-    run_trial(load_spec(spec_path).trials()[0].config, tmp_path / "reference")
-    assert comparable(table) == comparable(read_metrics(tmp_path / "reference"))
     _one_run_per_trial_with_every_row(run_dir, spec_path, f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                               tmp_path / "reference.log")
 
 
 def test_losing_the_node_of_a_probe_actor_moves_its_job(tmp_path: Path) -> None:
@@ -187,16 +179,26 @@ def test_preflight_refuses_what_the_cluster_cannot_run(tmp_path: Path) -> None:
     assert not (shared / "run" / "sweep.json").exists()
 
 
-def test_mlflow_server_down_mid_sweep_then_sync_fills_it_in(tmp_path: Path) -> None:
-    nodes = [{"num_cpus": 1, "resources": {"trainer": 1}} for _ in range(2)]
+def test_trials_and_probes_on_different_nodes_with_mlflow_down_then_sync_fills_it_in(
+        tmp_path: Path) -> None:
+    """One sweep for two claims: trials and probe actors on different nodes share one run
+    folder; and MLflow's server goes down mid-sweep, stays down to the end, and
+    `emerge sync-mlflow` fills it in afterwards."""
+    nodes = [{"num_cpus": 1, "resources": {"trainer": 1, "node_a": 1}},
+             {"num_cpus": 1, "resources": {"trainer": 1, "node_b": 1}},
+             {"num_cpus": 1, "resources": {"probe": 1, "node_c": 1}}]
     run_dir = tmp_path / "run"
-    spec_path = write_spec(tmp_path / "s.yaml", name="outage", run_dir=str(run_dir),
-                           tasks=["MOD", "COPY"], scales=["s0"], seeds=[0],
-                           max_concurrent_trials=2, train={**TRAIN, "steps": 300},
-                           per_scale=ON_TRAINERS)
+    spec_path = write_spec(
+        tmp_path / "s.yaml", name="outage", run_dir=str(run_dir), tasks=["MOD", "COPY"],
+        scales=["s0"], seeds=[0], max_concurrent_trials=2, train={**TRAIN, "steps": 300},
+        per_scale=ON_TRAINERS,
+        probes={"measures": {"fisher": {"every": 10}, "hessian": {
+            "every": 20, "batch_size": 32, "settings": {"trace_probes": 4}}},
+            "resources": {"cpus": 0, "custom": {"probe": 1}}})
     log = tmp_path / "log"
     server_root = tmp_path / "mlflow"
     with local_cluster(nodes) as cluster:
+        node_c = next(i for i, spec in cluster.specs.items() if "node_c" in spec["resources"])
         with mlflow_server(server_root) as uri:
             proc = start_sweep(["sweep", str(spec_path), "--tracking-uri", uri],
                                cluster.tmpdir, log, cluster.address)
@@ -222,3 +224,11 @@ def test_mlflow_server_down_mid_sweep_then_sync_fills_it_in(tmp_path: Path) -> N
             assert len(parent) == 1 and parent[0].info.status == "FINISHED"
             assert parent[0].info.end_time
     assert keys_unique(read_metrics(run_dir))
+    placed = {_worker(run_dir, t)["node_id"] for t in ("MOD-s0-0", "COPY-s0-0")}
+    assert len(placed) == 2 and node_c not in placed  # one trial on each trainer node
+    probe_nodes = {json.loads(f.read_text())["node_id"]
+                   for f in (run_dir / "probes" / "workers").glob("*.json")}
+    assert probe_nodes == {node_c}
+    # every due probe job done once, on the probe node, and nothing else; MLflow's side of
+    # it (each probe metric at exactly its steps) is the server check above
+    _probe_rows_exactly_once(run_dir, spec_path)

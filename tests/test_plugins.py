@@ -19,6 +19,7 @@ from emergence_core.store import read_metrics
 from orchestrator.cli.app import app
 from orchestrator.sweep.spec import parse_spec
 from tests.sweep_helpers import assert_usage_errors, ray_tmpdir, run_sweep, write_spec
+from tests.test_divergence import check_a_diverged_trial_in_a_sweep
 
 PLUGIN = textwrap.dedent('''
     """A lab's own extensions of emerge (what a researcher writes, outside the package)."""
@@ -120,23 +121,28 @@ def test_a_scale_declared_in_the_sweep_file_needs_no_code(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_plugin_task_scale_and_measure_run_in_a_real_sweep_and_analyze(
         tmp_path: Path, plugin_path: Path) -> None:
+    """The same sweep holds two diverging MOD trials (issue 14, item 1): their checks are
+    test_divergence's, run here so that one sweep serves both files."""
     run_dir = tmp_path / "run"
     spec = write_spec(
         tmp_path / "lab.yaml", name="lab", run_dir=str(run_dir), plugins=["mylab_ext"],
-        tasks=["SUCC"], scales=["tiny"], seeds=[0, 1], max_concurrent_trials=2,
-        train={"steps": 150, "diag_size": 100, "lr": 3e-3,
-               "probe": {"n_probes": 30, "rankme_samples": 50}},
+        tasks=["SUCC", "MOD"], scales=["tiny"], seeds=[0, 1], max_concurrent_trials=2,
+        retries=2, train={"steps": 150, "diag_size": 100, "lr": 3e-3,
+                          "probe": {"n_probes": 30, "rankme_samples": 50}},
+        per_task={"MOD": {"train": {"lr": 1e6, "steps": 40}}},
         emergence={"persistence": 3},
         probes={"measures": {"weightnorm": {"every": 3, "settings": {"power": 2.0}}}})
     with ray_tmpdir() as rt:
-        assert run_sweep(["sweep", str(spec)], rt, tmp_path / "log") == 0, \
-            (tmp_path / "log").read_text()[-3000:]
+        rc = run_sweep(["sweep", str(spec)], rt, tmp_path / "log")
+    check_a_diverged_trial_in_a_sweep(run_dir, rc, (tmp_path / "log").read_text(),
+                                      "MOD-tiny-0", "SUCC-tiny-0", {"done": 2, "failed": 2})
     folder = RunFolder(run_dir)
     assert folder.is_complete("SUCC-tiny-0") and folder.is_complete("SUCC-tiny-1")
 
     # the pool computed the plugin's measure at exactly the planned checkpoints, with the
     # plugin's own settings, in a worker process that had to import the plugin itself
     table = read_metrics(run_dir)
+    table = table.filter(pc.starts_with(table["trial"], "SUCC-"))  # the plugin task's rows
     norm = table.filter(pc.equal(table["measure"], "weight_norm"))
     trial = parse_spec({"name": "lab", "plugins": ["mylab_ext"], "tasks": ["SUCC"],
                         "scales": ["tiny"], "train": {"steps": 150, "diag_size": 100,
@@ -162,3 +168,5 @@ def test_plugin_task_scale_and_measure_run_in_a_real_sweep_and_analyze(
     assert leads and {row["trial"] for row in leads} <= {"SUCC-tiny-0", "SUCC-tiny-1"}
     report = (folder.report_dir / "report.md").read_text()
     assert "weight_norm" in report.split("Measures analysed", 1)[1].splitlines()[0]
+    missing = report.split("## What is missing", 1)[1].split("\n## ", 1)[0]
+    assert "MOD-tiny-0" in missing and "MOD-tiny-1" in missing  # the diverged trials

@@ -13,24 +13,28 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
-from emergence_core.runner import run_trial
+from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, read_metrics
+from orchestrator.cli.app import app
 from orchestrator.sweep.spec import load_spec
 from tests.sweep_helpers import (
     ROOT,
     assert_mlflow_equals_parquet,
+    assert_usage_errors,
     comparable,
     keys_unique,
     mlflow_server,
     ray_tmpdir,
     run_sweep,
+    start_reference,
     start_sweep,
     stop,
     wait_for,
+    wait_reference,
     write_spec,
 )
 
@@ -201,28 +205,6 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
     assert [o for o in outputs if "image/png" in o.get("data", {})]
 
 
-def test_smoke_sweep_end_to_end_with_an_mlflow_server(tmp_path: Path) -> None:
-    # The smoke grid with shorter runs: the server path, not the science, is under test here.
-    spec_path = _smoke_spec(tmp_path, train={**SMALL}, probes={},
-                            per_task={t: {"train": {"steps": 120}} for t in
-                                      ("COPY", "REV", "MOD", "ADD")})
-    log = tmp_path / "driver.log"
-    with mlflow_server(tmp_path / "mlflow") as uri, ray_tmpdir() as rt:
-        rc = run_sweep(["sweep", str(spec_path), "--tracking-uri", uri], rt, log)
-        assert rc == 0, log.read_text()[-3000:]
-        run_dir = tmp_path / "run"
-        _check_parquet_holds_every_series(run_dir, spec_path)
-        _check_mlflow_holds_every_series(uri, run_dir, spec_path)
-    assert not (run_dir / "mlflow.db").exists()
-
-
-def _reference(cfg, tmp_path: Path):
-    """The same trial, uninterrupted, in this process (one thread, as in the sweep)."""
-    torch.set_num_threads(1)
-    run_trial(cfg, tmp_path / "reference")
-    return comparable(read_metrics(tmp_path / "reference"))
-
-
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     spec_path = write_spec(tmp_path / "kill.yaml", name="kill", run_dir=str(run_dir),
@@ -231,6 +213,8 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     log = tmp_path / "driver.log"
     parts = run_dir / "metrics" / "trial" / "MOD-s0-0"
     worker = run_dir / "status" / "MOD-s0-0.worker.json"
+    # the same trial uninterrupted, on the core the sweep's one trial leaves free
+    reference = start_reference(spec_path, tmp_path / "reference", tmp_path / "reference.log")
     with ray_tmpdir() as rt:
         proc = start_sweep(["sweep", str(spec_path)], rt, log)
         try:
@@ -245,11 +229,12 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     table = read_metrics(run_dir)
     assert keys_unique(table)
     assert max(table["attempt"].to_pylist()) >= 1
-    assert comparable(table) == _reference(load_spec(spec_path).trials()[0].config, tmp_path)
     runs = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "kill")
     assert len(runs["MOD-s0-0"]) == 1
     _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
     _grow_the_finished_sweep(tmp_path, run_dir, yaml.safe_load(spec_path.read_text()))
+    assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                               tmp_path / "reference.log")
 
 
 def _grow_the_finished_sweep(tmp_path: Path, run_dir: Path, spec: dict) -> None:
@@ -270,14 +255,17 @@ def _grow_the_finished_sweep(tmp_path: Path, run_dir: Path, spec: dict) -> None:
 
 
 def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> None:
+    """Against a real MLflow server (the server path of a sweep, resumed): the sweep is
+    interrupted, then its frozen sweep file and its MLflow ledger are damaged, and a second
+    driver tries to take the folder while the resume runs (issue 14, items 2 and 4)."""
     run_dir = tmp_path / "run"
     spec = {"name": "intr", "run_dir": str(run_dir), "tasks": ["MOD", "COPY"],
             "scales": ["s0"], "seeds": [0], "max_concurrent_trials": 2,
             "train": {**SMALL, "steps": 200}}
     spec_path = write_spec(tmp_path / "intr.yaml", **spec)
     log = tmp_path / "driver.log"
-    with ray_tmpdir() as rt:
-        proc = start_sweep(["sweep", str(spec_path)], rt, log)
+    with mlflow_server(tmp_path / "mlflow") as uri, ray_tmpdir() as rt:
+        proc = start_sweep(["sweep", str(spec_path), "--tracking-uri", uri], rt, log)
         try:
             # two commits each: the first one's checkpoint has reached Tune, so a resume
             # continues from it rather than from step 0
@@ -293,18 +281,60 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         last = {t: TrialStore(run_dir, t).parts()[-1][1] for t in ("MOD-s0-0", "COPY-s0-0")}
         interrupted = [t for t, step in last.items() if step < 200]
         assert interrupted, "the Ctrl-C came after both trials had trained to the end"
-        rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
-    assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
-    table = read_metrics(run_dir)
-    assert keys_unique(table)
-    for plan in load_spec(spec_path).trials():
-        run_trial(plan.config, tmp_path / "reference")
-    reference = comparable(read_metrics(tmp_path / "reference"))
-    assert comparable(table) == reference
-    for trial in interrupted:  # resumed from a checkpoint, not retrained from step 0
-        rows = table.filter(pc.equal(table["trial"], trial))
-        later = [s for s, a in zip(rows["step"].to_pylist(), rows["attempt"].to_pylist(),
-                                   strict=True) if a >= 1]
-        assert later and min(later) > 0 and max(later) == 200, trial
-    _check_mlflow_holds_every_series(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, spec_path)
+        # the trials uninterrupted, beside the checks below and the resume's start
+        reference = start_reference(spec_path, tmp_path / "reference",
+                                    tmp_path / "reference.log")
+        folder = RunFolder(run_dir)
+        _a_damaged_sweep_file_is_one_line_and_starts_nothing(folder)
+        ledger = folder.ledger_path
+        ledger.write_text(ledger.read_text()[:40])  # truncated mid-write, as by a full disk
+        resume = start_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
+        try:
+            _a_second_driver_is_refused_while_the_resume_runs(folder, resume,
+                                                              tmp_path / "resume.log")
+            rc = resume.wait(timeout=600)
+        finally:
+            stop(resume)
+        text = (tmp_path / "resume.log").read_text()
+        assert rc == 0, text[-3000:]
+        # the ledger was rebuilt from the server's own runs: a note, and no second run
+        assert "was damaged" in text and ledger.with_name("ledger.json.damaged").exists()
+        assert "Traceback" not in text
+        table = read_metrics(run_dir)
+        assert keys_unique(table)
+        assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                                   tmp_path / "reference.log")
+        for trial in interrupted:  # resumed from a checkpoint, not retrained from step 0
+            rows = table.filter(pc.equal(table["trial"], trial))
+            later = [s for s, a in zip(rows["step"].to_pylist(), rows["attempt"].to_pylist(),
+                                       strict=True) if a >= 1]
+            assert later and min(later) > 0 and max(later) == 200, trial
+        _check_parquet_holds_every_series(run_dir, spec_path)
+        _check_mlflow_holds_every_series(uri, run_dir, spec_path)
+    assert not (run_dir / "mlflow.db").exists()  # a server sweep writes no local store
 
+
+def _a_damaged_sweep_file_is_one_line_and_starts_nothing(folder: RunFolder) -> None:
+    """The sweep file as launched, damaged: `emerge resume` says so in one line, exit 2."""
+    kept = folder.spec_path.read_bytes()
+    folder.spec_path.write_bytes(kept[: len(kept) // 3] + b": [")
+    listing = sorted(folder.path.rglob("*"))
+    assert_usage_errors(CliRunner().invoke(app, ["resume", str(folder.path)]),
+                        [f"{folder.spec_path}: invalid YAML"])
+    assert sorted(folder.path.rglob("*")) == listing  # nothing started or written
+    folder.spec_path.write_bytes(kept)
+
+
+def _a_second_driver_is_refused_while_the_resume_runs(folder: RunFolder, resume, log) -> None:
+    """A second `emerge resume` on the folder a live driver holds: one line, exit code 2."""
+    def held() -> bool:
+        try:
+            return json.loads(folder.lock_path.read_text()).get("pid") == resume.pid
+        except (OSError, ValueError):
+            return False
+
+    wait_for(held, 120, "the resume to hold the folder", resume, log)
+    result = CliRunner().invoke(app, ["resume", str(folder.path)])
+    assert_usage_errors(result, [f"{folder.path} is in use by another driver (`emerge resume "
+                                 f"{folder.path}`, pid {resume.pid}"])
+    assert resume.poll() is None  # the first driver goes on

@@ -172,9 +172,10 @@ class MlflowSync:
             [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
         for r in children:
             trial = r.data.tags.get("emerge.trial")
-            if trial is not None:  # rows are sent again: MLflow drops those it holds
+            if trial is not None:  # rows are sent again, less those MLflow holds
                 data["trials"][trial] = {"run_id": r.info.run_id, "logged_through": -1,
-                                         "finished": r.info.status == "FINISHED"}
+                                         "finished": r.info.status == "FINISHED",
+                                         "check_held": True}
         return data
 
     def run_ids(self) -> dict[str, str]:
@@ -290,6 +291,7 @@ class MlflowSync:
         run_id = self.trial_run(trial, config)
         with self._ledger() as led:
             done = led["trials"][trial]["logged_through"]
+            check_held = led["trials"][trial].get("check_held", False)
         table = TrialStore(self.run_dir, trial).read(after=done)
         if table.num_rows == 0:
             return 0
@@ -304,13 +306,24 @@ class MlflowSync:
         metrics = [Metric(metric_key(m, ly, lv), v if v is not None else float("nan"), t, s)
                    for m, ly, lv, v, s, t in zip(cols["measure"], cols["layer"], cols["level"],
                                                  cols["value"], cols["step"], stamps, strict=True)]
+        if check_held:
+            metrics = self._not_held(run_id, metrics)
         for i in range(0, len(metrics), MLFLOW_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH])
         with self._ledger() as led:
             led["trials"][trial]["logged_through"] = max(cols["step"])
+            led["trials"][trial].pop("check_held", None)
         self._tag_events(run_id, trial)
         self._tag_alerts(run_id, trial)
         return len(metrics)
+
+    def _not_held(self, run_id: str, metrics: list) -> list:
+        """The metrics whose (key, step) the run does not hold yet. After a rebuilt ledger:
+        rows a resumed trial computed again carry a new wall time, so MLflow would keep them
+        as a second point at the same step rather than drop them as already held."""
+        held = {(m.key, m.step) for key in {m.key for m in metrics}
+                for m in self.client.get_metric_history(run_id, key)}
+        return [m for m in metrics if (m.key, m.step) not in held]
 
     def sync_probes(self, trial: str, config: TrainConfig) -> int:
         """Send the trial's expensive-probe rows not yet logged, at their checkpoints' steps,
