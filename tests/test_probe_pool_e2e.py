@@ -63,8 +63,10 @@ def _due(run_dir: Path, spec) -> set:
         decided = Decisions.of_rows(p.config, p.plan, TrialStore(run_dir, p.name).read(),
                                     spec.emergence.threshold, spec.emergence.persistence)
         jobs = set(decided.replay(TrialStore(run_dir, p.name).read()))
-        assert set(p.plan.jobs) <= jobs and jobs - set(p.plan.jobs), "no dense job decided"
-        assert sum(j.measure == "hessian" for j in jobs) <= p.plan.density.budget
+        assert set(p.plan.jobs) <= jobs
+        if p.plan.density is not None:  # (the multinode tests share this check, uniform)
+            assert jobs - set(p.plan.jobs), "no dense job decided"
+            assert sum(j.measure == "hessian" for j in jobs) <= p.plan.density.budget
         due |= jobs
     return due
 
