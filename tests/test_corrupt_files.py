@@ -143,6 +143,30 @@ def test_a_rebuilt_ledger_does_not_log_rows_computed_again_twice(tmp_path) -> No
     assert_mlflow_equals_parquet(uri, tmp_path, "led", [cfg.trial_name()])
 
 
+def test_syncing_to_another_store_and_back_makes_no_second_run_or_point(tmp_path) -> None:
+    """`emerge sync-mlflow --tracking-uri` elsewhere: the ledger of the first store is set
+    aside and rebuilt from the second's runs, and again on the way back."""
+    cfg = _cfg()
+    run_trial(cfg, tmp_path / "run")
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
+    ledger = RunFolder(tmp_path / "run").ledger_path
+    for uri, trials in ((first, 0), (second, 0), (first, 1), (second, 1)):
+        sync = MlflowSync(tmp_path / "run", uri, "two")
+        sync.parent_run("name: two\n")
+        sent = sync.sync_all([cfg])[cfg.trial_name()]
+        assert (sent == 0) == bool(trials)  # back at a store: it holds every point
+        assert_mlflow_equals_parquet(uri, tmp_path / "run", "two", [cfg.trial_name()])
+        if uri == second or trials:
+            assert len(sync.notes) == 1 and f"rebuilt for {uri}" in sync.notes[0]
+            assert f"({trials} trials)" in sync.notes[0]
+            assert ledger.with_name("ledger.json.other-store").exists()
+        sync.set_status(None, "FINISHED")
+    for uri in (first, second):  # one parent run per store
+        client = MlflowSync(tmp_path / "run", uri, "two").client
+        runs = client.search_runs([client.get_experiment_by_name("two").experiment_id])
+        assert sorted(r.info.run_name for r in runs) == sorted(["two", cfg.trial_name()])
+
+
 def test_a_stray_probe_queue_file_is_skipped_with_a_warning(tmp_path, caplog) -> None:
     queue = ProbeQueue(tmp_path)
     job = ProbeJob("MOD-s0-0", 40, "hessian")

@@ -145,7 +145,7 @@ class MlflowSync:
             data = json.loads(self.ledger_path.read_text())
             if isinstance(data, dict) and isinstance(data.get("trials"), dict) and all(
                     isinstance(e, dict) and "run_id" in e for e in data["trials"].values()):
-                return data
+                return self._for_this_store(data)
             problem = "its fields are not a ledger's"
         except (OSError, ValueError) as err:
             problem = str(err).splitlines()[0][:200]
@@ -156,6 +156,38 @@ class MlflowSync:
                           f"rebuilt from MLflow's runs ({len(data['trials'])} trials), the "
                           f"damaged copy kept as {damaged.name}")
         return {**data, "_rebuilt": True}  # saved by _ledger even if nothing else changes
+
+    def _for_this_store(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The ledger if it describes this tracking store. One written for another store
+        (``sync-mlflow --tracking-uri`` elsewhere) is set aside and rebuilt from this store's
+        own runs, so switching stores either way never makes a second run or point."""
+        recorded = data.get("tracking_uri", self.tracking_uri)
+        if recorded == self.tracking_uri:
+            return data
+        if self._holds(data.get("parent_run_id")):  # the same store under another URI
+            return {**data, "tracking_uri": self.tracking_uri, "_rebuilt": True}
+        rebuilt = self._rebuild_ledger()
+        aside = self.ledger_path.with_name(f"{self.ledger_path.name}.other-store")
+        self.ledger_path.replace(aside)
+        self.notes.append(f"the MLflow ledger was kept for another store ({recorded}); "
+                          f"rebuilt for {self.tracking_uri} from its runs "
+                          f"({len(rebuilt['trials'])} trials), the other kept as {aside.name}")
+        return {**rebuilt, "_rebuilt": True}
+
+    def _holds(self, run_id: str | None) -> bool:
+        """Whether this store has the run (a missing one is an answer; a store that cannot
+        be reached raises, as every other call would)."""
+        from mlflow.exceptions import MlflowException
+
+        if run_id is None:
+            return False
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return False
+            raise
+        return True
 
     def _rebuild_ledger(self) -> dict[str, Any]:
         data: dict[str, Any] = {"tracking_uri": self.tracking_uri, "trials": {}}
@@ -255,10 +287,12 @@ class MlflowSync:
             # MLflow keeps each run's artifact store per process, by run id: forget the old
             # ones, or this process would go on writing to the old place
             getattr(utils, "_artifact_repos_cache", {}).clear()
-            with self._ledger() as led:
-                parent = led.get("parent_run_id")
-            if parent is not None:  # the tag a damaged ledger is rebuilt from
-                self.client.set_tag(parent, "emerge.run_dir", str(self.run_dir))
+            exp = self.client.get_experiment_by_name(self.sweep)
+            parents = [] if exp is None else self.client.search_runs(
+                [exp.experiment_id], f"tags.`emerge.run_dir` = '{old_dir}'")
+            for run in parents:  # the tag a ledger is rebuilt from (not read from the ledger,
+                # which may itself need that rebuild)
+                self.client.set_tag(run.info.run_id, "emerge.run_dir", str(self.run_dir))
         return changed
 
     def trial_run(self, trial: str, config: TrainConfig) -> str:
