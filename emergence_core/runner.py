@@ -61,7 +61,8 @@ class ProbeReport:
 
 
 class StateStore(Protocol):
-    """Where a trial's full training state is kept between commits."""
+    """Where a trial's full training state is kept between commits. A store may also have
+    ``notes``: warnings about what ``load`` recovered from, shown like the run folder's."""
 
     def load(self) -> dict | None: ...
 
@@ -250,7 +251,7 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     trainer = Trainer(cfg, device=device)
     state_store = state_store or FileState(store)
     state = state_store.load()
-    for note in store.notes:
+    for note in [*store.notes, *getattr(state_store, "notes", ())]:  # what it recovered from
         if hooks.on_note is not None:
             hooks.on_note(note)
         else:

@@ -26,7 +26,7 @@ from typing import Any
 from ray import tune
 from ray.tune.trainable import wrap_function
 
-from emergence_core.run_folder import ProbeJob, RunFolder
+from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
 from orchestrator.sweep.spec import SweepSpec, Trial
 
 __all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "configure",
@@ -60,20 +60,36 @@ def trial_metrics(report: Any) -> dict[str, Any]:
 
 
 class _TuneState:
-    """A trial's training state kept in Tune's checkpoints (runner.StateStore)."""
+    """A trial's training state kept in Tune's checkpoints (runner.StateStore).
+
+    A damaged latest checkpoint (truncated by a full disk, say) falls back to the one Tune
+    kept before it (``num_to_keep=2``) with a note: the steps after it are trained again and
+    give the same rows. With no readable checkpoint the trial fails with one line."""
 
     def __init__(self) -> None:
         self._pending: str | None = None
         self._reported: list[str] = []
+        self.notes: list[str] = []
 
     def load(self) -> dict | None:
-        import torch
-
         ckpt = tune.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return torch.load(Path(d) / RunFolder.STATE, map_location="cpu", weights_only=True)
+            latest = Path(d) / RunFolder.STATE
+            state, problem = _read_state(latest)
+            if problem is None:
+                return state
+        for older in _earlier_checkpoints(Path(ckpt.path)):
+            state, _ = _read_state(older / RunFolder.STATE)
+            if state is not None:
+                self.notes.append(f"training state {latest} {problem}; resumed from Tune's "
+                                  f"previous checkpoint {older.name} (step {state.get('step')}): "
+                                  "the steps after it are trained again, giving the same rows")
+                return state
+        raise RunFolderError(f"training state {latest} {problem} and Tune kept no readable "
+                             "earlier checkpoint; start the trial again in a new run folder "
+                             "(its rows so far stay in this one)")
 
     def save(self, state: dict) -> None:
         import torch
@@ -96,6 +112,26 @@ class _TuneState:
         return tune.Checkpoint.from_directory(d)
 
 
+def _read_state(path: Path) -> tuple[dict | None, str | None]:
+    """A saved training state, or None and why it cannot be used."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as err:  # truncated, zeroed, missing, not a torch file at all
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return None, f"cannot be read ({first})"
+
+
+def _earlier_checkpoints(latest: Path) -> list[Path]:
+    """The checkpoints Tune kept before ``latest`` in the trial's folder, newest first (local
+    storage: the run folder is on a local or shared file system)."""
+    if not latest.is_dir():
+        return []
+    return sorted((p for p in latest.parent.glob("checkpoint_*")
+                   if p.is_dir() and p.name < latest.name), reverse=True)
+
+
 def _trainable(config: dict[str, Any]) -> None:
     """One trial, in a Ray worker: the typed ``Trial`` validated once by the driver."""
     import torch
@@ -109,13 +145,18 @@ def _trainable(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(trial.resources.cpus)))
     cfg = trial.config  # device "auto": Ray hides unowned GPUs
     state = _TuneState()
+    notes: list[str] = []  # shown by the driver with the trial's next result
 
     def on_probe(report: Any) -> None:
-        tune.report(trial_metrics(report), checkpoint=state.take())
+        metrics = trial_metrics(report)
+        if notes:
+            metrics["notes"] = "\n".join(notes)
+            notes.clear()
+        tune.report(metrics, checkpoint=state.take())
 
     try:
         outcome = run_trial(cfg, folder.path, sweep=config["sweep"],
-                            hooks=TrialHooks(on_probe=on_probe,
+                            hooks=TrialHooks(on_probe=on_probe, on_note=notes.append,
                                              on_jobs=_enqueuer(folder, trial)),
                             state_store=state, plan=trial.plan,
                             threshold=config["threshold"], persistence=config["persistence"])
@@ -310,6 +351,8 @@ class SweepCallback(tune.Callback):
             return
         events = {int(k.removeprefix("emergence_L")): int(v) for k, v in result.items()
                   if k.startswith("emergence_L") and v is not None}
+        for note in (result.get("notes") or "").splitlines():
+            live.board.note(f"[yellow]warning: {name}: {note}[/yellow]")
         alerts = tuple(result["alerts"].splitlines()) if result.get("alerts") else ()
         live.board.result(name, int(result.get("step", 0)), events, alerts,
                           result.get("n_alerts"))
