@@ -163,11 +163,31 @@ def test_resume_computes_only_the_missing_probes(tmp_path: Path, when: str) -> N
         finally:
             stop(proc)
         before = {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in queue.done_jobs()}
+        stray = _damage_a_queued_job(run_dir, queue) if when == "trials" else None
         rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
-    assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    text = (tmp_path / "resume.log").read_text()
+    assert rc == 0, text[-3000:]
+    assert "Traceback" not in text
+    if stray is not None:  # named once, skipped; the emptied entry ran as any other
+        needle = f"skipping {stray}: not a probe job's file"
+        assert "".join(needle.split()) in "".join(text.split())  # however it was wrapped
     # what was done before the interruption was not computed again
     assert {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in before} == before
     _check_exactly_once(run_dir, spec_path)
     # keep_weights: false -> every checkpoint's weights went once its probes were done
     for plan in load_spec(spec_path).trials():
         assert TrialStore(run_dir, plan.name).weight_steps() == []
+
+
+def _damage_a_queued_job(run_dir: Path, queue: ProbeQueue) -> Path:
+    """Issue 14: a queue entry emptied (as by a full disk) and a stray file beside it."""
+    from emergence_core.run_folder import RunFolder
+
+    waiting = sorted(set(queue.queued()) - queue.done_jobs())
+    assert waiting, "the interruption left no job waiting"
+    entry = RunFolder(run_dir).probe_path("queue", waiting[0])
+    entry.write_bytes(b"")
+    stray = entry.with_name("notes.json")
+    stray.write_text("{")
+    return stray
+
