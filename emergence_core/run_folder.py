@@ -505,8 +505,23 @@ class RunFolder:
         return self.probe_dir("calibration") / trial / f"{measure}.json"
 
     def read_calibration(self, trial: str, measure: str) -> dict[str, Any] | None:
+        """The saved calibration, or None. A damaged record is set aside (``.damaged``) with
+        a warning and counts as none: the pilot runs again, deterministically the same."""
         path = self.calibration_path(trial, measure)
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if isinstance(record, dict):
+                return record
+            problem = "not a calibration record"
+        except (OSError, ValueError) as err:
+            problem = _first_line(err)
+        aside = path.with_name(f"{path.name}.damaged")
+        path.replace(aside)
+        _warn_once(path, f"calibration {path} cannot be read ({problem}); kept as {aside.name}, "
+                         "the pilot runs again")
+        return None
 
     def write_calibration(self, trial: str, measure: str, record: dict[str, Any]) -> None:
         from emergence_core.store import atomic_path

@@ -180,6 +180,19 @@ def test_a_stray_probe_queue_file_is_skipped_with_a_warning(tmp_path, caplog) ->
     assert len(warnings) == 1 and "not a probe job's file" in warnings[0]
 
 
+def test_a_damaged_calibration_is_set_aside_and_the_pilot_runs_again(tmp_path, caplog) -> None:
+    folder = RunFolder(tmp_path)
+    folder.write_calibration("MOD-s0-0", "llc", {"chosen": {"eps": 1e-6}})
+    assert folder.read_calibration("MOD-s0-0", "llc") == {"chosen": {"eps": 1e-6}}
+    path = folder.calibration_path("MOD-s0-0", "llc")
+    path.write_text('{"chosen": {"ep')
+    with caplog.at_level(logging.WARNING, logger="emerge"):
+        assert folder.read_calibration("MOD-s0-0", "llc") is None
+    assert not path.exists() and path.with_name("llc.json.damaged").exists()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"calibration {path} cannot be read" in warnings[0]
+
+
 def test_a_damaged_sweep_file_as_launched_is_one_line(tmp_path) -> None:
     run_dir = tmp_path / "run"
     spec = write_spec(tmp_path / "s.yaml", name="s", run_dir=str(run_dir), tasks=["MOD"],
@@ -231,3 +244,48 @@ def test_a_full_disk_stops_with_one_line_and_resume_completes(tmp_path, small_di
                          checkpoint={"every_probes": 1})
     run_trial(cfg, tmp_path / "reference")
     assert comparable(read_metrics(out)) == comparable(read_metrics(tmp_path / "reference"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_sweep_fails_in_one_line_and_resume_completes(tmp_path,
+                                                                       small_disk) -> None:
+    """A real sweep whose run folder fills up (Tune's checkpoints live there too): the trial
+    fails naming the full disk, nothing half-written is kept, and once space is freed
+    `emerge resume` completes with the rows of an uninterrupted run, each once."""
+    import subprocess
+
+    from tests.sweep_helpers import (
+        keys_unique,
+        ray_tmpdir,
+        run_sweep,
+        start_reference,
+        wait_reference,
+    )
+
+    subprocess.run(["mount", "-o", "remount,size=14m", str(small_disk)], check=True)
+    run_dir = small_disk / "run"
+    spec = write_spec(tmp_path / "disk.yaml", name="disk", run_dir=str(run_dir),
+                      tasks=["MOD"], scales=["s0"], seeds=[0], retries=1,
+                      train={"steps": 90, "diag_size": 60,
+                             "probe": {"n_probes": 30, "rankme_samples": 30},
+                             "checkpoint": {"every_probes": 3, "weights_every": None}})
+    reference = start_reference(spec, tmp_path / "reference", tmp_path / "reference.log")
+    with ray_tmpdir() as rt:
+        rc = run_sweep(["sweep", str(spec)], rt, tmp_path / "full.log")
+        text = (tmp_path / "full.log").read_text()
+        assert rc == 1, text[-3000:]
+        assert "No space left on device" in text and "Traceback" not in text, text[-3000:]
+        assert not [p for p in run_dir.rglob(".*.tmp")]  # nothing half-written left
+        kept = read_metrics(run_dir)
+        assert kept.num_rows and keys_unique(kept) and max(kept["step"].to_pylist()) < 90
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
+    text = (tmp_path / "resume.log").read_text()
+    assert rc == 0 and "Traceback" not in text, text[-3000:]
+    table = read_metrics(run_dir)
+    assert keys_unique(table)
+    assert comparable(table) == wait_reference(reference, tmp_path / "reference",
+                                               tmp_path / "reference.log")
+    assert_mlflow_equals_parquet(f"sqlite:///{run_dir / 'mlflow.db'}", run_dir, "disk",
+                                 ["MOD-s0-0"])
+

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from emergence_core.expensive import get_measure
+from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.probes.queue import ProbeQueue
 from orchestrator.sweep.spec import load_spec
@@ -82,11 +83,15 @@ def _rows_of(measure: str, settings: dict) -> tuple[str, ...]:
 MEASURE_ROWS = {m: _rows_of(m, p.get("settings", {})) for m, p in PROBES.items()}
 
 
-def _check_exactly_once(run_dir: Path, spec_path: Path) -> None:
+def _check_exactly_once(run_dir: Path, spec_path: Path, failed: frozenset = frozenset()
+                        ) -> None:
+    """Every due job done exactly once in Parquet and MLflow, but for ``failed`` ones."""
     spec = load_spec(spec_path)
-    due = _due(run_dir, spec)
-    assert set(ProbeQueue(run_dir).queued()) == due
+    queued = _due(run_dir, spec)
+    due = queued - failed
+    assert set(ProbeQueue(run_dir).queued()) == queued
     assert ProbeQueue(run_dir).done_jobs() == due
+    assert set(ProbeQueue(run_dir).failures()) == failed
     table = read_metrics(run_dir)
     assert keys_unique(table)
     probe = table.filter(pc.equal(table["source"], "probe"))
@@ -163,11 +168,49 @@ def test_resume_computes_only_the_missing_probes(tmp_path: Path, when: str) -> N
         finally:
             stop(proc)
         before = {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in queue.done_jobs()}
+        stray = _damage_a_queued_job(run_dir, queue) if when == "trials" else None
+        broken = _damage_a_waiting_weights_file(run_dir, queue) if when == "drain" else None
         rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
-    assert rc == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    text = (tmp_path / "resume.log").read_text()
+    assert rc == (0 if broken is None else 1), text[-3000:]
+    assert "Traceback" not in text
+    if broken is not None:  # those jobs failed, naming the file; every other job ran
+        jobs, weights = broken
+        for job in jobs:
+            assert f"probe failed: {job.trial} {job.measure} at step {job.step}" in text
+            record = json.loads(RunFolder(run_dir).probe_path("failed", job).read_text())
+            assert f"weights file {weights} cannot be read" in record["error"]
+    if stray is not None:  # named once, skipped; the emptied entry ran as any other
+        needle = f"skipping {stray}: not a probe job's file"
+        assert "".join(needle.split()) in "".join(text.split())  # however it was wrapped
     # what was done before the interruption was not computed again
     assert {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in before} == before
-    _check_exactly_once(run_dir, spec_path)
+    _check_exactly_once(run_dir, spec_path, broken[0] if broken else frozenset())
     # keep_weights: false -> every checkpoint's weights went once its probes were done
     for plan in load_spec(spec_path).trials():
-        assert TrialStore(run_dir, plan.name).weight_steps() == []
+        kept = [] if broken is None else [next(iter(broken[0])).step]
+        assert TrialStore(run_dir, plan.name).weight_steps() == kept
+
+
+def _damage_a_queued_job(run_dir: Path, queue: ProbeQueue) -> Path:
+    """Issue 14: a queue entry emptied (as by a full disk) and a stray file beside it."""
+    waiting = sorted(set(queue.queued()) - queue.done_jobs())
+    assert waiting, "the interruption left no job waiting"
+    entry = RunFolder(run_dir).probe_path("queue", waiting[0])
+    entry.write_bytes(b"")
+    stray = entry.with_name("notes.json")
+    stray.write_text("{")
+    return stray
+
+
+def _damage_a_waiting_weights_file(run_dir: Path, queue: ProbeQueue) -> tuple:
+    """Issue 14: the weights file waiting jobs need, truncated. Those jobs fail after their
+    attempts with one line naming the file; the sweep says so and exits 1."""
+    folder = RunFolder(run_dir)
+    waiting = [j for j in sorted(set(queue.queued()) - queue.done_jobs())
+               if folder.weights_path(j.trial, j.step).exists()]
+    assert waiting, "the interruption left no job waiting with its weights"
+    step = waiting[-1].step
+    weights = folder.weights_path(waiting[-1].trial, step)
+    weights.write_bytes(weights.read_bytes()[:500])
+    return frozenset(j for j in waiting if j.step == step), weights

@@ -267,11 +267,11 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
     with mlflow_server(tmp_path / "mlflow") as uri, ray_tmpdir() as rt:
         proc = start_sweep(["sweep", str(spec_path), "--tracking-uri", uri], rt, log)
         try:
-            # two commits each: the first one's checkpoint has reached Tune, so a resume
-            # continues from it rather than from step 0
-            wait_for(lambda: all(len(TrialStore(run_dir, t).parts()) >= 2
+            # three commits each: two checkpoints have reached Tune, so a resume continues
+            # from the latest, or from the one before it when the latest is damaged
+            wait_for(lambda: all(len(TrialStore(run_dir, t).parts()) >= 3
                                  for t in ("MOD-s0-0", "COPY-s0-0")),
-                     300, "two commits of both trials", proc, log)
+                     300, "three commits of both trials", proc, log)
             proc.send_signal(signal.SIGINT)  # Ctrl-C in the driver's terminal
             assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
         finally:
@@ -286,6 +286,7 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
                                     tmp_path / "reference.log")
         folder = RunFolder(run_dir)
         _a_damaged_sweep_file_is_one_line_and_starts_nothing(folder)
+        damaged = _damage_the_latest_checkpoint_and_part(run_dir, interrupted[0])
         ledger = folder.ledger_path
         ledger.write_text(ledger.read_text()[:40])  # truncated mid-write, as by a full disk
         resume = start_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
@@ -300,6 +301,10 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         # the ledger was rebuilt from the server's own runs: a note, and no second run
         assert "was damaged" in text and ledger.with_name("ledger.json.damaged").exists()
         assert "Traceback" not in text
+        # the damaged checkpoint: named, and the trial went on from the one before it
+        assert str(damaged) in "".join(text.split())  # (rich folds long lines)
+        assert "previouscheckpoint" in "".join(text.split())
+        assert "Tune's record" not in text  # Tune's own record was whole: restored as is
         table = read_metrics(run_dir)
         assert keys_unique(table)
         assert comparable(table) == wait_reference(reference, tmp_path / "reference",
@@ -312,6 +317,36 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         _check_parquet_holds_every_series(run_dir, spec_path)
         _check_mlflow_holds_every_series(uri, run_dir, spec_path)
     assert not (run_dir / "mlflow.db").exists()  # a server sweep writes no local store
+    _a_damaged_kept_part_is_named(run_dir, "MOD-s0-0")
+
+
+def _damage_the_latest_checkpoint_and_part(run_dir: Path, trial: str) -> Path:
+    """Truncate the state in the trial's latest Tune checkpoint, and its last metric part
+    (both as a full disk would): the resume must go on from Tune's previous checkpoint, which
+    makes the damaged part one of those it computes again."""
+    import torch
+
+    checkpoints = sorted((run_dir / "tune").glob(f"*/{trial}/checkpoint_*"))
+    assert len(checkpoints) >= 2, checkpoints
+    state = checkpoints[-1] / RunFolder.STATE
+    state.write_bytes(state.read_bytes()[:1000])
+    previous = torch.load(checkpoints[-2] / RunFolder.STATE, weights_only=True)["step"]
+    first, _, part = TrialStore(run_dir, trial).parts()[-1]
+    assert first > previous, (first, previous)
+    part.write_bytes(part.read_bytes()[:100])
+    return state
+
+
+def _a_damaged_kept_part_is_named(run_dir: Path, trial: str) -> None:
+    """A kept part damaged after the run: `emerge analyze` reports without it and names it
+    (in its output and under the report's "What is missing"), with no traceback."""
+    part = TrialStore(run_dir, trial).parts()[0][2]
+    part.write_bytes(part.read_bytes()[:100])
+    result = CliRunner().invoke(app, ["analyze", str(run_dir), "--no-mlflow"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output[-2000:]
+    named = f"metric parts could not be read and were left out: {part.relative_to(run_dir)}"
+    assert named in " ".join(result.output.split())
+    assert named in " ".join((run_dir / "report" / "report.md").read_text().split())
 
 
 def _a_damaged_sweep_file_is_one_line_and_starts_nothing(folder: RunFolder) -> None:

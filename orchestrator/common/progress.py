@@ -113,10 +113,11 @@ class SweepBoard(_Board):
         if will_retry:
             t.retries += 1
             t.state = "retrying"
-            self._note(f"[yellow]{name} failed; retrying from its last checkpoint[/yellow]")
+            why = f" ({escape(error)})" if error else ""
+            self._note(f"[yellow]{name} failed{why}; retrying from its last checkpoint[/yellow]")
         else:
             t.state, t.error = "failed", error
-            self._note(f"[red]{name} failed: {error}[/red]")
+            self._note(f"[red]{name} failed: {escape(error or 'unknown error')}[/red]")
         self.refresh(force=True)
 
     def probes(self, counts: Any) -> None:

@@ -29,6 +29,12 @@ def connect(address: str | None, console: Console) -> bool:
     # Tune warns about slow callbacks and frequent reports in the driver's console; the live
     # board is the console here, and a trial's errors reach it through the callbacks.
     logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    # ...and a failed trial's traceback: the board prints its last line (and where Tune keeps
+    # the whole trace), so one failure is one line, as for every other error of emerge.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    # Tune's experiment state lives in the run folder; when it cannot be saved there (a
+    # full disk) the trials fail for the same reason, and the board names it once.
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         ctx = ray.init(address=address, **kwargs)

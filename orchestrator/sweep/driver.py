@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from emergence_core.run_folder import RunFolder
 from orchestrator.common.errors import UsageError
@@ -73,8 +74,7 @@ class Live:
             except Exception as e:  # any MLflow failure: note it, never stop the sweep
                 self._down_until = time.monotonic() + 20
                 self.mlflow_failed = True
-                text = str(e).strip()
-                first = text.splitlines()[0][:120] if text else type(e).__name__
+                first = _cause(e)
                 self.board.note(f"[yellow]MLflow unavailable ({first}); Parquet stays complete; "
                                 f"`emerge sync-mlflow {self.run_dir}` fills it in[/yellow]")
             else:
@@ -93,11 +93,24 @@ class Live:
 
     def record_failure(self, name: str, error: str) -> None:
         self.failures[name] = error
-        self.folder.record_failure(name, error)
+        try:
+            self.folder.record_failure(name, error)
+        except OSError as err:  # a full disk: the failure still ends the sweep's output
+            self.board.note(f"[yellow]the run folder cannot record {name}'s failure ({err})"
+                            "[/yellow]")
+
+
+def _cause(err: BaseException) -> str:
+    """One line for an MLflow failure: the database driver's own message where SQLAlchemy
+    wraps one ("(sqlite3.OperationalError) database or disk is full"), else the first."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    driver = [ln for ln in lines if ln.startswith("(") and "Error) " in ln]
+    return (driver or lines or [type(err).__name__])[0][:160]
 
 
 def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
-                  plans: dict[str, Trial], fresh: set[str]) -> tuple[int, bool]:
+                  plans: dict[str, Trial], fresh: set[str],
+                  note: Callable[[str], None]) -> tuple[int, bool]:
     """Fit (or restore and fit) each launch in turn; returns the number of errored trials
     and whether Ctrl-C stopped them."""
     from orchestrator.sweep import tune_run
@@ -106,6 +119,9 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
     for launch in launches:
         if all(folder.is_complete(n) for n in launch["trials"]):
             continue
+        if launch["name"] not in fresh and tune_run.can_restore(folder, launch["name"]) \
+                and (warning := tune_run.heal_launch(folder, launch["name"])) is not None:
+            note(f"[yellow]warning: {escape(warning)}[/yellow]")
         if launch["name"] in fresh or not tune_run.can_restore(folder, launch["name"]):
             callback = tune_run.SweepCallback(
                 folder.path, {n: plans[n].config for n in launch["trials"]})
@@ -113,8 +129,9 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                                          folder, launch["name"], [callback])
         else:
             tuner = tune_run.restore_tuner(folder, launch["name"])
-        results, interrupted = tune_run.fit(tuner)  # returns normally on errors and Ctrl-C
-        errors += results.num_errors
+        failed, interrupted = tune_run.fit(tuner)  # returns normally on errors and Ctrl-C
+        errors += failed if failed is not None else sum(
+            not folder.is_complete(n) for n in launch["trials"])
         if interrupted:
             return errors, True
         if not all(folder.is_complete(n) for n in launch["trials"]):
@@ -153,7 +170,8 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             pool.start()
             finished = False
             try:
-                errors, interrupted = _fit_launches(folder, spec, launches, plans, fresh)
+                errors, interrupted = _fit_launches(folder, spec, launches, plans, fresh,
+                                                    board.note)
                 finished = not interrupted and all(folder.is_complete(n) for n in plans)
                 if finished:
                     if pool.enabled:

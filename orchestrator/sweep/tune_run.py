@@ -14,7 +14,9 @@ grid; ``storage_path`` must be absolute; the RunConfig, callbacks included, is p
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -30,7 +32,7 @@ from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
 from orchestrator.sweep.spec import SweepSpec, Trial
 
 __all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "configure",
-           "restore_tuner", "trial_metrics"]
+           "heal_launch", "restore_tuner", "trial_metrics"]
 
 
 def configure() -> None:
@@ -66,7 +68,8 @@ class _TuneState:
     kept before it (``num_to_keep=2``) with a note: the steps after it are trained again and
     give the same rows. With no readable checkpoint the trial fails with one line."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: RunFolder, trial: str) -> None:
+        self.folder, self.trial = folder, trial
         self._pending: str | None = None
         self._reported: list[str] = []
         self.notes: list[str] = []
@@ -74,7 +77,7 @@ class _TuneState:
     def load(self) -> dict | None:
         ckpt = tune.get_checkpoint()
         if ckpt is None:
-            return None
+            return self._kept()
         with ckpt.as_directory() as d:
             latest = Path(d) / RunFolder.STATE
             state, problem = _read_state(latest)
@@ -90,6 +93,19 @@ class _TuneState:
         raise RunFolderError(f"training state {latest} {problem} and Tune kept no readable "
                              "earlier checkpoint; start the trial again in a new run folder "
                              "(its rows so far stay in this one)")
+
+    def _kept(self) -> dict | None:
+        """With no checkpoint from Tune: the newest readable one the run folder keeps for the
+        trial from a record of its launch that was set aside (see ``heal_launch``)."""
+        kept = sorted(self.folder.tune_dir.glob(f"*/{self.trial}/checkpoint_*"),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in (p / RunFolder.STATE for p in kept):
+            state, _ = _read_state(path)
+            if state is not None:
+                self.notes.append(f"Tune has no checkpoint of the trial; resumed from {path} "
+                                  f"(step {state.get('step')}), kept in the run folder")
+                return state
+        return None
 
     def save(self, state: dict) -> None:
         import torch
@@ -144,7 +160,7 @@ def _trainable(config: dict[str, Any]) -> None:
     _record_worker(folder, trial.name)
     torch.set_num_threads(max(1, int(trial.resources.cpus)))
     cfg = trial.config  # device "auto": Ray hides unowned GPUs
-    state = _TuneState()
+    state = _TuneState(folder, trial.name)
     notes: list[str] = []  # shown by the driver with the trial's next result
 
     def on_probe(report: Any) -> None:
@@ -291,8 +307,10 @@ def can_restore(folder: RunFolder, launch: str) -> bool:
     return tune.Tuner.can_restore(str(folder.launch_dir(launch)))
 
 
-def fit(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
-    """``tuner.fit()``; returns its results and whether Ctrl-C stopped it.
+def fit(tuner: tune.Tuner) -> tuple[int | None, bool]:
+    """``tuner.fit()``; returns the number of errored trials (None when Tune could not read
+    its own record of them back, a full disk say: the run folder then says which trials are
+    unfinished) and whether Ctrl-C stopped it.
 
     Tune swaps in its own SIGINT handler for ``fit()`` (it stops the trials and saves the
     experiment) and puts the previous one back only when a Ctrl-C arrives. Left in place
@@ -303,13 +321,51 @@ def fit(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
     before = signal.getsignal(signal.SIGINT)
     tune_catches = (threading.current_thread() is threading.main_thread()
                     and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+    errors: int | None = None
     try:
-        results = tuner.fit()
+        errors = tuner.fit().num_errors
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError):
+        pass  # the results grid reads each error back from storage; the board showed them
     finally:
         after = signal.getsignal(signal.SIGINT)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, before)
-    return results, tune_catches and after is before
+    return errors, tune_catches and after is before
+
+
+def heal_launch(folder: RunFolder, launch: str) -> str | None:
+    """Check Tune's record of a launch before restoring it. A damaged one (cut by a full
+    disk: Tune's experiment state and its trials' error records live in the run folder) is
+    set aside whole, its trials' checkpoints with it, so the launch starts afresh and each
+    unfinished trial continues from its newest readable checkpoint (``_TuneState._kept``).
+    Returns a warning to show, or None."""
+    d = folder.launch_dir(launch)
+    problem = None
+    for path in sorted(d.glob("experiment_state-*.json"))[-1:]:
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            problem = problem or f"{path.name} cannot be read ({_first_line(err)})"
+    # (the search's state is a pickle despite its .json name)
+    for path in [d / "tuner.pkl", *sorted(d.glob("basic-variant-state-*.json"))[-1:],
+                 *sorted(d.glob("*/error.pkl"))]:
+        # not unpickled here (tuner.pkl holds object references of the launch that made it):
+        # a pickle cut short lacks its final STOP opcode
+        if path.exists() and not path.read_bytes().endswith(pickle.STOP):
+            problem = problem or f"{path.relative_to(d)} is truncated"
+    if problem is None:
+        return None
+    n = 0
+    while (aside := d.with_name(f"{d.name}.damaged-{n}")).exists():
+        n += 1
+    d.replace(aside)
+    return (f"Tune's record of {launch} is damaged ({problem}); kept as {aside.name}, and its "
+            "unfinished trials continue from their newest readable checkpoints")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 # -- the driver side ---------------------------------------------------------------------------
@@ -389,7 +445,11 @@ class SweepCallback(tune.Callback):
 
 
 def _error_text(trial: Any) -> str:
+    """The last line of a trial's error: from Tune's storage, else from the driver's own copy
+    (storage in the run folder may be the very thing that failed, a full disk say)."""
     err = trial.get_error()
+    if not str(err or "").strip() and trial.error_file and os.path.exists(trial.error_file):
+        err = Path(trial.error_file).read_text()  # storage's copy is missing or truncated
     text = str(err) if err is not None else "unknown error"
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "unknown error"

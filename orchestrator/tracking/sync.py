@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -40,6 +41,9 @@ def configure() -> None:
     when a sync is made, never at import."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # A failing SQL store (a full disk) logs each error with its traceback before raising;
+    # emerge catches it and says "MLflow unavailable" in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def default_tracking_uri(run_dir: Path) -> str:
