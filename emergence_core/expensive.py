@@ -22,7 +22,6 @@ from torch import nn
 
 from emergence_core.measures import (
     GradRankSettings,
-    HessianResult,
     HessianSettings,
     LLCSettings,
     ScoredBatch,
@@ -233,7 +232,9 @@ def not_converged(name: str, record: Mapping[str, Any]) -> ExpensiveResult:
                                   "mean_loss": None, "loss_rise": None, "rhat": None,
                                   "n_beta": record.get("n_beta"),
                                   "status": "not converged: the calibration found no setting "
-                                            "meeting its criteria",
+                                            "meeting its criteria"
+                                            + (f" ({record['reason']})" if record.get("reason")
+                                               else ""),
                                   "calibration": {"chosen": None,
                                                   "grid": record.get("grid", [])}})
 
@@ -268,30 +269,27 @@ def _llc(model: nn.Module, batch: ScoredBatch, s: LLCSettings) -> ExpensiveResul
     return ExpensiveResult(rows, {
         "value": _finite(r.value), "std": _finite(r.std), "per_chain": list(r.per_chain),
         "init_loss": r.init_loss, "mean_loss": _finite(r.mean_loss),
-        "loss_rise": _finite(r.loss_rise), "n_beta": r.n_beta, "eps": s.eps,
-        "gamma": s.gamma, "sampler": s.sampler,
-        "n_burnin": r.n_burnin, "rhat": _finite(r.rhat), "converged": r.converged,
+        "loss_rise": _finite(r.loss_rise), "max_rise": s.max_rise, "n_beta": r.n_beta,
+        "eps": r.eps, "gamma": r.gamma, "sampler": s.sampler, "n_burnin": r.n_burnin,
+        "rhat": _finite(r.rhat), "converged": r.converged, "checks": dict(r.checks),
+        "below_share": _finite(r.below_share), "drift_noise": _finite(r.drift_noise),
+        "mala_acceptance": _finite(r.mala_acceptance),
+        "precond_change": _finite(r.precond_change),
         "loss_trace": [[_finite(v) for v in chain] for chain in r.loss_trace],
         "wall_s": r.wall_s})
 
 
 def _llc_calibrate(model: nn.Module, batch: ScoredBatch, s: LLCSettings,
                    untrained_loss: float, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The LLC's pilot (``llc_calibration``), with lambda_max for the curvature diagnostic
-    unless ``hessian: false``."""
+    """The LLC's pilot (``llc_calibration``): its grid is set by n_beta * lambda_max, so the
+    Hessian's top eigenvalue at the pilot checkpoint is always computed."""
     fields = dict(fields)
-    lambda_max = None
-    if fields.pop("hessian", True):
-        from emergence_core.measures import HessianSettings, estimate_hessian
-
-        h: HessianResult = estimate_hessian(model, batch, HessianSettings(
-            lanczos_tol=1e-2, max_hvps=80, trace_probes=0, seed=s.seed))
-        lambda_max = h.lambda_max
     try:
         c = CalibrationSettings(**_numbers(CalibrationSettings, fields))
     except TypeError as err:
-        raise ValueError(f"bad llc calibration field: {err}") from None
-    return calibrate_llc(model, batch, s, untrained_loss, c, lambda_max).to_json()
+        known = ", ".join(f.name for f in dataclasses.fields(CalibrationSettings))
+        raise ValueError(f"bad llc calibration field ({err}); known: {known}") from None
+    return calibrate_llc(model, batch, s, untrained_loss, c).to_json()
 
 
 def _grad_rank(fn: Callable[..., Any], value: str, stderr: str) -> Compute:

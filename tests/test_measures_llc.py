@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -248,7 +249,7 @@ def test_same_update_as_devinterp_rmsprop_sgld(tmp_path):
     n = batch.n_samples
     settings = LLCSettings(eps=1e-4, gamma=100.0, n_chains=2, n_draws=60, n_burnin=20,
                            minibatch_size=None, seed=3, sampler="rmsprop", rms_alpha=0.9,
-                           rms_eps=0.05, rms_freeze=False)
+                           rms_eps=0.05, rms_freeze=False, rms_bias_correction=False)
     ours = estimate_llc(model, batch, settings)
     dataset = datasets.Dataset.from_dict({"input_ids": [[i, 0] for i in range(n)]})
 
@@ -294,32 +295,114 @@ def test_settings_are_validated():
         LLCSettings(sampler="adam")
 
 
-def test_calibration_chooses_the_largest_passing_step_and_says_when_none_passes():
-    from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
+def test_calibration_verdicts_follow_from_their_numbers_and_none_passing_says_so():
+    from emergence_core.measures.llc_calibration import (
+        CalibrationSettings,
+        basin_scale,
+        calibrate_llc,
+    )
 
     model, batch = _trained_mlp()
-    base = LLCSettings(n_chains=2, n_draws=60, n_burnin=30, minibatch_size=None, seed=1,
-                       sampler="sgld")
-    grid = CalibrationSettings(eps_grid=(4e-3, 2e-3, 1e-3), gammas=(100.0, 1000.0),
-                               max_halving_change=0.5)
+    base = LLCSettings(n_chains=2, n_draws=200, n_burnin=100, minibatch_size=None, seed=1)
+    grid = CalibrationSettings(steps=(0.2, 0.1, 0.05), localisations=(1e-2, 1e-3))
     c = calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=grid,
                       lambda_max=2.0)
-    passed = [p for p in c.points if p.passed]
+    stiff = c.n_beta * 2.0
+    bound = 0.25 * basin_scale(c.init_loss, 10.0)
+    assert c.criteria["max_rise"] == pytest.approx(bound)
     for p in c.points:  # every verdict follows from its numbers
+        assert p.eps == pytest.approx(p.step / stiff) and p.gamma == pytest.approx(
+            p.localisation * stiff)
         assert p.stationary == (p.rhat <= 1.1)
-        assert p.in_basin == (p.mean_loss <= 2.5)
-        assert p.passed == (p.stationary and p.in_basin and p.halving_change is not None
-                            and p.halving_change <= 0.5)
-    assert all(p.halving_change is None for p in c.points if p.eps == 1e-3)
-    if passed:  # the first pass is chosen and the pilot stopped at its half
-        assert c.chosen == {"eps": passed[0].eps, "gamma": passed[0].gamma}
-        assert c.points[-1].eps == passed[0].eps / 2
-        assert c.apply(base).eps == passed[0].eps and c.apply(base).n_draws == 60
-        assert c.to_json()["n_beta_lambda_max"] == pytest.approx(c.n_beta * 2.0)
-    none = calibrate_llc(model, batch, base, untrained_loss=1e-9, calibration=grid)
-    assert none.chosen is None and not none.converged
-    assert len(none.points) == 6 and not any(p.in_basin for p in none.points)
+        assert p.in_basin == (0 < p.rise <= bound)
+        assert p.value == pytest.approx(c.n_beta * p.rise, rel=1e-6)
+    assert not any(p.step == 0.05 and p.halving_change is not None for p in c.points)
+    passed = [p for p in c.points if p.passed]
+    assert len(passed) <= 1
+    if passed:  # the choice is the first point judged by both checks, with its bound
+        p = passed[0]
+        assert p.stationary and p.in_basin and p.halving_change <= 0.1
+        assert p.localisation_change <= 0.05
+        assert c.chosen == {"eps": p.eps, "gamma": p.gamma, "max_rise": bound}
+        applied = c.apply(base)
+        assert (applied.eps, applied.gamma, applied.max_rise, applied.n_draws) == (
+            p.eps, p.gamma, bound, 200)
+    none = calibrate_llc(model, batch, base, untrained_loss=10.0, lambda_max=2.0,
+                         calibration=replace(grid, max_rise_fraction=1e-9))
+    assert none.chosen is None and not none.converged and "see the grid" in none.reason
+    assert none.points and not any(p.in_basin for p in none.points)
     with pytest.raises(ValueError, match="no setting"):
         none.apply(base)
+    flat = calibrate_llc(model, batch, base, untrained_loss=10.0, lambda_max=0.0)
+    assert flat.chosen is None and "no positive curvature" in flat.reason and not flat.points
     with pytest.raises(ValueError, match="largest first"):
-        CalibrationSettings(eps_grid=(1e-3, 2e-3))
+        CalibrationSettings(steps=(1e-3, 2e-3))
+    with pytest.raises(ValueError, match="halve"):
+        CalibrationSettings(steps=(0.2, 0.05))
+
+
+def test_missing_eps_and_gamma_follow_the_checkpoints_stiffness():
+    from emergence_core.measures.llc import relative_settings, stiffness
+
+    model, batch = _trained_mlp()
+    s = LLCSettings(n_chains=2, n_draws=20, n_burnin=10, minibatch_size=None)
+    n_beta, lam = stiffness(model, batch, s)
+    derived = relative_settings(model, batch, s)
+    assert derived.eps == pytest.approx(0.05 / (n_beta * lam))
+    assert derived.gamma == pytest.approx(1e-3 * n_beta * lam)
+    r = estimate_llc(model, batch, s)
+    assert (r.eps, r.gamma) == (derived.eps, derived.gamma)
+    fixed = relative_settings(model, batch, replace(s, eps=1e-5))
+    assert fixed.eps == 1e-5 and fixed.gamma == derived.gamma
+    with pytest.raises(ValueError, match="needs eps and gamma"):
+        sample_sgld(model, lambda m, ids: batch.loss(m, ids), n=64, settings=s)
+
+
+@pytest.mark.parametrize("minibatch", [None, 16])
+def test_batched_chains_draw_what_one_chain_at_a_time_draws(minibatch):
+    """The chains advanced as one vmapped computation give the draws of the loop, on the MLP
+    and on an s0 transformer (the production path: a trial's probe batch)."""
+    from emergence_core.config import resolve_config
+    from emergence_core.expensive import trial_model, trial_probe_batch
+
+    model, batch = _trained_mlp()
+    cfg = resolve_config("COPY", "s0", 0, train_size=64, diag_size=10)
+    data, gpt = trial_model(cfg)
+    probe = trial_probe_batch(data, 24, 0)
+    for m, b, eps, gamma in ((model, batch, 1e-3, 100.0), (gpt, probe, 1e-5, 100.0)):
+        for sampler in ("sgld", "rmsprop"):
+            s = LLCSettings(eps=eps, gamma=gamma, n_chains=3, n_draws=12, n_burnin=4,
+                            minibatch_size=minibatch, sampler=sampler, seed=2)
+            loop = estimate_llc(m, b, replace(s, batch_chains=False))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)  # no fallback to the loop
+                vm = estimate_llc(m, b, replace(s, batch_chains=True))
+            torch.testing.assert_close(torch.tensor(vm.loss_trace), torch.tensor(loop.loss_trace),
+                                       rtol=1e-4, atol=1e-5)
+            assert vm.value == pytest.approx(loop.value, rel=1e-3, abs=1e-3)
+            assert vm.drift_noise == pytest.approx(loop.drift_noise, rel=1e-3)
+
+
+def test_diagnostics_see_a_step_too_large():
+    """MALA acceptance and the drift/noise ratio: faithful at a small step, not at a large one
+    (full batches on the regular quadratic, eps * n_beta * curvature 0.02 against 1.5)."""
+    model = Potential("quadratic", a=torch.eye(8, dtype=torch.float64))
+    kw = dict(gamma=1.0, n_beta=100.0, n_chains=2, n_draws=300, n_burnin=100,
+              minibatch_size=None, sampler="sgld")
+    small = estimate_llc(model, _PotentialBatch(model), LLCSettings(eps=2e-4, **kw))
+    large = estimate_llc(model, _PotentialBatch(model), LLCSettings(eps=1.5e-2, **kw))
+    assert small.mala_acceptance > 0.95 > 0.8 > large.mala_acceptance
+    assert large.drift_noise > small.drift_noise
+    minibatched = estimate_llc(model, _PotentialBatch(model),
+                               LLCSettings(eps=2e-4, **{**kw, "minibatch_size": 4}))
+    assert math.isnan(minibatched.mala_acceptance)  # by design: U across minibatches
+
+
+class _PotentialBatch:
+    n_population = None
+
+    def __init__(self, model: Potential) -> None:
+        self.n_samples = 10
+
+    def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return model.loss(ids)

@@ -27,12 +27,16 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
         return []
     lines = ["## Calibration of the expensive measures", "",
              "Each trial's pilot ran on one checkpoint and fixed the settings below for all its "
-             "checkpoints. Criteria: split R-hat <= rhat_max, mean sampled loss <= "
-             "max_loss_fraction x the untrained model's loss, and the value moving by at most "
-             "max_halving_change when the step size halves.", "",
-             "| trial | measure | pilot step | chosen | value at choice | mean sampled loss | "
-             "untrained loss | R-hat | settings tried | n_beta x lambda_max |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "checkpoints (docs/methods.md, the LLC's default procedure). A setting passes "
+             "when its chains are stationary (split R-hat <= rhat_max), stay in the basin "
+             "(0 < rise of the sampled loss <= max_rise_fraction x max(untrained loss - "
+             "L(w*), L(w*))), and the value moves by at most max_halving_change when eps "
+             "halves and by at most max_localisation_change when gamma is ten times weaker.",
+             "",
+             "| trial | measure | pilot step | chosen | value at choice | loss rise | "
+             "untrained loss | R-hat | change at eps/2 | change at gamma/10 | settings tried "
+             "| n_beta x lambda_max |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         grid = r.get("grid") or []
         chosen = r.get("chosen")
@@ -41,10 +45,12 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
         what = ", ".join(f"{k} {_num(v)}" for k, v in chosen.items()) if chosen \
             else "**not converged**"
         lines.append(f"| {r.get('trial')} | {r.get('measure')} | {r.get('step')} | {what} | "
-                     f"{_num(at.get('value'))} | {_num(at.get('mean_loss'))} | "
-                     f"{_num(r.get('untrained_loss'))} | {_num(at.get('rhat'))} | {len(grid)} | "
-                     f"{_num(r.get('n_beta_lambda_max'))} |")
+                     f"{_num(at.get('value'))} | {_num(at.get('rise'))} | "
+                     f"{_num(r.get('untrained_loss'))} | {_num(at.get('rhat'))} | "
+                     f"{_num(at.get('halving_change'))} | {_num(at.get('localisation_change'))} | "
+                     f"{len(grid)} | {_num(r.get('n_beta_lambda_max'))} |")
     failed = [r for r in records if r.get("chosen") is None]
+    lines += ["", f"{len(records) - len(failed)}/{len(records)} pilots chose a setting."]
     if failed:
         lines += ["", f"{len(failed)}/{len(records)} calibrations found no valid setting: those "
                       "trials' values are written as nan with the convergence flag 0."]

@@ -7,6 +7,7 @@ coefficient (``estimate_llc``), the Fisher and gradient-covariance effective ran
 
 from emergence_core.measures.batch import (
     IGNORE_INDEX,
+    RegressionBatch,
     ScoredBatch,
     eval_mode,
     trainable_parameters,
@@ -57,6 +58,7 @@ __all__ = [
     "HessianSettings",
     "LLCResult",
     "LLCSettings",
+    "RegressionBatch",
     "SGLDTrace",
     "ScoredBatch",
     "default_n_beta",

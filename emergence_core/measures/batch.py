@@ -30,6 +30,7 @@ from torch import nn
 
 __all__ = [
     "IGNORE_INDEX",
+    "RegressionBatch",
     "ScoredBatch",
     "eval_mode",
     "trainable_parameters",
@@ -197,3 +198,34 @@ def trainable_parameters(model: nn.Module, prefixes: Sequence[str] | None = None
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"parameter prefix {prefix!r} matches no trainable parameter{hint}")
     return [(n, p) for n, p in named if any(n.startswith(pre) for pre in prefixes)]
+
+
+@dataclass(frozen=True, eq=False)
+class RegressionBatch:
+    """A fixed regression batch: inputs x [N, ...], targets y [N, D], mean squared error.
+
+    ``loss`` is ``F.mse_loss`` (the mean over samples and outputs), the loss of devinterp's
+    reduced-rank-regression tests; for a Gaussian likelihood of unit variance it is the
+    negative log-likelihood up to a constant and a factor 2 / D, which leaves the learning
+    coefficient unchanged. Used by the known-truth checks of the LLC (deep linear networks,
+    reduced-rank regressions), and by anyone measuring a regression model.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_population: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.y.ndim != 2 or self.x.shape[0] != self.y.shape[0] or self.x.shape[0] < 1:
+            raise ValueError(f"need x [N, ...] and y [N, D] with the same N >= 1, got shapes "
+                             f"{tuple(self.x.shape)} and {tuple(self.y.shape)}")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
+        if ids is None:
+            return F.mse_loss(model(self.x), self.y)
+        ids = ids.to(self.x.device)
+        return F.mse_loss(model(self.x[ids]), self.y[ids])

@@ -1,71 +1,78 @@
-"""Local learning coefficient (LLC) by localised SGLD.
+"""Local learning coefficient (LLC) by localised SGLD: the sampler and the reduction.
 
 Lau, Furman, Wang, Murfet and Wei, "Quantifying degeneracy in singular models via the
-learning coefficient" (2023); devinterp's ``SGLD`` is the reference implementation.
+learning coefficient" (2023); devinterp's ``SGLD`` is the reference implementation. The
+procedure that chooses the step size and localisation per checkpoint, and the checks every
+estimate is judged by, are in :mod:`emergence_core.measures.llc_calibration`; the methods
+page (``docs/methods.md``, "Local learning coefficient") states both.
 
 With L_n the mean loss over the n samples and w* the checkpoint, the estimator is
 
-    LLC = n_beta * (E_w[L_n(w)] - L_n(w*)),   n_beta = n / log n by default,
+    LLC = n_beta * (E_w[L_n(w)] - L_n(w*)),   n_beta = m / log m,
 
 the expectation over the localised tempered posterior exp(-n_beta L_n(w) - gamma/2 |w - w*|^2),
-sampled by SGLD from w_0 = w*:
+sampled by SGLD from w_0 = w*, with U(w) = n_beta L_B(w) + gamma/2 |w - w*|^2:
 
-    w_{t+1} = w_t - eps/2 * (n_beta * grad L_B(w_t) + gamma * (w_t - w*)) + N(0, eps I),
+    w_{t+1} = w_t - eps/2 * G * grad U(w_t) + sqrt(eps G) * N(0, I),
 
-or, with ``sampler="rmsprop"`` (Li, Chen, Carlson and Carin, "Preconditioned stochastic
-gradient Langevin dynamics", AAAI 2016; devinterp's ``rmsprop_sgld``), the same step
-preconditioned per coordinate by G = 1 / (sqrt(V_t) + rms_eps), V_t the running mean of
-the squared minibatch gradient (V_0 = 0, V_t = alpha V_{t-1} + (1 - alpha) g_t^2):
+G = 1 for ``sampler="sgld"``; for ``sampler="rmsprop"`` (Li, Chen, Carlson and Carin,
+"Preconditioned stochastic gradient Langevin dynamics", AAAI 2016; devinterp's
+``rmsprop_sgld``) G = 1 / (sqrt(V_hat_t) + rms_eps) per coordinate, V_t = alpha V_{t-1} +
+(1 - alpha) g_t^2 the running mean of the squared minibatch gradient of L_B (V_0 = 0) and
+V_hat_t = V_t / (1 - alpha^t) its bias-corrected value (Kingma and Ba, "Adam", 2015, sec. 3).
+Steep directions get smaller steps, flat ones up to 1 / rms_eps times larger.
 
-    w_{t+1} = w_t - eps/2 * G * (n_beta * g_t + gamma * (w_t - w*)) + sqrt(eps G) * N(0, I).
-
-Steep directions (large gradients) get smaller steps, flat ones up to 1 / rms_eps times
-larger: one eps no longer has to suit both, which is what lets a chain on a transformer
-equilibrate without leaving its basin. Like devinterp, the correction term of Li et al.
-(the divergence of G) is dropped, which is exact for a constant G only. Pitfall, measured
-on the known-truth potentials of the tests: with G tracking the chain (devinterp's way) the
-chain lingers where gradients are large, i.e. high on the walls, and the estimate ran 12%
-(quadratic) to 45% (quartic) high. So by default (``rms_freeze=True``) G adapts during the
-first half of the burn-in only and is then frozen, the second half letting the chains settle
-under the fixed G: the kept draws are exact SGLD with a constant diagonal preconditioner (as
-Stan adapts its mass matrix in warm-up), and within 10% of the truth in the tests.
-``rms_freeze=False`` is devinterp's ``rmsprop_sgld`` step for step.
+The preconditioner's step is the stated one. Two pitfalls, both measured: (1) without the
+bias correction V_t after t steps is (1 - alpha^t) of its settled value (39% at t = 50 with
+alpha = 0.99), so G frozen there is 1.6x too large and every step with it too long (on a
+deep linear network: LLC 35.4 against 33.1); (2) a G that keeps tracking the chain
+(devinterp's way) makes the chain linger where gradients are large, high on the walls
+(+12% on a quadratic, +45% on a quartic potential), since the divergence term of Li et al.
+is dropped, which is exact for a constant G only. So by default G adapts, bias-corrected,
+during the first half of the burn-in and is then frozen: the kept draws are exact SGLD with
+a constant diagonal preconditioner (as Stan adapts its mass matrix in warm-up), and how far G
+still moved over the last quarter of its window is reported (``precond_change``).
+``rms_freeze=False, rms_bias_correction=False`` is devinterp's ``rmsprop_sgld`` step for step.
 
 n_beta choices (``n_beta=None``, then m / log m with m set by ``n_beta_of``): "train"
 (default), m = the size of the training set the batch was drawn from
-(``ScoredBatch.n_population``; about 45,000 samples and n_beta 4,200 for COPY's three levels),
-the temperature of the posterior the model was trained on, as in Lau et al. and devinterp's
-examples; "batch", m = the n samples the loss is scored on (the probe batch: 1,024 samples,
-147.7; a hand-made batch with no ``n_population`` falls back to this); "minibatch", m = the
-SGLD minibatch (devinterp's older default: 9.2 for 32). The posterior's expected rise in loss
-is about LLC / n_beta, so at 147.7 a model with an LLC of a few hundred *must* leave its
-basin (measured: mean sampled loss 2.3 at an LLC near 340 on COPY s0); a larger n_beta keeps
-the chains near w* but makes the drift stiffer, so it needs a smaller eps (calibration).
+(``ScoredBatch.n_population``), the temperature of the posterior the model was trained on, as
+in Lau et al. and devinterp's examples; "batch", m = the n samples the loss is scored on (a
+batch with no ``n_population`` falls back to this); "minibatch", m = the SGLD minibatch.
 
 L_B the mean loss on a minibatch B of ``minibatch_size`` samples (an epoch-wise reshuffle
 with the chain's own generator, last partial batch dropped; the full batch when None).
 Draw t is L_B(w_t), the loss at which step t's gradient is taken (so draw 0 is L_B(w*)), as
 in devinterp; the first ``n_burnin`` draws of each chain are excluded from the mean.
 
+Chains at the cost of one: with ``batch_chains=True`` the chains advance as one computation,
+their parameters stacked along a leading chain axis and the gradient taken by
+``torch.func.vmap(grad(functional_call(...)))``; every chain keeps its own noise and
+minibatch generators, so the draws equal those of one chain at a time (``batch_chains=False``)
+to float rounding. The default (None) batches on an accelerator only: on one CPU thread a
+small transformer is compute-bound and the vmapped step measured 1.2x slower than the loop
+(BENCHMARKS.md). A model whose forward pass vmap rejects (data-dependent Python) falls back
+to the loop with a warning.
+
 Reduction order (float64), in :func:`llc_from_trace`: per chain, the mean of its post-burn-in
 draws; per-chain LLC = n_beta * (that mean - L_n(w*)); the value is the mean of the per-chain
 LLCs over the chains that stayed finite, and ``std`` their sample std (ddof = 1; devinterp
 reports ddof = 0). With all chains finite this equals n_beta * (grand mean - L_n(w*)).
 
-Convergence flag: split-R-hat (Gelman et al., "Bayesian Data Analysis", 3rd ed., 11.4) over
-the post-burn-in draws: each chain is cut into halves, and R-hat compares the variance
-between the 2C half-chains with the variance within them. It detects both chains that
-disagree and a drift within a chain (the halves differ). ``converged`` is True when every
-chain stayed finite and R-hat <= ``rhat_max`` (1.1 by default).
+Diagnostics carried by every result: split-R-hat over the post-burn-in draws (Gelman et al.,
+"Bayesian Data Analysis", 3rd ed., 11.4: each chain cut into halves, the variance between the
+2C half-chains against the variance within them, so it sees both chains that disagree and a
+drift within one); the rise of the sampled loss above L_n(w*); the share of kept draws below
+L_n(w*) (a chain that descends says w* is not a local minimum); the ratio of the drift step
+|eps/2 G grad U| to the noise step |sqrt(eps G) xi| (devinterp's gradient-against-noise
+check: well above 1 the chain is optimising, not sampling); and, with full batches and a
+constant G, the mean Metropolis-adjusted Langevin acceptance probability of the steps taken
+(devinterp's MALA callback; near 1 the discretisation is faithful, low it is not). With
+minibatches the MALA ratio would compare U across different minibatches, whose noise
+(n_beta times the minibatch spread) swamps it: it is reported as nan there, by design.
 
-Pitfalls: devinterp's ``llc()`` averages over *all* steps, burn-in included (its
-``num_burnin_steps`` are simply extra steps), so compare like with like; eps too large
-makes chains diverge or inflates the estimate (discretisation bias grows like
-eps * curvature * n_beta); in directions the loss hardly curves only the localisation pulls,
-with relaxation time 2 / (eps * gamma) steps, 200 at the defaults, longer than the 100
-burn-in draws, so an under-trained or very flat checkpoint can report converged = False at
-the defaults (raise eps or n_draws); a chain whose loss turns non-finite is stopped, its
-remaining draws are nan, and it is left out of the value.
+A chain whose loss turns non-finite is stopped, its remaining draws are nan, and it is left
+out of the value.
 """
 
 from __future__ import annotations
@@ -73,22 +80,26 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 from torch import nn
-
-from emergence_core.measures.batch import ScoredBatch
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "SAMPLERS",
     "LLCResult",
     "LLCSettings",
+    "LossBatch",
     "SGLDTrace",
     "default_n_beta",
     "estimate_llc",
     "llc_from_trace",
+    "relative_settings",
     "sample_sgld",
     "split_rhat",
 ]
@@ -102,12 +113,25 @@ LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """(model, sample_ids[int64, m]) -> the scalar mean loss of those samples."""
 
 
+class LossBatch(Protocol):
+    """What the LLC needs of a batch: ``ScoredBatch`` and ``RegressionBatch`` are two."""
+
+    @property
+    def n_samples(self) -> int: ...
+
+    @property
+    def n_population(self) -> int | None: ...
+
+    def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class LLCSettings:
-    # eps and gamma: what calibration chose on COPY s0 (trained, n_beta 4,200, RMSProp);
-    # the first defaults (1e-4, 100, plain SGLD, n_beta 147.7) left the basin
-    eps: float = 4e-6  # SGLD step size
-    gamma: float = 1000.0  # localisation strength
+    # eps and gamma: None derives them from the checkpoint's stiffness S = n_beta * lambda_max
+    # (eps = 0.05 / S, gamma = 1e-3 * S, see llc_calibration); the default procedure (the
+    # calibration) chooses them per trial and fixes numbers
+    eps: float | None = None  # SGLD step size
+    gamma: float | None = None  # localisation strength
     n_chains: int = 4
     n_draws: int = 200  # per chain, burn-in included
     n_burnin: int = 100  # first draws of each chain excluded from the mean
@@ -116,10 +140,15 @@ class LLCSettings:
     minibatch_size: int | None = 32  # None (or >= n): full batch
     rhat_max: float = 1.1
     seed: int = 0
-    sampler: str = "rmsprop"  # "rmsprop" (preconditioned, see the module docstring) or "sgld"
+    sampler: str = "sgld"  # "sgld", or "rmsprop" (preconditioned, see the module docstring)
     rms_alpha: float = 0.99  # RMSProp's running-average decay (devinterp's default)
     rms_eps: float = 0.1  # RMSProp's floor under sqrt(V) (devinterp's default)
-    rms_freeze: bool = True  # freeze G after the burn-in (exact); False: devinterp's step
+    rms_freeze: bool = True  # freeze G after the first half of the burn-in (exact sampling)
+    rms_bias_correction: bool = True  # V / (1 - alpha^t); False: devinterp's running mean
+    # all chains as one vmapped computation (True), one at a time (False), or None: batched
+    # on an accelerator, one at a time on the CPU, where batching measured 1.2x slower
+    batch_chains: bool | None = None
+    max_rise: float | None = None  # the basin bound on the loss rise (set by the calibration)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -130,26 +159,33 @@ class LLCSettings:
         if not 0 <= self.rms_alpha < 1 or not self.rms_eps > 0:
             raise ValueError(f"need 0 <= rms_alpha < 1 and rms_eps > 0, got "
                              f"{self.rms_alpha}, {self.rms_eps}")
-        if not self.eps > 0 or self.gamma < 0:
+        if (self.eps is not None and not self.eps > 0) or (self.gamma is not None
+                                                            and self.gamma < 0):
             raise ValueError(f"need eps > 0 and gamma >= 0, got eps={self.eps}, gamma={self.gamma}")
         if self.n_chains < 1 or not 0 <= self.n_burnin < self.n_draws:
             raise ValueError(f"need n_chains >= 1 and 0 <= n_burnin < n_draws, got "
                              f"{self.n_chains}, {self.n_burnin}, {self.n_draws}")
         if self.n_beta is not None and not self.n_beta > 0:
             raise ValueError(f"n_beta must be positive or None, got {self.n_beta}")
+        if self.max_rise is not None and not self.max_rise > 0:
+            raise ValueError(f"max_rise must be positive or None, got {self.max_rise}")
         if self.minibatch_size is not None and self.minibatch_size < 1:
             raise ValueError(f"minibatch_size must be >= 1 or None, got {self.minibatch_size}")
 
 
 @dataclass(frozen=True, eq=False)
 class SGLDTrace:
-    """What the sampler produces: the raw draws, before any reduction."""
+    """What the sampler produces: the raw draws and per-step diagnostics, before reduction."""
 
     losses: torch.Tensor  # [chains, draws] float64 minibatch loss at w_t; nan after a failure
     init_loss: float  # L_n(w*) over all n samples
     n_beta: float
     n: int
     wall_s: float
+    drift_noise: torch.Tensor | None = None  # [chains, draws] |eps/2 G grad U| / |noise step|
+    mala_logp: torch.Tensor | None = None  # [chains, draws] log MALA acceptance of step t
+    precond_change: float = math.nan  # relative change of G over its last quarter window
+    batched: bool = False  # whether the chains ran as one vmapped computation
 
 
 @dataclass(frozen=True)
@@ -162,9 +198,16 @@ class LLCResult:
     n_beta: float
     n_burnin: int
     rhat: float  # split-R-hat of the post-burn-in draws
-    converged: bool  # all chains finite and rhat <= rhat_max
+    converged: bool  # all chains finite, rhat <= rhat_max, and in the basin where bounded
     wall_s: float = math.nan
     mean_loss: float = math.nan  # mean post-burn-in sampled loss over the finite chains
+    below_share: float = math.nan  # share of kept draws below L_n(w*)
+    drift_noise: float = math.nan  # median over kept draws of |drift step| / |noise step|
+    mala_acceptance: float = math.nan  # mean MALA acceptance of kept steps; nan: minibatches
+    precond_change: float = math.nan  # RMSProp only: how far G still moved before freezing
+    checks: dict[str, bool] = field(default_factory=dict)  # stationary, in_basin (if bounded)
+    eps: float = math.nan  # the step size and localisation the chains ran at
+    gamma: float = math.nan
 
     @property
     def loss_rise(self) -> float:
@@ -187,6 +230,142 @@ def _minibatches(n: int, size: int, gen: torch.Generator) -> Iterator[torch.Tens
             yield perm[i:i + size]
 
 
+class _Bound(nn.Module):
+    """model + loss as one module, so functional_call can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, ids)
+
+
+GradFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
+"""(stacked params [C, *shape] each, ids [C, m]) -> (grads [C, *shape] each, losses [C])."""
+
+
+def _vmapped_grad(work: nn.Module, names: list[str], loss_fn: LossFn) -> GradFn:
+    bound = _Bound(work, loss_fn)
+    keys = [f"model.{n}" for n in names]
+
+    def one(params: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+        return functional_call(bound, params, (ids,))
+
+    batched = vmap(grad_and_value(one), in_dims=(0, 0))
+
+    def fn(stacked: list[torch.Tensor], ids: torch.Tensor
+           ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        grads, losses = batched(dict(zip(keys, stacked, strict=True)), ids)
+        return [grads[k] for k in keys], losses
+
+    return fn
+
+
+def _looped_grad(params: list[nn.Parameter], loss_fn: LossFn, work: nn.Module) -> GradFn:
+    def fn(stacked: list[torch.Tensor], ids: torch.Tensor
+           ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        grads: list[list[torch.Tensor]] = [[] for _ in params]
+        losses = []
+        for c in range(ids.shape[0]):
+            with torch.no_grad():
+                for p, s in zip(params, stacked, strict=True):
+                    p.copy_(s[c])
+            with torch.enable_grad():
+                loss = loss_fn(work, ids[c])
+                g = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+            losses.append(loss.detach())
+            for i, gi in enumerate(g):
+                grads[i].append(gi)
+        return [torch.stack(g) for g in grads], torch.stack(losses)
+
+    return fn
+
+
+def _sq(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-chain squared norm over a list of [C, *shape] tensors: [C] float64."""
+    return sum(t.reshape(t.shape[0], -1).double().pow(2).sum(dim=1) for t in tensors)
+
+
+def _run(grad_fn: GradFn, w_star: list[torch.Tensor], chains: list[int], s: LLCSettings,
+         n: int, size: int, n_beta: float, full_batch: bool
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Advance ``chains`` (their indices) together; the sampler's one loop."""
+    c_n, device = len(chains), w_star[0].device
+    noise_gens = [torch.Generator(device=device).manual_seed(s.seed + c) for c in chains]
+    batches = [_minibatches(n, size, torch.Generator().manual_seed(_BATCH_STREAM + s.seed + c))
+               for c in chains]
+    stacked = [w.unsqueeze(0).repeat(c_n, *([1] * w.ndim)) for w in w_star]
+    losses = torch.full((c_n, s.n_draws), math.nan, dtype=torch.float64)
+    drift_noise = torch.full_like(losses, math.nan)
+    mala = torch.full_like(losses, math.nan)
+    alive = torch.ones(c_n, dtype=torch.bool)
+    rmsprop = s.sampler == "rmsprop"
+    freeze_at = (s.n_burnin - 1) // 2 if s.rms_freeze and s.n_burnin >= 2 else None
+    look_back = None if freeze_at is None else max(0, freeze_at - max(1, (freeze_at + 1) // 4))
+    square_avg = [torch.zeros_like(p) for p in stacked] if rmsprop else []
+    precond: list[torch.Tensor] | None = None if rmsprop else [torch.ones_like(p)
+                                                              for p in stacked]
+    earlier: list[torch.Tensor] | None = None
+    change = math.nan
+    half_eps, root_eps = s.eps / 2, math.sqrt(s.eps)
+    prev: tuple | None = None  # (U, grad U, noise) of the last step, for MALA
+    for t in range(s.n_draws):
+        ids = torch.stack([next(b) for b in batches])
+        grads, loss = grad_fn(stacked, ids)
+        loss = loss.detach().double().cpu()
+        bad = ~torch.isfinite(loss)
+        if bool((bad & alive).any()):
+            alive &= ~bad
+            with torch.no_grad():  # a dead chain restarts at w* so it cannot poison the rest
+                for p, w in zip(stacked, w_star, strict=True):
+                    p[~alive.to(device)] = w
+        if not bool(alive.any()):
+            break
+        losses[alive, t] = loss[alive]
+        adapting = rmsprop and (freeze_at is None or t <= freeze_at)
+        with torch.no_grad():
+            if adapting:
+                corr = 1 - s.rms_alpha ** (t + 1) if s.rms_bias_correction else 1.0
+                for v, g in zip(square_avg, grads, strict=True):
+                    v.mul_(s.rms_alpha).addcmul_(g, g, value=1 - s.rms_alpha)
+                precond = [(v / corr).sqrt_().add_(s.rms_eps).reciprocal_() for v in square_avg]
+                if t == look_back:
+                    earlier = [p.clone() for p in precond]
+                if t == freeze_at and earlier is not None:
+                    change = float(_sq([a - b for a, b in zip(precond, earlier, strict=True)])
+                                   .sum().sqrt() / _sq(precond).sum().sqrt())
+            assert precond is not None
+            grad_u = [g.mul(n_beta).add_(p - w, alpha=s.gamma)
+                      for g, p, w in zip(grads, stacked, w_star, strict=True)]
+            drift = [gu * G for gu, G in zip(grad_u, precond, strict=True)]
+            noise = []
+            for p in stacked:  # chain c's noise from its own generator, parameter order
+                noise.append(torch.stack([torch.randn(p.shape[1:], generator=gen, device=device,
+                                                      dtype=p.dtype) for gen in noise_gens]))
+            scaled = [xi * G.sqrt() for xi, G in zip(noise, precond, strict=True)]
+            drift_noise[:, t] = (half_eps * _sq(drift).sqrt()
+                                 / (root_eps * _sq(scaled).sqrt())).cpu()
+            u = (n_beta * loss + s.gamma / 2 * _sq([p - w for p, w in
+                                                    zip(stacked, w_star, strict=True)]).cpu())
+            constant_g = not adapting
+            if full_batch and constant_g and prev is not None:
+                u0, gu0, xi0 = prev
+                # w_t - w_{t-1} + eps/2 G grad U_{t-1} = sqrt(eps G) xi_{t-1}; the reverse
+                # proposal's residual is eps/2 G (grad U_{t-1} + grad U_t) - sqrt(eps G) xi
+                back = [half_eps * G * (a + b) - root_eps * G.sqrt() * x
+                        for G, a, b, x in zip(precond, gu0, grad_u, xi0, strict=True)]
+                back_sq = sum((r.pow(2) / G).reshape(r.shape[0], -1).double().sum(dim=1)
+                              for r, G in zip(back, precond, strict=True)).cpu()
+                fwd_sq = s.eps * _sq(xi0).cpu()
+                mala[:, t - 1] = -(u - u0) - (back_sq - fwd_sq) / (2 * s.eps)
+            prev = (u, grad_u, noise) if full_batch and constant_g else None
+            for p, d, x in zip(stacked, drift, scaled, strict=True):
+                p.add_(d, alpha=-half_eps).add_(x, alpha=root_eps)
+    return losses, drift_noise, mala, change
+
+
 def sample_sgld(model: nn.Module, loss_fn: LossFn, n: int,
                 settings: LLCSettings | None = None, n_population: int | None = None
                 ) -> SGLDTrace:
@@ -199,66 +378,43 @@ def sample_sgld(model: nn.Module, loss_fn: LossFn, n: int,
     not used.
     """
     s = settings if settings is not None else LLCSettings()
+    if s.eps is None or s.gamma is None:
+        raise ValueError("sample_sgld needs eps and gamma; estimate_llc derives missing ones "
+                         "from the checkpoint (relative_settings)")
     start = time.perf_counter()
     size = n if s.minibatch_size is None else min(s.minibatch_size, n)
     m = {"minibatch": size, "batch": n, "train": n_population or n}[s.n_beta_of]
     n_beta = s.n_beta if s.n_beta is not None else default_n_beta(m)
     work = copy.deepcopy(model).eval()
-    params = [p for p in work.parameters() if p.requires_grad]
-    if not params:
+    named = [(k, p) for k, p in work.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("model has no parameter that requires grad")
+    names, params = [k for k, _ in named], [p for _, p in named]
     w_star = [p.detach().clone() for p in params]
-    device = params[0].device
-    all_ids = torch.arange(n)
     with torch.no_grad():
-        init_loss = float(loss_fn(work, all_ids))
-    losses = torch.full((s.n_chains, s.n_draws), math.nan, dtype=torch.float64)
-    half_eps, noise_scale = s.eps / 2, math.sqrt(s.eps)
-    rmsprop = s.sampler == "rmsprop"
-    freeze_at = (s.n_burnin - 1) // 2 if s.n_burnin >= 2 else s.n_draws  # last adapting step
-    for c in range(s.n_chains):
-        # chain c's noise is seeded with seed + c, as devinterp seeds chain c with
-        # init_seed + c: with full batches both samplers then draw the same noise
-        noise_gen = torch.Generator(device=device).manual_seed(s.seed + c)
-        batch_gen = torch.Generator().manual_seed(_BATCH_STREAM + s.seed + c)
-        batches = _minibatches(n, size, batch_gen)
-        with torch.no_grad():
-            for p, w0 in zip(params, w_star, strict=True):
-                p.copy_(w0)
-        square_avg = [torch.zeros_like(p) for p in params] if rmsprop else []
-        frozen: list[torch.Tensor] = [torch.ones_like(p) for p in params] if rmsprop else []
-        for t in range(s.n_draws):
-            with torch.enable_grad():
-                loss = loss_fn(work, next(batches))
-                grads = torch.autograd.grad(loss, params, allow_unused=True,
-                                            materialize_grads=True)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                break
-            losses[c, t] = value
-            # with rms_freeze, G adapts during the first half of the burn-in, then stays
-            adapting = not s.rms_freeze or t <= freeze_at
-            with torch.no_grad():
-                for i, (p, g, w0) in enumerate(zip(params, grads, w_star, strict=True)):
-                    noise = torch.randn(p.shape, generator=noise_gen, device=device,
-                                        dtype=p.dtype)
-                    if rmsprop:  # G = 1 / (sqrt(V) + rms_eps), V updated before use
-                        if adapting:
-                            v = square_avg[i].mul_(s.rms_alpha).addcmul_(
-                                g, g, value=1 - s.rms_alpha)
-                            precond = v.sqrt().add_(s.rms_eps).reciprocal_()
-                            if s.rms_freeze and t == freeze_at:
-                                frozen[i] = precond.clone()
-                        else:
-                            precond = frozen[i].clone()
-                        drift = g.mul(n_beta).add_(p - w0, alpha=s.gamma).mul_(precond)
-                        noise.mul_(precond.sqrt_())
-                    else:
-                        drift = g.mul(n_beta).add_(p - w0, alpha=s.gamma)
-                    p.add_(drift, alpha=-half_eps)
-                    p.add_(noise, alpha=noise_scale)
+        init_loss = float(loss_fn(work, torch.arange(n)))
+    full = size >= n
+    want = s.batch_chains if s.batch_chains is not None else w_star[0].device.type != "cpu"
+    batched = want and s.n_chains > 1
+    if batched:
+        try:  # the math kernel: SDPA's fused CPU kernels have no batching rule under vmap
+            with sdpa_kernel(SDPBackend.MATH):
+                out = _run(_vmapped_grad(work, names, loss_fn), w_star,
+                           list(range(s.n_chains)), s, n, size, n_beta, full)
+        except Exception as err:  # vmap rejects data-dependent Python in some models
+            warnings.warn(f"batched SGLD chains failed under vmap ({err!r}); running the "
+                          "chains one at a time", RuntimeWarning, stacklevel=2)
+            batched = False
+    if not batched:
+        parts = [_run(_looped_grad(params, loss_fn, work), w_star, [c], s, n, size,
+                      n_beta, full) for c in range(s.n_chains)]
+        out = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+               torch.cat([p[2] for p in parts]),
+               max((p[3] for p in parts), key=lambda v: -1 if math.isnan(v) else v))
+    losses, drift_noise, mala, change = out
     return SGLDTrace(losses=losses, init_loss=init_loss, n_beta=n_beta, n=n,
-                     wall_s=time.perf_counter() - start)
+                     wall_s=time.perf_counter() - start, drift_noise=drift_noise,
+                     mala_logp=mala, precond_change=change, batched=batched)
 
 
 def split_rhat(draws: torch.Tensor) -> float:
@@ -276,8 +432,12 @@ def split_rhat(draws: torch.Tensor) -> float:
 
 
 def llc_from_trace(losses: torch.Tensor, init_loss: float, n_beta: float, n_burnin: int,
-                   rhat_max: float = 1.1) -> LLCResult:
-    """The LLC of a [chains, draws] SGLD loss trace: a pure reduction, in the module's order."""
+                   rhat_max: float = 1.1, max_rise: float | None = None) -> LLCResult:
+    """The LLC of a [chains, draws] SGLD loss trace: a pure reduction, in the module's order.
+
+    ``converged`` is the stationarity check (every chain finite, split-R-hat <= rhat_max)
+    and, with ``max_rise``, the basin check (0 < mean sampled loss - L_n(w*) <= max_rise).
+    """
     d = torch.as_tensor(losses, dtype=torch.float64)
     if d.ndim != 2 or not 0 <= n_burnin < d.shape[1]:
         raise ValueError(f"need a [chains, draws] trace with 0 <= n_burnin < draws, got shape "
@@ -289,15 +449,38 @@ def llc_from_trace(losses: torch.Tensor, init_loss: float, n_beta: float, n_burn
     value = float(good.mean()) if good.numel() else math.nan
     std = float(good.std()) if good.numel() > 1 else math.nan
     rhat = split_rhat(kept[finite]) if good.numel() else math.nan
-    converged = bool(finite.all()) and math.isfinite(rhat) and rhat <= rhat_max
+    stationary = bool(finite.all()) and math.isfinite(rhat) and rhat <= rhat_max
     mean_loss = float(kept[finite].mean()) if good.numel() else math.nan
+    below = float((kept[finite] < init_loss).double().mean()) if good.numel() else math.nan
+    checks = {"stationary": stationary}
+    if max_rise is not None:
+        rise = mean_loss - init_loss
+        checks["in_basin"] = math.isfinite(rise) and 0 < rise <= max_rise
+    converged = all(checks.values())
     return LLCResult(value=value, std=std, per_chain=tuple(float(v) for v in per_chain),
                      loss_trace=tuple(tuple(float(x) for x in row) for row in d),
                      init_loss=float(init_loss), n_beta=float(n_beta), n_burnin=n_burnin,
-                     rhat=rhat, converged=converged, mean_loss=mean_loss)
+                     rhat=rhat, converged=converged, mean_loss=mean_loss, below_share=below,
+                     checks=checks)
 
 
-def estimate_llc(model: nn.Module, batch: ScoredBatch,
+def _kept_stats(trace: SGLDTrace, n_burnin: int) -> dict[str, float]:
+    """Median drift/noise ratio and mean MALA acceptance over the finite kept steps."""
+    out = {"drift_noise": math.nan, "mala_acceptance": math.nan}
+    if trace.drift_noise is not None:
+        dn = trace.drift_noise[:, n_burnin:]
+        dn = dn[torch.isfinite(dn)]
+        if dn.numel():
+            out["drift_noise"] = float(dn.median())
+    if trace.mala_logp is not None:
+        lp = trace.mala_logp[:, n_burnin:]
+        lp = lp[torch.isfinite(lp)]
+        if lp.numel():
+            out["mala_acceptance"] = float(lp.clamp(max=0).exp().mean())
+    return out
+
+
+def estimate_llc(model: nn.Module, batch: LossBatch,
                  settings: LLCSettings | None = None) -> LLCResult:
     """LLC of ``model`` at its current weights, the loss being ``batch.loss`` over its samples.
 
@@ -305,6 +488,43 @@ def estimate_llc(model: nn.Module, batch: ScoredBatch,
     training set the batch was drawn from (n when the batch does not say).
     """
     s = settings if settings is not None else LLCSettings()
+    if s.eps is None or s.gamma is None:
+        s = relative_settings(model, batch, s)
     trace = sample_sgld(model, batch.loss, batch.n_samples, s, batch.n_population)
-    result = llc_from_trace(trace.losses, trace.init_loss, trace.n_beta, s.n_burnin, s.rhat_max)
-    return replace(result, wall_s=trace.wall_s)
+    result = llc_from_trace(trace.losses, trace.init_loss, trace.n_beta, s.n_burnin, s.rhat_max,
+                            s.max_rise)
+    return replace(result, wall_s=trace.wall_s, precond_change=trace.precond_change,
+                   eps=float(s.eps), gamma=float(s.gamma), **_kept_stats(trace, s.n_burnin))
+
+
+RELATIVE_STEP = 0.05  # eps * n_beta * lambda_max when eps is not given
+RELATIVE_LOCALISATION = 1e-3  # gamma / (n_beta * lambda_max) when gamma is not given
+
+
+def n_beta_for(batch: LossBatch, s: LLCSettings) -> float:
+    """The inverse temperature ``s`` gives on ``batch`` (see ``n_beta_of``)."""
+    n = batch.n_samples
+    size = n if s.minibatch_size is None else min(s.minibatch_size, n)
+    m = {"minibatch": size, "batch": n, "train": batch.n_population or n}[s.n_beta_of]
+    return s.n_beta if s.n_beta is not None else default_n_beta(m)
+
+
+def stiffness(model: nn.Module, batch: LossBatch, s: LLCSettings) -> tuple[float, float]:
+    """(n_beta, lambda_max): the inverse temperature and the top Hessian eigenvalue at w*."""
+    from emergence_core.measures.hessian import HessianSettings, estimate_hessian
+
+    n_beta = n_beta_for(batch, s)
+    lam = estimate_hessian(model, batch, HessianSettings(lanczos_tol=1e-2, max_hvps=80,
+                                                         trace_probes=0, seed=s.seed)).lambda_max
+    return n_beta, lam
+
+
+def relative_settings(model: nn.Module, batch: LossBatch, s: LLCSettings) -> LLCSettings:
+    """``s`` with a missing eps or gamma derived from S = n_beta * lambda_max at the model."""
+    n_beta, lam = stiffness(model, batch, s)
+    stiff = n_beta * lam
+    if not (math.isfinite(stiff) and stiff > 0):
+        raise ValueError(f"cannot derive the LLC's eps and gamma: the Hessian's top "
+                         f"eigenvalue at the checkpoint is {lam:.3g}; set eps and gamma")
+    return replace(s, eps=s.eps if s.eps is not None else RELATIVE_STEP / stiff,
+                   gamma=s.gamma if s.gamma is not None else RELATIVE_LOCALISATION * stiff)

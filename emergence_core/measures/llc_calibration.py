@@ -1,33 +1,53 @@
-"""Calibrating the LLC's sampler on one checkpoint: a pilot over step sizes, stated criteria.
+"""The LLC's default procedure: a per-checkpoint pilot over step sizes and localisations
+stated relative to the checkpoint's own curvature, and the checks every estimate is judged by.
 
-Why: at a step size too large the chains leave the basin and the "LLC" is the loss of a
-heavily perturbed model; at one too small they never equilibrate within the draws and the
-value depends on the step size (TRAPS.md, "LLC defaults leave the basin"). Published LLC
-work on transformers calibrates the step size per model (Lau et al. 2023, appendix; devinterp's
-calibration notebooks); this module makes that choice explicit, repeatable and recorded.
+Why relative: the SGLD step is stable only while eps * (n_beta * h + gamma) stays well below 2
+in every direction of curvature h, and the localisation biases a direction of curvature h by
+the factor n_beta h / (n_beta h + gamma) (its share of the LLC shrinks from 1/2 towards 0).
+Both are set by the stiffness S = n_beta * lambda_max, lambda_max the top Hessian eigenvalue
+of the loss at w* (Lanczos, :mod:`emergence_core.measures.hessian`). So the pilot's grid is
 
-The pilot runs :func:`estimate_llc` with the trial's own settings at every step size of
-``eps_grid`` (each the previous one halved), for each localisation of ``gammas`` in turn.
-A setting (eps, gamma) *passes* when
+    eps = c / S   for c in ``steps``        (0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625)
+    gamma = k * S for k in ``localisations`` (1e-2, 1e-3, 1e-4)
 
-1. the post-burn-in trace is stationary: split-R-hat <= the settings' ``rhat_max`` (1.1),
-   and every chain stayed finite;
-2. the chains stay in the basin: the mean sampled loss is at most ``max_loss_fraction``
-   (0.25) times the loss of the *untrained* model on the same batch;
-3. the estimate is stable: it moves by at most ``max_halving_change`` (20%) when the step
-   size halves (the next grid point, at the same gamma).
+and no constant tuned on one model is carried to another: n_beta = m / log m grows with the
+data (m the training set), S with n_beta and the checkpoint. Constants such as gamma = 1000
+gave about 0 on every small-n known case (gamma swamped n_beta * h) and +10% on a deep
+linear network with n_beta 1,086; measured in the tests, the relative grid lands within 20%
+on deep linear networks and reduced-rank regressions whose lambda is known (Aoyagi 2024;
+Aoyagi and Watanabe 2005).
 
-The choice is the largest passing step size at the smallest gamma that has one: the
-largest eps mixes fastest, and the smallest gamma leaves the value least set by the
-localisation. The smallest eps of the grid has no halved neighbour and never passes. The
-pilot stops at the first pass (grid points below it are not run: the record lists what ran).
-With no passing setting the result says so (``chosen is None``): the caller must then
-report "not converged" rather than a number that looks valid.
+The checks (each with its failure mode; a reviewer's list, after Lau et al. 2023, appendix,
+and devinterp's diagnostics):
 
-Diagnostic, where lambda_max of the Hessian is at hand: n_beta * lambda_max against gamma
-(gamma far above it means the localisation, not the loss, shapes even the sharpest
-direction) and, for plain SGLD, eps * n_beta * lambda_max (above 2 the sharpest direction
-is unstable).
+1. **Stationarity**: split-R-hat of the post-burn-in draws <= ``rhat_max`` (1.1) and every
+   chain finite. Fails when chains disagree or drift: too few draws for the step.
+2. **Basin**: the rise of the mean sampled loss above L(w*) is positive and at most
+   ``max_rise_fraction`` (0.25) of the scale max(L_untrained - L(w*), L(w*)): the chains may
+   undo at most a quarter of what training achieved, or, at a checkpoint whose loss is
+   mostly irreducible (a regression at its noise floor, a task at chance), raise the loss by
+   at most a quarter of its own value. A rise <= 0 says the chains
+   found lower loss, so w* is no local minimum (the LLC is then undefined); a larger rise
+   says they left the basin. Unlike the earlier absolute ceiling (mean loss <= 0.25 x the
+   untrained loss), this passes a checkpoint whose own loss is high (ADD, MUL, PAR, a
+   regression at its noise floor) and still fails one whose chains climb out.
+3. **Discretisation**: the value moves by at most ``max_halving_change`` (10%) when eps
+   halves (same gamma). Fails when the step is too large for the curvature the chains meet.
+4. **Localisation**: the value moves by at most ``max_localisation_change`` (5%) when gamma
+   is ten times weaker (same eps). Fails when gamma, not the loss, sets the value: a stronger
+   localisation lowers the LLC of a singular model (measured: -14% at gamma 1000 on a deep
+   linear network, unseen by the halving check).
+
+Selection: for each localisation, strongest first, the largest c whose run and whose halved
+run are both stationary and in the basin and agree (check 3); then the same c at the next,
+weaker, localisation (check 4). The first (c, k) that passes all four is chosen; if check 4
+fails the pilot moves to the weaker localisation and searches c again from there. The weakest
+localisation of the grid has no weaker neighbour and is never chosen, as the smallest c is
+never chosen by check 3. With nothing passing, ``chosen is None`` and the trial's LLC rows are
+"not converged" (nan values, flag 0), never a number that looks valid.
+
+The chosen setting carries ``max_rise``, so every later estimate of the trial is judged by
+checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it.
 """
 
 from __future__ import annotations
@@ -37,134 +57,189 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
-from emergence_core.measures.batch import ScoredBatch
-from emergence_core.measures.llc import LLCSettings, estimate_llc
+from emergence_core.measures.batch import eval_mode
+from emergence_core.measures.llc import (
+    LLCResult,
+    LLCSettings,
+    LossBatch,
+    estimate_llc,
+    n_beta_for,
+    stiffness,
+)
 
-__all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "calibrate_llc"]
+__all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "basin_scale",
+           "calibrate_llc"]
 
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    # around what passed on COPY s0 (RMSProp, n_beta 4,200 over the training set, 4 x 200
-    # draws). gamma 1000 first: at 100 the trained checkpoint (step 600) passes (LLC 140,
-    # R-hat 1.04) but at step 99, mid-emergence and not a minimum, the chains descend below
-    # w* (LLC -49, R-hat 1.11); at 1000 both converge (102 and 25); at 1e4 the localisation
-    # sets the value (11 and 0.9). The pilot, on the last checkpoint only, cannot see that.
-    eps_grid: tuple[float, ...] = (4e-6, 2e-6, 1e-6, 5e-7)  # each the previous halved
-    gammas: tuple[float, ...] = (1000.0, 10000.0)
-    max_loss_fraction: float = 0.25  # of the untrained model's loss
-    max_halving_change: float = 0.2
+    steps: tuple[float, ...] = (0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625)  # eps * n_beta * l_max
+    localisations: tuple[float, ...] = (1e-2, 1e-3, 1e-4)  # gamma / (n_beta * lambda_max)
+    max_rise_fraction: float = 0.25
+    max_halving_change: float = 0.1
+    max_localisation_change: float = 0.05
 
     def __post_init__(self) -> None:
-        grid = tuple(self.eps_grid)
-        if len(grid) < 2 or any(not e > 0 for e in grid) \
-                or any(b >= a for a, b in itertools.pairwise(grid)):
-            raise ValueError(f"eps_grid needs at least two positive step sizes, largest first "
-                             f"(each the previous halved), got {list(grid)}")
-        if not self.gammas or any(g < 0 for g in self.gammas):
-            raise ValueError(f"gammas must be non-negative and not empty, got {self.gammas}")
-        if not 0 < self.max_loss_fraction <= 1 or not self.max_halving_change > 0:
-            raise ValueError("need 0 < max_loss_fraction <= 1 and max_halving_change > 0")
+        for name, grid in (("steps", self.steps), ("localisations", self.localisations)):
+            g = tuple(grid)
+            if len(g) < 2 or any(not v > 0 for v in g) \
+                    or any(b >= a for a, b in itertools.pairwise(g)):
+                raise ValueError(f"{name} needs at least two positive values, largest first, "
+                                 f"got {list(g)}")
+        if any(abs(b / a - 0.5) > 1e-9 for a, b in itertools.pairwise(self.steps)):
+            raise ValueError(f"steps must halve from one to the next (the discretisation "
+                             f"check compares c with c/2), got {list(self.steps)}")
+        if not 0 < self.max_rise_fraction <= 1 or not self.max_halving_change > 0 \
+                or not self.max_localisation_change > 0:
+            raise ValueError("need 0 < max_rise_fraction <= 1 and positive change tolerances")
 
 
 @dataclass(frozen=True)
 class PilotPoint:
+    step: float  # c = eps * n_beta * lambda_max
+    localisation: float  # k = gamma / (n_beta * lambda_max)
     eps: float
     gamma: float
     value: float
+    std: float
     mean_loss: float
+    rise: float
     rhat: float
-    stationary: bool  # criterion 1
-    in_basin: bool  # criterion 2
-    halving_change: float | None  # |value - value(eps/2)| / |value(eps/2)|; None: not run
+    stationary: bool  # check 1
+    in_basin: bool  # check 2
+    halving_change: float | None  # check 3's |v - v(c/2)| / |v(c/2)|; None: not judged
+    localisation_change: float | None  # check 4's |v - v(k/10)| / |v(k/10)|
     passed: bool
+    drift_noise: float
+    mala_acceptance: float
+    below_share: float
     wall_s: float
 
 
 @dataclass(frozen=True)
 class LLCCalibration:
     points: tuple[PilotPoint, ...]
-    chosen: dict[str, float] | None  # {"eps": ..., "gamma": ...}, or None: nothing passed
+    chosen: dict[str, Any] | None  # LLCSettings fields to fix, or None: nothing passed
     init_loss: float  # loss at the pilot's checkpoint
     untrained_loss: float
     n_beta: float
+    lambda_max: float
     criteria: dict[str, float]
-    lambda_max: float | None = None
+    reason: str = ""  # why nothing was chosen
 
     @property
     def converged(self) -> bool:
         return self.chosen is not None
 
     def apply(self, settings: LLCSettings) -> LLCSettings:
-        """The trial's settings with the chosen step size and localisation."""
+        """The trial's settings with the chosen step size, localisation and basin bound."""
         if self.chosen is None:
-            raise ValueError("the LLC calibration found no setting that meets its criteria")
+            raise ValueError(f"the LLC calibration found no setting that meets its criteria"
+                             f"{': ' + self.reason if self.reason else ''}")
         return replace(settings, **self.chosen)
 
     def to_json(self) -> dict[str, Any]:
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
-        return {"chosen": self.chosen, "converged": self.converged,
+        stiff = self.n_beta * self.lambda_max
+        return {"chosen": self.chosen, "converged": self.converged, "reason": self.reason,
                 "init_loss": self.init_loss, "untrained_loss": self.untrained_loss,
-                "n_beta": self.n_beta, "criteria": self.criteria,
-                "lambda_max": clean(self.lambda_max), **self.curvature(),
+                "n_beta": self.n_beta, "lambda_max": clean(self.lambda_max),
+                "n_beta_lambda_max": clean(stiff), "criteria": self.criteria,
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
 
-    def curvature(self) -> dict[str, float | None]:
-        """n_beta * lambda_max against gamma, and eps * n_beta * lambda_max (see module)."""
-        if self.lambda_max is None or self.chosen is None:
-            return {}
-        stiff = self.n_beta * self.lambda_max
-        return {"n_beta_lambda_max": stiff, "gamma_over_n_beta_lambda_max":
-                self.chosen["gamma"] / stiff if stiff > 0 else None,
-                "eps_n_beta_lambda_max": self.chosen["eps"] * stiff}
+
+def basin_scale(init_loss: float, untrained_loss: float) -> float:
+    """The scale the basin check measures the rise against (check 2 of the module)."""
+    return max(untrained_loss - init_loss, abs(init_loss))
 
 
-def _passes(r, half, ceiling: float, c: CalibrationSettings) -> bool:
-    if not (r.converged and math.isfinite(r.mean_loss) and r.mean_loss <= ceiling):
-        return False
-    if not (math.isfinite(r.value) and math.isfinite(half.value)):
-        return False
-    return abs(r.value - half.value) / max(abs(half.value), 1e-12) <= c.max_halving_change
+def _change(a: LLCResult, b: LLCResult) -> float | None:
+    if not (math.isfinite(a.value) and math.isfinite(b.value)):
+        return None
+    return abs(a.value - b.value) / max(abs(b.value), 1e-12)
 
 
-def calibrate_llc(model: nn.Module, batch: ScoredBatch, settings: LLCSettings,
+def _sound(r: LLCResult, max_rise: float) -> tuple[bool, bool]:
+    rise = r.loss_rise
+    return r.converged, math.isfinite(rise) and 0 < rise <= max_rise
+
+
+def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   untrained_loss: float, calibration: CalibrationSettings | None = None,
                   lambda_max: float | None = None) -> LLCCalibration:
-    """Run the pilot on ``model`` (one checkpoint) and choose (eps, gamma); see the module."""
+    """Run the pilot on ``model`` (one checkpoint) and choose (eps, gamma); see the module.
+
+    ``lambda_max`` (the top Hessian eigenvalue of ``batch.loss`` at the model) is computed by
+    Lanczos when not given.
+    """
     c = calibration if calibration is not None else CalibrationSettings()
-    ceiling = c.max_loss_fraction * untrained_loss
-    points: list[PilotPoint] = []
-    chosen: dict[str, float] | None = None
-    init_loss = n_beta = math.nan
-    for gamma in c.gammas:
-        results = []
-        for eps in c.eps_grid:  # largest first; stop once a point and its half are judged
-            r = estimate_llc(model, batch, replace(settings, eps=eps, gamma=gamma))
-            init_loss, n_beta = r.init_loss, r.n_beta
-            results.append(r)
-            if len(results) >= 2 and _passes(results[-2], r, ceiling, c):
+    if lambda_max is None:
+        n_beta, lambda_max = stiffness(model, batch, settings)
+    else:
+        n_beta = n_beta_for(batch, settings)
+    base = replace(settings, max_rise=None)
+    with torch.no_grad(), eval_mode(model):
+        init_loss = float(batch.loss(model))
+    max_rise = c.max_rise_fraction * basin_scale(init_loss, untrained_loss)
+    criteria = {"rhat_max": settings.rhat_max, "max_rise_fraction": c.max_rise_fraction,
+                "max_rise": max_rise, "max_halving_change": c.max_halving_change,
+                "max_localisation_change": c.max_localisation_change}
+    stiff = n_beta * lambda_max
+    if not (math.isfinite(stiff) and stiff > 0):
+        return LLCCalibration((), None, init_loss, float(untrained_loss), n_beta,
+                              float(lambda_max), criteria,
+                              f"the Hessian's top eigenvalue is {lambda_max:.3g}: no positive "
+                              "curvature to set the step by (not a minimum)")
+    runs: dict[tuple[int, int], LLCResult] = {}
+
+    def run(i: int, j: int) -> LLCResult:
+        if (i, j) not in runs:
+            runs[i, j] = estimate_llc(model, batch, replace(
+                base, eps=c.steps[i] / stiff, gamma=c.localisations[j] * stiff))
+        return runs[i, j]
+
+    halving: dict[tuple[int, int], float | None] = {}
+    localising: dict[tuple[int, int], float | None] = {}
+    chosen: tuple[int, int] | None = None
+    start = 0  # the largest step still worth trying: a step too large at a stronger
+    for j in range(len(c.localisations) - 1):  # localisation is too large at a weaker one
+        i_ok = None
+        for i in range(start, len(c.steps) - 1):
+            a, b = run(i, j), run(i + 1, j)
+            halving[i, j] = _change(a, b)
+            if all(_sound(a, max_rise)) and all(_sound(b, max_rise)) \
+                    and halving[i, j] is not None and halving[i, j] <= c.max_halving_change:
+                i_ok = i
                 break
-        for i, (eps, r) in enumerate(zip(c.eps_grid, results, strict=False)):
-            half = results[i + 1] if i + 1 < len(results) else None
-            change = None
-            if half is not None and math.isfinite(r.value) and math.isfinite(half.value):
-                change = abs(r.value - half.value) / max(abs(half.value), 1e-12)
-            stationary = r.converged
-            in_basin = math.isfinite(r.mean_loss) and r.mean_loss <= ceiling
-            passed = stationary and in_basin and change is not None \
-                and change <= c.max_halving_change
-            points.append(PilotPoint(eps, gamma, r.value, r.mean_loss, r.rhat, stationary,
-                                     in_basin, change, passed, r.wall_s))
-            if passed and chosen is None:
-                chosen = {"eps": eps, "gamma": gamma}
-        if chosen is not None:
-            break  # a larger gamma would only localise more
-    return LLCCalibration(tuple(points), chosen, init_loss, float(untrained_loss), n_beta,
-                          {"rhat_max": settings.rhat_max,
-                           "max_loss_fraction": c.max_loss_fraction,
-                           "max_halving_change": c.max_halving_change,
-                           "loss_ceiling": ceiling}, lambda_max)
+        if i_ok is None:
+            continue
+        start = i_ok
+        weaker = run(i_ok, j + 1)
+        localising[i_ok, j] = _change(run(i_ok, j), weaker)
+        if all(_sound(weaker, max_rise)) and localising[i_ok, j] is not None \
+                and localising[i_ok, j] <= c.max_localisation_change:
+            chosen = (i_ok, j)
+            break
+    points = []
+    for (i, j), r in runs.items():
+        stationary, in_basin = _sound(r, max_rise)
+        points.append(PilotPoint(
+            c.steps[i], c.localisations[j], c.steps[i] / stiff, c.localisations[j] * stiff,
+            r.value, r.std, r.mean_loss, r.loss_rise, r.rhat, stationary, in_basin,
+            halving.get((i, j)), localising.get((i, j)), (i, j) == chosen, r.drift_noise,
+            r.mala_acceptance, r.below_share, r.wall_s))
+    fields = None
+    reason = ""
+    if chosen is not None:
+        fields = {"eps": c.steps[chosen[0]] / stiff, "gamma": c.localisations[chosen[1]] * stiff,
+                  "max_rise": max_rise}
+    else:
+        reason = ("no step size and localisation passed stationarity, the basin, halving and "
+                  "a weaker localisation together; see the grid")
+    return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
+                          float(lambda_max), criteria, reason)

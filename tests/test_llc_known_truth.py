@@ -1,0 +1,283 @@
+"""The LLC's default procedure (calibration, then the estimate at its choice) against models
+whose learning coefficient is known analytically, from the literature, not chosen by us.
+
+- Deep linear networks: lambda by Aoyagi's theorem (M. Aoyagi, "Consideration on the learning
+  efficiency of multiple-layered neural networks with linear units", Neural Networks 172,
+  106132, 2024, Theorem 1), the benchmark of Lau et al. (2023, appendix J) and of Furman and
+  Lau ("Estimating the local learning coefficient at scale", 2024). The model sits at the
+  teacher (w* = the true parameter) and the data are the teacher's outputs plus unit noise.
+- Reduced-rank regressions m -> h -> n with outputs independent of the inputs (true rank 0),
+  trained as in devinterp's own ``rrr_test``: lambda by Aoyagi and Watanabe ("Stochastic
+  complexities of reduced rank regression in Bayesian estimation", Neural Networks 18, 2005),
+  with devinterp's tolerance of 40%.
+- A polynomial potential: K(w) = sum_i w_i^(2 k_i), lambda = sum_i 1 / (2 k_i) (Watanabe,
+  "Algebraic Geometry and Statistical Learning Theory", 2009, ch. 2).
+
+And a negative control: perturbed weights are no minimum, and the checks must say so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from emergence_core.measures.batch import RegressionBatch
+from emergence_core.measures.llc import LLCSettings, estimate_llc, sample_sgld
+from emergence_core.measures.llc_calibration import calibrate_llc
+
+
+def aoyagi_lambda(widths: list[int], rank: int) -> float:
+    """The learning coefficient of a deep linear network x -> W_L ... W_1 x at a true
+    parameter whose product has rank ``rank`` (Aoyagi 2024, Theorem 1).
+
+    widths = [H_1 (input), ..., H_{L+1} (output)], M_s = H_s - r. Find the set S of l + 1
+    indices with max_{s in S} M_s < min_{k not in S} M_k, sum_S M_s >= l max_S M_s and
+    sum_S M_s < l min_{k not in S} M_k (the last two vacuous where nothing is left out or
+    l = 0 makes them so); with a = sum_S M_s - (ceil(sum_S M_s / l) - 1) l,
+
+        lambda = (-r^2 + r (H_1 + H_{L+1})) / 2 + a (l - a) / (4 l)
+                 - l (l - 1) / 4 (sum_S M_s / l)^2 + 1/2 sum_{i < j in S} M_i M_j.
+
+    S is the l + 1 smallest M_s (the first condition), so only prefixes of the sorted M are
+    tried. With l = 0 the third condition reads sum < 0 and never holds.
+    """
+    if not 0 <= rank <= min(widths):
+        raise ValueError(f"rank {rank} outside 0..{min(widths)}")
+    m = sorted(h - rank for h in widths)
+    base = (-rank**2 + rank * (widths[0] + widths[-1])) / 2
+    for size in range(1, len(m) + 1):
+        inside, rest = m[:size], m[size:]
+        ell, total = size - 1, sum(m[:size])
+        if rest and not max(inside) < min(rest):
+            continue
+        if ell == 0 and (not rest or total < 0):
+            return base  # one layer only, or nothing smaller: the regular part alone
+        if ell == 0:
+            continue
+        if total < ell * max(inside) or (rest and not total < ell * min(rest)):
+            continue
+        a = total - (math.ceil(total / ell) - 1) * ell
+        pairs = sum(inside[i] * inside[j] for i in range(size) for j in range(i + 1, size))
+        return base + a * (ell - a) / (4 * ell) - ell * (ell - 1) / 4 * (total / ell) ** 2 \
+            + pairs / 2
+    raise AssertionError(f"no set satisfies Aoyagi's conditions for {widths}, rank {rank}")
+
+
+def aoyagi_watanabe_rrr(m: int, h: int, n: int) -> float:
+    """lambda of a reduced-rank regression m -> h -> n at true rank 0 (Aoyagi and Watanabe
+    2005, as devinterp's ``rrr_test`` states its four cases)."""
+    if m + h < n:
+        return m * h / 2
+    if n + h < m:
+        return h * n / 2
+    if m + n < h:
+        return m * n / 2
+    odd = (m + h + n) % 2
+    return (odd + 2 * m * n + 2 * h * n + 2 * m * h - n**2 - m**2 - h**2) / 8
+
+
+@pytest.mark.parametrize("m, h, n", [(5, 3, 5), (5, 4, 5), (4, 3, 8), (8, 3, 4), (3, 8, 4),
+                                     (6, 2, 7), (2, 5, 3)])
+def test_aoyagi_formula_agrees_with_the_reduced_rank_regression_cases(m, h, n):
+    # two formulas from two papers, on the two-layer networks both cover
+    assert aoyagi_lambda([m, h, n], 0) == pytest.approx(aoyagi_watanabe_rrr(m, h, n))
+
+
+@pytest.mark.parametrize("widths, rank", [([6, 4, 5], 4), ([7, 5, 5, 6], 5), ([4, 3, 3, 5], 3)])
+def test_aoyagi_formula_is_half_the_dimension_where_the_model_is_regular(widths, rank):
+    # rank = the narrowest width: the product's manifold of rank-r matrices is smooth, of
+    # dimension r (H_1 + H_{L+1} - r), and lambda is half of it
+    assert aoyagi_lambda(widths, rank) == pytest.approx(rank * (widths[0] + widths[-1] - rank)
+                                                        / 2)
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_aoyagi_formula_of_one_layer_is_its_dimension_over_two(rank):
+    # a single matrix is a regular model whatever the true rank: lambda = d / 2
+    assert aoyagi_lambda([3, 4], rank) == pytest.approx(6.0)
+
+
+def test_aoyagi_formula_on_the_deep_linear_network_of_the_issue():
+    assert aoyagi_lambda([10, 8, 6, 10], 3) == pytest.approx(33.0)
+    assert aoyagi_lambda([5, 3, 5], 0) == pytest.approx(6.5)  # devinterp's 5-3-5
+
+
+def _dln(widths: list[int], rank: int, n: int, seed: int = 0) -> tuple[nn.Module, RegressionBatch]:
+    """A teacher deep linear network whose product has rank ``rank``, and its noisy data."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [nn.Linear(a, b, bias=False) for a, b in itertools.pairwise(widths)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g)
+                               / math.sqrt(layer.weight.shape[1]))
+        u, s, vh = torch.linalg.svd(layers[0].weight, full_matrices=False)
+        s[rank:] = 0  # the first layer's rank bounds the product's
+        layers[0].weight.copy_(u @ torch.diag(s) @ vh)
+    model = nn.Sequential(*layers)
+    x = torch.randn(n, widths[0], generator=g)
+    with torch.no_grad():
+        y = model(x) + torch.randn(n, widths[-1], generator=g)
+    product = model[0].weight.T
+    for layer in model[1:]:
+        product = product @ layer.weight.T
+    assert int(torch.linalg.matrix_rank(product)) == rank
+    return model, RegressionBatch(x, y)
+
+
+def _untrained(widths: list[int], batch: RegressionBatch) -> float:
+    torch.manual_seed(123)
+    fresh = nn.Sequential(*[nn.Linear(a, b, bias=False)
+                            for a, b in itertools.pairwise(widths)])
+    with torch.no_grad():
+        return float(batch.loss(fresh))
+
+
+def _default_procedure(model: nn.Module, batch, untrained: float, settings: LLCSettings):
+    """Calibration on the checkpoint, then an estimate at its choice with fresh seeds."""
+    cal = calibrate_llc(model, batch, settings, untrained)
+    assert cal.chosen is not None, cal.reason
+    chosen = [p for p in cal.points if p.passed]
+    assert len(chosen) == 1 and chosen[0].stationary and chosen[0].in_basin
+    assert chosen[0].halving_change <= 0.1 and chosen[0].localisation_change <= 0.05
+    r = estimate_llc(model, batch, replace(cal.apply(settings), seed=settings.seed + 100))
+    assert r.checks == {"stationary": True, "in_basin": True} and r.converged
+    return r, cal
+
+
+DLN_CASES = [([10, 8, 6, 10], 3), ([8, 6, 8], 2), ([6, 8, 4, 6], 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widths, rank", DLN_CASES)
+def test_default_procedure_within_20_percent_on_deep_linear_networks(widths, rank):
+    truth = aoyagi_lambda(widths, rank)
+    model, batch = _dln(widths, rank, n=10_000)
+    settings = LLCSettings(n_chains=4, n_draws=1000, n_burnin=500, minibatch_size=500)
+    r, cal = _default_procedure(model, batch, _untrained(widths, batch), settings)
+    assert abs(r.value - truth) / truth <= 0.20, (widths, rank, r.value, truth, cal.to_json())
+
+
+def _rrr(m: int, h: int, n: int) -> tuple[nn.Module, RegressionBatch]:
+    """devinterp's ``rrr_test`` set-up: 1,000 samples, outputs independent of the inputs,
+    5,000 full-batch Adam steps at lr 0.01."""
+    torch.manual_seed(1)
+    x, y = torch.randn(1000, m), torch.randn(1000, n)
+    model = nn.Sequential(nn.Linear(m, h, bias=False), nn.Linear(h, n, bias=False))
+    batch = RegressionBatch(x, y)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(5000):
+        opt.zero_grad()
+        batch.loss(model).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model, batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m, h, n", [(5, 3, 5), (4, 3, 8)])
+def test_default_procedure_within_40_percent_on_reduced_rank_regressions(m, h, n):
+    truth = aoyagi_watanabe_rrr(m, h, n)
+    model, batch = _rrr(m, h, n)
+    # the regression's loss sits at its noise floor (about 0.99): an absolute basin ceiling
+    # of a quarter of the untrained loss could never pass it; the rise above L(w*) does
+    settings = LLCSettings(n_chains=4, n_draws=2000, n_burnin=1000, minibatch_size=None)
+    r, cal = _default_procedure(model, batch, _untrained([m, h, n], batch), settings)
+    assert cal.init_loss > 0.9
+    assert abs(r.value - truth) / truth <= 0.40, (m, h, n, r.value, truth, cal.to_json())
+    assert r.mala_acceptance > 0.5  # full batches: the MALA diagnostic is computed
+
+
+class _Potential(nn.Module):
+    """K(w) = sum_i w_i^(2 k_i) whatever the samples: lambda = sum 1 / (2 k_i)."""
+
+    def __init__(self, ks: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.tensor(ks, dtype=torch.float64))
+        self.w = nn.Parameter(torch.zeros(len(ks), dtype=torch.float64))
+
+
+class _PotentialBatch:
+    """The loss K(w) on n notional samples (the LossBatch protocol)."""
+
+    n_samples, n_population = 10, None
+
+    def loss(self, model: _Potential, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return (model.w ** (2 * model.k)).sum()
+
+
+@pytest.mark.slow
+def test_default_procedure_on_a_polynomial_potential():
+    ks = [1] * 6 + [2] * 4
+    truth = sum(1 / (2 * k) for k in ks)  # 3 + 1 = 4
+    settings = LLCSettings(n_chains=4, n_draws=2000, n_burnin=1000, minibatch_size=None,
+                           n_beta=100.0)
+    # "untrained": the loss one unit away from w* along every axis
+    r, _ = _default_procedure(_Potential(ks), _PotentialBatch(), float(len(ks)), settings)
+    assert abs(r.value - truth) / truth <= 0.20, r.value
+
+
+@pytest.mark.slow
+def test_perturbed_weights_fail_the_checks():
+    """The negative control: a deep linear network moved off its minimum. Its chains descend
+    (the rise is negative), so the basin check fails at every setting of the pilot, nothing
+    is chosen, and an estimate at the true model's choice reports not converged."""
+    widths, rank = [10, 8, 6, 10], 3
+    model, batch = _dln(widths, rank, n=10_000)
+    settings = LLCSettings(n_chains=4, n_draws=400, n_burnin=200, minibatch_size=500)
+    good = calibrate_llc(model, batch, settings, _untrained(widths, batch))
+    assert good.chosen is not None
+    moved = nn.Sequential(*[nn.Linear(a, b, bias=False)
+                            for a, b in itertools.pairwise(widths)])
+    moved.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    untrained = _untrained(widths, batch)
+    bad = calibrate_llc(moved, batch, settings, untrained)
+    assert bad.chosen is None and bad.points
+    assert not any(p.in_basin for p in bad.points)
+    assert all(p.rise < 0 and p.below_share > 0.5 for p in bad.points)
+    r = estimate_llc(moved, batch, good.apply(settings))
+    assert r.value < 0 and not r.converged and r.checks["in_basin"] is False
+
+
+def test_bias_corrected_preconditioner_takes_the_stated_step():
+    """A linear loss L(w) = a . w has the constant gradient a, so the settled V is a^2 and G
+    = 1 / (|a| + rms_eps). Frozen after 50 adapting steps, the uncorrected average is only
+    (1 - 0.99^50) = 39.5% of a^2; with the correction the drift per step is exactly
+    eps / 2 * G * n_beta * a, measured here from the mean displacement of the kept draws
+    (gamma = 0, so the drift is all there is besides zero-mean noise)."""
+    a = torch.tensor([0.5, 2.0, 8.0], dtype=torch.float64)
+
+    class Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    def loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return model.w @ a
+
+    eps, n_beta, draws, burnin = 1e-4, 1000.0, 400, 100
+    model = Linear()
+    for corrected, expected_v in ((True, a**2), (False, (1 - 0.99**50) * a**2)):
+        s = LLCSettings(eps=eps, gamma=0.0, n_beta=n_beta, n_chains=1, n_draws=draws,
+                        n_burnin=burnin, minibatch_size=None, sampler="rmsprop",
+                        rms_bias_correction=corrected, seed=0)
+        trace = sample_sgld(model, loss, n=4, settings=s)
+        g = 1 / (expected_v.sqrt() + s.rms_eps)
+        # the loss is linear: L(w_t) = a . w_t, so the loss trace gives a . w_t directly;
+        # its mean slope over the frozen steps is -eps/2 * n_beta * sum(a^2 G)
+        kept = trace.losses[0, burnin:]
+        slope = float((kept[-1] - kept[0]) / (kept.numel() - 1))
+        stated = -eps / 2 * n_beta * float((a * a * g).sum())
+        noise = math.sqrt(eps * float((a * a * g).sum()) * 2 / (kept.numel() - 1))
+        assert abs(slope - stated) <= 4 * noise, (corrected, slope, stated)
+    # and the two differ by far more than that noise: the correction is what makes it right
+    g_true, g_raw = 1 / (a + 0.1), 1 / (math.sqrt(1 - 0.99**50) * a + 0.1)
+    assert float((a * a * g_raw).sum()) / float((a * a * g_true).sum()) > 1.4
