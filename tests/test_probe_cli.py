@@ -17,10 +17,10 @@ from orchestrator.cli.app import app
 SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=6",
          "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
          "--threads", "1"]
-# a small LLC and a two-point pilot without the Hessian: seconds, not minutes
+# a small LLC and a pilot of at most three points: seconds, not minutes
 LLC = ["--set", "n_chains=2", "--set", "n_draws=40", "--set", "n_burnin=20",
-       "--set", "minibatch_size=16", "--set", "calibration.eps_grid=[2e-6, 1e-6]",
-       "--set", "calibration.gammas=[1000]", "--set", "calibration.hessian=false"]
+       "--set", "minibatch_size=16", "--set", "calibration.steps=[0.1, 0.05]",
+       "--set", "calibration.localisations=[1e-3, 1e-4]"]
 
 
 def _run(*args: str):
@@ -51,13 +51,20 @@ def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None
     assert out["trial"] == "COPY-s0-0" and out["step"] == steps[-1]
     cal = out["calibration"]
     assert cal["source"] == "pilot" and cal["step"] == steps[-1]
-    assert [p["eps"] for p in cal["grid"]] == [2e-6, 1e-6]
-    assert cal["grid"][1]["halving_change"] is None and not cal["grid"][1]["passed"]
+    grid = cal["grid"]
+    assert [(p["step"], p["localisation"]) for p in grid][:2] == [(0.1, 1e-3), (0.05, 1e-3)]
+    stiff = cal["n_beta_lambda_max"]
+    assert all(p["eps"] == pytest.approx(p["step"] / stiff) for p in grid)
+    assert all(p["gamma"] == pytest.approx(p["localisation"] * stiff) for p in grid)
+    assert grid[1]["halving_change"] is None and not grid[1]["passed"]
     assert cal["untrained_loss"] > out["init_loss"]  # 12 steps of training lowered the loss
-    if cal["chosen"] is not None:  # the choice is what the estimate used
-        assert cal["chosen"] == {"eps": 2e-6, "gamma": 1000.0}
-        assert (out["eps"], out["gamma"]) == (2e-6, 1000.0)
+    if cal["chosen"] is not None:  # the choice is what the estimate used, judged by its bound
+        assert grid[0]["passed"] and len(grid) == 3  # c/2 and k/10 were run to judge it
+        assert (out["eps"], out["gamma"]) == (cal["chosen"]["eps"], cal["chosen"]["gamma"])
+        assert out["max_rise"] == cal["chosen"]["max_rise"] and "in_basin" in out["checks"]
         assert out["value"] == pytest.approx(out["n_beta"] * out["loss_rise"], rel=1e-6)
+    for key in ("below_share", "drift_noise", "mala_acceptance", "checks"):
+        assert key in out, key
     assert _files(run) == before  # without --write the run is untouched
 
 
@@ -65,7 +72,7 @@ def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None
 def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> None:
     step = RunFolder(run).weight_steps("COPY-s0-0")[0]
     r = _run("probe", str(run), "--measure", "llc", "--step", str(step), "--json", "--write",
-             *LLC, "--set", "calibration.max_loss_fraction=1e-9")
+             *LLC, "--set", "calibration.max_rise_fraction=1e-9")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["value"] is None and out["converged"] is False
@@ -108,6 +115,7 @@ def test_report_section_shows_the_choice() -> None:
     md = calibration_section([record])
     row = next(line for line in md if line.startswith("| T |"))
     assert "eps 1e-06, gamma 1e+03" in row and "| 97.6 |" in row and "| 2 |" in row
+    assert "1/1 pilots chose a setting." in md
     assert calibration_section([]) == []
 
 
@@ -236,19 +244,20 @@ def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Pat
     worker = pool.ProbeWorker(str(folder.path), "s", 1)
     cfg = TrainConfig.model_validate(folder.read_run_record()["config"])
     trial, steps = cfg.trial_name(), folder.weight_steps(cfg.trial_name())
-    cal = {"step": steps[-1], "fields": {"eps_grid": [2e-6, 1e-6], "gammas": [1000],
-                                         "hessian": False}}
+    cal = {"step": steps[-1], "fields": {"steps": [0.1, 0.05], "localisations": [1e-3, 1e-4]}}
     settings = {"n_chains": 2, "n_draws": 30, "n_burnin": 16, "minibatch_size": 16}
     first = ProbeJob(trial, steps[0], "llc")
     worker.run(first, cfg, 64, settings, 0, cal)
     record = folder.read_calibration(trial, "llc")
-    assert record["step"] == steps[-1] and [p["eps"] for p in record["grid"]] == [2e-6, 1e-6]
+    assert record["step"] == steps[-1]
+    assert [p["step"] for p in record["grid"]][:2] == [0.1, 0.05]
     queue = ProbeQueue(folder)
     diag = json.loads(queue.diagnostics_path(first).read_text())
     if record["chosen"] is None:
         assert "not converged" in diag["status"] and diag["value"] is None
     else:
-        assert diag["calibration"]["chosen"] == record["chosen"] and diag["eps"] == 2e-6
+        assert diag["calibration"]["chosen"] == record["chosen"]
+        assert diag["eps"] == record["chosen"]["eps"]
     folder.write_calibration(trial, "llc", {**record, "chosen": {"eps": 3e-6, "gamma": 500.0}})
     last = ProbeJob(trial, steps[-1], "llc")
     worker.run(last, cfg, 64, settings, 0, cal)

@@ -13,9 +13,32 @@ from orchestrator.cli.common import handles_usage_errors, parse_sets
 
 __all__ = ["probe"]
 
-_SHOWN = ("value", "std", "converged", "init_loss", "mean_loss", "loss_rise", "rhat", "n_beta",
-          "eps", "gamma", "sampler", "lambda_max", "lambda_max_residual", "n_samples",
+_SHOWN = ("value", "std", "converged", "checks", "init_loss", "mean_loss", "loss_rise",
+          "max_rise", "rhat", "below_share", "drift_noise", "mala_acceptance", "precond_change",
+          "n_beta", "eps", "gamma", "sampler", "lambda_max", "lambda_max_residual", "n_samples",
           "wall_s")
+
+
+def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
+    """The LLC pilot's grid as a table: one line per setting run, its four checks."""
+    def mark(ok: bool | None) -> str:
+        return "-" if ok is None else ("ok" if ok else "FAIL")
+
+    def judged(change: float | None) -> str:
+        return "-" if change is None else f"{change:.1%}"
+
+    lines = [f"{'c':>8} {'k':>7} {'eps':>9} {'gamma':>9} {'value':>9} {'rise':>9} "
+             f"{'R-hat':>6} {'stat':>4} {'basin':>5} {'eps/2':>6} {'k/10':>6} {'MALA':>5} "
+             f"{'drift/noise':>11}"]
+    for p in grid:
+        lines.append(
+            f"{p.get('step', math.nan):>8.4g} {p.get('localisation', math.nan):>7.0e} "
+            f"{p['eps']:>9.3g} {p['gamma']:>9.3g} {_fmt(p['value']):>9} {_fmt(p.get('rise')):>9} "
+            f"{_fmt(p['rhat']):>6} {mark(p.get('stationary')):>4} {mark(p.get('in_basin')):>5} "
+            f"{judged(p.get('halving_change')):>6} {judged(p.get('localisation_change')):>6} "
+            f"{_fmt(p.get('mala_acceptance')):>5} {_fmt(p.get('drift_noise')):>11}"
+            f"{'  chosen' if p.get('passed') else ''}")
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -38,7 +61,7 @@ def probe(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="a setting of the measure, e.g. --set eps=1e-6 (repeatable); wins over "
                       "the sweep file and the calibration; calibration.KEY=VALUE sets the "
-                      "pilot's, e.g. --set 'calibration.eps_grid=[2e-6,1e-6]'")] = None,
+                      "pilot's, e.g. --set 'calibration.steps=[0.1,0.05]'")] = None,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate/--no-calibrate", help="use the trial's calibration (the saved one, else "
                                            "a pilot now on its last checkpoint)")] = True,
@@ -71,11 +94,9 @@ def probe(
     if cal:
         typer.echo(f"  calibration ({cal['source']}, pilot at step {cal['step']}): chosen "
                    f"{cal['chosen'] or 'nothing (not converged)'}")
-        for p in cal.get("grid") or []:
-            typer.echo(f"    eps {p['eps']:<9.3g} gamma {p['gamma']:<7g} value "
-                       f"{_fmt(p['value']):<10} mean loss {_fmt(p['mean_loss']):<9} R-hat "
-                       f"{_fmt(p['rhat']):<7} change at eps/2 "
-                       f"{_fmt(p['halving_change']) if p['halving_change'] is not None else '-':<8}"
-                       f"{'pass' if p['passed'] else ''}")
+        if cal.get("reason"):
+            typer.echo(f"    {cal['reason']}")
+        for line in pilot_grid_lines(cal.get("grid") or []):
+            typer.echo(f"    {line}")
     if out.get("written"):
         typer.echo("  written into the run")

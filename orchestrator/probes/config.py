@@ -43,9 +43,10 @@ class ProbeMeasure(_Strict):
                                                "checkpoint fixes some settings (the LLC's "
                                                "eps and gamma) for all its checkpoints")
     calibration: dict[str, Any] = Field(default_factory=dict,
-                                        description="fields of the pilot (the LLC's: eps_grid, "
-                                                    "gammas, max_loss_fraction, "
-                                                    "max_halving_change, hessian)")
+                                        description="fields of the pilot (the LLC's: steps, "
+                                                    "localisations, max_rise_fraction, "
+                                                    "max_halving_change, "
+                                                    "max_localisation_change)")
 
 
 MeasureName = Annotated[str, AfterValidator(checked(lambda v: get_measure(v).name, ValueError))]

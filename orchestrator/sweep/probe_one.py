@@ -10,7 +10,7 @@ run record holds the one config; measures take their defaults).
 
 Settings, lowest to highest: the measure's defaults, the sweep file's ``settings``, the
 calibration's choice (a measure that has one, unless ``calibrate=False``), then ``--set``;
-``--set calibration.KEY=VALUE`` sets a field of the pilot (the LLC's ``eps_grid``, ...).
+``--set calibration.KEY=VALUE`` sets a field of the pilot (the LLC's ``steps``, ``localisations``, ...).
 The calibration used is the trial's saved one when there is one (what the pool fixed for the
 trial), else a pilot run now on the trial's last checkpoint with weights, as the pool would.
 Nothing is written unless ``write=True``: then the rows and diagnostics go where the pool
@@ -96,6 +96,9 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
     spec = specs.get(measure)
     sets = dict(sets or {})
     fields = {**(dict(spec.calibration) if spec else {}), **sets.pop("calibration", {})}
+    size = sets.pop("batch_size", None)  # the probe batch, as the sweep file's batch_size
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
+        raise UsageError(f"--set batch_size must be an integer >= 2, got {size!r}")
     try:
         base = make_settings(measure, {**(spec.settings if spec else {}), **sets})
     except (ValueError, TypeError) as e:
@@ -109,8 +112,8 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
         torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data, model = trial_model(cfg, device)
-    batch = trial_probe_batch(data, (spec.batch_size if spec and spec.batch_size else None)
-                              or m.batch_size, cfg.seed, device)
+    batch = trial_probe_batch(data, size or (spec.batch_size if spec and spec.batch_size
+                                             else None) or m.batch_size, cfg.seed, device)
     t0 = time.perf_counter()
     record, calibration_source = None, None
     settings = base
@@ -151,6 +154,9 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
         out["calibration"] = {"source": calibration_source, "step": record.get("step"),
                               "chosen": record.get("chosen"), "grid": record.get("grid"),
                               "lambda_max": record.get("lambda_max"),
+                              "n_beta_lambda_max": record.get("n_beta_lambda_max"),
+                              "criteria": record.get("criteria"),
+                              "reason": record.get("reason"),
                               "untrained_loss": record.get("untrained_loss")}
     if write:
         _write(folder, sweep, cfg, ProbeJob(name, step, measure), result)
