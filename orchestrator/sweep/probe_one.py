@@ -10,7 +10,8 @@ run record holds the one config; measures take their defaults).
 
 Settings, lowest to highest: the measure's defaults, the sweep file's ``settings``, the
 calibration's choice (a measure that has one, unless ``calibrate=False``), then ``--set``;
-``--set calibration.KEY=VALUE`` sets a field of the pilot (the LLC's ``steps``, ``localisations``, ...).
+``--set calibration.KEY=VALUE`` sets a field of the pilot (the LLC's ``steps``, ...);
+``--set batch_size=N`` the probe batch.
 The calibration used is the trial's saved one when there is one (what the pool fixed for the
 trial), else a pilot run now on the trial's last checkpoint with weights, as the pool would.
 Nothing is written unless ``write=True``: then the rows and diagnostics go where the pool
