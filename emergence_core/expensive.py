@@ -128,8 +128,8 @@ def _numbers(cls: type, fields: dict[str, Any]) -> dict[str, Any]:
     out = dict(fields)
     for f in dataclasses.fields(cls):
         v, d = out.get(f.name), f.default
-        try:
-            if isinstance(d, float) and isinstance(v, str):
+        try:  # a float field, or an optional one ("float | None"), read from YAML
+            if isinstance(v, str) and (isinstance(d, float) or str(f.type).startswith("float")):
                 out[f.name] = float(v)
             elif isinstance(d, tuple) and d and isinstance(d[0], float) \
                     and isinstance(v, list | tuple):

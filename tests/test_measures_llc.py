@@ -406,3 +406,13 @@ class _PotentialBatch:
 
     def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
         return model.loss(ids)
+
+
+def test_yaml_strings_for_the_optional_step_and_localisation_become_numbers():
+    # YAML 1.1 reads 1e-6 (no dot) as a string; eps and gamma default to None now
+    from emergence_core.expensive import make_settings
+
+    s = make_settings("llc", {"eps": "1e-6", "gamma": "10"})
+    assert (s.eps, s.gamma) == (1e-6, 10.0)
+    with pytest.raises(ValueError, match="eps must be a number"):
+        make_settings("llc", {"eps": "fast"})
