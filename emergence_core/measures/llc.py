@@ -285,7 +285,8 @@ def _looped_grad(params: list[nn.Parameter], loss_fn: LossFn, work: nn.Module) -
 
 def _sq(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Per-chain squared norm over a list of [C, *shape] tensors: [C] float64."""
-    return sum(t.reshape(t.shape[0], -1).double().pow(2).sum(dim=1) for t in tensors)
+    return sum(torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).double() ** 2
+               for t in tensors)
 
 
 def _run(grad_fn: GradFn, w_star: list[torch.Tensor], chains: list[int], s: LLCSettings,
@@ -337,30 +338,39 @@ def _run(grad_fn: GradFn, w_star: list[torch.Tensor], chains: list[int], s: LLCS
                     change = float(_sq([a - b for a, b in zip(precond, earlier, strict=True)])
                                    .sum().sqrt() / _sq(precond).sum().sqrt())
             assert precond is not None
-            grad_u = [g.mul(n_beta).add_(p - w, alpha=s.gamma)
-                      for g, p, w in zip(grads, stacked, w_star, strict=True)]
-            drift = [gu * G for gu, G in zip(grad_u, precond, strict=True)]
-            noise = []
-            for p in stacked:  # chain c's noise from its own generator, parameter order
-                noise.append(torch.stack([torch.randn(p.shape[1:], generator=gen, device=device,
-                                                      dtype=p.dtype) for gen in noise_gens]))
-            scaled = [xi * G.sqrt() for xi, G in zip(noise, precond, strict=True)]
+            diff = [p - w for p, w in zip(stacked, w_star, strict=True)]
+            grad_u = [g.mul_(n_beta).add_(d, alpha=s.gamma)  # grads are fresh: in place
+                      for g, d in zip(grads, diff, strict=True)]
+            roots = [G.sqrt() for G in precond] if rmsprop else []
+            drift = [gu * G for gu, G in zip(grad_u, precond, strict=True)] if rmsprop \
+                else grad_u
+            # chain c's noise from its own generator, one randn per parameter in order
+            if c_n == 1:
+                noise = [torch.randn(p.shape[1:], generator=noise_gens[0], device=device,
+                                     dtype=p.dtype).unsqueeze(0) for p in stacked]
+            else:
+                noise = [torch.stack([torch.randn(p.shape[1:], generator=gen, device=device,
+                                                  dtype=p.dtype) for gen in noise_gens])
+                         for p in stacked]
+            scaled = [xi * r for xi, r in zip(noise, roots, strict=True)] if rmsprop else noise
             drift_noise[:, t] = (half_eps * _sq(drift).sqrt()
                                  / (root_eps * _sq(scaled).sqrt())).cpu()
-            u = (n_beta * loss + s.gamma / 2 * _sq([p - w for p, w in
-                                                    zip(stacked, w_star, strict=True)]).cpu())
             constant_g = not adapting
-            if full_batch and constant_g and prev is not None:
-                u0, gu0, xi0 = prev
-                # w_t - w_{t-1} + eps/2 G grad U_{t-1} = sqrt(eps G) xi_{t-1}; the reverse
-                # proposal's residual is eps/2 G (grad U_{t-1} + grad U_t) - sqrt(eps G) xi
-                back = [half_eps * G * (a + b) - root_eps * G.sqrt() * x
-                        for G, a, b, x in zip(precond, gu0, grad_u, xi0, strict=True)]
-                back_sq = sum((r.pow(2) / G).reshape(r.shape[0], -1).double().sum(dim=1)
-                              for r, G in zip(back, precond, strict=True)).cpu()
-                fwd_sq = s.eps * _sq(xi0).cpu()
-                mala[:, t - 1] = -(u - u0) - (back_sq - fwd_sq) / (2 * s.eps)
-            prev = (u, grad_u, noise) if full_batch and constant_g else None
+            if full_batch and constant_g:
+                u = n_beta * loss + s.gamma / 2 * _sq(diff).cpu()
+                if prev is not None:
+                    u0, gu0, xi0 = prev
+                    # w_t - w_{t-1} + eps/2 G grad U_{t-1} = sqrt(eps G) xi_{t-1}; the reverse
+                    # proposal's residual is eps/2 G (grad U_{t-1} + grad U_t) - sqrt(eps G) xi
+                    back = [half_eps * G * (a + b) - root_eps * G.sqrt() * x
+                            for G, a, b, x in zip(precond, gu0, grad_u, xi0, strict=True)]
+                    back_sq = sum((r.pow(2) / G).reshape(r.shape[0], -1).double().sum(dim=1)
+                                  for r, G in zip(back, precond, strict=True)).cpu()
+                    fwd_sq = s.eps * _sq(xi0).cpu()
+                    mala[:, t - 1] = -(u - u0) - (back_sq - fwd_sq) / (2 * s.eps)
+                prev = (u, grad_u, noise)
+            else:
+                prev = None
             for p, d, x in zip(stacked, drift, scaled, strict=True):
                 p.add_(d, alpha=-half_eps).add_(x, alpha=root_eps)
     return losses, drift_noise, mala, change
