@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from emergence_core.readers import UnreadableFile
 from emergence_core.run_folder import RunFolder, RunFolderError
 from orchestrator.common.errors import RuntimeFault, UsageError
 from orchestrator.common.progress import SweepBoard
@@ -355,8 +356,8 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
             sync.set_status(None, "FINISHED")
         elif any(folder.failure(p.name) for p in spec.trials()):
             sync.set_status(None, "FAILED")
-    except (UsageError, RunFolderError, OSError):
-        raise
+    except (UsageError, RunFolderError, UnreadableFile, OSError):
+        raise  # the run folder's own problems, each one line already
     except Exception as err:  # MLflow's, the database driver's, the HTTP client's
         raise RuntimeFault(f"MLflow at {uri} failed ({_cause(err)}); the run folder is "
                            "unchanged: run `emerge sync-mlflow` again when it works") from None
