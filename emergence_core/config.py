@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "ProbeConfig",
     "RunEstimate",
     "TrainConfig",
+    "check_device",
     "estimate",
     "resolve_config",
     "scale_defaults",
@@ -137,6 +139,11 @@ class TrainConfig(_Frozen):
     def _task(cls, v: str) -> str:
         return get_task(v).name
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: str) -> str:
@@ -190,6 +197,31 @@ class TrainConfig(_Frozen):
     def trial_name(self) -> str:
         """Readable and stable: task-scale-seed (the Ray dashboard shows it)."""
         return f"{self.task}-{self.scale}-{self.seed}"
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(name: str, *, available: bool = False) -> str:
+    """``name`` if it names a device (auto, cpu, mps, cuda, cuda:N); with ``available``, also
+    one this machine has (a sweep's trials run elsewhere: only their syntax is checked)."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ValueError(f"unknown device {name!r}: use auto (CUDA when present, else CPU), "
+                         "cpu, cuda or cuda:N")
+    if available and name.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= n:
+            have = "no CUDA device is visible" if n == 0 else f"it has {n} CUDA device(s)"
+            raise ValueError(f"{name} is not on this machine ({have}); use cpu or auto")
+    if available and name == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ValueError("mps is not on this machine; use cpu or auto")
+    return name
 
 
 # Defaults ------------------------------------------------------------------------------------

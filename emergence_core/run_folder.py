@@ -49,6 +49,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emergence_core.readers import UnreadableFile, load_yaml, read_json, read_text
+
 if TYPE_CHECKING:
     from emergence_core.config import TrainConfig
 
@@ -287,14 +289,29 @@ class RunFolder:
             what = "no such folder" if not self.path.exists() else "no sweep.json in it"
             raise RunFolderError(f"{self.path} is not a sweep's run folder ({what}); start "
                                  "one with `emerge sweep SPEC`")
-        try:
-            return json.loads(self.sweep_path.read_text())
-        except (OSError, ValueError) as err:
-            raise RunFolderError(f"{self.sweep_path} cannot be read ({_first_line(err)})"
-                                 ) from None
+        return self._sweep_record()
+
+    _SWEEP_FIX = ("restore it from a backup: it records where the sweep was launched and its "
+                  "launches (the rows in metrics/ are intact)")
+
+    def _sweep_record(self) -> dict[str, Any]:
+        """sweep.json, checked to be what ``record_launch`` writes; UnreadableFile if not."""
+        state = read_json(self.sweep_path, self._SWEEP_FIX)
+        launches = state.get("launches")
+        if not isinstance(launches, list) or not all(
+                isinstance(la, dict) and isinstance(la.get("name"), str)
+                and isinstance(la.get("trials"), list) for la in launches):
+            raise UnreadableFile(self.sweep_path, "its 'launches' are not a list of "
+                                 "{name, trials}", self._SWEEP_FIX)
+        for key in ("run_dir", "tracking_uri"):
+            if not isinstance(state.get(key), str):
+                raise UnreadableFile(self.sweep_path, f"its {key!r} is not a string",
+                                     self._SWEEP_FIX)
+        return state
 
     def spec_text(self) -> str:
-        return self.spec_path.read_text()
+        return read_text(self.spec_path, "restore the sweep file as launched (it is the "
+                         "sweep's record of its grid)", what="sweep file")
 
     def record_launch(self, spec_text: str, tracking_uri: str,
                       launches: list[dict[str, Any]]) -> None:
@@ -314,8 +331,15 @@ class RunFolder:
             tmp.write_text(spec_text)
 
     def read_run_record(self) -> dict[str, Any] | None:
-        return json.loads(self.run_record_path.read_text()) \
-            if self.run_record_path.exists() else None
+        """run.json, or None without one; a damaged one is one UnreadableFile line."""
+        if not self.run_record_path.exists():
+            return None
+        fix = ("it records the run's config: restore it from a backup, or train into a new "
+               "--out (the rows in metrics/ are intact)")
+        record = read_json(self.run_record_path, fix)
+        if not isinstance(record.get("config"), dict):
+            raise UnreadableFile(self.run_record_path, "holds no 'config' object", fix)
+        return record
 
     def write_run_record(self, record: dict[str, Any]) -> None:
         from emergence_core.store import atomic_path
@@ -373,8 +397,16 @@ class RunFolder:
         path = self.complete_path(trial)
         if not path.exists():
             return None
-        done = json.loads(path.read_text())
-        done["events"] = {int(k): v for k, v in done.get("events", {}).items()}
+        fix = ("it records that the trial finished: move it aside (the trial then shows as "
+               "unfinished and resumes from its checkpoint; its rows are intact)")
+        done = read_json(path, fix)
+        events = done.get("events", {})
+        if not isinstance(done.get("step"), int) or not isinstance(events, dict):
+            raise UnreadableFile(path, "is not a completion record (no step and events)", fix)
+        try:
+            done["events"] = {int(k): v for k, v in events.items()}
+        except ValueError:
+            raise UnreadableFile(path, "its events are not keyed by level", fix) from None
         return done
 
     def mark_complete(self, trial: str, record: dict[str, Any]) -> None:
@@ -536,8 +568,15 @@ class RunFolder:
         root = self.probe_dir("calibration")
         if not root.is_dir():
             return []
-        return [{"trial": d.name, **json.loads(f.read_text())}
-                for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.json"))]
+        out = []
+        files = [f for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.json"))]
+        for f in files:
+            try:
+                out.append({"trial": f.parent.name, **read_json(f, "it is set aside and the "
+                                                            "pilot runs again at the next probe")})
+            except UnreadableFile as err:
+                _warn_once(f, f"skipping calibration {err}")
+        return out
 
     def probe_worker_path(self, pid: int) -> Path:
         return self.probes_dir / "workers" / f"{pid}.json"
@@ -580,28 +619,41 @@ class RunFolder:
 
         An advisory ``flock`` on ``driver.lock``: the kernel releases it when its process
         ends, however it ends, so the lock of a killed driver is stale by construction and
-        the next driver takes it. The file names the holder for the refusal's message.
+        the next driver takes it. The file names the holder for the refusal's message; it is
+        removed when the block ends (a refusal included), with the folders made for it if
+        they stayed empty.
         """
         import fcntl
         import os
         import socket
 
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"run folder {self.path} is a file; set run_dir to a folder")
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block, closed below
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
+        while True:
+            f = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block, closed below
             try:
-                held = json.loads(f.read() or "{}")
-            except ValueError:
-                held = {}
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                try:
+                    held = json.loads(f.read() or "{}")
+                except ValueError:
+                    held = {}
+                f.close()
+                since = time.strftime("%H:%M:%S", time.localtime(held.get("since", 0)))
+                raise RunFolderError(
+                    f"{self.path} is in use by another driver (`{held.get('command', 'emerge')}`"
+                    f", pid {held.get('pid', '?')} on {held.get('host', '?')}, since {since}); "
+                    "wait for it to end, or stop it with Ctrl-C, then run this again") from None
+            try:  # the file a driver that just ended removed is not the lock any more
+                same = os.stat(self.lock_path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             f.close()
-            since = time.strftime("%H:%M:%S", time.localtime(held.get("since", 0)))
-            raise RunFolderError(
-                f"{self.path} is in use by another driver (`{held.get('command', 'emerge')}`, "
-                f"pid {held.get('pid', '?')} on {held.get('host', '?')}, since {since}); wait "
-                "for it to end, or stop it with Ctrl-C, then run this again") from None
         try:
             f.seek(0)
             f.truncate()
@@ -610,24 +662,46 @@ class RunFolder:
             f.flush()
             yield
         finally:
+            # Removed while still held, so nothing is left behind; a driver killed before
+            # this leaves a stale file that the kernel has already unlocked.
+            self.lock_path.unlink(missing_ok=True)
             f.close()  # releases the lock
+            for d in made:  # folders this driver made and left empty (a refused sweep)
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     def is_empty(self) -> bool:
-        """Nothing in the folder but (perhaps) its driver lock."""
+        """Nothing in the folder but (perhaps) its driver lock; RunFolderError for a file."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"run folder {self.path} is a file; set run_dir to a folder")
         return not self.path.exists() or all(
             p == self.lock_path for p in self.path.iterdir())
 
     # -- what kind of folder -----------------------------------------------------------------
 
     def _markers(self) -> list[str]:
-        marks = (self.SWEEP, self.RUN, self.SPEC, "metrics", "events", "checkpoints",
-                 "report/report.json")  # report.json: an empty folder analysed once
-        return [m for m in marks if (self.path / m).exists()]
+        """What makes the folder a run folder: sweep.json or run.json; else metric parts or
+        event tables that emerge wrote (a folder that merely has a ``checkpoints/`` or
+        ``metrics/`` of its own, a code folder say, is not one); a Pythia sweep's spec with
+        its status; or, alone, the report of an empty folder analysed once."""
+        marks = [m for m in (self.SWEEP, self.RUN) if (self.path / m).is_file()]
+        if self.metrics_root.is_dir() and any(
+                parse_part(p.name) for p in self.metrics_root.rglob("part-*.parquet")):
+            marks.append("metrics")
+        if self.events_dir.is_dir() and any(self.events_dir.glob("*.parquet")):
+            marks.append("events")
+        if self.spec_path.is_file() and (self.pythia_failures_path.is_file()
+                                          or "metrics" in marks):
+            marks.append(self.SPEC)
+        if not marks and (self.report_dir / "report.json").is_file() and all(
+                p in (self.report_dir, self.lock_path) for p in self.path.iterdir()):
+            marks.append("report/report.json")  # an empty folder analysed once
+        return marks
 
     def describe(self) -> FolderInfo:
         """Read the folder's own files; RunFolderError when it is not a run folder."""
-        import yaml
-
         path = self.path
         if not path.exists():
             raise RunFolderError(f"{path}: no such folder; give a run folder, e.g. runs/smoke")
@@ -636,7 +710,7 @@ class RunFolder:
         present = self._markers()
         if not present and any(path.iterdir()):
             raise RunFolderError(f"{path} is not a run folder (no sweep.json, run.json or "
-                                 "metrics/); give a folder written by `emerge sweep` or "
+                                 "metric parts); give a folder written by `emerge sweep` or "
                                  "`emerge train`")
         notes: list[str] = []
         state: dict[str, Any] = {}
@@ -646,19 +720,19 @@ class RunFolder:
             notes.append(f"The run folder {path} is empty: nothing has run there yet.")
         if kind == "sweep":
             try:
-                state = json.loads(self.sweep_path.read_text())
-            except (OSError, ValueError) as err:
-                notes.append(f"sweep.json could not be read ({_first_line(err)}): the "
-                             "launched trials are unknown and MLflow is skipped.")
+                state = self._sweep_record()
+            except UnreadableFile as err:
+                notes.append(f"sweep.json could not be read ({err.problem}): the launched "
+                             "trials are unknown and MLflow is skipped.")
         spec: dict[str, Any] = {}
         spec_text = None
-        if self.SPEC in present:
+        if kind != "empty" and self.spec_path.is_file():
             try:
                 spec_text = self.spec_text()
-                loaded = yaml.safe_load(spec_text)
+                loaded = load_yaml(spec_text, self.spec_path, "default settings")
                 spec = loaded if isinstance(loaded, dict) else {}
-            except (OSError, yaml.YAMLError) as err:
-                notes.append(f"spec.yaml could not be read ({_first_line(err)}): default "
+            except UnreadableFile as err:
+                notes.append(f"spec.yaml could not be read ({err.problem}): default "
                              "settings.")
         launched = tuple(dict.fromkeys(t for launch in state.get("launches", [])
                                        for t in launch.get("trials", [])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -23,14 +24,22 @@ def probe_schedule(steps: int, n_probes: int = 200, *, log_fraction: float = 0.5
         raise ValueError(f"steps must be positive, got {steps}")
     if n_probes < 1:
         raise ValueError(f"n_probes must be positive, got {n_probes}")
+    return np.array(_schedule(steps, n_probes, log_fraction, log_until), dtype=np.int64)
+
+
+@lru_cache(maxsize=4096)
+def _schedule(steps: int, n_probes: int, log_fraction: float, log_until: float
+              ) -> tuple[int, ...]:
+    """``probe_schedule``'s steps, computed once per setting: the rounding search costs
+    about 10 ms, and a sweep's trials share their settings across seeds."""
     if n_probes >= steps:
-        return np.arange(steps + 1, dtype=np.int64)
+        return tuple(range(steps + 1))
     split = max(1, round(log_until * steps))
     n_log = min(split, round(n_probes * log_fraction))
     early = _distinct(lambda k: np.geomspace(1, split, k), n_log, set())
     late = _distinct(lambda k: np.linspace(split, steps, k + 1)[1:], n_probes - len(early), early)
     chosen = {0} | early | late | {steps}
-    return np.array(sorted(chosen), dtype=np.int64)
+    return tuple(sorted(int(x) for x in chosen))
 
 
 def _distinct(points, need: int, taken: set[int]) -> set[int]:

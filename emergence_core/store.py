@@ -265,17 +265,31 @@ def metric_files(run_dir: str | Path) -> list[Path]:
     return files
 
 
-def read_alerts(run_dir: str | Path, trial: str | None = None) -> pa.Table:
-    """The live alerts of a run folder, or of one trial (``alerts.ALERTS_SCHEMA``)."""
+def read_alerts(run_dir: str | Path, trial: str | None = None, *,
+                damaged: list[str] | None = None) -> pa.Table:
+    """The live alerts of a run folder, or of one trial (``alerts.ALERTS_SCHEMA``). A damaged
+    part raises ``UnreadableFile`` naming it, or with ``damaged`` is left out and named there
+    (its path in the run folder and what is wrong)."""
     from emergence_core.alerts import ALERTS_SCHEMA
+    from emergence_core.readers import UnreadableFile, read_parquet
 
     folder = RunFolder(run_dir)
     root = folder.alerts_dir if trial is None else folder.trial_alerts_dir(trial)
     pattern = "*/part-*.parquet" if trial is None else "part-*.parquet"
     files = sorted(root.glob(pattern)) if root.is_dir() else []
-    if not files:
-        return ALERTS_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=ALERTS_SCHEMA) for p in files])
+    tables = []
+    for p in files:
+        try:
+            tables.append(read_parquet(p, _ALERTS_FIX, schema=ALERTS_SCHEMA))
+        except UnreadableFile as err:
+            if damaged is None:
+                raise
+            damaged.append(f"{p.relative_to(folder.path)} ({err.problem})")
+    return pa.concat_tables(tables) if tables else ALERTS_SCHEMA.empty_table()
+
+
+_ALERTS_FIX = ("delete it to go on without the alerts it held (they are a view of the "
+               "metric rows, which are kept apart and intact)")
 
 
 def read_metrics(run_dir: str | Path) -> pa.Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -104,11 +105,33 @@ def test_a_new_report_replaces_the_old_one_whole(planted, tmp_path) -> None:
     df, _ = planted
     out = tmp_path / "report"
     write_report(empty_metrics(), out, SETTINGS)
-    (out / "stale.txt").write_text("from the old report")
+    old = {p for p in out.rglob("*") if p.is_file()}
     write_report(df.filter(pl.col("trial").str.starts_with("COPY-s0")), out, SETTINGS)
-    assert not (out / "stale.txt").exists()
     assert "4 trials" not in (out / "report.md").read_text()
+    listed = set(json.loads((out / "report.json").read_text())["contents"])
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == listed
+    assert old  # an earlier report of its own is replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temp folders left
+
+
+def test_a_report_never_replaces_what_it_did_not_write(planted, tmp_path) -> None:
+    from emergence_core.analysis import ReportTargetError
+
+    out = tmp_path / "report"
+    write_report(empty_metrics(), out, SETTINGS)
+    (out / "mine.txt").write_text("a user's file")  # beside an earlier report
+    foreign = tmp_path / "foreign"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "sub" / "code.py").write_text("x = 1")
+    (tmp_path / "out.txt").write_text("a file")
+    for target, says in ((out, "files it did not write (mine.txt)"),
+                         (foreign, "not an emerge report (sub/code.py)"),
+                         (tmp_path / "out.txt", "is an existing file")):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        with pytest.raises(ReportTargetError, match=re.escape(says)):
+            write_report(empty_metrics(), target, SETTINGS)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no renames
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,14 @@ def test_a_second_driver_is_refused_and_a_killed_drivers_lock_is_stale(tmp_path:
 
 
 def test_a_new_folder_holding_only_a_lock_is_still_new(tmp_path: Path) -> None:
-    folder = RunFolder(tmp_path / "new")
+    folder = RunFolder(tmp_path / "new" / "run")
     with folder.driver_lock("emerge sweep x.yaml"):
         assert folder.is_empty() and not folder.is_sweep()
+    # nothing left behind: the lock file, and the folders made for it that stayed empty
+    assert list(tmp_path.iterdir()) == []
+    folder.path.mkdir(parents=True)
     (folder.path / "stray.txt").write_text("x")
     assert not folder.is_empty()
+    with folder.driver_lock("emerge sweep x.yaml"):
+        pass
+    assert sorted(p.name for p in folder.path.iterdir()) == ["stray.txt"]  # only its lock went

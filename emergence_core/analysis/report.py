@@ -38,7 +38,8 @@ from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings
 from emergence_core.metrics import SCHEMA_VERSION
 
-__all__ = ["ReportSummary", "headline_numbers", "write_report"]
+__all__ = ["ReportSummary", "ReportTargetError", "check_report_target", "headline_numbers",
+           "write_report"]
 
 _TABLES = ("events", "chances", "details", "difficulty", "leads", "rule_agreement",
            "grid_control", "grid_summary", "rates", "rates_nearest", "hierarchy", "floors",
@@ -114,6 +115,52 @@ def _draw(a: Analysis, tmp: Path, notes: list[str], scale_params: Mapping[str, f
     return drawn, skipped
 
 
+class ReportTargetError(ValueError):
+    """A report folder that may not be written: it would replace what the report did not
+    write. The message is one line naming the path and what to do."""
+
+
+def _own_files(out_dir: Path) -> set[str] | None:
+    """The files an earlier report in ``out_dir`` wrote (its ``report.json`` lists them), or
+    None when ``out_dir`` holds no report of emerge's."""
+    try:
+        record = json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "schema_version" not in record:
+        return None
+    listed = record.get("contents") or record.get("files") or ()
+    return {str(f) for f in listed if isinstance(f, str)} | {"report.json"}
+
+
+def check_report_target(out_dir: str | Path) -> None:
+    """Refuse a report folder whose replacement would delete or rename what no report wrote:
+    an existing file, or a folder holding anything but an earlier report (every file of it
+    listed in its ``report.json``). A new or empty folder, or an earlier report, is fine."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ReportTargetError(f"--out {out_dir} is an existing file; the report is a folder "
+                                "and replaces what is there: choose a new folder")
+    present = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
+                     if not p.is_dir() or p.is_symlink())
+    if not present:
+        return  # an empty folder (empty subfolders included) loses nothing
+    own = _own_files(out_dir)
+    if own is None:
+        raise ReportTargetError(
+            f"--out {out_dir} already holds files that are not an emerge report "
+            f"({', '.join(present[:3])}{', ...' if len(present) > 3 else ''}); the report "
+            "replaces its folder whole: choose a new or empty folder")
+    foreign = [f for f in present if f not in own]
+    if foreign:
+        raise ReportTargetError(
+            f"--out {out_dir} holds an earlier report and files it did not write "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); the report "
+            "replaces its folder whole: move them out, or choose a new folder")
+
+
 def _replace(tmp: Path, out_dir: Path) -> None:
     """Swap ``tmp`` in as ``out_dir`` by renames; the old report is removed afterwards."""
     old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
@@ -142,6 +189,7 @@ def write_report(metrics: Metrics, out_dir: str | Path,
     """
     settings = analysis.settings if analysis is not None else settings or AnalysisSettings()
     out_dir = Path(out_dir)
+    check_report_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     a = analysis
@@ -184,9 +232,14 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                                        + "\n".join([*live, *calibration_section(calibrations)]))
         headline = headline_numbers(a)
         files = ("report.md", *tables, *drawn, "report.json")
+        # every file in the folder, those of figures that failed half-drawn included: the
+        # next report may replace exactly these (check_report_target)
+        contents = sorted({*files, *(str(p.relative_to(tmp)) for p in tmp.rglob("*")
+                                     if p.is_file())})
         (tmp / "report.json").write_text(json.dumps({
             "schema_version": SCHEMA_VERSION, "config_hash": settings.config_hash(),
             "settings": asdict(settings), "headline": headline, "files": files,
+            "contents": contents,
             "missing": [*a.missing, *notes], "trials_without_figures": skipped,
         }, indent=2, default=list))
         _replace(tmp, out_dir)

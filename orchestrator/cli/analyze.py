@@ -28,12 +28,13 @@ import typer
 
 from emergence_core.run_folder import FolderInfo, RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
-from orchestrator.common.errors import UsageError, format_validation_error
+from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
 
 if TYPE_CHECKING:
     from emergence_core.analysis import AnalysisSettings, ReportSummary
 
-__all__ = ["AnalyzeResult", "analyze_command", "analyze_run", "log_report", "resolve_settings"]
+__all__ = ["AnalyzeResult", "analyze_command", "analyze_run", "check_measures", "log_report",
+           "resolve_settings"]
 
 _CONFIG_HASH_TAG = "emerge.analysis.config_hash"
 
@@ -81,19 +82,61 @@ def resolve_settings(spec: Mapping[str, Any], sets: Mapping[str, Any],
         raise UsageError(*format_validation_error(err)) from None
 
 
-def _readable_parts(info: FolderInfo) -> tuple[list[Path], list[str]]:
-    """The live metric parts (superseded ones skipped) whose footer reads; notes on others."""
+_MEASURE_FIELDS = ("signal_measure", "collapse_measure", "event_measures", "measures")
+
+
+def check_measures(settings: AnalysisSettings, present: set[str] = frozenset()) -> None:
+    """Refuse a measure name no measure has (a typo would otherwise be one "absent" line in
+    the report): the canonical names, those of the registered expensive measures (plugins
+    included), those in the table (``present``), each perhaps read at a position
+    (``rankme@prompt_mean``). One line per unknown name, with the closest known one."""
+    from emergence_core.analysis.settings import LOGPROB_NORM
+    from emergence_core.config import ReadPosition
+    from emergence_core.expensive import MEASURES
+    from emergence_core.metrics import Measure
+
+    known = {v for k, v in vars(Measure).items() if k.isupper() and isinstance(v, str)}
+    known |= {LOGPROB_NORM, *present, *MEASURES}
+    known |= {r for m in MEASURES.values() for r in m.rows}
+    positions = set(ReadPosition.__args__)
+    problems = []
+    for name in _MEASURE_FIELDS:
+        value = getattr(settings, name)
+        for m in (value,) if isinstance(value, str) else value or ():
+            base, _, at = m.partition("@")
+            if m in known or (base in known and at in positions):
+                continue
+            close = difflib.get_close_matches(base, sorted(known), 1)
+            problems.append(f"analysis setting {name}: unknown measure {m!r}"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))
+    if problems:
+        raise UsageError(*problems)
+
+
+def _table_measures(parts: list[Path]) -> set[str]:
     import pyarrow.parquet as pq
 
+    out: set[str] = set()
+    for p in parts:
+        try:
+            out |= set(pq.read_table(p, columns=["measure"])["measure"].unique().to_pylist())
+        except Exception:  # a part that reads no further is noted by _readable_parts
+            continue
+    return out
+
+
+def _readable_parts(info: FolderInfo) -> tuple[list[Path], list[str]]:
+    """The live metric parts (superseded ones skipped) whose footer reads; notes on others."""
+    from emergence_core.readers import UnreadableFile, check_parquet
     from emergence_core.store import metric_files
 
     good, bad = [], []
     for f in metric_files(info.path):
         try:
-            pq.read_metadata(f)
+            check_parquet(f, "")
             good.append(f)
-        except Exception as err:  # a damaged part loses its rows, not the whole report
-            bad.append(f"{f.relative_to(info.path)} ({_first_line(err)})")
+        except UnreadableFile as err:  # a damaged part loses its rows, not the whole report
+            bad.append(f"{f.relative_to(info.path)} ({err.problem})")
     notes = [f"{len(bad)} metric parts could not be read and were left out: {_listed(bad, 5)}."
              ] if bad else []
     return good, notes
@@ -253,9 +296,11 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     from emergence_core.analysis import analyze, empty_metrics, write_report
 
     info = RunFolder(run_dir).describe()
+    target = _report_target(info, out)
     _apply_plugins(info)
     settings = resolve_settings(info.spec, sets or {}, threshold, persistence)
     parts, notes = _readable_parts(info)
+    check_measures(settings, _table_measures(parts))
     diverged = _diverged(info, parts)
     notes = [*info.notes, *_trial_notes(info, parts, diverged), *notes]
     metrics = (pl.scan_parquet([str(p) for p in parts], hive_partitioning=False) if parts
@@ -269,13 +314,12 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
         notes.append(f"The metrics could not be read ({_first_line(err)}); reporting an "
                      "empty table.")
         a = analyze(empty_metrics(), settings)
-    a = replace(a, missing=(*notes, *a.missing))
-    target = Path(out) if out is not None else RunFolder(info.path).report_dir
+    alerts, damaged = _alerts(info, diverged)
+    a = replace(a, missing=(*notes, *damaged, *a.missing))
     try:
         summary = write_report(metrics, target, analysis=a,
                                calibrations=RunFolder(info.path).calibrations(),
-                               scale_params=_scale_params(info),
-                               alerts=_alerts(info, diverged))
+                               scale_params=_scale_params(info), alerts=alerts)
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
                          "choose another folder with --out") from None
@@ -283,21 +327,48 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     return AnalyzeResult(info=info, summary=summary, mlflow=line)
 
 
-def _alerts(info: FolderInfo, diverged: Mapping[str, tuple[int | None, str]]) -> Any:
-    """The run folder's live alerts as a polars frame, without those after a divergence;
-    None when the folder has no alerts folder (a run from before alerts existed)."""
+def _report_target(info: FolderInfo, out: Path | None) -> Path:
+    """Where the report goes, refused (before anything is computed) where writing it would
+    delete or rename what no report wrote: the run folder itself or a folder above it, an
+    existing file, a folder of other files (``check_report_target``)."""
+    from emergence_core.analysis import ReportTargetError, check_report_target
+
+    target = (Path(out).expanduser().absolute() if out is not None
+              else RunFolder(info.path).report_dir)
+    where = f"--out {out}" if out is not None else f"the report folder {target}"
+    if info.path == target or info.path.is_relative_to(target):
+        raise UsageError(f"{where} is the run folder {info.path} or holds it; the report "
+                         "replaces its folder whole: give a new folder, e.g. --out "
+                         f"{RunFolder(info.path).report_dir}")
+    try:
+        check_report_target(target)
+    except ReportTargetError as err:
+        raise UsageError(str(err) if out is not None
+                         else str(err).replace(f"--out {target}", where)
+                         + " with --out") from None
+    return target
+
+
+def _alerts(info: FolderInfo, diverged: Mapping[str, tuple[int | None, str]]
+            ) -> tuple[Any, list[str]]:
+    """The run folder's live alerts as a polars frame, without those after a divergence
+    (None when the folder has no alerts folder: a run from before alerts existed), and a
+    note naming the alert parts that could not be read and were left out."""
     import polars as pl
 
     from emergence_core.store import read_alerts
 
     if not RunFolder(info.path).alerts_dir.is_dir():
-        return None
-    alerts = pl.from_arrow(read_alerts(info.path))
+        return None, []
+    damaged: list[str] = []
+    alerts = pl.from_arrow(read_alerts(info.path, damaged=damaged))
     for trial, (last_good, _) in diverged.items():
         alerts = alerts.filter(~((pl.col("trial") == trial)
                                  & (pl.col("step") > (last_good if last_good is not None
                                                       else -1))))
-    return alerts
+    notes = [f"{len(damaged)} alert parts could not be read and were left out: "
+             f"{_listed(damaged, 5)}."] if damaged else []
+    return alerts, notes
 
 
 def _print(result: AnalyzeResult) -> None:
@@ -320,7 +391,8 @@ def analyze_command(
         metavar="RUN_DIR",
         help="a run folder: a sweep's (runs/NAME) or an `emerge train` one")],
     out: Annotated[Path | None, typer.Option(
-        help="report folder (default: RUN_DIR/report); replaced as a whole")] = None,
+        help="report folder (default: RUN_DIR/report): new, empty, or an earlier report, "
+             "which is replaced whole; a folder of other files is refused")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="accuracy an event must reach (default: the sweep file's, else 0.5)")] = None,
     persistence: Annotated[int | None, typer.Option(
@@ -340,7 +412,7 @@ def analyze_command(
     @handles_usage_errors
     def run() -> None:
         _print(analyze_run(run_dir, out, sets=parse_sets(set_ or []), threshold=threshold,
-                           persistence=persistence, tracking_uri=tracking_uri,
+                           persistence=persistence, tracking_uri=cli_tracking_uri(tracking_uri),
                            mlflow=not no_mlflow))
 
     run()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from orchestrator.common.errors import UsageError, format_validation_error
+from orchestrator.common.errors import RuntimeFault, UsageError, format_validation_error
 
 __all__ = ["err_console", "fail", "handles_usage_errors", "parse_sets"]
 
@@ -32,6 +32,7 @@ def handles_usage_errors(fn: F) -> F:
         from pydantic import ValidationError
 
         from emergence_core.extensions import ExtensionError
+        from emergence_core.readers import UnreadableFile
         from emergence_core.run_folder import RunFolderError
         from emergence_core.tasks import TaskError
 
@@ -39,9 +40,11 @@ def handles_usage_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except UsageError as e:
             fail(e.problems)
+        except RuntimeFault as e:
+            fail([str(e)], code=1)
         except ValidationError as e:
             fail(format_validation_error(e))
-        except (TaskError, RunFolderError, ExtensionError) as e:
+        except (TaskError, RunFolderError, ExtensionError, UnreadableFile) as e:
             fail([str(e)])
         except OSError as e:  # the machine, not the input: a full disk, a lost mount
             if e.errno is None:

@@ -74,8 +74,11 @@ def probe(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
 ) -> None:
     """One expensive measure on one saved checkpoint of an existing run: value and diagnostics."""
+    from orchestrator.common.errors import UsageError
     from orchestrator.sweep.probe_one import probe_checkpoint
 
+    if threads is not None and threads <= 0:
+        raise UsageError(f"--threads must be positive, got {threads}")
     sets = parse_sets(set_ or [])
     out = probe_checkpoint(run_dir, measure, step, trial=trial, sets=sets, calibrate=calibrate,
                            recalibrate=recalibrate, write=write, threads=threads)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.common import err_console, handles_usage_errors
+from orchestrator.common.errors import cli_tracking_uri
 
 __all__ = ["resume", "status", "sweep", "sync_mlflow"]
 
@@ -35,6 +36,7 @@ def sweep(
     """Run the task x scale x seed grid of SPEC as Ray Tune trials."""
     from orchestrator.sweep.driver import launch
 
+    tracking_uri = cli_tracking_uri(tracking_uri)
     raise typer.Exit(launch(spec, address=address, tracking_uri=tracking_uri, dry_run=dry_run,
                             allow_pending=allow_pending, console=err_console()))
 
@@ -53,6 +55,7 @@ def resume(
     """Finish a sweep after a crash, a preemption or Ctrl-C: errored trials included."""
     from orchestrator.sweep.driver import resume as resume_sweep
 
+    tracking_uri = cli_tracking_uri(tracking_uri)
     raise typer.Exit(resume_sweep(run_dir, address=address, tracking_uri=tracking_uri,
                                   allow_pending=allow_pending, console=err_console()))
 
@@ -90,5 +93,5 @@ def sync_mlflow(
     """Send MLflow what it missed (rows, runs, tags) from the run folder's Parquet."""
     from orchestrator.sweep.driver import sync_mlflow as sync
 
-    sent = sync(run_dir, tracking_uri=tracking_uri)
+    sent = sync(run_dir, tracking_uri=cli_tracking_uri(tracking_uri))
     typer.echo(f"sent {sum(sent.values())} rows to MLflow for {len(sent)} trials")

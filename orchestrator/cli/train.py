@@ -55,8 +55,9 @@ def _acc_text(acc: dict[int, float], events: dict[int, int]) -> str:
 
 
 def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
-                **run_kwargs: Any) -> TrialOutcome:
-    """Run (or resume) ``cfg`` in ``out`` with a progress bar; Ctrl-C stops at a step boundary."""
+                stopped_by: list[int] | None = None, **run_kwargs: Any) -> TrialOutcome:
+    """Run (or resume) ``cfg`` in ``out`` with a progress bar; Ctrl-C, SIGTERM or SIGHUP
+    stops at a step boundary (the signal is appended to ``stopped_by``)."""
     from emergence_core.runner import TrialHooks, run_trial
 
     console = console or Console(stderr=True)
@@ -66,12 +67,12 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
     if resuming:
         console.print(f"[dim]resuming {cfg.trial_name()} in {out}[/dim]")
 
-    interrupted = {"flag": False}
+    interrupted: dict[str, Any] = {"flag": False, "signum": None}
 
-    def on_sigint(_signum: int, _frame: object) -> None:
+    def on_sigint(signum: int, _frame: object) -> None:
         if interrupted["flag"]:
             raise KeyboardInterrupt
-        interrupted["flag"] = True
+        interrupted["flag"], interrupted["signum"] = True, signum
         console.print("[yellow]stopping at the next step; Ctrl-C again to abort[/yellow]")
 
     progress = Progress(
@@ -89,7 +90,8 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
         for lv, step in r.new_events.items():
             progress.console.print(f"emergence: level {lv} at step {step}")
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (a scheduler, `kill`) and SIGHUP (a closed terminal) stop it as Ctrl-C does
+    previous = {s: signal.signal(s, on_sigint) for s in _STOPS}
     try:
         with progress:
             outcome = run_trial(cfg, out, hooks=TrialHooks(
@@ -97,8 +99,14 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
                 on_note=lambda n: progress.console.print(f"[yellow]warning: {n}[/yellow]")),
                 **run_kwargs)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if interrupted["signum"] is not None and stopped_by is not None:
+        stopped_by.append(interrupted["signum"])
     return outcome
+
+
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def summary_table(cfg: TrainConfig, outcome: TrialOutcome, out: Path) -> Table:
@@ -126,12 +134,13 @@ def _levels(text: str | None) -> tuple[int, ...] | None:
 
 
 def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | None,
-            lr: float | None, batch_size: int | None, device: str, threads: int | None,
+            lr: float | None, batch_size: int | None, device: str | None,
+            threads: int | None,
             sets: list[str]) -> TrainConfig:
     """The run's config from the options; every problem at once, one line each."""
     from pydantic import ValidationError
 
-    from emergence_core.config import TrainConfig, resolve_config
+    from emergence_core.config import TrainConfig, check_device, resolve_config
     from emergence_core.model import scale_shape
     from emergence_core.tasks import TaskError, get_task
     from orchestrator.common.errors import format_validation_error
@@ -151,11 +160,27 @@ def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | N
     except UsageError as e:
         problems += e.problems
         lv = None
+    for name in ("task", "scale", "seed"):  # positional in resolve_config: flags only
+        if name in overrides:
+            problems.append(f"--set {name}={overrides.pop(name)!r}: {name} is set with "
+                            f"--{name}, not --set")
     for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size),
-                        ("levels", lv)):
-        if value is not None:
-            overrides[name] = value
-    overrides["device"] = device
+                        ("levels", lv), ("device", device)):
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if name in overrides and overrides[name] != value and not (
+                name == "levels" and isinstance(overrides[name], list)
+                and tuple(overrides[name]) == value):
+            problems.append(f"{flag} {value!r} and --set {name}={overrides[name]!r} disagree; "
+                            "give one of them")
+        overrides[name] = value
+    if "device" in overrides:
+        try:
+            overrides["device"] = check_device(overrides["device"], available=True)
+        except ValueError as e:
+            problems.append(f"device: {e}")
+            overrides.pop("device")
     names = {}
     for flag, value, canon in (("--task", task, get_task), ("--scale", scale, scale_shape)):
         try:
@@ -186,7 +211,8 @@ def train(
         help="peak learning rate (default: per scale)")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="samples per step, split over levels")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    device: Annotated[str | None, typer.Option(
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="any config field, e.g. --set probe.n_probes=100 (repeatable)")] = None,
@@ -203,12 +229,13 @@ def train(
     from emergence_core.runner import TrialDiverged
 
     console = Console(stderr=True)
+    stopped_by: list[int] = []
     try:
-        outcome = train_local(cfg, folder, console=console)
+        outcome = train_local(cfg, folder, console=console, stopped_by=stopped_by)
     except TrialDiverged as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     Console().print(summary_table(cfg, outcome, folder))
     if not outcome.completed:
         console.print(f"stopped at step {outcome.step}; run the same command again to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (stopped_by or [signal.SIGINT])[0])

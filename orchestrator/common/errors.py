@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UsageError", "checked", "format_validation_error", "posix_run_dir", "read_yaml"]
+__all__ = ["RuntimeFault", "UsageError", "check_tracking_uri", "checked", "cli_tracking_uri",
+           "format_validation_error", "posix_run_dir", "read_yaml"]
 
 
 def checked(canon: Callable[[Any], Any], *errors: type[Exception]) -> Callable[[Any], Any]:
@@ -31,6 +32,53 @@ def posix_run_dir(value: str | None) -> str | None:
                          "path every node mounts (NFS, EFS, or a bucket through a FUSE mount "
                          "such as mountpoint-s3)")
     return value
+
+
+_TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                     "databricks-uc", "uc", "file")
+
+
+def check_tracking_uri(value: str | None) -> str | None:
+    """A tracking URI MLflow can open, checked by its scheme alone (nothing is contacted):
+    sqlite, http(s), a SQL database (``postgresql+psycopg2://`` too), databricks, file, or a
+    scheme an installed MLflow plugin registers. ValueError naming what to give instead."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("an empty tracking URI: give e.g. sqlite:///ABSOLUTE/PATH/mlflow.db "
+                         "or http://HOST:PORT")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        if value.startswith(("sqlite:", "file:")):
+            raise ValueError(f"{value!r}: write sqlite:///ABSOLUTE/PATH (three slashes)")
+        raise ValueError(f"{value!r} is a plain path, MLflow's file store, which MLflow 3 "
+                         "refuses for new stores; use sqlite:///ABSOLUTE/PATH/mlflow.db")
+    base = scheme.lower().split("+", 1)[0]
+    if base in _TRACKING_SCHEMES:
+        if base in ("http", "https") and not rest.split("/", 1)[0]:
+            raise ValueError(f"{value!r}: no host; use {scheme}://HOST:PORT")
+        return value
+    from importlib.metadata import entry_points
+
+    if base in {e.name for e in entry_points(group="mlflow.tracking_store")}:
+        return value
+    raise ValueError(f"unknown tracking URI scheme {scheme + '://'!r} in {value!r}: use "
+                     "sqlite:///ABSOLUTE/PATH/mlflow.db, http(s)://HOST:PORT, "
+                     "postgresql://, mysql:// or databricks")
+
+
+def cli_tracking_uri(value: str | None) -> str | None:
+    """``--tracking-uri`` checked at the edge: a bad one is one UsageError line."""
+    try:
+        return check_tracking_uri(value)
+    except ValueError as e:
+        raise UsageError(f"--tracking-uri: {e}") from None
+
+
+class RuntimeFault(Exception):
+    """Not the input but the world: a service that does not answer. One line, exit code 1."""
+
+    exit_code = 1
 
 
 class UsageError(Exception):
@@ -107,16 +155,18 @@ def format_validation_error(err: Any, prefix: str = "",
     return lines
 
 
-def read_yaml(path: Path) -> Any:
-    """A sweep file's parsed YAML; a missing file or bad YAML is one UsageError line."""
-    import yaml
+def read_yaml(path: Path, what: str = "sweep file") -> Any:
+    """A sweep file's parsed YAML; a missing file, a folder, bad YAML, a key given twice, a
+    top-level key that is not a name, or text that is not UTF-8 is one UsageError line."""
+    from emergence_core.readers import UnreadableFile
+    from emergence_core.readers import read_yaml as read
 
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a {what}; give the YAML file, e.g. "
+                         "sweeps/smoke.yaml")
     if not path.is_file():
-        raise UsageError(f"{path}: no such sweep file")
+        raise UsageError(f"{path}: no such {what}")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{path}: invalid YAML{where}: {problem}") from None
+        return read(path, f"fix the {what}", what=what)
+    except UnreadableFile as e:
+        raise UsageError(str(e)) from None

@@ -38,6 +38,7 @@ from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, atomic_path
 from orchestrator.common.errors import UsageError
 from orchestrator.common.progress import PythiaBoard
+from orchestrator.common.signals import exit_code, stop_signals
 from orchestrator.pythia.spec import (
     MEASUREMENT_FIELDS,
     PythiaResources,
@@ -301,12 +302,13 @@ def launch(spec_path: Path, *, address: str | None, dry_run: bool, allow_pending
         cap = spec.max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)))
         board = PythiaBoard(len(todo), skipped=len(skipped), console=console)
         try:
-            with board:
+            with stop_signals() as stop, board:
                 failures = run_tasks(spec, run_dir, todo, board, cap)
         except KeyboardInterrupt:
-            console.print(f"stopped; run the same command again to finish the "
+            by = f" by {stop.name}" if stop.signum else ""
+            console.print(f"stopped{by}; run the same command again to finish the "
                           f"{board.remaining()} task(s) left")
-            return 130
+            return exit_code(stop)
     finally:
         ray.shutdown()
     _write_failures(run_dir, failures)

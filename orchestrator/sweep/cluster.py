@@ -11,11 +11,35 @@ from pathlib import Path
 from rich.console import Console
 
 from emergence_core.run_folder import RunFolder
-from orchestrator.common.errors import UsageError
+from orchestrator.common.errors import RuntimeFault, UsageError
 from orchestrator.probes.config import Probes
 from orchestrator.sweep.spec import Trial
 
-__all__ = ["Capacity", "capacity_in_view", "connect", "preflight"]
+__all__ = ["CONNECT_TIMEOUT_S", "Capacity", "capacity_in_view", "connect", "preflight"]
+
+# How long joining a cluster at host:port waits for its GCS to accept a connection; Ray's
+# own client retries for minutes without a word.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _unreachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why nothing answers at a ``host:port`` address (None when something does, or for
+    ``auto``, ``local`` and ``ray://`` addresses, which Ray resolves itself)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return "not a host:port address (e.g. 10.0.0.5:6379, auto or local)"
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                 timeout=timeout_s).close()
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def connect(address: str | None, console: Console) -> bool:
@@ -36,11 +60,15 @@ def connect(address: str | None, console: Console) -> bool:
     # full disk) the trials fail for the same reason, and the board names it once.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address is not None and (why := _unreachable(address)) is not None:
+        raise RuntimeFault(f"cannot reach the Ray cluster at {address} ({why}); start it "
+                           "(`ray start --head`), or leave out --address to start a local "
+                           "one; nothing was started")
     try:
         ctx = ray.init(address=address, **kwargs)
     except ConnectionError as e:
         if address not in (None, "auto"):
-            raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
+            raise RuntimeFault(f"cannot reach the Ray cluster at {address}: {e}") from None
         # A stale /tmp/ray/ray_current_cluster from a cluster that is gone: start our own.
         console.print(f"[yellow]no Ray cluster answered ({e}); starting a local one[/yellow]")
         ctx = ray.init(address="local", **kwargs)
@@ -69,6 +97,9 @@ def capacity_in_view(address: str | None) -> Capacity:
     import subprocess
 
     address = address or os.environ.get("RAY_ADDRESS")
+    if address not in (None, "local") and (why := _unreachable(address)) is not None:
+        raise RuntimeFault(f"cannot reach the Ray cluster at {address} ({why}); leave out "
+                           "--address to plan against this machine")
     if address not in (None, "local"):
         import ray
 

@@ -18,9 +18,11 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from emergence_core.run_folder import RunFolder
-from orchestrator.common.errors import UsageError
+from emergence_core.readers import UnreadableFile
+from emergence_core.run_folder import RunFolder, RunFolderError
+from orchestrator.common.errors import RuntimeFault, UsageError
 from orchestrator.common.progress import SweepBoard
+from orchestrator.common.signals import Stop, exit_code, stop_signals
 from orchestrator.sweep.cluster import capacity_in_view, connect, preflight
 from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
 from orchestrator.sweep.views import (
@@ -30,7 +32,12 @@ from orchestrator.sweep.views import (
     probe_progress,
     run_folder_of,
 )
-from orchestrator.tracking.sync import MlflowSync, default_tracking_uri, moved_tracking_uri
+from orchestrator.tracking.sync import (
+    MlflowSync,
+    check_store,
+    default_tracking_uri,
+    moved_tracking_uri,
+)
 
 __all__ = ["launch", "resume", "sync_mlflow"]
 
@@ -140,8 +147,10 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
 
 
 def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
-                  tracking_uri: str, console: Console, fresh: set[str]) -> int:
-    """Run the trials and the probe pool beside them; returns the exit code."""
+                  tracking_uri: str, console: Console, fresh: set[str],
+                  stop: Stop | None = None) -> int:
+    """Run the trials and the probe pool beside them; returns the exit code (130, or 128 +
+    the signal's number when ``stop`` recorded SIGTERM or SIGHUP, if stopped)."""
     from orchestrator.probes.pool import ProbePool
     from orchestrator.sweep import tune_run
 
@@ -213,9 +222,10 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         console.print(f"{len(failed)} trial(s) and {len(p_failed)} probe(s) failed; "
                       f"`emerge resume {folder.path}` retries them")
         return 1
-    console.print(f"stopped with {len(missing)} trial(s) and {p_due - p_done} probe(s) "
+    by = f" by {stop.name}" if stop is not None and stop.signum else ""
+    console.print(f"stopped{by} with {len(missing)} trial(s) and {p_due - p_done} probe(s) "
                   f"unfinished; `emerge resume {folder.path}` finishes them")
-    return 130
+    return exit_code(stop) if stop is not None else 130
 
 
 def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
@@ -255,11 +265,16 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
         launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
         fresh = {"launch-0"}
         uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
+    check_store(uri)
     started = connect(address, console)
     try:
-        preflight(folder.path, plans, allow_pending=allow_pending, pool=spec.probes)
-        folder.record_launch(spec_text, uri, launches)
-        return _run_launches(folder, spec, launches, uri, console, fresh)
+        with stop_signals() as stop:
+            try:
+                preflight(folder.path, plans, allow_pending=allow_pending, pool=spec.probes)
+                folder.record_launch(spec_text, uri, launches)
+            except KeyboardInterrupt:
+                return _stopped_early(console, stop, f"emerge sweep {spec_path}")
+            return _run_launches(folder, spec, launches, uri, console, fresh, stop)
     finally:
         if started:
             import ray
@@ -267,13 +282,20 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
             ray.shutdown()
 
 
+def _stopped_early(console: Console, stop: Stop, again: str) -> int:
+    """Ctrl-C, SIGTERM or SIGHUP before any trial started: nothing ran, say how to start."""
+    console.print(f"stopped by {stop.name} before any trial started; `{again}` starts it")
+    return exit_code(stop)
+
+
 def _tracking_uri(folder: RunFolder, state: dict[str, Any], sweep: str,
-                  tracking_uri: str | None, console: Console) -> str:
+                  tracking_uri: str | None, console: Console, *, reach: bool = False) -> str:
     """The tracking URI of a launched sweep: ``tracking_uri`` if given, else the recorded
     one. A folder that moved since it was recorded keeps its embedded store (the store moved
     with it), whose artifact locations are pointed at the folder's new place."""
     recorded = Path(state["run_dir"]) if state.get("run_dir") else None
     uri = tracking_uri or moved_tracking_uri(state["tracking_uri"], recorded, folder.path)
+    check_store(uri, reach=reach)
     if recorded is not None and recorded != folder.path:
         n = MlflowSync(folder.path, uri, sweep).repair_artifact_locations(recorded)
         if n:
@@ -302,9 +324,14 @@ def _resume(folder: RunFolder, *, address: str | None, tracking_uri: str | None,
         return 0
     started = connect(address, console)
     try:
-        preflight(folder.path, spec.trials(), allow_pending=allow_pending, pool=spec.probes)
-        folder.record_launch(folder.spec_text(), uri, state["launches"])
-        return _run_launches(folder, spec, state["launches"], uri, console, set())
+        with stop_signals() as stop:
+            try:
+                preflight(folder.path, spec.trials(), allow_pending=allow_pending,
+                          pool=spec.probes)
+                folder.record_launch(folder.spec_text(), uri, state["launches"])
+            except KeyboardInterrupt:
+                return _stopped_early(console, stop, f"emerge resume {folder.path}")
+            return _run_launches(folder, spec, state["launches"], uri, console, set(), stop)
     finally:
         if started:
             import ray
@@ -319,14 +346,21 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
     state = folder.sweep_state()
     spec = frozen_spec(folder)
     console = console or Console(stderr=True)
-    sync = MlflowSync(folder.path, _tracking_uri(folder, state, spec.name, tracking_uri,
-                                                 console), spec.name)
-    sync.parent_run(folder.spec_text())
-    sent = sync.sync_all([p.config for p in spec.trials()])
-    if all(folder.is_complete(p.name) for p in spec.trials()):
-        sync.set_status(None, "FINISHED")
-    elif any(folder.failure(p.name) for p in spec.trials()):
-        sync.set_status(None, "FAILED")
+    # the store checked before the ledger (or its lock) is touched
+    uri = _tracking_uri(folder, state, spec.name, tracking_uri, console, reach=True)
+    try:
+        sync = MlflowSync(folder.path, uri, spec.name)
+        sync.parent_run(folder.spec_text())
+        sent = sync.sync_all([p.config for p in spec.trials()])
+        if all(folder.is_complete(p.name) for p in spec.trials()):
+            sync.set_status(None, "FINISHED")
+        elif any(folder.failure(p.name) for p in spec.trials()):
+            sync.set_status(None, "FAILED")
+    except (UsageError, RunFolderError, UnreadableFile, OSError):
+        raise  # the run folder's own problems, each one line already
+    except Exception as err:  # MLflow's, the database driver's, the HTTP client's
+        raise RuntimeFault(f"MLflow at {uri} failed ({_cause(err)}); the run folder is "
+                           "unchanged: run `emerge sync-mlflow` again when it works") from None
     for note in sync.notes:
         console.print(f"[yellow]warning: {note}[/yellow]")
     return sent

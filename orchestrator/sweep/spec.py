@@ -50,6 +50,7 @@ from emergence_core.run_folder import trial_plan
 from emergence_core.tasks import TaskError, get_task
 from orchestrator.common.errors import (
     UsageError,
+    check_tracking_uri,
     checked,
     format_validation_error,
     posix_run_dir,
@@ -57,7 +58,12 @@ from orchestrator.common.errors import (
 )
 from orchestrator.probes.config import Probes
 
-__all__ = ["Resources", "SweepSpec", "Trial", "TrialPlan", "load_spec", "parse_spec"]
+__all__ = ["MAX_TRIALS", "Resources", "SweepSpec", "Trial", "TrialPlan", "load_spec",
+           "parse_spec"]
+
+# The most trials one sweep file may hold: every trial is resolved, planned and handed to
+# Tune up front, so a larger grid would take minutes and gigabytes before the first word.
+MAX_TRIALS = 10_000
 
 _GRID_KEYS = {"task", "scale", "seed", "levels"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -150,7 +156,8 @@ class SweepSpec(_Strict):
                                                     description="scales declared by shape")
     run_dir: Annotated[str | None, AfterValidator(posix_run_dir)] = Field(
         None, description="default: runs/<name>")
-    tracking_uri: str | None = Field(None, description="default: sqlite in the run folder")
+    tracking_uri: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
+        None, description="default: sqlite in the run folder")
     tasks: list[TaskName]
     levels: list[Level] = Field(default_factory=lambda: [1, 2, 3])
     scales: list[ScaleName]
@@ -311,6 +318,12 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
             t, s = (canon, scale0) if fixed == "task" else (task0, canon)
             problems += _section_problems(f"{key}.{name}.train", train, t, s)
     if spec is not None and not problems:
+        n = len(spec.tasks) * len(spec.scales) * len(spec.seeds)
+        if n > MAX_TRIALS:
+            raise UsageError(
+                f"{source}: the grid has {n:,} trials (tasks {len(spec.tasks)} x scales "
+                f"{len(spec.scales)} x seeds {len(spec.seeds)}); a sweep file holds at most "
+                f"{MAX_TRIALS:,}: split it into several sweep files, each with its own run_dir")
         problems += _probe_problems(spec)
     if spec is not None and not problems:
         # Sections valid alone can still clash when merged (warm-up longer than the steps).

@@ -67,6 +67,8 @@ GPU_FLOPS = 27.7e12
 CPU_MOD_S0_STEPS_PER_S = 10.6
 # Parquet (zstd) bytes per metric row, measured on the smoke sweep's run folder.
 BYTES_PER_ROW = 25
+# Trials listed one per row by the dry run; the per-scale table sums them all.
+DRY_RUN_ROWS = 200
 
 
 def _cpu_flops() -> float:
@@ -115,13 +117,21 @@ def dry_run_table(spec: SweepSpec, plans: list[Trial], capacity: Any = None) -> 
     """The grid, trial by trial, then per scale: compute, trial-hours, GPU-hours, disk, the
     probe pool's work, and the time to finish on the cluster in view (``capacity``)."""
     cpu_flops = _cpu_flops()
-    t = Table(title=f"sweep {spec.name}: {len(plans)} trials (dry run: nothing started)")
+    shown = plans if len(plans) <= DRY_RUN_ROWS else plans[:DRY_RUN_ROWS]
+    t = Table(title=f"sweep {spec.name}: {len(plans)} trials (dry run: nothing started)",
+              caption=None if shown is plans else
+              f"the first {DRY_RUN_ROWS} of {len(plans)} trials; the per-scale table "
+              "covers them all")
     for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP", "hours", "probe jobs"):
         t.add_column(col, justify="left" if col == "trial" else "right")
     by_scale: dict[str, list] = {}
-    for p in plans:
-        e = estimate(p.config)
+    estimates: dict[str, Any] = {}  # seeds of a (task, scale) share their shapes
+    for i, p in enumerate(plans):
+        key = p.config.model_dump_json(exclude={"seed", "data_seed"})
+        e = estimates.get(key) or estimates.setdefault(key, estimate(p.config))
         by_scale.setdefault(p.config.scale, []).append((p, e))
+        if i >= len(shown):
+            continue
         t.add_row(p.name, f"{e.params / 1e6:.2f}M", str(p.config.steps), f"{p.resources.cpus:g}",
                   f"{p.resources.gpus:g}", f"{e.total_flops / 1e15:.3f}",
                   f"{_hours(p, e, cpu_flops):.2f}", str(p.plan.job_budget))

@@ -29,7 +29,7 @@ from emergence_core.config import TrainConfig
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, atomic_path
 
-__all__ = ["MLFLOW_BATCH", "MlflowSync", "configure", "default_tracking_uri",
+__all__ = ["MLFLOW_BATCH", "MlflowSync", "check_store", "configure", "default_tracking_uri",
            "metric_key", "moved_tracking_uri"]
 
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -44,6 +44,40 @@ def configure() -> None:
     # A failing SQL store (a full disk) logs each error with its traceback before raising;
     # emerge catches it and says "MLflow unavailable" in one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def check_store(uri: str, *, reach: bool = False, timeout_s: float = 5.0) -> None:
+    """Refuse, before anything is written, a tracking store that cannot work: a URI of an
+    unknown scheme or a SQLite store that is not SQLite (UsageError, exit 2); with
+    ``reach``, a server that does not accept a connection within ``timeout_s`` seconds
+    (RuntimeFault, exit 1). A SQLite file that does not exist yet is made by MLflow."""
+    import socket
+    from urllib.parse import urlparse
+
+    from emergence_core.readers import UnreadableFile, check_sqlite
+    from orchestrator.common.errors import RuntimeFault, UsageError, check_tracking_uri
+
+    try:
+        check_tracking_uri(uri)
+    except ValueError as e:
+        raise UsageError(f"tracking URI: {e}") from None
+    if uri.startswith("sqlite:///"):
+        try:
+            check_sqlite(Path(uri.removeprefix("sqlite:///")),
+                         "it is not an MLflow store: restore it, or move it aside and run "
+                         "`emerge sync-mlflow RUN_DIR` to fill a new store from Parquet")
+        except UnreadableFile as e:
+            raise UsageError(f"tracking store {e}") from None
+    parsed = urlparse(uri)
+    if reach and parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+        except OSError as e:
+            why = e.strerror or type(e).__name__ if not isinstance(e, TimeoutError) \
+                else f"no answer in {timeout_s:g} s"
+            raise RuntimeFault(f"cannot reach MLflow at {uri} ({why}); start the server, or "
+                               "pass --tracking-uri; nothing was sent or written") from None
 
 
 def default_tracking_uri(run_dir: Path) -> str:
