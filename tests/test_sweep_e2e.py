@@ -329,18 +329,33 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
 def _damage_the_latest_checkpoint_and_part(run_dir: Path, trial: str) -> Path:
     """Truncate the state in the trial's latest Tune checkpoint, and its last metric part
     (both as a full disk would): the resume must go on from Tune's previous checkpoint, which
-    makes the damaged part one of those it computes again."""
+    makes the damaged part one of those it computes again.
+
+    "Latest" is the one Tune's record names, the one a resume restores: a checkpoint the
+    trial wrote just before the driver stopped can be on disk before the record holds it."""
     import torch
 
-    checkpoints = sorted((run_dir / "tune").glob(f"*/{trial}/checkpoint_*"))
-    assert len(checkpoints) >= 2, checkpoints
-    state = checkpoints[-1] / RunFolder.STATE
+    latest = _tune_recorded_checkpoint(run_dir, trial)
+    earlier = sorted(p for p in latest.parent.glob("checkpoint_*") if p.name < latest.name)
+    assert earlier, (latest, sorted(latest.parent.iterdir()))
+    state = latest / RunFolder.STATE
     state.write_bytes(state.read_bytes()[:1000])
-    previous = torch.load(checkpoints[-2] / RunFolder.STATE, weights_only=True)["step"]
+    previous = torch.load(earlier[-1] / RunFolder.STATE, weights_only=True)["step"]
     first, _, part = TrialStore(run_dir, trial).parts()[-1]
     assert first > previous, (first, previous)
     part.write_bytes(part.read_bytes()[:100])
     return state
+
+
+def _tune_recorded_checkpoint(run_dir: Path, trial: str) -> Path:
+    """The trial's latest checkpoint in Tune's saved record of its launch."""
+    from ray.tune import ExperimentAnalysis
+
+    for launch in sorted((run_dir / "tune").glob("launch-*")):
+        for t in ExperimentAnalysis(str(launch)).trials:
+            if t.config["trial"]["name"] == trial and t.checkpoint is not None:
+                return Path(t.checkpoint.path)
+    raise AssertionError(f"Tune's record holds no checkpoint of {trial}")
 
 
 def _a_damaged_kept_part_is_named(run_dir: Path, trial: str) -> None:
