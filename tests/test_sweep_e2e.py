@@ -171,10 +171,8 @@ def _check_live_alerts(run_dir: Path, spec_path: Path, log: str) -> None:
 
 
 def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
-    """The statistics stage and the notebook on the smoke sweep's own run folder."""
-    import nbformat
-    from nbclient import NotebookClient
-
+    """The statistics stage on the smoke sweep's own run folder. (The notebook runs on a real
+    run folder in test_notebook.py; running it here again cost half a minute of CI.)"""
     with ray_tmpdir() as rt:
         rc = run_sweep(["analyze", str(run_dir)], rt, run_dir / "analyze.log", address=None)
     assert rc == 0, (run_dir / "analyze.log").read_text()
@@ -192,17 +190,6 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
     parent = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "smoke")["smoke"][0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/report.md", "report/tables", "report/figures"}
-    notebook = ROOT / "notebooks" / "analysis.ipynb"
-    nb = nbformat.read(notebook, as_version=4)
-    os.environ["EMERGE_RUN_DIR"] = str(run_dir)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(notebook.parent)}}).execute()
-    finally:
-        del os.environ["EMERGE_RUN_DIR"]
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert [o for o in outputs if "image/png" in o.get("data", {})]
 
 
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
