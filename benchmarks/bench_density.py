@@ -27,7 +27,8 @@ import numpy as np
 from _common import markdown_table, write_section
 
 from emergence_core.analysis.series import local_spacing
-from emergence_core.run_folder import RunFolder, trial_plan
+from emergence_core.plan import trial_plan
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import Decisions
 from emergence_core.store import TrialStore
 from orchestrator.sweep.views import frozen_spec

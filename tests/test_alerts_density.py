@@ -11,7 +11,8 @@ import pytest
 from emergence_core.alerts import ALERTS_SCHEMA, AlertDetector
 from emergence_core.config import AlertConfig, resolve_config
 from emergence_core.density import DensePlanner
-from emergence_core.run_folder import RunFolder, trial_plan
+from emergence_core.plan import trial_plan
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_alerts
 from tests.conftest import tiny_overrides

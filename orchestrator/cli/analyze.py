@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 
 import typer
 
+from emergence_core.calibrations import calibrations
 from emergence_core.run_folder import FolderInfo, RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
@@ -318,7 +319,7 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     a = replace(a, missing=(*notes, *damaged, *a.missing))
     try:
         summary = write_report(metrics, target, analysis=a,
-                               calibrations=RunFolder(info.path).calibrations(),
+                               calibrations=calibrations(RunFolder(info.path)),
                                scale_params=_scale_params(info), alerts=alerts)
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "

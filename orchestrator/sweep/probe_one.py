@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.common.errors import UsageError
@@ -119,7 +120,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
     record, calibration_source = None, None
     settings = base
     if calibrate and m.calibrate is not None:
-        record = None if recalibrate else folder.read_calibration(name, measure)
+        record = None if recalibrate else read_calibration(folder, name, measure)
         calibration_source = "saved"
         if record is None:
             from orchestrator.probes.pool import calibrate_trial
@@ -128,7 +129,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
             record = calibrate_trial(folder, name, measure, cfg, model, batch, base, have[-1],
                                      fields, device)
             if write:
-                folder.write_calibration(name, measure, record)
+                write_calibration(folder, name, measure, record)
         chosen = calibrated_settings(base, record)
         # explicit --set fields win over the calibration's choice
         settings = None if chosen is None else dataclasses.replace(

@@ -21,7 +21,7 @@ define_scales: {s5: {layers: 16, width: 1024, heads: 16}}   # a scale by its sha
 A trial's config is the scale's and task's defaults, then ``train``, then ``per_task``, then
 ``per_scale``. Every problem is reported at once, one line each, naming the field. The
 sweep file is validated here once; what travels on (to Tune, the probe pool, MLflow) is the
-typed ``SweepSpec`` and its ``Trial``s, each with its plan (``emergence_core.run_folder``).
+typed ``SweepSpec`` and its ``Trial``s, each with its plan (``emergence_core.plan``).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from pydantic import (
 from emergence_core.config import TrainConfig, resolve_config
 from emergence_core.extensions import ExtensionError, Extensions
 from emergence_core.model import ScaleShape, scale_shape
-from emergence_core.run_folder import TrialPlan as Plan
-from emergence_core.run_folder import trial_plan
+from emergence_core.plan import TrialPlan as Plan
+from emergence_core.plan import trial_plan
 from emergence_core.tasks import TaskError, get_task
 from orchestrator.common.errors import (
     UsageError,

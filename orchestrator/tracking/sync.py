@@ -25,9 +25,11 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from emergence_core.atomic import atomic_path
+from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.run_folder import RunFolder
-from emergence_core.store import TrialStore, atomic_path
+from emergence_core.store import TrialStore
 
 __all__ = ["MLFLOW_BATCH", "MlflowSync", "check_store", "configure", "default_tracking_uri",
            "metric_key", "moved_tracking_uri"]
@@ -445,7 +447,7 @@ class MlflowSync:
             done = set(led["trials"].get(trial, {}).get("calibrations_logged", []))
         new = []
         for measure in sorted(measures - done):
-            record = self.folder.read_calibration(trial, measure)
+            record = read_calibration(self.folder, trial, measure)
             if record is None:
                 continue
             chosen = record.get("chosen")
