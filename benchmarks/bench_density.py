@@ -60,8 +60,7 @@ def replay(run_dir: Path, every: int, backbone: int) -> list[dict]:
             continue
         for policy, (measures, density) in _policies(every, backbone).items():
             plan = trial_plan(trial.config, measures, density)
-            d = Decisions.of_rows(trial.config, plan, table, spec.emergence.threshold,
-                                  spec.emergence.persistence)
+            d = Decisions.of_rows(trial.config, plan, table, spec.emergence.rule)
             jobs = {j.step for j in d.replay(table)}
             grid = np.array(plan.probe_steps)
             got = np.array(sorted(jobs))

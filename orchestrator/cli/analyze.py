@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlparse
 import typer
 
 from emergence_core.calibrations import calibrations
+from emergence_core.emergence_rule import EmergenceRule
 from emergence_core.run_folder import FolderInfo, RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
@@ -243,7 +244,8 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
         sync = MlflowSync(info.path, uri, info.name)
         if moved:
             sync.repair_artifact_locations(info.recorded_dir)
-        run_id = sync.parent_run(info.spec_text)  # the ledger's; created only if it has none
+        run_id = sync.parent_run(  # the ledger's; created only if it has none
+            info.spec_text, EmergenceRule.from_mapping(info.spec.get("emergence")))
         where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
         stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
         n = log_report(sync.client, run_id, summary, artifacts=not stale)

@@ -161,7 +161,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
     live = Live(board, mlflow, folder)
     tune_run.LIVE[str(folder.path)] = live
     spec_text = folder.spec_text()
-    live.mlflow_call(lambda m: m.parent_run(spec_text))
+    live.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
     live.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
     for name in plans:
         st = folder.trial_state(name)
@@ -351,7 +351,7 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
     uri = _tracking_uri(folder, state, spec.name, tracking_uri, console, reach=True)
     try:
         sync = MlflowSync(folder.path, uri, spec.name)
-        sync.parent_run(folder.spec_text())
+        sync.parent_run(folder.spec_text(), spec.emergence.rule)
         sent = sync.sync_all([p.config for p in spec.trials()])
         if all(folder.is_complete(p.name) for p in spec.trials()):
             sync.set_status(None, "FINISHED")

@@ -13,7 +13,7 @@ retries: 2                       # per trial, each from its last checkpoint
 train: {diag_size: 1000}         # TrainConfig fields for every trial
 per_task: {MOD: {train: {steps: 1500}}}
 per_scale: {s0: {train: {lr: 1e-3}, resources: {cpus: 1, gpus: 0}}}
-emergence: {threshold: 0.5, persistence: 5}
+emergence: {threshold: 0.5, persistence: 5}   # the default rule (emergence_rule.RULE)
 plugins: [mylab.emerge_ext]      # modules registering tasks, scales, expensive measures
 define_scales: {s5: {layers: 16, width: 1024, heads: 16}}   # a scale by its shape
 ```
@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from emergence_core.config import TrainConfig, resolve_config
+from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.extensions import ExtensionError, Extensions
 from emergence_core.model import ScaleShape, scale_shape
 from emergence_core.plan import TrialPlan as Plan
@@ -134,8 +135,12 @@ class ExtensionSpec(BaseModel):
 
 
 class Emergence(_Strict):
-    threshold: float = Field(0.5, gt=0, le=1)
-    persistence: int = Field(5, ge=0)
+    threshold: float = Field(RULE.threshold, gt=0, le=1)
+    persistence: int = Field(RULE.persistence, ge=0)
+
+    @property
+    def rule(self) -> EmergenceRule:
+        return EmergenceRule(self.threshold, self.persistence)
 
 
 _task_name = checked(lambda v: get_task(v).name, TaskError)

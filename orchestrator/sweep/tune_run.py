@@ -28,6 +28,7 @@ from typing import Any
 from ray import tune
 from ray.tune.trainable import wrap_function
 
+from emergence_core.emergence_rule import EmergenceRule
 from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
 from orchestrator.sweep.spec import SweepSpec, Trial
 
@@ -175,7 +176,7 @@ def _trainable(config: dict[str, Any]) -> None:
                             hooks=TrialHooks(on_probe=on_probe, on_note=notes.append,
                                              on_jobs=_enqueuer(folder, trial)),
                             state_store=state, plan=trial.plan,
-                            threshold=config["threshold"], persistence=config["persistence"])
+                            rule=EmergenceRule(config["threshold"], config["persistence"]))
     except TrialDiverged as e:
         # Deterministic: a retry from the same checkpoint diverges again, so the trial ends
         # here (Tune retries only what raises); the run folder records it as failed.
