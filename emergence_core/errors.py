@@ -16,9 +16,9 @@ _WARNED: set[Path] = set()
 
 def first_line(err: BaseException, limit: int = 200) -> str:
     """``Type: first line of the message`` (cut at ``limit`` characters): one line for a
-    message that may run over many (a traceback's, a library's)."""
+    message that may run over many (a traceback's, a library's); the type alone for none."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:limit] if text else ''}"
+    return f"{type(err).__name__}: {text[0][:limit]}" if text else type(err).__name__
 
 
 def warn_once(path: Path, text: str) -> None:

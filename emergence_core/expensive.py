@@ -34,14 +34,28 @@ from emergence_core.measures.batch import IGNORE_INDEX
 from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
 from emergence_core.metrics import Measure
 from emergence_core.model import answer_logits
+from emergence_core.registry import Registry, RegistryError
 from emergence_core.tasks import TrialData
 from emergence_core.tasks.base import PAD
 from emergence_core.tasks.data import seed_key
 
-__all__ = ["MEASURES", "ExpensiveMeasure", "ExpensiveResult", "calibrated_settings",
-           "get_measure", "llc_curvature", "make_settings", "not_converged", "register_measure",
-           "run_calibration", "run_expensive", "trial_model", "trial_probe_batch",
-           "untrained_loss"]
+__all__ = [
+    "MEASURES",
+    "ExpensiveMeasure",
+    "ExpensiveResult",
+    "MeasureError",
+    "calibrated_settings",
+    "get_measure",
+    "llc_curvature",
+    "make_settings",
+    "not_converged",
+    "register_measure",
+    "run_calibration",
+    "run_expensive",
+    "trial_model",
+    "trial_probe_batch",
+    "untrained_loss",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,29 +96,28 @@ class ExpensiveMeasure:
     flag: str | None = None
 
 
-MEASURES: dict[str, ExpensiveMeasure] = {}
+class MeasureError(RegistryError):
+    """An unknown expensive measure, or a second one under a taken name; one line."""
+
+
+MEASURES: Registry[ExpensiveMeasure] = Registry("expensive measure", error=MeasureError)
 
 
 def register_measure(measure: ExpensiveMeasure) -> ExpensiveMeasure:
     """Add an expensive measure (a plugin module's); the same one again is a no-op."""
     held = MEASURES.get(measure.name)
     if held is not None and held != measure:
-        raise ValueError(f"expensive measure {measure.name!r} is already registered; choose "
-                         "another name")
+        MEASURES.register(measure.name, measure)  # raises: the name is taken
     if not dataclasses.is_dataclass(measure.settings) or measure.batch_size < 2 \
             or not measure.rows:
         raise ValueError(f"expensive measure {measure.name!r}: settings must be a dataclass, "
                          "batch_size at least 2, and rows name at least one row")
-    MEASURES[measure.name] = measure
-    return measure
+    return MEASURES.register(measure.name, measure)
 
 
 def get_measure(name: str) -> ExpensiveMeasure:
-    m = MEASURES.get(name)
-    if m is None:
-        raise ValueError(f"unknown expensive measure {name!r}; choose from "
-                         f"{', '.join(MEASURES)}")
-    return m
+    """The expensive measure called ``name``, or a MeasureError with a suggestion."""
+    return MEASURES.lookup(name)
 
 
 def make_settings(name: str, fields: Mapping[str, Any] | None = None) -> Any:

@@ -21,7 +21,6 @@ puts them (replacing the checkpoint's earlier result) and a new calibration is s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import TrainConfig
+from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.common.errors import UsageError
 
@@ -58,8 +58,8 @@ def _pick_trial(trials: dict[str, TrainConfig], trial: str | None) -> str:
         raise UsageError(f"the run has {len(trials)} trials; choose one with --trial "
                          f"({', '.join(list(trials)[:6])}{', ...' if len(trials) > 6 else ''})")
     if trial not in trials:
-        near = difflib.get_close_matches(trial, list(trials), n=1)
-        hint = f"; did you mean {near[0]}?" if near else f"; trials: {', '.join(list(trials)[:6])}"
+        hint = (did_you_mean(trial, list(trials), cutoff=0.6, quote=False, prefix="; ")
+                or f"; trials: {', '.join(list(trials)[:6])}")
         raise UsageError(f"unknown trial {trial!r}{hint}")
     return trial
 

@@ -45,9 +45,10 @@ from pydantic import (
 from emergence_core.config import TrainConfig, resolve_config
 from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.extensions import ExtensionError, Extensions
-from emergence_core.model import ScaleShape, scale_shape
+from emergence_core.model import ScaleError, ScaleShape, scale_shape
 from emergence_core.plan import TrialPlan as Plan
 from emergence_core.plan import trial_plan
+from emergence_core.registry import RegistryError
 from emergence_core.tasks import TaskError, get_task
 from orchestrator.common.errors import (
     UsageError,
@@ -144,7 +145,7 @@ class Emergence(_Strict):
 
 
 _task_name = checked(lambda v: get_task(v).name, TaskError)
-_scale_name = checked(lambda v: scale_shape(v).name, TaskError)
+_scale_name = checked(lambda v: scale_shape(v).name, ScaleError)
 
 
 TaskName = Annotated[str, AfterValidator(_task_name)]
@@ -280,7 +281,7 @@ def _section_problems(where: str, overrides: Any, task: str, scale: str) -> list
         # errors of fields this section does not set belong to another section
         problems += format_validation_error(e, where, model=TrainConfig,
                                             only=lambda loc: bool(loc) and loc[0] in rest)
-    except TaskError as e:
+    except RegistryError as e:  # an unknown task or scale
         problems.append(f"{where}: {e}")
     return problems
 
@@ -353,7 +354,7 @@ def apply_extensions(data: dict[str, Any]) -> Extensions:
         raise UsageError(*format_validation_error(e)) from None
     try:
         ext.apply()
-    except (ExtensionError, TaskError) as e:
+    except (ExtensionError, RegistryError) as e:
         raise UsageError(str(e)) from None
     return ext
 

@@ -29,6 +29,7 @@ from ray import tune
 from ray.tune.trainable import wrap_function
 
 from emergence_core.emergence_rule import EmergenceRule
+from emergence_core.errors import first_line
 from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
 from orchestrator.sweep.spec import SweepSpec, Trial
 
@@ -346,7 +347,7 @@ def heal_launch(folder: RunFolder, launch: str) -> str | None:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            problem = problem or f"{path.name} cannot be read ({_first_line(err)})"
+            problem = problem or f"{path.name} cannot be read ({first_line(err)})"
     # (the search's state is a pickle despite its .json name)
     for path in [d / "tuner.pkl", *sorted(d.glob("basic-variant-state-*.json"))[-1:],
                  *sorted(d.glob("*/error.pkl"))]:
@@ -362,11 +363,6 @@ def heal_launch(folder: RunFolder, launch: str) -> str | None:
     d.replace(aside)
     return (f"Tune's record of {launch} is damaged ({problem}); kept as {aside.name}, and its "
             "unfinished trials continue from their newest readable checkpoints")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 # -- the driver side ---------------------------------------------------------------------------
