@@ -1,4 +1,4 @@
-"""Emergence events (SPEC section 4).
+"""Emergence events (docs/methods.md §4).
 
 The emergence event of a series is the first probe step at which the value reaches
 ``threshold`` and stays at or above it for the following ``persistence`` probe steps.

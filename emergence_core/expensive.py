@@ -1,4 +1,4 @@
-"""The expensive measures of a trial, on one weight checkpoint (SPEC section 3, 2-5).
+"""The expensive measures of a trial, on one weight checkpoint (docs/methods.md §3, 2-5).
 
 ``run_expensive(name, model, batch, settings)`` computes one of ``MEASURES`` on a model at
 a checkpoint and returns its metric rows (value and spread) and its diagnostics (the LLC's
@@ -315,8 +315,8 @@ def _grad_rank(fn: Callable[..., Any], value: str, stderr: str) -> Compute:
     return compute
 
 
-# The built-in measures (SPEC section 3). The LLC's n is its batch size, so n_beta = n / log n
-# over these samples (SPEC 3.4).
+# The built-in measures (docs/methods.md §3). The LLC's n is its batch size, so n_beta = n / log n
+# over these samples (docs/methods.md §3.4).
 for _m in (
     ExpensiveMeasure("hessian", HessianSettings, 128, _hessian,
                      (Measure.HESSIAN_LAMBDA_MAX, Measure.HESSIAN_TRACE,

@@ -55,7 +55,7 @@ METRICS_SCHEMA = pa.schema(
 
 METRICS_KEY = ("trial", "step", "measure", "layer", "level")
 
-# One row per (trial, level, measure): the first step at which the rule of SPEC section 4
+# One row per (trial, level, measure): the first step at which the rule of docs/methods.md §4
 # holds, or null when it never does within the run. ``chance``: the level's chance rate the
 # rule corrected for (accuracy: the best constant answer's; null where none was known).
 EVENTS_SCHEMA = pa.schema(

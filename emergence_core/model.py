@@ -1,6 +1,6 @@
 """Model scales: GPT-2-style pre-norm decoders on Hugging Face ``transformers``.
 
-One name derives a scale's whole shape (SPEC section 2):
+One name derives a scale's whole shape (docs/methods.md §2):
 
     scale  layers  d_model  heads  d_mlp   parameters (approx.)
     s0     2       128      4      512     0.4M

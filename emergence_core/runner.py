@@ -120,7 +120,7 @@ class TrialOutcome:
 
 @dataclass
 class EmergenceTracker:
-    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule).
+    """Accuracy history per level and the events confirmed in it (docs/methods.md §4 rule).
 
     The rule reads chance-corrected accuracy, ``(accuracy - chance) / (1 - chance)`` with
     ``chance[level]`` the level's best-constant-answer accuracy (``tasks.chance``); a level

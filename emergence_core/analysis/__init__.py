@@ -1,4 +1,4 @@
-"""The statistics stage: pure functions over the metrics table (SPEC section 4).
+"""The statistics stage: pure functions over the metrics table (docs/methods.md §4).
 
 Entry points: ``analyze(metrics, settings) -> Analysis`` (every table) and
 ``write_report(metrics, out_dir, settings) -> ReportSummary`` (Markdown, CSV, PNG).

@@ -1,4 +1,4 @@
-"""Settings of the statistics stage: every parameter of SPEC section 4, one frozen object.
+"""Settings of the statistics stage: every parameter of docs/methods.md §4, one frozen object.
 
 Each field carries the methods' default where docs/methods.md §4 names one (the emergence
 rule's ``threshold`` and ``persistence`` come from ``emergence_rule.RULE``); where it is
@@ -49,7 +49,7 @@ EXPECTED_MEASURES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """All parameters of the statistics stage (SPEC section 4).
+    """All parameters of the statistics stage (docs/methods.md §4).
 
     Emergence: ``threshold``, ``persistence`` (``emergence_rule.RULE``'s defaults), applied
     to each measure in ``event_measures`` (accuracy, and the normalised log-prob ``logprob_norm``).

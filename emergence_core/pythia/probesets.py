@@ -1,4 +1,4 @@
-"""The seven Pythia probe sets (SPEC section 5): data files in a registry.
+"""The seven Pythia probe sets (docs/methods.md §5): data files in a registry.
 
 Each set is a JSON-lines file in ``probesets/`` shipped with the package, one item a line:
 

@@ -1,4 +1,4 @@
-"""Pythia revisions and model names (SPEC section 5).
+"""Pythia revisions and model names (docs/methods.md §5).
 
 Every Pythia model publishes 154 training checkpoints as Hugging Face revisions (git
 branches): ``step0``, the powers of two ``step1`` ... ``step512``, then ``step1000`` to

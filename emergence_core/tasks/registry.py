@@ -1,4 +1,4 @@
-"""The eight algorithmic tasks of the study (SPEC section 1), declared as data.
+"""The eight algorithmic tasks of the study (docs/methods.md §1), declared as data.
 
 Numbers are written most-significant digit first and zero-padded to a fixed width, so
 every level has one prompt length and one answer length (ADD's answer has n + 1 digits,
