@@ -11,7 +11,9 @@ import pytest
 from emergence_core.alerts import ALERTS_SCHEMA, AlertDetector
 from emergence_core.config import AlertConfig, resolve_config
 from emergence_core.density import DensePlanner
-from emergence_core.run_folder import RunFolder, trial_plan
+from emergence_core.emergence_rule import EmergenceRule
+from emergence_core.plan import trial_plan
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_alerts
 from tests.conftest import tiny_overrides
@@ -234,7 +236,7 @@ def _run(run: Path, **kw):
     cfg = resolve_config("COPY", "s0", 0, **tiny_overrides(**LIVELY))
     plan = trial_plan(cfg, {"hessian": 20}, DENSITY)
     handed: list = []
-    out = run_trial(cfg, run, plan=plan, threshold=0.3, persistence=2,
+    out = run_trial(cfg, run, plan=plan, rule=EmergenceRule(0.3, 2),
                     hooks=TrialHooks(on_jobs=handed.extend), **kw)
     return cfg, plan, out, handed
 

@@ -62,7 +62,7 @@ def _due(run_dir: Path, spec) -> set:
     due = set()
     for p in spec.trials():
         decided = Decisions.of_rows(p.config, p.plan, TrialStore(run_dir, p.name).read(),
-                                    spec.emergence.threshold, spec.emergence.persistence)
+                                    spec.emergence.rule)
         jobs = set(decided.replay(TrialStore(run_dir, p.name).read()))
         assert set(p.plan.jobs) <= jobs
         if p.plan.density is not None:  # (the multinode tests share this check, uniform)

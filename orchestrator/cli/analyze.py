@@ -17,7 +17,6 @@ Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep f
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -26,6 +25,10 @@ from urllib.parse import unquote, urlparse
 
 import typer
 
+from emergence_core.calibrations import calibrations
+from emergence_core.emergence_rule import EmergenceRule
+from emergence_core.errors import first_line
+from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import FolderInfo, RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
@@ -37,11 +40,6 @@ __all__ = ["AnalyzeResult", "analyze_command", "analyze_run", "check_measures", 
            "resolve_settings"]
 
 _CONFIG_HASH_TAG = "emerge.analysis.config_hash"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
 def _listed(names: list[str], limit: int = 10) -> str:
@@ -73,7 +71,7 @@ def resolve_settings(spec: Mapping[str, Any], sets: Mapping[str, Any],
     if unknown:
         raise UsageError(*(
             f"analysis setting {k!r} is unknown"
-            + "".join(f"; did you mean {m!r}?" for m in difflib.get_close_matches(k, known, 1))
+            + did_you_mean(k, known, cutoff=0.6, prefix="; ")
             + " (the fields of AnalysisSettings, emergence_core/analysis/settings.py)"
             for k in unknown))
     try:
@@ -106,9 +104,8 @@ def check_measures(settings: AnalysisSettings, present: set[str] = frozenset()) 
             base, _, at = m.partition("@")
             if m in known or (base in known and at in positions):
                 continue
-            close = difflib.get_close_matches(base, sorted(known), 1)
             problems.append(f"analysis setting {name}: unknown measure {m!r}"
-                            + (f"; did you mean {close[0]!r}?" if close else ""))
+                            + did_you_mean(base, sorted(known), cutoff=0.6, prefix="; "))
     if problems:
         raise UsageError(*problems)
 
@@ -242,14 +239,15 @@ def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | Non
         sync = MlflowSync(info.path, uri, info.name)
         if moved:
             sync.repair_artifact_locations(info.recorded_dir)
-        run_id = sync.parent_run(info.spec_text)  # the ledger's; created only if it has none
+        run_id = sync.parent_run(  # the ledger's; created only if it has none
+            info.spec_text, EmergenceRule.from_mapping(info.spec.get("emergence")))
         where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
         stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
         n = log_report(sync.client, run_id, summary, artifacts=not stale)
         if not stale:
             _trial_figures(sync, summary)
     except Exception as err:  # the report is the product: MLflow failing is one line
-        return (f"mlflow: not logged ({uri}: {_first_line(err)}); the report stands, rerun "
+        return (f"mlflow: not logged ({uri}: {first_line(err, 300)}); the report stands, rerun "
                 "`emerge analyze` to log it")
     files = "" if stale else f"report/ ({len(summary.files)} files), "
     skipped = (f"; artifacts not logged: the run's artifact store {where} is in the folder's "
@@ -311,17 +309,17 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     try:
         a = analyze(metrics, settings)
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
-        notes.append(f"The metrics could not be read ({_first_line(err)}); reporting an "
+        notes.append(f"The metrics could not be read ({first_line(err, 300)}); reporting an "
                      "empty table.")
         a = analyze(empty_metrics(), settings)
     alerts, damaged = _alerts(info, diverged)
     a = replace(a, missing=(*notes, *damaged, *a.missing))
     try:
         summary = write_report(metrics, target, analysis=a,
-                               calibrations=RunFolder(info.path).calibrations(),
+                               calibrations=calibrations(RunFolder(info.path)),
                                scale_params=_scale_params(info), alerts=alerts)
     except OSError as err:
-        raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
+        raise UsageError(f"cannot write the report to {target} ({first_line(err, 300)}); "
                          "choose another folder with --out") from None
     line = _to_mlflow(info, summary, tracking_uri) if mlflow else "mlflow: skipped (--no-mlflow)"
     return AnalyzeResult(info=info, summary=summary, mlflow=line)

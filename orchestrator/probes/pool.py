@@ -25,9 +25,11 @@ from typing import Any, Protocol
 
 import ray
 
+from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.extensions import Extensions
-from emergence_core.run_folder import RunFolder, TrialPlan
+from emergence_core.plan import TrialPlan
+from emergence_core.run_folder import RunFolder
 from orchestrator.probes.config import Probes
 from orchestrator.probes.queue import ProbeJob, ProbeQueue
 
@@ -85,12 +87,12 @@ class ProbeWorker:
         batch = trial_probe_batch(data, batch_size, cfg.seed, device)
         s = make_settings(job.measure, settings)
         if calibration is not None:
-            record = self.folder.read_calibration(job.trial, job.measure)
+            record = read_calibration(self.folder, job.trial, job.measure)
             if record is None:
                 record = calibrate_trial(self.folder, job.trial, job.measure, cfg, model,
                                          batch, s, calibration["step"],
                                          calibration.get("fields", {}), device)
-                self.folder.write_calibration(job.trial, job.measure, record)
+                write_calibration(self.folder, job.trial, job.measure, record)
             s = calibrated_settings(s, record)
         TrialStore(self.folder, job.trial).load_weights(model, job.step)
         if s is None:
@@ -121,7 +123,7 @@ class ProbeWorker:
         import os
         import socket
 
-        from emergence_core.store import atomic_path
+        from emergence_core.atomic import atomic_path
 
         with atomic_path(self.folder.probe_worker_path(os.getpid())) as tmp:
             tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -307,7 +309,7 @@ class ProbePool:
             return True, None
         plan = self.trials[job.trial].plan
         arg = {"step": pilot_step(plan), "fields": dict(spec.calibration)}
-        if self.folder.read_calibration(job.trial, job.measure) is not None:
+        if read_calibration(self.folder, job.trial, job.measure) is not None:
             return True, arg
         busy = any(s.job is not None and (s.job.trial, s.job.measure)
                    == (job.trial, job.measure) for s in self._slots)

@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from emergence_core.folder_lock import driver_lock
 from emergence_core.readers import UnreadableFile
 from emergence_core.run_folder import RunFolder, RunFolderError
 from orchestrator.common.errors import RuntimeFault, UsageError
@@ -160,7 +161,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
     live = Live(board, mlflow, folder)
     tune_run.LIVE[str(folder.path)] = live
     spec_text = folder.spec_text()
-    live.mlflow_call(lambda m: m.parent_run(spec_text))
+    live.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
     live.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
     for name in plans:
         st = folder.trial_state(name)
@@ -239,7 +240,7 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
     if not folder.is_sweep() and not folder.is_empty():
         raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
                          "in the sweep file to a new folder")
-    with folder.driver_lock(f"emerge sweep {spec_path}"):
+    with driver_lock(folder, f"emerge sweep {spec_path}"):
         return _launch(spec, spec_path, folder, address=address, tracking_uri=tracking_uri,
                        allow_pending=allow_pending, console=console)
 
@@ -308,7 +309,7 @@ def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
     folder.sweep_state()  # a sweep's folder, before anything is created in it
-    with folder.driver_lock(f"emerge resume {run_dir}"):
+    with driver_lock(folder, f"emerge resume {run_dir}"):
         return _resume(folder, address=address, tracking_uri=tracking_uri,
                        allow_pending=allow_pending, console=console)
 
@@ -350,7 +351,7 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
     uri = _tracking_uri(folder, state, spec.name, tracking_uri, console, reach=True)
     try:
         sync = MlflowSync(folder.path, uri, spec.name)
-        sync.parent_run(folder.spec_text())
+        sync.parent_run(folder.spec_text(), spec.emergence.rule)
         sent = sync.sync_all([p.config for p in spec.trials()])
         if all(folder.is_complete(p.name) for p in spec.trials()):
             sync.set_status(None, "FINISHED")

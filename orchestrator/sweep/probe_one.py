@@ -21,13 +21,14 @@ puts them (replacing the checkpoint's earlier result) and a new calibration is s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import TrainConfig
+from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.common.errors import UsageError
 
@@ -57,8 +58,8 @@ def _pick_trial(trials: dict[str, TrainConfig], trial: str | None) -> str:
         raise UsageError(f"the run has {len(trials)} trials; choose one with --trial "
                          f"({', '.join(list(trials)[:6])}{', ...' if len(trials) > 6 else ''})")
     if trial not in trials:
-        near = difflib.get_close_matches(trial, list(trials), n=1)
-        hint = f"; did you mean {near[0]}?" if near else f"; trials: {', '.join(list(trials)[:6])}"
+        hint = (did_you_mean(trial, list(trials), cutoff=0.6, quote=False, prefix="; ")
+                or f"; trials: {', '.join(list(trials)[:6])}")
         raise UsageError(f"unknown trial {trial!r}{hint}")
     return trial
 
@@ -119,7 +120,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
     record, calibration_source = None, None
     settings = base
     if calibrate and m.calibrate is not None:
-        record = None if recalibrate else folder.read_calibration(name, measure)
+        record = None if recalibrate else read_calibration(folder, name, measure)
         calibration_source = "saved"
         if record is None:
             from orchestrator.probes.pool import calibrate_trial
@@ -128,7 +129,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
             record = calibrate_trial(folder, name, measure, cfg, model, batch, base, have[-1],
                                      fields, device)
             if write:
-                folder.write_calibration(name, measure, record)
+                write_calibration(folder, name, measure, record)
         chosen = calibrated_settings(base, record)
         # explicit --set fields win over the calibration's choice
         settings = None if chosen is None else dataclasses.replace(

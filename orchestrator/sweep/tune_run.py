@@ -28,6 +28,8 @@ from typing import Any
 from ray import tune
 from ray.tune.trainable import wrap_function
 
+from emergence_core.emergence_rule import EmergenceRule
+from emergence_core.errors import first_line
 from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
 from orchestrator.sweep.spec import SweepSpec, Trial
 
@@ -175,7 +177,7 @@ def _trainable(config: dict[str, Any]) -> None:
                             hooks=TrialHooks(on_probe=on_probe, on_note=notes.append,
                                              on_jobs=_enqueuer(folder, trial)),
                             state_store=state, plan=trial.plan,
-                            threshold=config["threshold"], persistence=config["persistence"])
+                            rule=EmergenceRule(config["threshold"], config["persistence"]))
     except TrialDiverged as e:
         # Deterministic: a retry from the same checkpoint diverges again, so the trial ends
         # here (Tune retries only what raises); the run folder records it as failed.
@@ -345,7 +347,7 @@ def heal_launch(folder: RunFolder, launch: str) -> str | None:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            problem = problem or f"{path.name} cannot be read ({_first_line(err)})"
+            problem = problem or f"{path.name} cannot be read ({first_line(err)})"
     # (the search's state is a pickle despite its .json name)
     for path in [d / "tuner.pkl", *sorted(d.glob("basic-variant-state-*.json"))[-1:],
                  *sorted(d.glob("*/error.pkl"))]:
@@ -361,11 +363,6 @@ def heal_launch(folder: RunFolder, launch: str) -> str | None:
     d.replace(aside)
     return (f"Tune's record of {launch} is damaged ({problem}); kept as {aside.name}, and its "
             "unfinished trials continue from their newest readable checkpoints")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 # -- the driver side ---------------------------------------------------------------------------

@@ -25,9 +25,12 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from emergence_core.atomic import atomic_path
+from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
+from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.run_folder import RunFolder
-from emergence_core.store import TrialStore, atomic_path
+from emergence_core.store import TrialStore
 
 __all__ = ["MLFLOW_BATCH", "MlflowSync", "check_store", "configure", "default_tracking_uri",
            "metric_key", "moved_tracking_uri"]
@@ -98,31 +101,24 @@ def moved_tracking_uri(recorded_uri: str, recorded_dir: Path | None, run_dir: Pa
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def _sweep_params(spec_text: str) -> dict[str, str]:
-    """The sweep file's fields as the parent run's parameters (the grid, the emergence rule,
-    the probes, the shared training settings)."""
+def _spec_fields(spec_text: str) -> dict:
+    """The sweep file's fields, for the parent run's parameters and description only (the
+    sweep was validated where it was read; an unparsable copy gives none)."""
     import yaml
 
     try:
         data = yaml.safe_load(spec_text)
     except yaml.YAMLError:
         return {}
-    return _flatten(data) if isinstance(data, dict) else {}
+    return data if isinstance(data, dict) else {}
 
 
-def _description(spec_text: str, run_dir: Path) -> str:
+def _description(data: dict, rule: EmergenceRule, run_dir: Path) -> str:
     """The parent run's description (MLflow shows it on the run's page)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(spec_text) or {}
-    except yaml.YAMLError:
-        data = {}
     grid = " x ".join(f"{k} {', '.join(map(str, data.get(k, [])))}"
                       for k in ("tasks", "scales", "seeds") if data.get(k))
-    rule = data.get("emergence") or {}
     return (f"emerge sweep **{data.get('name', '?')}**: {grid}. Emergence: accuracy at "
-            f"threshold {rule.get('threshold', 0.5)} held for {rule.get('persistence', 5)} "
+            f"threshold {rule.threshold} held for {rule.persistence} "
             f"probe steps. Run folder `{run_dir}`; the sweep file is the artifact spec.yaml.")
 
 
@@ -264,7 +260,10 @@ class MlflowSync:
 
     # -- runs --------------------------------------------------------------------------------
 
-    def parent_run(self, spec_text: str | None = None) -> str:
+    def parent_run(self, spec_text: str | None = None, rule: EmergenceRule = RULE) -> str:
+        """The sweep's parent run, made the first time with ``spec_text`` (the sweep file as
+        launched) as its artifact and parameters and ``rule`` in its description."""
+        fields = _spec_fields(spec_text) if spec_text is not None else {}
         with self._ledger() as led:
             if "parent_run_id" in led:
                 return led["parent_run_id"]
@@ -281,12 +280,12 @@ class MlflowSync:
                         self.client.set_experiment_tag(exp_id, k, v)
             tags = {"emerge.kind": "sweep", "emerge.run_dir": str(self.run_dir)}
             if spec_text is not None:
-                tags["mlflow.note.content"] = _description(spec_text, self.run_dir)
+                tags["mlflow.note.content"] = _description(fields, rule, self.run_dir)
             run = self.client.create_run(exp_id, run_name=self.sweep, tags=tags)
             led.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if spec_text is not None:
             self.client.log_text(run.info.run_id, spec_text, RunFolder.SPEC)
-            params = _sweep_params(spec_text)
+            params = _flatten(fields)
             from mlflow.entities import Param
 
             items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
@@ -445,7 +444,7 @@ class MlflowSync:
             done = set(led["trials"].get(trial, {}).get("calibrations_logged", []))
         new = []
         for measure in sorted(measures - done):
-            record = self.folder.read_calibration(trial, measure)
+            record = read_calibration(self.folder, trial, measure)
             if record is None:
                 continue
             chosen = record.get("chosen")
