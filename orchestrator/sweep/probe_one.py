@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import ProbeJob, RunFolder
@@ -73,8 +72,6 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
         calibrated_settings,
         get_measure,
         make_settings,
-        not_converged,
-        run_expensive,
         trial_model,
         trial_probe_batch,
     )
@@ -108,7 +105,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
 
     import torch
 
-    from emergence_core.store import TrialStore
+    from orchestrator.probes.job import calibration_for, measure_checkpoint, write_result
 
     if threads:
         torch.set_num_threads(threads)
@@ -120,30 +117,15 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
     record, calibration_source = None, None
     settings = base
     if calibrate and m.calibrate is not None:
-        record = None if recalibrate else read_calibration(folder, name, measure)
-        calibration_source = "saved"
-        if record is None:
-            from orchestrator.probes.pool import calibrate_trial
-
-            calibration_source = "pilot"
-            record = calibrate_trial(folder, name, measure, cfg, model, batch, base, have[-1],
-                                     fields, device)
-            if write:
-                write_calibration(folder, name, measure, record)
+        record, calibration_source = calibration_for(
+            folder, name, measure, cfg, model, batch, base, have[-1], fields, device,
+            saved=not recalibrate, save=write)
         chosen = calibrated_settings(base, record)
         # explicit --set fields win over the calibration's choice
         settings = None if chosen is None else dataclasses.replace(
             chosen, **{k: getattr(base, k) for k in sets})
-    TrialStore(folder, name).load_weights(model, step)
-    result = not_converged(measure, record) if settings is None \
-        else run_expensive(measure, model, batch, settings)
-    if measure == "llc":
-        from emergence_core.expensive import llc_curvature
-        from orchestrator.probes.pool import hessian_at
-        from orchestrator.probes.queue import ProbeQueue
-
-        result.diagnostics.update(llc_curvature(
-            result.diagnostics, hessian_at(ProbeQueue(folder), name, step)))
+    job = ProbeJob(name, step, measure)
+    result = measure_checkpoint(folder, job, model, batch, settings, record)
     rows = dict(result.rows)
     if "init_loss" not in result.diagnostics:  # e.g. not converged: no estimate ran
         with torch.no_grad():
@@ -160,8 +142,8 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
                               "criteria": record.get("criteria"),
                               "reason": record.get("reason"),
                               "untrained_loss": record.get("untrained_loss")}
-    if write:
-        _write(folder, sweep, cfg, ProbeJob(name, step, measure), result)
+    if write:  # where the pool writes it, replacing an earlier result
+        write_result(folder, sweep, cfg, job, result, 0, source="emerge probe")
         out["written"] = True
     return _finite(out)
 
@@ -176,17 +158,3 @@ def _finite(v: Any) -> Any:
         return [_finite(x) for x in v]
     return v
 
-
-def _write(folder: RunFolder, sweep: str, cfg: TrainConfig, job: ProbeJob, result: Any) -> None:
-    """Rows and diagnostics where the pool writes them (replacing an earlier result)."""
-    from emergence_core.metrics import RowBuffer, TrialKey
-    from orchestrator.probes.queue import ProbeQueue
-
-    queue = ProbeQueue(folder)
-    queue.write_diagnostics(job, {**result.diagnostics, "step": job.step, "trial": job.trial,
-                                  "attempt": 0, "source": "emerge probe"})
-    rows = RowBuffer(TrialKey(sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
-                              source="probe"), 0)
-    for measure, value in result.rows:
-        rows.add(job.step, measure, value)
-    queue.store(job).write_part(rows.take())  # the part of this one step: replaced in place
