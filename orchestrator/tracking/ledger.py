@@ -63,13 +63,9 @@ class RunLedger:
             problem = "its fields are not a ledger's"
         except (OSError, ValueError) as err:
             problem = str(err).splitlines()[0][:200]
-        data = self._rebuild()
-        damaged = self.ledger_path.with_name(f"{self.ledger_path.name}.damaged")
-        self.ledger_path.replace(damaged)
-        self.notes.append(f"the MLflow ledger {self.ledger_path} was damaged ({problem}); "
-                          f"rebuilt from MLflow's runs ({len(data['trials'])} trials), the "
-                          f"damaged copy kept as {damaged.name}")
-        return {**data, "_rebuilt": True}  # saved by locked() even if nothing else changes
+        return self._rebuild_aside("damaged", lambda data, kept: (
+            f"the MLflow ledger {self.ledger_path} was damaged ({problem}); rebuilt from "
+            f"MLflow's runs ({len(data['trials'])} trials), the damaged copy kept as {kept}"))
 
     def _for_this_store(self, data: dict[str, Any]) -> dict[str, Any]:
         """The ledger if it describes this tracking store. One written for another store
@@ -80,13 +76,20 @@ class RunLedger:
             return data
         if self._holds(data.get("parent_run_id")):  # the same store under another URI
             return {**data, "tracking_uri": self.tracking_uri, "_rebuilt": True}
-        rebuilt = self._rebuild()
-        aside = self.ledger_path.with_name(f"{self.ledger_path.name}.other-store")
+        return self._rebuild_aside("other-store", lambda data, kept: (
+            f"the MLflow ledger was kept for another store ({recorded}); rebuilt for "
+            f"{self.tracking_uri} from its runs ({len(data['trials'])} trials), the other "
+            f"kept as {kept}"))
+
+    def _rebuild_aside(self, suffix: str, note: Callable[[dict[str, Any], str], str]
+                       ) -> dict[str, Any]:
+        """The ledger rebuilt from the store's runs, the file there set aside as
+        ``ledger.json.<suffix>``; ``note(rebuilt, kept name)`` says so to the caller."""
+        data = self._rebuild()
+        aside = self.ledger_path.with_name(f"{self.ledger_path.name}.{suffix}")
         self.ledger_path.replace(aside)
-        self.notes.append(f"the MLflow ledger was kept for another store ({recorded}); "
-                          f"rebuilt for {self.tracking_uri} from its runs "
-                          f"({len(rebuilt['trials'])} trials), the other kept as {aside.name}")
-        return {**rebuilt, "_rebuilt": True}
+        self.notes.append(note(data, aside.name))
+        return {**data, "_rebuilt": True}  # saved by locked() even if nothing else changes
 
     def _holds(self, run_id: str | None) -> bool:
         """Whether this store has the run (a missing one is an answer; a store that cannot
