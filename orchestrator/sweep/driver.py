@@ -26,6 +26,7 @@ from orchestrator.common.progress import SweepBoard
 from orchestrator.common.signals import Stop, exit_code, stop_signals
 from orchestrator.sweep.cluster import capacity_in_view, connect, preflight
 from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
+from orchestrator.sweep.trial_events import RUNNING_SWEEPS
 from orchestrator.sweep.views import (
     added_trials,
     dry_run_table,
@@ -43,8 +44,10 @@ from orchestrator.tracking.sync import (
 __all__ = ["launch", "resume", "sync_mlflow"]
 
 
-class Live:
-    """This driver's live objects, looked up by the Tune callback (``tune_run.LIVE``).
+class SweepServices:
+    """What this driver offers its running sweep's trial events (``trial_events``): the
+    progress board, the MLflow thread and the failure record, found by run folder in
+    ``trial_events.RUNNING_SWEEPS``.
 
     MLflow calls run on a background thread, so a slow or dead tracking server never holds
     up Tune's event loop. A failed call is dropped, not retried: every sync sends all that
@@ -153,16 +156,15 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
     """Run the trials and the probe pool beside them; returns the exit code (130, or 128 +
     the signal's number when ``stop`` recorded SIGTERM or SIGHUP, if stopped)."""
     from orchestrator.probes.pool import ProbePool
-    from orchestrator.sweep import tune_run
 
     plans = {p.name: p for p in spec.trials()}
     mlflow = MlflowSync(folder.path, tracking_uri, spec.name)
     board = SweepBoard({n: p.config.steps for n, p in plans.items()}, console)
-    live = Live(board, mlflow, folder)
-    tune_run.LIVE[str(folder.path)] = live
+    services = SweepServices(board, mlflow, folder)
+    RUNNING_SWEEPS[str(folder.path)] = services
     spec_text = folder.spec_text()
-    live.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
-    live.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
+    services.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
+    services.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
     for name in plans:
         st = folder.trial_state(name)
         if st.state == "done":
@@ -170,7 +172,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             board.result(name, plans[name].config.steps, {k: v for k, v in st.events.items()
                                                            if v is not None})
     pool = ProbePool(folder, spec.name, spec.probes, plans, spec.extensions,
-                     on_done=lambda job: live.mlflow_call(
+                     on_done=lambda job: services.mlflow_call(
                          lambda m: m.sync_probes(job.trial, plans[job.trial].config)),
                      on_change=board.probes)
     pool.reconcile(retry_failed=True)
@@ -193,7 +195,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                 if not finished:
                     pool.close()
     finally:
-        tune_run.LIVE.pop(str(folder.path), None)
+        RUNNING_SWEEPS.pop(str(folder.path), None)
         states = {n: folder.trial_state(n).state for n in plans}
         missing = [n for n, s in states.items() if s != "done"]
         failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
@@ -206,7 +208,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             m.sync_all([p.config for p in plans.values()])
             m.set_status(None, parent)
 
-        if not live.close(final):
+        if not services.close(final):
             console.print(f"[yellow]MLflow missed the end of the sweep; `emerge sync-mlflow "
                           f"{folder.path}` sends it (rows, runs, statuses)[/yellow]")
     if complete and not p_failed:
@@ -216,7 +218,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         return 0
     if failed or p_failed:
         for n in failed:
-            why = live.failures.get(n) or folder.failure(n) or "see emerge status"
+            why = services.failures.get(n) or folder.failure(n) or "see emerge status"
             console.print(f"[red]failed: {n}: {why}[/red]")
         for job in p_failed:
             console.print(f"[red]probe failed: {job} (see {folder.probe_dir('failed')})[/red]")
