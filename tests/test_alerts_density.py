@@ -276,7 +276,7 @@ def test_a_resumed_trial_makes_the_same_decisions(tmp_path: Path) -> None:
 def test_alert_precision_recall_and_lead_are_counted_against_the_events() -> None:
     import polars as pl
 
-    from emergence_core.analysis.live import alert_summary, alerts_section, match_alerts
+    from emergence_core.analysis.alert_scores import alert_summary, alerts_section, match_alerts
 
     details = pl.DataFrame({
         "trial": ["A", "A", "B"], "level": [1, 2, 1], "measure": ["accuracy"] * 3,

@@ -18,7 +18,7 @@ from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.cli.app import app
 from orchestrator.cli.train import _record
-from orchestrator.probes.queue import ProbeQueue
+from orchestrator.probe_pool.queue import ProbeQueue
 from orchestrator.tracking.sync import MlflowSync
 from tests.conftest import tiny_overrides
 from tests.sweep_helpers import (

@@ -128,8 +128,8 @@ def test_pool_holds_a_calibrated_measure_until_its_pilot_can_run(tmp_path: Path)
     from types import SimpleNamespace
 
     from emergence_core.plan import TrialPlan
-    from orchestrator.probes.config import Probes
-    from orchestrator.probes.pool import ProbePool, _Slot
+    from orchestrator.probe_pool.config import Probes
+    from orchestrator.probe_pool.pool import ProbePool, _Slot
 
     folder = RunFolder(tmp_path)
     jobs = tuple(ProbeJob("T", s, m) for s in (0, 10, 20) for m in ("llc", "hessian"))
@@ -173,7 +173,7 @@ def test_llc_curvature_against_gamma() -> None:
 def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
     from emergence_core.config import resolve_config
     from emergence_core.metrics import RowBuffer, TrialKey
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool.queue import ProbeQueue
     from orchestrator.tracking.sync import MlflowSync
 
     folder = RunFolder(tmp_path / "run")
@@ -236,8 +236,8 @@ def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Pat
     import shutil
 
     from emergence_core.config import TrainConfig
-    from orchestrator.probes import pool
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool import pool
+    from orchestrator.probe_pool.queue import ProbeQueue
 
     shutil.copytree(run, tmp_path / "run")
     folder = RunFolder(tmp_path / "run")

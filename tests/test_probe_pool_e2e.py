@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from emergence_core.expensive import get_measure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, read_metrics
-from orchestrator.probes.queue import ProbeQueue
+from orchestrator.probe_pool.queue import ProbeQueue
 from orchestrator.sweep.spec import load_spec
 from orchestrator.tracking.sync import metric_key
 from tests.sweep_helpers import (

@@ -112,7 +112,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
      "emergence_core.folder_lock", "emergence_core.calibrations"),
     # 4. the trial: training, the cheap probes, live alerts, density
     ("emergence_core.trial", "emergence_core.runner", "emergence_core.trainer",
-     "emergence_core.probes", "emergence_core.alerts", "emergence_core.density"),
+     "emergence_core.cheap_probes", "emergence_core.alerts", "emergence_core.density"),
     # 5. the statistics stage
     ("emergence_core.analysis",),
     # 6. the science's public face and its test fixtures
@@ -161,7 +161,7 @@ def _room(module: str) -> str:
 
 
 def test_rooms_depend_one_way_even_through_deferred_imports() -> None:
-    """orchestrator's rooms (cli, sweep, probes, pythia, tracking, common) form a DAG, counting
+    """orchestrator's rooms (cli, sweep, probe_pool, pythia, tracking, common) form a DAG, counting
     the imports that commands make inside functions too."""
     graph = {r: {d for d in deps if d.startswith("orchestrator.")}
              for r, deps in _graph(top_level_only=False, key=_room).items()
@@ -171,7 +171,7 @@ def test_rooms_depend_one_way_even_through_deferred_imports() -> None:
     except CycleError as e:
         pytest.fail(f"rooms import each other in a circle: {' -> '.join(e.args[1])}")
     assert set(graph) == {f"orchestrator.{r}" for r in
-                          ("cli", "common", "sweep", "probes", "pythia", "tracking")}
+                          ("cli", "common", "sweep", "probe_pool", "pythia", "tracking")}
     assert not graph["orchestrator.common"]  # shared helpers sit below every room
     assert not any("orchestrator.cli" in deps for deps in graph.values())  # commands on top
 

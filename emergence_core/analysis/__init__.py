@@ -6,7 +6,8 @@ Imports neither ray nor mlflow.
 
 Names load lazily (PEP 562): importing one submodule, e.g. ``analysis.settings``, loads no
 dataframe or plotting library. The emergence rule itself lives below every stage, in
-``emergence_core.emergence_rule``, and is re-exported here.
+``emergence_core.emergence_rule``, and is re-exported here. The synthetic metrics tables
+the tests start from are test fixtures, in ``emergence_core.testing``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ _WHERE = {
     "Leads": "leads",
     "ReportSummary": "report",
     "ReportTargetError": "report",
-    "SyntheticConfig": "synthetic",
-    "Truth": "synthetic",
     "analyze": "pipeline",
     "as_lazy": "frames",
     "behaviour_rows": "events",
@@ -47,7 +46,6 @@ _WHERE = {
     "events_to_arrow": "events",
     "floor_spread": "collapse",
     "floor_summary": "collapse",
-    "generate": "synthetic",
     "headline_numbers": "report",
     "hierarchy": "rates",
     "load_metrics": "frames",
@@ -61,7 +59,6 @@ _WHERE = {
     "topdown": "collapse",
     "trial_floors": "collapse",
     "write_report": "report",
-    "write_synthetic": "synthetic",
     "xcorr_lag": "series",
 }
 

@@ -1,7 +1,7 @@
 """``emerge sweep`` / ``resume`` / ``sync-mlflow``: the driver of a sweep.
 
 It runs each launch's Tune experiment (``tune_run``) with the probe pool beside it
-(``orchestrator.probes``), shows live progress, and keeps MLflow filled from Parquet on a
+(``orchestrator.probe_pool``), shows live progress, and keeps MLflow filled from Parquet on a
 background thread (``orchestrator.tracking``); what was launched and where it stands is read
 from the run folder (``emergence_core.run_folder``).
 """
@@ -120,7 +120,7 @@ def _cause(err: BaseException) -> str:
 
 
 def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
-                  plans: dict[str, Trial], fresh: set[str],
+                  trials: dict[str, Trial], fresh: set[str],
                   note: Callable[[str], None]) -> tuple[int, bool]:
     """Fit (or restore and fit) each launch in turn; returns the number of errored trials
     and whether Ctrl-C stopped them."""
@@ -135,8 +135,8 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             note(f"[yellow]warning: {escape(warning)}[/yellow]")
         if launch["name"] in fresh or not tune_run.can_restore(folder, launch["name"]):
             callback = tune_run.SweepCallback(
-                folder.path, {n: plans[n].config for n in launch["trials"]})
-            tuner = tune_run.build_tuner(spec, [plans[n] for n in launch["trials"]],
+                folder.path, {n: trials[n].config for n in launch["trials"]})
+            tuner = tune_run.build_tuner(spec, [trials[n] for n in launch["trials"]],
                                          folder, launch["name"], [callback])
         else:
             tuner = tune_run.restore_tuner(folder, launch["name"])
@@ -155,25 +155,25 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                   stop: Stop | None = None) -> int:
     """Run the trials and the probe pool beside them; returns the exit code (130, or 128 +
     the signal's number when ``stop`` recorded SIGTERM or SIGHUP, if stopped)."""
-    from orchestrator.probes.pool import ProbePool
+    from orchestrator.probe_pool.pool import ProbePool
 
-    plans = {p.name: p for p in spec.trials()}
+    trials = {p.name: p for p in spec.trials()}
     mlflow = MlflowSync(folder.path, tracking_uri, spec.name)
-    board = SweepBoard({n: p.config.steps for n, p in plans.items()}, console)
+    board = SweepBoard({n: p.config.steps for n, p in trials.items()}, console)
     services = SweepServices(board, mlflow, folder)
     RUNNING_SWEEPS[str(folder.path)] = services
     spec_text = folder.spec_text()
     services.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
     services.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
-    for name in plans:
+    for name in trials:
         st = folder.trial_state(name)
         if st.state == "done":
             board.finished(name, True)
-            board.result(name, plans[name].config.steps, {k: v for k, v in st.events.items()
+            board.result(name, trials[name].config.steps, {k: v for k, v in st.events.items()
                                                            if v is not None})
-    pool = ProbePool(folder, spec.name, spec.probes, plans, spec.extensions,
+    pool = ProbePool(folder, spec.name, spec.probes, trials, spec.extensions,
                      on_done=lambda job: services.mlflow_call(
-                         lambda m: m.sync_probes(job.trial, plans[job.trial].config)),
+                         lambda m: m.sync_probes(job.trial, trials[job.trial].config)),
                      on_change=board.probes)
     pool.reconcile(retry_failed=True)
     errors = 0
@@ -182,9 +182,9 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             pool.start()
             finished = False
             try:
-                errors, interrupted = _fit_launches(folder, spec, launches, plans, fresh,
+                errors, interrupted = _fit_launches(folder, spec, launches, trials, fresh,
                                                     board.note)
-                finished = not interrupted and all(folder.is_complete(n) for n in plans)
+                finished = not interrupted and all(folder.is_complete(n) for n in trials)
                 if finished:
                     if pool.enabled:
                         board.note("trials done; the probe pool finishes the checkpoints")
@@ -196,7 +196,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                     pool.close()
     finally:
         RUNNING_SWEEPS.pop(str(folder.path), None)
-        states = {n: folder.trial_state(n).state for n in plans}
+        states = {n: folder.trial_state(n).state for n in trials}
         missing = [n for n, s in states.items() if s != "done"]
         failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
         p_done, p_due, p_failed = probe_progress(folder, spec)
@@ -205,7 +205,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                   else "FAILED" if failed or p_failed else "RUNNING")
 
         def final(m: MlflowSync) -> None:
-            m.sync_all([p.config for p in plans.values()])
+            m.sync_all([p.config for p in trials.values()])
             m.set_status(None, parent)
 
         if not services.close(final):
@@ -213,7 +213,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                           f"{folder.path}` sends it (rows, runs, statuses)[/yellow]")
     if complete and not p_failed:
         probes = f", {p_done} expensive probes" if p_due else ""
-        console.print(f"sweep {spec.name} complete: {len(plans)} trials{probes} in "
+        console.print(f"sweep {spec.name} complete: {len(trials)} trials{probes} in "
                       f"{folder.path}")
         return 0
     if failed or p_failed:
@@ -234,9 +234,9 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
 def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
            dry_run: bool, allow_pending: bool, console: Console) -> int:
     spec = load_spec(spec_path)
-    plans = spec.trials()
+    trials = spec.trials()
     if dry_run:
-        Console().print(dry_run_table(spec, plans, capacity_in_view(address)))
+        Console().print(dry_run_table(spec, trials, capacity_in_view(address)))
         return 0
     folder = run_folder_of(spec)
     if not folder.is_sweep() and not folder.is_empty():
@@ -249,7 +249,7 @@ def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
 
 def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str | None,
             tracking_uri: str | None, allow_pending: bool, console: Console) -> int:
-    plans = spec.trials()
+    trials = spec.trials()
     spec_text = spec_path.read_text()
     if folder.is_sweep():
         state = folder.sweep_state()
@@ -265,7 +265,7 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
             console.print(f"{folder.path} holds this sweep; resuming it")
         uri = _tracking_uri(folder, state, spec.name, tracking_uri, console)
     else:
-        launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
+        launches = [{"name": "launch-0", "trials": [p.name for p in trials]}]
         fresh = {"launch-0"}
         uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
     check_store(uri)
@@ -273,7 +273,7 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
     try:
         with stop_signals() as stop:
             try:
-                preflight(folder.path, plans, allow_pending=allow_pending, pool=spec.probes)
+                preflight(folder.path, trials, allow_pending=allow_pending, pool=spec.probes)
                 folder.record_launch(spec_text, uri, launches)
             except KeyboardInterrupt:
                 return _stopped_early(console, stop, f"emerge sweep {spec_path}")

@@ -58,7 +58,7 @@ from orchestrator.common.errors import (
     posix_run_dir,
     read_yaml,
 )
-from orchestrator.probes.config import Probes
+from orchestrator.probe_pool.config import Probes
 
 __all__ = ["MAX_TRIALS", "Resources", "SweepSpec", "Trial", "TrialPlan", "load_spec",
            "parse_spec"]

@@ -178,7 +178,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
 def _enqueuer(folder: RunFolder, trial: Trial) -> Any:
     """The trial's side of the probe pool: enqueue the jobs it hands out, move on."""
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool.queue import ProbeQueue
 
     if not trial.plan.jobs:
         return None

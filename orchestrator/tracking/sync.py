@@ -314,7 +314,7 @@ class MlflowSync:
         and their diagnostics (the LLC's loss trace, ...) as artifacts."""
         from mlflow.entities import Metric
 
-        from orchestrator.probes.queue import ProbeQueue
+        from orchestrator.probe_pool.queue import ProbeQueue
 
         queue = ProbeQueue(self.folder)
         mine = sorted(j for j in queue.done_jobs() if j.trial == trial)

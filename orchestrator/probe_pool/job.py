@@ -16,7 +16,7 @@ from typing import Any
 from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.run_folder import ProbeJob, RunFolder
-from orchestrator.probes.queue import ProbeQueue
+from orchestrator.probe_pool.queue import ProbeQueue
 
 __all__ = ["calibrate_trial", "calibration_for", "hessian_at", "measure_checkpoint",
            "write_result"]

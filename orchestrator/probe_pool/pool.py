@@ -30,9 +30,9 @@ from emergence_core.config import TrainConfig
 from emergence_core.extensions import Extensions
 from emergence_core.plan import TrialPlan
 from emergence_core.run_folder import RunFolder
-from orchestrator.probes.config import Probes
-from orchestrator.probes.job import calibration_for, measure_checkpoint, write_result
-from orchestrator.probes.queue import ProbeJob, ProbeQueue
+from orchestrator.probe_pool.config import Probes
+from orchestrator.probe_pool.job import calibration_for, measure_checkpoint, write_result
+from orchestrator.probe_pool.queue import ProbeJob, ProbeQueue
 
 __all__ = ["ProbePool", "ProbeWorker"]
 

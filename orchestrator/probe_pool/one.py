@@ -1,7 +1,8 @@
 """One expensive measure on one saved checkpoint of an existing run folder (``emerge probe``).
 
-In the sweep room because it reads a sweep's frozen spec (``spec.py``) and uses the probe
-pool's calibration step; the probes room may not import the sweep room.
+The pool's one job (``job``), run by hand. A sweep's frozen spec is read by the sweep room's
+``load_spec``, which the command passes in: the sweep room imports this one, not the other
+way round.
 
 How a researcher recomputes a measure with other settings, or calibrates, on checkpoints
 that already exist, without a sweep, Ray or the pool. The run folder is a sweep's (its
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,10 @@ from orchestrator.common.errors import UsageError
 __all__ = ["probe_checkpoint"]
 
 
-def _trials(folder: RunFolder) -> tuple[str, dict[str, TrainConfig], dict[str, Any]]:
+def _trials(folder: RunFolder, load_spec: Callable[[Path], Any]
+            ) -> tuple[str, dict[str, TrainConfig], dict[str, Any]]:
     """(sweep name, trial configs, the sweep's probes.measures) of a run folder."""
     if folder.is_sweep():
-        from orchestrator.sweep.spec import load_spec
-
         spec = load_spec(folder.spec_path)
         return (spec.name, {t.name: t.config for t in spec.trials()},
                 dict(spec.probes.measures))
@@ -63,11 +64,13 @@ def _pick_trial(trials: dict[str, TrainConfig], trial: str | None) -> str:
     return trial
 
 
-def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str | None = None,
+def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
+                     load_spec: Callable[[Path], Any], trial: str | None = None,
                      sets: dict[str, Any] | None = None, calibrate: bool = True,
                      recalibrate: bool = False, write: bool = False,
                      threads: int | None = None) -> dict[str, Any]:
-    """Compute ``measure`` at ``step`` of a trial; its value, rows and diagnostics."""
+    """Compute ``measure`` at ``step`` of a trial; its value, rows and diagnostics.
+    ``load_spec``: the reader of a sweep's frozen spec (``orchestrator.sweep.spec``)."""
     from emergence_core.expensive import (
         calibrated_settings,
         get_measure,
@@ -83,7 +86,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
         m = get_measure(measure)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sweep, trials, specs = _trials(folder)
+    sweep, trials, specs = _trials(folder, load_spec)
     name = _pick_trial(trials, trial)
     cfg = trials[name]
     have = folder.weight_steps(name)
@@ -105,7 +108,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
 
     import torch
 
-    from orchestrator.probes.job import calibration_for, measure_checkpoint, write_result
+    from orchestrator.probe_pool.job import calibration_for, measure_checkpoint, write_result
 
     if threads:
         torch.set_num_threads(threads)
