@@ -34,12 +34,8 @@ from orchestrator.sweep.views import (
     probe_progress,
     run_folder_of,
 )
-from orchestrator.tracking.sync import (
-    MlflowSync,
-    check_store,
-    default_tracking_uri,
-    moved_tracking_uri,
-)
+from orchestrator.tracking.store import check_store, default_tracking_uri, moved_tracking_uri
+from orchestrator.tracking.sync import MlflowSync
 
 __all__ = ["launch", "resume", "sync_mlflow"]
 

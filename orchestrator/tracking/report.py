@@ -74,7 +74,8 @@ def log_to_sweep_run(info: FolderInfo, summary: ReportSummary, tracking_uri: str
     uri = tracking_uri or info.recorded_uri
     if info.kind != "sweep" or uri is None:
         return "mlflow: skipped: no sweep.json here, so no sweep parent run to log to"
-    from orchestrator.tracking.sync import MlflowSync, moved_tracking_uri
+    from orchestrator.tracking.store import moved_tracking_uri
+    from orchestrator.tracking.sync import MlflowSync
 
     moved = info.recorded_dir is not None and info.recorded_dir != info.path
     if tracking_uri is None:
