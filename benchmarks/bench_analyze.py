@@ -42,7 +42,7 @@ ROWS_PER_PROBE = 26_820  # of the grid below, all trials together
 
 
 def grid_config(rows: float):
-    from emergence_core.analysis.synthetic import SyntheticConfig
+    from emergence_core.testing import SyntheticConfig
 
     return SyntheticConfig(tasks=TASKS, scales=SCALES, seeds=(0, 1, 2),
                            n_probes=max(200, round(rows / ROWS_PER_PROBE)), max_step=50_000,
@@ -106,7 +106,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from emergence_core.analysis.synthetic import write_synthetic
+    from emergence_core.testing import write_synthetic
 
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         run_dir = Path(tmp) / "run"

@@ -27,7 +27,8 @@ import numpy as np
 from _common import markdown_table, write_section
 
 from emergence_core.analysis.series import local_spacing
-from emergence_core.run_folder import RunFolder, trial_plan
+from emergence_core.plan import trial_plan
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import Decisions
 from emergence_core.store import TrialStore
 from orchestrator.sweep.views import frozen_spec
@@ -59,8 +60,7 @@ def replay(run_dir: Path, every: int, backbone: int) -> list[dict]:
             continue
         for policy, (measures, density) in _policies(every, backbone).items():
             plan = trial_plan(trial.config, measures, density)
-            d = Decisions.of_rows(trial.config, plan, table, spec.emergence.threshold,
-                                  spec.emergence.persistence)
+            d = Decisions.of_rows(trial.config, plan, table, spec.emergence.rule)
             jobs = {j.step for j in d.replay(table)}
             grid = np.array(plan.probe_steps)
             got = np.array(sorted(jobs))

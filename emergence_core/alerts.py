@@ -41,39 +41,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from emergence_core.analysis.emergence import chance_corrected
 from emergence_core.config import AlertConfig
-from emergence_core.metrics import Measure, TrialKey
+from emergence_core.emergence_rule import chance_corrected
+from emergence_core.metrics import ALERTS_SCHEMA, Measure, TrialKey
 
 __all__ = ["ALERTS_SCHEMA", "Alert", "AlertDetector", "alerts_table", "watched"]
 
 PRECURSOR, APPROACH = "precursor", "approach"
-
-# One row per alert: see the module docstring. ``value`` and ``reference`` are the series'
-# value at detection and its reference median; ``score`` the departure in robust spreads;
-# ``accuracy`` the level's chance-corrected accuracy at detection.
-ALERTS_SCHEMA = pa.schema(
-    [
-        pa.field("sweep", pa.string(), nullable=False),
-        pa.field("trial", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("scale", pa.string(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("measure", pa.string(), nullable=False),
-        pa.field("layer", pa.int16()),
-        pa.field("level", pa.int8(), nullable=False),
-        pa.field("step", pa.int64(), nullable=False),  # detected (the confirming probe step)
-        pa.field("onset_step", pa.int64(), nullable=False),
-        pa.field("value", pa.float64()),
-        pa.field("reference", pa.float64()),
-        pa.field("score", pa.float64()),
-        pa.field("accuracy", pa.float64()),
-        pa.field("attempt", pa.int32(), nullable=False),
-        pa.field("wall_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-    ],
-    metadata={"emerge.table": "alerts"},
-)
 
 _GEOMETRY = (Measure.RANKME, Measure.RANKME_UNCENTRED, Measure.LINEAR_PROBE)
 

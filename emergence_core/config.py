@@ -111,7 +111,7 @@ class TrainConfig(_Frozen):
     level_params: dict[int, dict[str, int]] = Field(
         default_factory=dict, description="difficulty overrides, e.g. {1: {p: 97}}")
     data_seed: int | None = Field(None, ge=0, description="seed of the data; null: the seed")
-    # optimisation (SPEC section 2)
+    # optimisation (docs/methods.md §2)
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1, description="samples per step, split evenly over the levels")
     lr: float = Field(gt=0)
@@ -123,7 +123,7 @@ class TrainConfig(_Frozen):
     init_std: float = Field(0.02, gt=0)
     precision: Precision = Field("fp32", description="fp32, or bf16: training under bfloat16 "
                                  "autocast, float32 weights, measures in float32")
-    # data (SPEC section 1)
+    # data (docs/methods.md §1)
     train_size: int = Field(ge=1, description="training problems per level (at most)")
     train_fraction: float | None = Field(
         None, gt=0, lt=1, description="largest share of a level's universe used for training; "

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from emergence_core.run_folder import ProbeJob, TrialPlan
+from emergence_core.plan import TrialPlan
+from emergence_core.run_folder import ProbeJob
 
 __all__ = ["DensePlanner", "Pins"]
 

@@ -1,4 +1,4 @@
-"""The expensive measures of a trial, on one weight checkpoint (SPEC section 3, 2-5).
+"""The expensive measures of a trial, on one weight checkpoint (docs/methods.md §3, 2-5).
 
 ``run_expensive(name, model, batch, settings)`` computes one of ``MEASURES`` on a model at
 a checkpoint and returns its metric rows (value and spread) and its diagnostics (the LLC's
@@ -34,14 +34,28 @@ from emergence_core.measures.batch import IGNORE_INDEX
 from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
 from emergence_core.metrics import Measure
 from emergence_core.model import answer_logits
+from emergence_core.registry import Registry, RegistryError
 from emergence_core.tasks import TrialData
 from emergence_core.tasks.base import PAD
 from emergence_core.tasks.data import seed_key
 
-__all__ = ["MEASURES", "ExpensiveMeasure", "ExpensiveResult", "calibrated_settings",
-           "get_measure", "llc_curvature", "make_settings", "not_converged", "register_measure",
-           "run_calibration", "run_expensive", "trial_model", "trial_probe_batch",
-           "untrained_loss"]
+__all__ = [
+    "MEASURES",
+    "ExpensiveMeasure",
+    "ExpensiveResult",
+    "MeasureError",
+    "calibrated_settings",
+    "get_measure",
+    "llc_curvature",
+    "make_settings",
+    "not_converged",
+    "register_measure",
+    "run_calibration",
+    "run_expensive",
+    "trial_model",
+    "trial_probe_batch",
+    "untrained_loss",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,29 +96,28 @@ class ExpensiveMeasure:
     flag: str | None = None
 
 
-MEASURES: dict[str, ExpensiveMeasure] = {}
+class MeasureError(RegistryError):
+    """An unknown expensive measure, or a second one under a taken name; one line."""
+
+
+MEASURES: Registry[ExpensiveMeasure] = Registry("expensive measure", error=MeasureError)
 
 
 def register_measure(measure: ExpensiveMeasure) -> ExpensiveMeasure:
     """Add an expensive measure (a plugin module's); the same one again is a no-op."""
     held = MEASURES.get(measure.name)
     if held is not None and held != measure:
-        raise ValueError(f"expensive measure {measure.name!r} is already registered; choose "
-                         "another name")
+        MEASURES.register(measure.name, measure)  # raises: the name is taken
     if not dataclasses.is_dataclass(measure.settings) or measure.batch_size < 2 \
             or not measure.rows:
         raise ValueError(f"expensive measure {measure.name!r}: settings must be a dataclass, "
                          "batch_size at least 2, and rows name at least one row")
-    MEASURES[measure.name] = measure
-    return measure
+    return MEASURES.register(measure.name, measure)
 
 
 def get_measure(name: str) -> ExpensiveMeasure:
-    m = MEASURES.get(name)
-    if m is None:
-        raise ValueError(f"unknown expensive measure {name!r}; choose from "
-                         f"{', '.join(MEASURES)}")
-    return m
+    """The expensive measure called ``name``, or a MeasureError with a suggestion."""
+    return MEASURES.lookup(name)
 
 
 def make_settings(name: str, fields: Mapping[str, Any] | None = None) -> Any:
@@ -302,8 +315,8 @@ def _grad_rank(fn: Callable[..., Any], value: str, stderr: str) -> Compute:
     return compute
 
 
-# The built-in measures (SPEC section 3). The LLC's n is its batch size, so n_beta = n / log n
-# over these samples (SPEC 3.4).
+# The built-in measures (docs/methods.md §3). The LLC's n is its batch size, so n_beta = n / log n
+# over these samples (docs/methods.md §3.4).
 for _m in (
     ExpensiveMeasure("hessian", HessianSettings, 128, _hessian,
                      (Measure.HESSIAN_LAMBDA_MAX, Measure.HESSIAN_TRACE,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 __all__ = [
+    "ALERTS_SCHEMA",
     "EVENTS_SCHEMA",
     "METRICS_KEY",
     "METRICS_SCHEMA",
@@ -54,7 +55,7 @@ METRICS_SCHEMA = pa.schema(
 
 METRICS_KEY = ("trial", "step", "measure", "layer", "level")
 
-# One row per (trial, level, measure): the first step at which the rule of SPEC section 4
+# One row per (trial, level, measure): the first step at which the rule of docs/methods.md §4
 # holds, or null when it never does within the run. ``chance``: the level's chance rate the
 # rule corrected for (accuracy: the best constant answer's; null where none was known).
 EVENTS_SCHEMA = pa.schema(
@@ -73,6 +74,33 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("chance", pa.float64()),
     ],
     metadata={"emerge.schema_version": SCHEMA_VERSION, "emerge.table": "events"},
+)
+
+# One row per live alert (``emergence_core.alerts`` raises them, ``store`` keeps them).
+# ``value`` and ``reference`` are the series' value at detection and its reference median;
+# ``score`` the departure in robust spreads; ``accuracy`` the level's chance-corrected
+# accuracy at detection.
+ALERTS_SCHEMA = pa.schema(
+    [
+        pa.field("sweep", pa.string(), nullable=False),
+        pa.field("trial", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("scale", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("measure", pa.string(), nullable=False),
+        pa.field("layer", pa.int16()),
+        pa.field("level", pa.int8(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),  # detected (the confirming probe step)
+        pa.field("onset_step", pa.int64(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("reference", pa.float64()),
+        pa.field("score", pa.float64()),
+        pa.field("accuracy", pa.float64()),
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("wall_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ],
+    metadata={"emerge.table": "alerts"},
 )
 
 

@@ -1,6 +1,6 @@
 """Model scales: GPT-2-style pre-norm decoders on Hugging Face ``transformers``.
 
-One name derives a scale's whole shape (SPEC section 2):
+One name derives a scale's whole shape (docs/methods.md §2):
 
     scale  layers  d_model  heads  d_mlp   parameters (approx.)
     s0     2       128      4      512     0.4M
@@ -29,10 +29,11 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from emergence_core.tasks.base import TaskError, did_you_mean
+from emergence_core.registry import Registry, RegistryError
 
 __all__ = [
     "SCALES",
+    "ScaleError",
     "ScaleShape",
     "answer_logits",
     "build_model",
@@ -42,6 +43,10 @@ __all__ = [
     "register_scale",
     "scale_shape",
 ]
+
+
+class ScaleError(RegistryError):
+    """An unknown scale name, or a second shape under a taken one; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class ScaleShape:
         if self.warmup_steps < 0 or self.cpus <= 0 or self.gpus < 0:
             problems.append("warmup_steps and gpus must be >= 0, cpus > 0")
         if problems:
-            raise TaskError(f"scale {self.name}: {problems[0]}")
+            raise ScaleError(f"scale {self.name}: {problems[0]}")
 
     def params(self, vocab_size: int, n_positions: int) -> int:
         """Exact parameter count of this shape (tied input/output embedding)."""
@@ -85,7 +90,7 @@ class ScaleShape:
         return {"lr": self.lr, "batch_size": self.batch_size, "warmup_steps": self.warmup_steps}
 
 
-SCALES: dict[str, ScaleShape] = {
+SCALES: Registry[ScaleShape] = Registry("scale", {
     s.name: s
     for s in (
         # The learning rate falls with width; the warm-up grows with it.
@@ -95,25 +100,20 @@ SCALES: dict[str, ScaleShape] = {
         ScaleShape("s3", 8, 512, 8, 2048, 25e6, lr=5e-4, warmup_steps=600, cpus=4, gpus=1),
         ScaleShape("s4", 12, 768, 12, 3072, 85e6, lr=3e-4, warmup_steps=800, cpus=4, gpus=1),
     )
-}
+}, key=str.lower, error=ScaleError)
 
 
 def register_scale(shape: ScaleShape) -> ScaleShape:
-    """Add a scale; registering an equal one again is a no-op, a different one a TaskError."""
-    key = shape.name.lower()
-    held = SCALES.get(key)
-    if held is not None and held != shape:
-        raise TaskError(f"scale {shape.name!r} is already registered with another shape "
-                        f"({held.n_layer} layers, d_model {held.d_model}); choose another name")
-    SCALES[key] = shape
-    return shape
+    """Add a scale; registering an equal one again is a no-op, a different one a ScaleError."""
+    held = SCALES.get(shape.name.lower())
+    clash = "" if held is None else (f" with another shape ({held.n_layer} layers, d_model "
+                                     f"{held.d_model})")
+    return SCALES.register(shape.name, shape, clash=clash)
 
 
 def scale_shape(name: str) -> ScaleShape:
-    shape = SCALES.get(str(name).lower())
-    if shape is None:
-        raise TaskError(f"unknown scale {name!r}" + did_you_mean(str(name).lower(), tuple(SCALES)))
-    return shape
+    """The scale called ``name`` (case-insensitive), or a ScaleError with a suggestion."""
+    return SCALES.lookup(name)
 
 
 def build_model(shape: ScaleShape, vocab_size: int, n_positions: int, *, seed: int,

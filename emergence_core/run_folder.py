@@ -31,10 +31,10 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
   driver.lock                        held by the one driver running the folder's work
 ```
 
-A trial's *plan* (``trial_plan``) is computed here once from its config and the sweep's
-expensive measures: its probe steps, the steps whose weights are kept, and the expensive
-jobs due. The trial saves weights and enqueues jobs from it, the pool and ``emerge status``
-count against it, so the three can never disagree.
+Beside it, each with one job over these names: a trial's *plan* (``emergence_core.plan``: its
+probe steps, the steps whose weights are kept, the expensive jobs due), the driver's lock
+(``emergence_core.folder_lock``), the calibration records (``emergence_core.calibrations``)
+and the trial's data files (``emergence_core.store``).
 """
 
 from __future__ import annotations
@@ -42,29 +42,24 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from emergence_core.atomic import atomic_path
+from emergence_core.errors import warn_once
 from emergence_core.readers import UnreadableFile, load_yaml, read_json, read_text
 
-if TYPE_CHECKING:
-    from emergence_core.config import TrainConfig
-
 __all__ = [
-    "Density",
     "FolderInfo",
     "ProbeJob",
     "RunFolder",
     "RunFolderError",
-    "TrialPlan",
     "TrialState",
     "parse_part",
     "part_name",
-    "trial_plan",
+    "parts_in",
 ]
 
 
@@ -85,6 +80,18 @@ def parse_part(name: str) -> tuple[int, int] | None:
     """(first step, last step) of a metric part's file name; None for other files."""
     m = _PART.match(name)
     return (int(m[1]), int(m[2])) if m else None
+
+
+def parts_in(directory: Path) -> list[tuple[int, int, Path]]:
+    """(first step, last step, path) of each part in ``directory``, in step order."""
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in directory.iterdir():
+        steps = parse_part(p.name)
+        if steps is not None:
+            out.append((*steps, p))
+    return sorted(out)
 
 
 # -- expensive jobs ----------------------------------------------------------------------------
@@ -108,96 +115,6 @@ class ProbeJob:
         if not measure:
             raise ValueError(f"no measure in {name!r}")
         return ProbeJob(trial, int(step), measure)
-
-
-@dataclass(frozen=True)
-class Density:
-    """Adaptive density of the expensive measures (a sweep's ``probes.density``), resolved
-    for one trial: ``emergence_core.density`` makes the decisions."""
-
-    measures: tuple[str, ...]  # the dense measures; they share one backbone
-    around: int  # probe steps on each side of a trigger's onset
-    window: int  # weights of this many recent probe steps are kept, ready to pin
-    budget: int  # jobs per dense measure in this trial, its backbone included
-    triggers: tuple[str, ...]  # "event", "alert" (both kinds), "precursor", "approach"
-    alert_share: float = 0.5  # most of the budget beyond the backbone that alerts may spend
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """What a trial will do, fixed by its config: see the module docstring. With
-    ``density``, ``jobs`` is the backbone and the trial adds jobs as it runs, within the
-    budget; they are found in the queue."""
-
-    trial: str
-    probe_steps: tuple[int, ...]
-    weight_steps: frozenset[int]
-    jobs: tuple[ProbeJob, ...]
-    density: Density | None = None
-
-    @cached_property
-    def _by_step(self) -> dict[int, tuple[ProbeJob, ...]]:
-        out: dict[int, list[ProbeJob]] = {}
-        for j in self.jobs:
-            out.setdefault(j.step, []).append(j)
-        return {s: tuple(js) for s, js in out.items()}
-
-    def jobs_at(self, step: int) -> tuple[ProbeJob, ...]:
-        return self._by_step.get(step, ())
-
-    def keeps_weights(self, step: int) -> bool:
-        return step in self.weight_steps
-
-    @property
-    def job_budget(self) -> int:
-        """The most jobs the trial can run: its backbone plus what density may add."""
-        if self.density is None:
-            return len(self.jobs)
-        dense = set(self.density.measures)
-        return sum(j.measure not in dense for j in self.jobs) \
-            + self.density.budget * len(dense)
-
-
-def due(index: int, last: int, every: int) -> bool:
-    """The rule for 'every k-th probe step, and the last'."""
-    return index % every == 0 or index == last
-
-
-def trial_plan(cfg: TrainConfig, measures: Mapping[str, int] | None = None,
-               density: Mapping[str, Any] | None = None) -> TrialPlan:
-    """The plan of ``cfg`` with expensive ``measures`` (name -> every k-th probe step).
-
-    ``density`` (``measures``, ``around``, ``window``, ``budget_every``, ``triggers``,
-    ``alert_share``):
-    the dense measures get their ``every`` as a backbone and a budget of as many jobs as
-    uniform sampling at every ``budget_every``-th probe step would run.
-    """
-    from emergence_core.schedule import probe_schedule
-
-    name = cfg.trial_name()
-    p = cfg.probe
-    steps = tuple(probe_schedule(cfg.steps, p.n_probes, log_fraction=p.log_fraction,
-                                 log_until=p.log_until).tolist())
-    last = len(steps) - 1
-    k = cfg.checkpoint.weights_every
-    weights = frozenset(s for i, s in enumerate(steps) if k is not None and due(i, last, k))
-    jobs = tuple(ProbeJob(name, s, m) for m, every in (measures or {}).items()
-                 for i, s in enumerate(steps) if due(i, last, every))
-    plan_density = None
-    if density is not None and (measures or {}):
-        dense = tuple(m for m in measures or {} if m in density["measures"])
-        budget = sum(due(i, last, density["budget_every"]) for i in range(len(steps)))
-        backbone = {j.step for j in jobs if j.measure in dense}
-        plan_density = Density(dense, density["around"], density["window"],
-                               max(budget, len(backbone)), tuple(density["triggers"]),
-                               density.get("alert_share", 0.5))
-        weights |= backbone
-    missing = sorted({j.step for j in jobs} - weights)
-    if missing:
-        raise RunFolderError(f"trial {name}: expensive jobs are due at steps without weights "
-                             f"(first: {missing[0]}); make the measures' 'every' a multiple of "
-                             f"train.checkpoint.weights_every ({k})")
-    return TrialPlan(name, steps, weights, jobs, plan_density)
 
 
 # -- trial state ---------------------------------------------------------------------------
@@ -227,22 +144,6 @@ class FolderInfo:
     spec: Mapping[str, Any]
     spec_text: str | None
     notes: tuple[str, ...]
-
-
-_WARNED: set[Path] = set()
-
-
-def _warn_once(path: Path, text: str) -> None:
-    import logging
-
-    if path not in _WARNED:
-        _WARNED.add(path)
-        logging.getLogger("emerge").warning(text)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
 class RunFolder:
@@ -315,8 +216,6 @@ class RunFolder:
 
     def record_launch(self, spec_text: str, tracking_uri: str,
                       launches: list[dict[str, Any]]) -> None:
-        from emergence_core.store import atomic_path
-
         self.path.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.spec_path) as tmp:
             tmp.write_text(spec_text)
@@ -325,8 +224,6 @@ class RunFolder:
                                        "launches": launches}, indent=1))
 
     def write_spec(self, spec_text: str) -> None:
-        from emergence_core.store import atomic_path
-
         with atomic_path(self.spec_path) as tmp:
             tmp.write_text(spec_text)
 
@@ -342,8 +239,6 @@ class RunFolder:
         return record
 
     def write_run_record(self, record: dict[str, Any]) -> None:
-        from emergence_core.store import atomic_path
-
         with atomic_path(self.run_record_path) as tmp:
             tmp.write_text(json.dumps(record, indent=2))
 
@@ -410,8 +305,6 @@ class RunFolder:
         return done
 
     def mark_complete(self, trial: str, record: dict[str, Any]) -> None:
-        from emergence_core.store import atomic_path
-
         with atomic_path(self.complete_path(trial)) as tmp:
             tmp.write_text(json.dumps(record))
 
@@ -446,8 +339,6 @@ class RunFolder:
                        **details: Any) -> None:
         """The trial failed for good: ``kind`` is ``error`` (an exception that kept coming
         back) or ``diverged`` (a non-finite loss or weights; ``details`` say where)."""
-        from emergence_core.store import atomic_path
-
         with atomic_path(self.failure_path(trial)) as tmp:
             tmp.write_text(json.dumps({"state": "failed", "kind": kind, "error": error,
                                        "time": time.time(), **details}))
@@ -475,8 +366,6 @@ class RunFolder:
         return self.status_dir / f"{trial}.worker.json"
 
     def record_worker(self, trial: str, info: dict[str, Any]) -> None:
-        from emergence_core.store import atomic_path
-
         with atomic_path(self.worker_path(trial)) as tmp:
             tmp.write_text(json.dumps(info))
 
@@ -486,12 +375,10 @@ class RunFolder:
 
     def trial_state(self, trial: str) -> TrialState:
         """(state, last committed step, events, error) of a trial, from the folder alone."""
-        from emergence_core.store import TrialStore
-
         done = self.completion(trial)
         if done is not None:
             return TrialState("done", done["step"], done["events"])
-        parts = TrialStore(self, trial).parts()
+        parts = parts_in(self.metrics_dir("trial", trial))
         step = parts[-1][1] if parts else None
         error = self.failure(trial)
         if error is not None:
@@ -523,7 +410,7 @@ class RunFolder:
                 try:
                     jobs.append(ProbeJob.parse(d.name, f.name))
                 except ValueError:
-                    _warn_once(f, f"skipping {f}: not a probe job's file (STEP.MEASURE.json); "
+                    warn_once(f, f"skipping {f}: not a probe job's file (STEP.MEASURE.json); "
                                   "remove it")
         return sorted(jobs)
 
@@ -533,50 +420,13 @@ class RunFolder:
         return sorted(ProbeJob.parse(trial, f.name) for f in d.glob(f"{step:012d}.*.json"))
 
     def calibration_path(self, trial: str, measure: str) -> Path:
-        """A trial's calibration of a measure: its pilot's grid and the choice it fixed."""
+        """A trial's calibration of a measure: its pilot's grid and the choice it fixed
+        (``emergence_core.calibrations`` reads and writes them)."""
         return self.probe_dir("calibration") / trial / f"{measure}.json"
 
-    def read_calibration(self, trial: str, measure: str) -> dict[str, Any] | None:
-        """The saved calibration, or None. A damaged record is set aside (``.damaged``) with
-        a warning and counts as none: the pilot runs again, deterministically the same."""
-        path = self.calibration_path(trial, measure)
-        if not path.exists():
-            return None
-        try:
-            record = json.loads(path.read_text())
-            if isinstance(record, dict):
-                return record
-            problem = "not a calibration record"
-        except (OSError, ValueError) as err:
-            problem = _first_line(err)
-        aside = path.with_name(f"{path.name}.damaged")
-        path.replace(aside)
-        _warn_once(path, f"calibration {path} cannot be read ({problem}); kept as {aside.name}, "
-                         "the pilot runs again")
-        return None
-
-    def write_calibration(self, trial: str, measure: str, record: dict[str, Any]) -> None:
-        from emergence_core.store import atomic_path
-
-        path = self.calibration_path(trial, measure)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(record, indent=1))
-
-    def calibrations(self) -> list[dict[str, Any]]:
-        """Every calibration record of the run, each with its ``trial``."""
-        root = self.probe_dir("calibration")
-        if not root.is_dir():
-            return []
-        out = []
-        files = [f for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.json"))]
-        for f in files:
-            try:
-                out.append({"trial": f.parent.name, **read_json(f, "it is set aside and the "
-                                                            "pilot runs again at the next probe")})
-            except UnreadableFile as err:
-                _warn_once(f, f"skipping calibration {err}")
-        return out
+    @property
+    def calibration_dir(self) -> Path:
+        return self.probe_dir("calibration")
 
     def probe_worker_path(self, pid: int) -> Path:
         return self.probes_dir / "workers" / f"{pid}.json"
@@ -607,70 +457,10 @@ class RunFolder:
     def report_dir(self) -> Path:
         return self.path / "report"
 
-    # -- one driver at a time ---------------------------------------------------------------
-
     @property
     def lock_path(self) -> Path:
+        """Held by the one driver running the folder's work (``emergence_core.folder_lock``)."""
         return self.path / "driver.lock"
-
-    @contextmanager
-    def driver_lock(self, command: str) -> Iterator[None]:
-        """Hold the folder for one driver (``emerge sweep``, ``resume``, ``pythia``).
-
-        An advisory ``flock`` on ``driver.lock``: the kernel releases it when its process
-        ends, however it ends, so the lock of a killed driver is stale by construction and
-        the next driver takes it. The file names the holder for the refusal's message; it is
-        removed when the block ends (a refusal included), with the folders made for it if
-        they stayed empty.
-        """
-        import fcntl
-        import os
-        import socket
-
-        if self.path.exists() and not self.path.is_dir():
-            raise RunFolderError(f"run folder {self.path} is a file; set run_dir to a folder")
-        made = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        self.path.mkdir(parents=True, exist_ok=True)
-        while True:
-            f = open(self.lock_path, "a+")  # noqa: SIM115 - held for the block, closed below
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                try:
-                    held = json.loads(f.read() or "{}")
-                except ValueError:
-                    held = {}
-                f.close()
-                since = time.strftime("%H:%M:%S", time.localtime(held.get("since", 0)))
-                raise RunFolderError(
-                    f"{self.path} is in use by another driver (`{held.get('command', 'emerge')}`"
-                    f", pid {held.get('pid', '?')} on {held.get('host', '?')}, since {since}); "
-                    "wait for it to end, or stop it with Ctrl-C, then run this again") from None
-            try:  # the file a driver that just ended removed is not the lock any more
-                same = os.stat(self.lock_path).st_ino == os.fstat(f.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            f.close()
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps({"command": command, "pid": os.getpid(),
-                                "host": socket.gethostname(), "since": time.time()}))
-            f.flush()
-            yield
-        finally:
-            # Removed while still held, so nothing is left behind; a driver killed before
-            # this leaves a stale file that the kernel has already unlocked.
-            self.lock_path.unlink(missing_ok=True)
-            f.close()  # releases the lock
-            for d in made:  # folders this driver made and left empty (a refused sweep)
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
 
     def is_empty(self) -> bool:
         """Nothing in the folder but (perhaps) its driver lock; RunFolderError for a file."""

@@ -23,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 
 from emergence_core.alerts import Alert, AlertDetector, alerts_table
-from emergence_core.analysis.emergence import chance_corrected, emergence_step
 from emergence_core.config import TrainConfig
 from emergence_core.density import DensePlanner, Pins
+from emergence_core.emergence_rule import RULE, EmergenceRule, chance_corrected
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
-from emergence_core.run_folder import ProbeJob, TrialPlan, trial_plan
+from emergence_core.plan import TrialPlan, trial_plan
+from emergence_core.run_folder import ProbeJob
 from emergence_core.store import TrialStore
 from emergence_core.trainer import Trainer
 
@@ -119,7 +120,7 @@ class TrialOutcome:
 
 @dataclass
 class EmergenceTracker:
-    """Accuracy history per level and the events confirmed in it (SPEC section 4 rule).
+    """Accuracy history per level and the events confirmed in it (docs/methods.md §4 rule).
 
     The rule reads chance-corrected accuracy, ``(accuracy - chance) / (1 - chance)`` with
     ``chance[level]`` the level's best-constant-answer accuracy (``tasks.chance``); a level
@@ -127,8 +128,7 @@ class EmergenceTracker:
     stage's (``analysis.events``), so both find the same events.
     """
 
-    threshold: float = 0.5
-    persistence: int = 5
+    rule: EmergenceRule = RULE
     chance: dict[int, float] = field(default_factory=dict)
     history: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     events: dict[int, int] = field(default_factory=dict)
@@ -140,8 +140,7 @@ class EmergenceTracker:
             steps.append(step)
             values.append(chance_corrected(value, self.chance.get(level, 0.0)))
             if level not in self.events:
-                hit = emergence_step(np.array(steps), np.array(values), self.threshold,
-                                     self.persistence)
+                hit = self.rule.first_event(np.array(steps), np.array(values))
                 if hit is not None:
                     self.events[level] = new[level] = hit
         return new
@@ -170,9 +169,9 @@ class Decisions:
     (``DensePlanner``). Fed live, or replayed from committed rows, it decides the same."""
 
     def __init__(self, cfg: TrainConfig, plan: TrialPlan, chance: dict[int, float],
-                 threshold: float, persistence: int) -> None:
-        self.tracker = EmergenceTracker(threshold, persistence, chance)
-        self.detector = AlertDetector(cfg.alerts, total_steps=cfg.steps, threshold=threshold,
+                 rule: EmergenceRule) -> None:
+        self.tracker = EmergenceTracker(rule, chance)
+        self.detector = AlertDetector(cfg.alerts, total_steps=cfg.steps, threshold=rule.threshold,
                                       chance=chance)
         self.planner = DensePlanner(plan)
         self.levels = cfg.levels
@@ -196,12 +195,12 @@ class Decisions:
         return jobs
 
     @classmethod
-    def of_rows(cls, cfg: TrainConfig, plan: TrialPlan, table: pa.Table, threshold: float,
-                persistence: int) -> Decisions:
+    def of_rows(cls, cfg: TrainConfig, plan: TrialPlan, table: pa.Table,
+                rule: EmergenceRule) -> Decisions:
         """Decisions for a finished trial's rows (its chance rates read from them)."""
         chance = {lv: v for m, _, lv, v in (r for _, rows in committed_steps(table)
                                             for r in rows) if m == Measure.CHANCE}
-        return cls(cfg, plan, chance, threshold, persistence)
+        return cls(cfg, plan, chance, rule)
 
 
 def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) -> pa.Table:
@@ -211,8 +210,8 @@ def _events_table(key: TrialKey, cfg: TrainConfig, tracker: EmergenceTracker) ->
         "task": [key.task] * len(levels), "level": levels,
         "scale": [key.scale] * len(levels), "seed": [key.seed] * len(levels),
         "measure": [Measure.ACCURACY] * len(levels),
-        "threshold": [tracker.threshold] * len(levels),
-        "persistence": [tracker.persistence] * len(levels),
+        "threshold": [tracker.rule.threshold] * len(levels),
+        "persistence": [tracker.rule.persistence] * len(levels),
         "step": [tracker.events.get(lv) for lv in levels],
         "source": [key.source] * len(levels),
         "chance": [tracker.chance.get(lv) for lv in levels],
@@ -223,7 +222,7 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
               hooks: TrialHooks | None = None, state_store: StateStore | None = None,
               attempt: int | None = None,
               stop_after: int | None = None, device: str | None = None,
-              threshold: float = 0.5, persistence: int = 5,
+              rule: EmergenceRule = RULE,
               plan: TrialPlan | None = None) -> TrialOutcome:
     """Train ``cfg`` in ``run_dir`` from its last commit; see the module docstring.
 
@@ -267,7 +266,7 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
     rows = RowBuffer(key, attempt)
     chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
-    decisions = Decisions(cfg, plan, chance, threshold, persistence)
+    decisions = Decisions(cfg, plan, chance, rule)
     tracker, detector = decisions.tracker, decisions.detector
     if state is not None:
         store.prune_alerts_after(trainer.step)

@@ -14,11 +14,8 @@ one, which ``heal`` (and every reader here) drops.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,45 +25,13 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from emergence_core.metrics import METRICS_SCHEMA
-from emergence_core.run_folder import RunFolder, RunFolderError, parse_part, part_name
+from emergence_core.atomic import atomic_path
+from emergence_core.errors import first_line
+from emergence_core.metrics import ALERTS_SCHEMA, METRICS_SCHEMA
+from emergence_core.readers import UnreadableFile, read_parquet
+from emergence_core.run_folder import RunFolder, RunFolderError, parse_part, part_name, parts_in
 
-__all__ = ["TrialStore", "atomic_path", "metric_files", "read_alerts", "read_metrics"]
-
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds.
-
-    A full disk, however the writer reports it, becomes ``OSError(ENOSPC)`` naming ``final``;
-    the half-written temporary file is removed either way.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except Exception as err:
-        if _disk_full(err):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from err
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _disk_full(err: BaseException) -> bool:
-    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) \
-        or "No space left on device" in str(err)
-
-
-def _parts(directory: Path) -> list[tuple[int, int, Path]]:
-    if not directory.is_dir():
-        return []
-    out = []
-    for p in directory.iterdir():
-        steps = parse_part(p.name)
-        if steps is not None:
-            out.append((*steps, p))
-    return sorted(out)
+__all__ = ["TrialStore", "metric_files", "read_alerts", "read_metrics"]
 
 
 def _superseded(parts: list[tuple[int, int, Path]]) -> set[Path]:
@@ -97,7 +62,7 @@ class TrialStore:
     # -- metric parts --------------------------------------------------------------------------
 
     def parts(self) -> list[tuple[int, int, Path]]:
-        return _parts(self.metrics_dir)
+        return parts_in(self.metrics_dir)
 
     def write_part(self, table: pa.Table) -> Path | None:
         if table.num_rows == 0:
@@ -173,7 +138,7 @@ class TrialStore:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # truncated, zeroed, not a torch file at all
-                problem = problem or f"{path} cannot be read ({_first_line(err)})"
+                problem = problem or f"{path} cannot be read ({first_line(err)})"
                 continue
             if path == previous:
                 why = problem or f"{latest} is missing"
@@ -202,7 +167,7 @@ class TrialStore:
         try:
             load_model(model, str(path), device=device)
         except Exception as err:  # missing, truncated, or another model's
-            raise RunFolderError(f"weights file {path} cannot be read ({_first_line(err)}); "
+            raise RunFolderError(f"weights file {path} cannot be read ({first_line(err)}); "
                                  f"the expensive probes of {self.trial} at step {step} need it "
                                  "(they are recorded as failed)") from None
         return model
@@ -224,7 +189,7 @@ class TrialStore:
 
     def prune_alerts_after(self, step: int) -> None:
         """A resumed run raises the alerts after ``step`` again: drop the old ones."""
-        for first, _, p in _parts(self.folder.trial_alerts_dir(self.trial)):
+        for first, _, p in parts_in(self.folder.trial_alerts_dir(self.trial)):
             if first > step:
                 p.unlink(missing_ok=True)
 
@@ -236,17 +201,12 @@ class TrialStore:
         return self.events_path
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
-
-
 def _read_part(path: Path, trial: str) -> pa.Table:
     try:
         return pq.read_table(path, schema=METRICS_SCHEMA)
     except Exception as err:  # truncated or zeroed: its rows cannot be recovered from it
         raise RunFolderError(
-            f"metric part {path} cannot be read ({_first_line(err)}); its rows are lost and "
+            f"metric part {path} cannot be read ({first_line(err)}); its rows are lost and "
             f"emerge will not write them again over kept rows: delete the trial's checkpoints "
             f"and metrics to retrain {trial} from step 0") from None
 
@@ -259,7 +219,7 @@ def metric_files(run_dir: str | Path) -> list[Path]:
     files: list[Path] = []
     for directory in sorted({p.parent for p in root.rglob("*.parquet")
                              if parse_part(p.name) is not None}):
-        parts = _parts(directory)
+        parts = parts_in(directory)
         dead = _superseded(parts)
         files += [p for _, _, p in parts if p not in dead]
     return files
@@ -267,12 +227,9 @@ def metric_files(run_dir: str | Path) -> list[Path]:
 
 def read_alerts(run_dir: str | Path, trial: str | None = None, *,
                 damaged: list[str] | None = None) -> pa.Table:
-    """The live alerts of a run folder, or of one trial (``alerts.ALERTS_SCHEMA``). A damaged
+    """The live alerts of a run folder, or of one trial (``metrics.ALERTS_SCHEMA``). A damaged
     part raises ``UnreadableFile`` naming it, or with ``damaged`` is left out and named there
     (its path in the run folder and what is wrong)."""
-    from emergence_core.alerts import ALERTS_SCHEMA
-    from emergence_core.readers import UnreadableFile, read_parquet
-
     folder = RunFolder(run_dir)
     root = folder.alerts_dir if trial is None else folder.trial_alerts_dir(trial)
     pattern = "*/part-*.parquet" if trial is None else "part-*.parquet"

@@ -32,8 +32,7 @@ def _registries_as_shipped():
     saved = [(r, dict(r)) for r in (MEASURES, SCALES, TASKS)]
     yield
     for registry, before in saved:
-        registry.clear()
-        registry.update(before)
+        registry.restore(before)
 
 
 def tiny_overrides(**extra):

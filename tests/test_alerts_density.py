@@ -11,7 +11,9 @@ import pytest
 from emergence_core.alerts import ALERTS_SCHEMA, AlertDetector
 from emergence_core.config import AlertConfig, resolve_config
 from emergence_core.density import DensePlanner
-from emergence_core.run_folder import RunFolder, trial_plan
+from emergence_core.emergence_rule import EmergenceRule
+from emergence_core.plan import trial_plan
+from emergence_core.run_folder import RunFolder
 from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_alerts
 from tests.conftest import tiny_overrides
@@ -234,7 +236,7 @@ def _run(run: Path, **kw):
     cfg = resolve_config("COPY", "s0", 0, **tiny_overrides(**LIVELY))
     plan = trial_plan(cfg, {"hessian": 20}, DENSITY)
     handed: list = []
-    out = run_trial(cfg, run, plan=plan, threshold=0.3, persistence=2,
+    out = run_trial(cfg, run, plan=plan, rule=EmergenceRule(0.3, 2),
                     hooks=TrialHooks(on_jobs=handed.extend), **kw)
     return cfg, plan, out, handed
 
@@ -274,7 +276,7 @@ def test_a_resumed_trial_makes_the_same_decisions(tmp_path: Path) -> None:
 def test_alert_precision_recall_and_lead_are_counted_against_the_events() -> None:
     import polars as pl
 
-    from emergence_core.analysis.live import alert_summary, alerts_section, match_alerts
+    from emergence_core.analysis.alert_scores import alert_summary, alerts_section, match_alerts
 
     details = pl.DataFrame({
         "trial": ["A", "A", "B"], "level": [1, 2, 1], "measure": ["accuracy"] * 3,

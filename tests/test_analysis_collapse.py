@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from emergence_core.analysis import AnalysisSettings, SyntheticConfig, analyze, generate
+from emergence_core.analysis import AnalysisSettings, analyze
+from emergence_core.testing import SyntheticConfig, generate
 
 SCALES = (("s0", 2), ("s1", 4), ("s2", 6))
 

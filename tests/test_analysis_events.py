@@ -8,7 +8,6 @@ import pytest
 
 from emergence_core.analysis import (
     AnalysisSettings,
-    SyntheticConfig,
     as_lazy,
     behaviour_rows,
     difficulty_classes,
@@ -16,9 +15,9 @@ from emergence_core.analysis import (
     emergence_step,
     event_details,
     events_to_arrow,
-    generate,
 )
 from emergence_core.metrics import EVENTS_SCHEMA
+from emergence_core.testing import SyntheticConfig, generate
 
 
 def _rows(series: dict[tuple[str, int | None], np.ndarray], measure: str = "accuracy",

@@ -5,14 +5,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from emergence_core.analysis import (
-    AnalysisSettings,
-    SyntheticConfig,
-    analyze,
-    as_lazy,
-    generate,
-)
+from emergence_core.analysis import AnalysisSettings, analyze, as_lazy
 from emergence_core.metrics import Measure
+from emergence_core.testing import SyntheticConfig, generate
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,9 @@ import sys
 import polars as pl
 import pytest
 
-from emergence_core.analysis import (
-    AnalysisSettings,
-    SyntheticConfig,
-    analyze,
-    empty_metrics,
-    generate,
-    load_metrics,
-    write_synthetic,
-)
-from emergence_core.analysis.synthetic import pythia_steps
+from emergence_core.analysis import AnalysisSettings, analyze, empty_metrics, load_metrics
 from emergence_core.metrics import Measure
+from emergence_core.testing import SyntheticConfig, generate, pythia_steps, write_synthetic
 
 PYTHIA = SyntheticConfig(
     tasks=("grammar", "arithmetic", "icl"), levels=(None,), seeds=(0,),

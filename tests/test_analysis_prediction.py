@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from emergence_core.analysis import SyntheticConfig, analyze, generate, prediction_limits
+from emergence_core.analysis import analyze, prediction_limits
+from emergence_core.testing import SyntheticConfig, generate
 
 
 def _signals(rows: list[tuple]) -> pl.DataFrame:

@@ -8,14 +8,9 @@ import re
 import polars as pl
 import pytest
 
-from emergence_core.analysis import (
-    AnalysisSettings,
-    SyntheticConfig,
-    empty_metrics,
-    generate,
-    write_report,
-)
+from emergence_core.analysis import AnalysisSettings, empty_metrics, write_report
 from emergence_core.metrics import Measure
+from emergence_core.testing import SyntheticConfig, generate
 
 SETTINGS = AnalysisSettings(max_trial_figures=2, n_bootstrap=200)
 

@@ -25,7 +25,8 @@ from emergence_core.run_folder import RunFolder
 from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.cli.analyze import analyze_command
-from orchestrator.tracking.sync import MlflowSync, default_tracking_uri
+from orchestrator.tracking.store import default_tracking_uri
+from orchestrator.tracking.sync import MlflowSync
 from tests.conftest import tiny_overrides
 
 SHORT_COPY = {"level_params": {1: {"length": 2}, 2: {"length": 3}, 3: {"length": 5}}}

@@ -120,7 +120,7 @@ def _built(kind: str) -> Path:
         from emergence_core.config import resolve_config
         from emergence_core.runner import run_trial
         from orchestrator.cli.train import _record
-        from orchestrator.tracking.sync import default_tracking_uri
+        from orchestrator.tracking.store import default_tracking_uri
 
         root = Path(tempfile.mkdtemp(prefix="emerge-bad-"))
         atexit.register(shutil.rmtree, root, True)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import resolve_config
 from emergence_core.model import build_model, scale_shape
 from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
@@ -17,7 +18,7 @@ from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.cli.app import app
 from orchestrator.cli.train import _record
-from orchestrator.probes.queue import ProbeQueue
+from orchestrator.probe_pool.queue import ProbeQueue
 from orchestrator.tracking.sync import MlflowSync
 from tests.conftest import tiny_overrides
 from tests.sweep_helpers import (
@@ -182,12 +183,12 @@ def test_a_stray_probe_queue_file_is_skipped_with_a_warning(tmp_path, caplog) ->
 
 def test_a_damaged_calibration_is_set_aside_and_the_pilot_runs_again(tmp_path, caplog) -> None:
     folder = RunFolder(tmp_path)
-    folder.write_calibration("MOD-s0-0", "llc", {"chosen": {"eps": 1e-6}})
-    assert folder.read_calibration("MOD-s0-0", "llc") == {"chosen": {"eps": 1e-6}}
+    write_calibration(folder, "MOD-s0-0", "llc", {"chosen": {"eps": 1e-6}})
+    assert read_calibration(folder, "MOD-s0-0", "llc") == {"chosen": {"eps": 1e-6}}
     path = folder.calibration_path("MOD-s0-0", "llc")
     path.write_text('{"chosen": {"ep')
     with caplog.at_level(logging.WARNING, logger="emerge"):
-        assert folder.read_calibration("MOD-s0-0", "llc") is None
+        assert read_calibration(folder, "MOD-s0-0", "llc") is None
     assert not path.exists() and path.with_name("llc.json.damaged").exists()
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and f"calibration {path} cannot be read" in warnings[0]

@@ -13,13 +13,15 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
+from emergence_core.folder_lock import driver_lock
 from emergence_core.run_folder import RunFolder
 from orchestrator.cli.app import app
 from tests.sweep_helpers import ROOT, assert_usage_errors, write_spec
 
 HOLD = ("import sys, time\n"
+        "from emergence_core.folder_lock import driver_lock\n"
         "from emergence_core.run_folder import RunFolder\n"
-        "with RunFolder(sys.argv[1]).driver_lock('emerge sweep held.yaml'):\n"
+        "with driver_lock(RunFolder(sys.argv[1]), 'emerge sweep held.yaml'):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n")
 
@@ -46,20 +48,20 @@ def test_a_second_driver_is_refused_and_a_killed_drivers_lock_is_stale(tmp_path:
     # the killed driver's lock file is still there, and stale: the next driver takes it
     assert RunFolder(run_dir).lock_path.exists()
     t0 = time.monotonic()
-    with RunFolder(run_dir).driver_lock("emerge resume"):
+    with driver_lock(RunFolder(run_dir), "emerge resume"):
         pass
     assert time.monotonic() - t0 < 1
 
 
 def test_a_new_folder_holding_only_a_lock_is_still_new(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path / "new" / "run")
-    with folder.driver_lock("emerge sweep x.yaml"):
+    with driver_lock(folder, "emerge sweep x.yaml"):
         assert folder.is_empty() and not folder.is_sweep()
     # nothing left behind: the lock file, and the folders made for it that stayed empty
     assert list(tmp_path.iterdir()) == []
     folder.path.mkdir(parents=True)
     (folder.path / "stray.txt").write_text("x")
     assert not folder.is_empty()
-    with folder.driver_lock("emerge sweep x.yaml"):
+    with driver_lock(folder, "emerge sweep x.yaml"):
         pass
     assert sorted(p.name for p in folder.path.iterdir()) == ["stray.txt"]  # only its lock went

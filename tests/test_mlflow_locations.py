@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from emergence_core.config import resolve_config
-from orchestrator.tracking.sync import MlflowSync, default_tracking_uri, moved_tracking_uri
+from orchestrator.tracking.store import default_tracking_uri, moved_tracking_uri
+from orchestrator.tracking.sync import MlflowSync
 from tests.conftest import tiny_overrides
 
 

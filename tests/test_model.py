@@ -8,6 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from emergence_core.model import (
     SCALES,
+    ScaleError,
     answer_logits,
     build_model,
     capture_residual,
@@ -15,7 +16,7 @@ from emergence_core.model import (
     layer_names,
     scale_shape,
 )
-from emergence_core.tasks import TaskError, TrialData
+from emergence_core.tasks import TrialData
 
 
 @pytest.mark.parametrize("scale", list(SCALES))
@@ -34,7 +35,7 @@ def test_scale_shapes_follow_the_table() -> None:
     got = {k: (s.n_layer, s.d_model, s.n_head, s.d_mlp) for k, s in SCALES.items()}
     assert got == {"s0": (2, 128, 4, 512), "s1": (4, 256, 4, 1024), "s2": (6, 384, 6, 1536),
                    "s3": (8, 512, 8, 2048), "s4": (12, 768, 12, 3072)}
-    with pytest.raises(TaskError, match="unknown scale"):
+    with pytest.raises(ScaleError, match="unknown scale"):
         scale_shape("s5")
 
 

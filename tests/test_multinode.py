@@ -58,7 +58,7 @@ def _probe_rows_exactly_once(run_dir: Path, spec_path: Path) -> None:
     a local store; a sweep against a server is checked by ``assert_mlflow_equals_parquet``)."""
     import pyarrow.compute as pc
 
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool.queue import ProbeQueue
 
     due = {j for p in load_spec(spec_path).trials() for j in p.plan.jobs}
     assert due and ProbeQueue(run_dir).done_jobs() == due

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emergence_core.analysis.calibration import calibration_section
+from emergence_core.calibrations import calibrations, read_calibration, write_calibration
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.cli.app import app
 
@@ -81,7 +82,7 @@ def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> No
     assert out["rows"] == {"llc": None, "llc_std": None, "llc_converged": 0.0}
     assert "not converged" in out["status"]
     folder = RunFolder(run)
-    saved = folder.read_calibration("COPY-s0-0", "llc")
+    saved = read_calibration(folder, "COPY-s0-0", "llc")
     assert saved is not None and saved["chosen"] is None
     assert not any(p["in_basin"] for p in saved["grid"])
     # the next probe uses the saved calibration: no pilot, still not converged
@@ -89,7 +90,7 @@ def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> No
     assert r2.exit_code == 0, r2.output
     assert "calibration (saved" in r2.output and "not converged" in r2.output
     # ...and the report says so
-    md = "\n".join(calibration_section(folder.calibrations()))
+    md = "\n".join(calibration_section(calibrations(folder)))
     assert "| COPY-s0-0 | llc |" in md and "**not converged**" in md and "1/1" in md
 
 
@@ -126,9 +127,9 @@ def test_pool_holds_a_calibrated_measure_until_its_pilot_can_run(tmp_path: Path)
     with weights, one job of the trial runs the pilot, then all may run with its record."""
     from types import SimpleNamespace
 
-    from emergence_core.run_folder import TrialPlan
-    from orchestrator.probes.config import Probes
-    from orchestrator.probes.pool import ProbePool, _Slot
+    from emergence_core.plan import TrialPlan
+    from orchestrator.probe_pool.config import Probes
+    from orchestrator.probe_pool.pool import ProbePool, _Slot
 
     folder = RunFolder(tmp_path)
     jobs = tuple(ProbeJob("T", s, m) for s in (0, 10, 20) for m in ("llc", "hessian"))
@@ -145,7 +146,7 @@ def test_pool_holds_a_calibrated_measure_until_its_pilot_can_run(tmp_path: Path)
     assert pool._calibration(early)[0]
     pool._slots = [_Slot(actor=None, job=ProbeJob("T", 10, "llc"))]  # its pilot is running
     assert not pool._calibration(early)[0]
-    folder.write_calibration("T", "llc", {"chosen": None, "step": 20})
+    write_calibration(folder, "T", "llc", {"chosen": None, "step": 20})
     assert pool._calibration(early) == (True, {"step": 20, "fields": {"gammas": [1000]}})
 
 
@@ -172,7 +173,7 @@ def test_llc_curvature_against_gamma() -> None:
 def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
     from emergence_core.config import resolve_config
     from emergence_core.metrics import RowBuffer, TrialKey
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool.queue import ProbeQueue
     from orchestrator.tracking.sync import MlflowSync
 
     folder = RunFolder(tmp_path / "run")
@@ -182,7 +183,7 @@ def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
     rows = RowBuffer(TrialKey("s", trial, "COPY", "s0", 0, source="probe"), 0)
     rows.add(10, "llc", 97.5)
     ProbeQueue(folder).store(job).write_part(rows.take())
-    folder.write_calibration(trial, "llc", {"step": 600, "chosen": {"eps": 4e-6,
+    write_calibration(folder, trial, "llc", {"step": 600, "chosen": {"eps": 4e-6,
                                                                     "gamma": 1000.0}})
     sync = MlflowSync(folder.path, f"sqlite:///{tmp_path / 'm.db'}", "s")
     sync.sync_probes(trial, cfg)
@@ -235,8 +236,8 @@ def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Pat
     import shutil
 
     from emergence_core.config import TrainConfig
-    from orchestrator.probes import pool
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool import pool
+    from orchestrator.probe_pool.queue import ProbeQueue
 
     shutil.copytree(run, tmp_path / "run")
     folder = RunFolder(tmp_path / "run")
@@ -250,7 +251,7 @@ def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Pat
     settings = {"n_chains": 2, "n_draws": 30, "n_burnin": 16, "minibatch_size": 16}
     first = ProbeJob(trial, steps[0], "llc")
     worker.run(first, cfg, 64, settings, 0, cal)
-    record = folder.read_calibration(trial, "llc")
+    record = read_calibration(folder, trial, "llc")
     assert record["step"] == steps[-1]
     assert [p["step"] for p in record["grid"]][:2] == [0.1, 0.05]
     queue = ProbeQueue(folder)
@@ -260,7 +261,7 @@ def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Pat
     else:
         assert diag["calibration"]["chosen"] == record["chosen"]
         assert diag["eps"] == record["chosen"]["eps"]
-    folder.write_calibration(trial, "llc", {**record, "chosen": {"eps": 3e-6, "gamma": 500.0}})
+    write_calibration(folder, trial, "llc", {**record, "chosen": {"eps": 3e-6, "gamma": 500.0}})
     last = ProbeJob(trial, steps[-1], "llc")
     worker.run(last, cfg, 64, settings, 0, cal)
     diag = json.loads(queue.diagnostics_path(last).read_text())

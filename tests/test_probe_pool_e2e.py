@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from emergence_core.expensive import get_measure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, read_metrics
-from orchestrator.probes.queue import ProbeQueue
+from orchestrator.probe_pool.queue import ProbeQueue
 from orchestrator.sweep.spec import load_spec
 from orchestrator.tracking.sync import metric_key
 from tests.sweep_helpers import (
@@ -62,7 +62,7 @@ def _due(run_dir: Path, spec) -> set:
     due = set()
     for p in spec.trials():
         decided = Decisions.of_rows(p.config, p.plan, TrialStore(run_dir, p.name).read(),
-                                    spec.emergence.threshold, spec.emergence.persistence)
+                                    spec.emergence.rule)
         jobs = set(decided.replay(TrialStore(run_dir, p.name).read()))
         assert set(p.plan.jobs) <= jobs
         if p.plan.density is not None:  # (the multinode tests share this check, uniform)

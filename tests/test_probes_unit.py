@@ -12,7 +12,7 @@ from emergence_core.expensive import make_settings, run_expensive, trial_probe_b
 from emergence_core.metrics import Measure, RowBuffer, TrialKey
 from emergence_core.model import answer_logits
 from emergence_core.trainer import Trainer
-from orchestrator.probes.queue import ProbeJob, ProbeQueue
+from orchestrator.probe_pool.queue import ProbeJob, ProbeQueue
 from orchestrator.sweep.spec import parse_spec
 from tests.conftest import tiny_overrides
 

@@ -167,7 +167,8 @@ def test_chance_of_each_scoring_rule():
 
 
 def test_unknown_probeset_suggests_the_nearest():
-    with pytest.raises(ProbeSetError, match=r"unknown probe set 'gramar'; did you mean 'grammar'"):
+    with pytest.raises(ProbeSetError,
+                       match=r"unknown probe set 'gramar' \(did you mean 'grammar'\?\)"):
         load_probeset("gramar")
     with pytest.raises(ProbeSetError, match="named twice"):
         load_probesets(["logic", "logic"])

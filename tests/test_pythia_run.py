@@ -70,7 +70,7 @@ BAD = [
     ({"revisions": "step0..step16:3"}, ["revisions: revision range 'step0..step16:3'"]),
     ({"revisions": []}, ["revisions: the list is empty"]),
     ({"probesets": ["gramar", "logic", "logic"]},
-     ["probesets[0]: unknown probe set 'gramar'; did you mean 'grammar'?"]),
+     ["probesets[0]: unknown probe set 'gramar' (did you mean 'grammar'?)"]),
     ({"probesets": ["logic", "logic"]}, ["probesets: 'logic' is listed twice"]),
     ({"dtype": "fp8", "batch_size": 0, "retries": -1, "max_concurrent": 0},
      ["dtype: Input should be", "batch_size:", "retries:", "max_concurrent:"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -34,12 +35,28 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, top_level_only: bool) -> set[str]:
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _walk(node: ast.AST, skip_type_checking: bool) -> Iterator[ast.AST]:
+    """Every node below ``node``, leaving out ``if TYPE_CHECKING:`` blocks when asked (they
+    never run)."""
+    for child in ast.iter_child_nodes(node):
+        if skip_type_checking and _type_checking(child):
+            continue
+        yield child
+        yield from _walk(child, skip_type_checking)
+
+
+def _imports(path: Path, top_level_only: bool, type_checking: bool = True) -> set[str]:
+    """The modules ``path`` imports: at module level only, or inside functions too; with or
+    without the imports of ``if TYPE_CHECKING:`` blocks (module-level ones never count)."""
     tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
     if top_level_only:  # `if TYPE_CHECKING:` blocks never run
-        nodes = [n for n in nodes if not (isinstance(n, ast.If)
-                                          and "TYPE_CHECKING" in ast.unparse(n.test))]
+        nodes = [n for n in tree.body if not _type_checking(n)]
+    else:
+        nodes = list(_walk(tree, skip_type_checking=not type_checking))
     names = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -50,11 +67,12 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
     return names
 
 
-def _graph(top_level_only: bool, key=lambda m: m) -> dict[str, set[str]]:
+def _graph(top_level_only: bool, key=lambda m: m, type_checking: bool = True
+           ) -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
-        deps = {key(d) for d in _imports(path, top_level_only) if d in mods}
+        deps = {key(d) for d in _imports(path, top_level_only, type_checking) if d in mods}
         graph.setdefault(key(name), set()).update(deps - {key(name)})
     return graph
 
@@ -67,13 +85,83 @@ def test_no_module_import_cycles() -> None:
         pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
 
 
+def test_no_cycle_even_through_deferred_imports() -> None:
+    """Nor do the imports made inside functions: a deferred import hides a cycle from the
+    loader, not from the reader."""
+    try:
+        tuple(TopologicalSorter(_graph(top_level_only=False, type_checking=False))
+              .static_order())
+    except CycleError as e:
+        pytest.fail(f"import cycle through deferred imports: {' -> '.join(e.args[1])}")
+
+
+# The data-flow tower, bottom up: a module imports from its own floor and those below, never
+# from one above (deferred imports included; ``if TYPE_CHECKING:`` ones are types only). A
+# module is on the floor of the longest prefix that names it; every module must have one.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    # 1. basics: files, errors, names and the rules every stage shares
+    ("emergence_core.readers", "emergence_core.errors", "emergence_core.atomic",
+     "emergence_core.registry", "emergence_core.metrics", "emergence_core.schedule",
+     "emergence_core.emergence_rule"),
+    # 2. the science's parts: tasks, models, configs, measures, Pythia
+    ("emergence_core.tasks", "emergence_core.model", "emergence_core.config",
+     "emergence_core.extensions", "emergence_core.measures", "emergence_core.expensive",
+     "emergence_core.pythia"),
+    # 3. the run folder: its names, the trial's plan, the stored files
+    ("emergence_core.run_folder", "emergence_core.plan", "emergence_core.store",
+     "emergence_core.folder_lock", "emergence_core.calibrations"),
+    # 4. the trial: training, the cheap probes, live alerts, density
+    ("emergence_core.trial", "emergence_core.runner", "emergence_core.trainer",
+     "emergence_core.cheap_probes", "emergence_core.alerts", "emergence_core.density"),
+    # 5. the statistics stage
+    ("emergence_core.analysis",),
+    # 6. the science's public face and its test fixtures
+    ("emergence_core", "emergence_core.testing"),
+    # 7-9. the machinery: shared helpers, the rooms, the commands on top
+    ("orchestrator.common",),
+    ("orchestrator",),
+    ("orchestrator.cli",),
+)
+
+
+def _floor(module: str) -> int:
+    best = (-1, 0)
+    for floor, prefixes in enumerate(FLOORS, start=1):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) \
+                    and len(prefix) > best[0]:
+                best = (len(prefix), floor)
+    return best[1]
+
+
+def test_every_module_sits_on_a_floor() -> None:
+    assert [m for m in _modules() if _floor(m) == 0] == []
+
+
+def test_no_import_runs_back_up_the_tower() -> None:
+    """Data flows up: the trial never asks the statistics, the run folder never asks the trial,
+    the science never asks the machinery."""
+    up = [f"{m} (floor {_floor(m)}) imports {d} (floor {_floor(d)})"
+          for m, deps in sorted(_graph(top_level_only=False, type_checking=False).items())
+          for d in sorted(deps) if _floor(d) > _floor(m)]
+    assert up == []
+
+
+def test_the_tower_check_can_fail() -> None:
+    """The floors above are read as meant: a runner asking the statistics would be flagged."""
+    assert _floor("emergence_core.analysis.emergence") > _floor("emergence_core.runner")
+    assert _floor("emergence_core.store") > _floor("emergence_core.readers")
+    assert _floor("orchestrator.cli.app") > _floor("orchestrator.sweep.driver") \
+        > _floor("orchestrator.common.errors") > _floor("emergence_core")
+
+
 def _room(module: str) -> str:
     parts = module.split(".")
     return ".".join(parts[:2]) if parts[0] == "orchestrator" else parts[0]
 
 
 def test_rooms_depend_one_way_even_through_deferred_imports() -> None:
-    """orchestrator's rooms (cli, sweep, probes, pythia, tracking, common) form a DAG, counting
+    """orchestrator's rooms (cli, sweep, probe_pool, pythia, tracking, common) form a DAG, counting
     the imports that commands make inside functions too."""
     graph = {r: {d for d in deps if d.startswith("orchestrator.")}
              for r, deps in _graph(top_level_only=False, key=_room).items()
@@ -83,7 +171,7 @@ def test_rooms_depend_one_way_even_through_deferred_imports() -> None:
     except CycleError as e:
         pytest.fail(f"rooms import each other in a circle: {' -> '.join(e.args[1])}")
     assert set(graph) == {f"orchestrator.{r}" for r in
-                          ("cli", "common", "sweep", "probes", "pythia", "tracking")}
+                          ("cli", "common", "sweep", "probe_pool", "pythia", "tracking")}
     assert not graph["orchestrator.common"]  # shared helpers sit below every room
     assert not any("orchestrator.cli" in deps for deps in graph.values())  # commands on top
 

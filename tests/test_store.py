@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emergence_core.atomic import atomic_path
 from emergence_core.metrics import RowBuffer, TrialKey
-from emergence_core.store import TrialStore, atomic_path, metric_files, read_metrics
+from emergence_core.store import TrialStore, metric_files, read_metrics
 
 KEY = TrialKey("sw", "T-s0-0", "MOD", "s0", 0)
 

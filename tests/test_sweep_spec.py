@@ -73,10 +73,10 @@ def test_shipped_sweep_files_are_valid() -> None:
     smoke = load_spec(ROOT / "sweeps" / "smoke.yaml")
     assert len(smoke.tasks) >= 3 and all(p.resources.gpus == 0 for p in smoke.trials())
     full = load_spec(ROOT / "sweeps" / "full.yaml")
-    plans = full.trials()
-    assert len(plans) == 8 * 5 * 3
-    assert all(len(_probe_steps(p.config)) >= 201 for p in plans)
-    assert {p.config.scale for p in plans if p.resources.gpus > 0} >= {"s2", "s3", "s4"}
+    trials = full.trials()
+    assert len(trials) == 8 * 5 * 3
+    assert all(len(_probe_steps(p.config)) >= 201 for p in trials)
+    assert {p.config.scale for p in trials if p.resources.gpus > 0} >= {"s2", "s3", "s4"}
 
 
 def _probe_steps(cfg):

@@ -1,6 +1,6 @@
 """The report's section on the per-trial calibration of expensive measures (the LLC's pilot).
 
-Reads the calibration records a run folder keeps (``RunFolder.calibrations()``: per trial and
+Reads the calibration records a run folder keeps (``calibrations.calibrations``: per trial and
 measure, the pilot's grid and the choice fixed for the trial) and renders them, so a reader
 sees which step size and localisation every LLC value was computed with, and which trials'
 values are "not converged" because no setting met the criteria.

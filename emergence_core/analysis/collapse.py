@@ -1,6 +1,6 @@
 """Representation collapse: floors, their spread across scales, collapse order of layers.
 
-SPEC section 4. The series is the collapse measure (RankMe at SEP by default) of each task
+docs/methods.md §4. The series is the collapse measure (RankMe at SEP by default) of each task
 level (the headline: pooling the levels adds rank between them, MOD s0's pooled minimum
 7.8 against per-level 20 to 24) or pooled over levels (a variant, ``pooled=True``); the
 final layer's floor is "the" floor of a trial level, and every layer gets a collapse time
@@ -189,7 +189,7 @@ def _verdict(layers: np.ndarray, times: np.ndarray, settings: AnalysisSettings
 
 def topdown(collapse: pl.DataFrame, settings: AnalysisSettings,
             pooled: bool = False) -> pl.DataFrame:
-    """The top-down test per (task, scale) (SPEC section 4).
+    """The top-down test per (task, scale) (docs/methods.md §4).
 
     Collapse time of a layer = median over seeds and task levels of its collapse step
     (per-level series; pooled series with ``pooled``), constant series left out; a layer

@@ -1,6 +1,6 @@
 """Emergence events over the metrics table, and the difficulty classes they define.
 
-The rule is ``emergence.emergence_step`` (SPEC section 4), evaluated here for every
+The rule is ``emergence.emergence_step`` (docs/methods.md §4), evaluated here for every
 ``(trial, level)`` at once with polars window expressions instead of a loop over series;
 ``tests/test_analysis_events.py`` checks both agree.
 
@@ -167,7 +167,7 @@ def events_to_arrow(events: pl.DataFrame) -> pa.Table:
 
 
 def difficulty_classes(events: pl.DataFrame, settings: AnalysisSettings) -> pl.DataFrame:
-    """Difficulty class of each task level at each scale (SPEC section 4).
+    """Difficulty class of each task level at each scale (docs/methods.md §4).
 
     A task level's emergence step at a scale is the median over seeds of its accuracy event
     step, a never-emerging seed counting as +inf (it is later than any event). The level

@@ -1,4 +1,4 @@
-"""Onsets, leads and their classification for every (event, measure) (SPEC section 4).
+"""Onsets, leads and their classification for every (event, measure) (docs/methods.md §4).
 
 Series. For each measure its headline series: the final (deepest) layer for per-layer
 measures, the event's own task level where the measure is logged per level, else the
@@ -10,7 +10,7 @@ regimes on the smoothed series (``series.changepoints``). A series can have seve
 (collapse, recovery, one per level's event in a pooled series). For an event at step e
 with tolerance tol (below):
 
-- ``departure`` (the headline, SPEC section 4): the change point that opens the regime in
+- ``departure`` (the headline, docs/methods.md §4): the change point that opens the regime in
   which the measure stands at the event, i.e. the last change point at or before
   e + tol; if there is none, the first one after (the measure departs only after the event:
   lagging). Two kinds of change points are not candidates: those within the collapse (before

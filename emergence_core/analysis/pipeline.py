@@ -1,4 +1,4 @@
-"""The statistics stage end to end: metrics table in, every table of SPEC section 4 out.
+"""The statistics stage end to end: metrics table in, every table of docs/methods.md §4 out.
 
 ``analyze`` reads the long table in two passes (an inventory of (trial, measure), then
 only the rows the analysis needs: behaviour, each measure's final layer, and every layer
@@ -222,7 +222,7 @@ def _missing(inv: pl.DataFrame, trials: pl.DataFrame, details: pl.DataFrame,
 
 
 def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analysis:
-    """Run every analysis of SPEC section 4 over ``metrics`` (polars Lazy/DataFrame, Arrow).
+    """Run every analysis of docs/methods.md §4 over ``metrics`` (polars Lazy/DataFrame, Arrow).
 
     For a run folder: ``analyze(frames.load_metrics(run_dir))``.
     """

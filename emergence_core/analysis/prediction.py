@@ -1,6 +1,6 @@
 """Prediction limits: how far a geometric signal predicts the order of emergence.
 
-SPEC section 4. A signal must be computable without knowing the event, so here:
+docs/methods.md §4. A signal must be computable without knowing the event, so here:
 
 - ``onset``: the first change point of ``signal_measure``'s headline series (the event's
   level where logged per level) after the trial's collapse (``Leads.onsets``: past the step

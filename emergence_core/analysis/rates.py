@@ -1,6 +1,6 @@
 """Precursor rates with seed-clustered bootstrap intervals, and the geometric hierarchy.
 
-SPEC section 4: for each measure the fraction of events for which it is a precursor (and
+docs/methods.md §4: for each measure the fraction of events for which it is a precursor (and
 synchronous, lagging), split by difficulty class and by scale, each with its count k/n
 and, where the split holds more than one seed, a bootstrap confidence interval over seeds.
 

@@ -24,15 +24,15 @@ import numpy as np
 import polars as pl
 
 from emergence_core.analysis import figures
-from emergence_core.analysis.calibration import calibration_section
-from emergence_core.analysis.frames import Metrics, empty_metrics
-from emergence_core.analysis.live import (
+from emergence_core.analysis.alert_scores import (
     alert_summary,
     alerts_caption,
     alerts_figure,
     alerts_section,
     match_alerts,
 )
+from emergence_core.analysis.calibration import calibration_section
+from emergence_core.analysis.frames import Metrics, empty_metrics
 from emergence_core.analysis.markdown import render
 from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings

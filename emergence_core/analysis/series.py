@@ -145,7 +145,7 @@ class Floor:
 def collapse_floor(steps: np.ndarray, values: np.ndarray, *, window: int = 5,
                    early_fraction: float = 0.5, recovery_fraction: float = 0.5,
                    reach_fraction: float = 0.05) -> Floor:
-    """Collapse floor of a RankMe series (SPEC section 4), with the definitions fixed here.
+    """Collapse floor of a RankMe series (docs/methods.md §4), with the definitions fixed here.
 
     With ``s`` the series smoothed by ``smooth(values, window)``:
 

@@ -1,7 +1,8 @@
-"""Settings of the statistics stage: every parameter of SPEC section 4, one frozen object.
+"""Settings of the statistics stage: every parameter of docs/methods.md §4, one frozen object.
 
-Each field carries SPEC's default where SPEC names one (``threshold`` 0.5, ``persistence``
-5); where SPEC is silent the default is fixed here and its definition is in the docstring
+Each field carries the methods' default where docs/methods.md §4 names one (the emergence
+rule's ``threshold`` and ``persistence`` come from ``emergence_rule.RULE``); where it is
+silent the default is fixed here and its definition is in the docstring
 of the function that uses it. The sweep file's ``analysis:`` section maps onto these
 fields one to one; a bad value fails in ``__post_init__`` naming the field.
 """
@@ -12,6 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.metrics import Measure
 
 __all__ = [
@@ -47,10 +49,10 @@ EXPECTED_MEASURES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """All parameters of the statistics stage (SPEC section 4).
+    """All parameters of the statistics stage (docs/methods.md §4).
 
-    Emergence: ``threshold``, ``persistence`` (SPEC defaults), applied to each measure in
-    ``event_measures`` (accuracy, and the normalised log-prob ``logprob_norm``).
+    Emergence: ``threshold``, ``persistence`` (``emergence_rule.RULE``'s defaults), applied
+    to each measure in ``event_measures`` (accuracy, and the normalised log-prob ``logprob_norm``).
 
     Onsets: series are smoothed by a centred running median of ``smooth_window`` probes,
     then segmented into constant-mean regimes by binary segmentation (penalty
@@ -85,8 +87,8 @@ class AnalysisSettings:
     for at most ``max_trial_figures`` trials (the rest are listed, not drawn).
     """
 
-    threshold: float = 0.5
-    persistence: int = 5
+    threshold: float = RULE.threshold
+    persistence: int = RULE.persistence
     event_measures: tuple[str, ...] = (Measure.ACCURACY, LOGPROB_NORM)
     smooth_window: int = 5
     changepoint_penalty: float = 2.0
@@ -139,6 +141,10 @@ class AnalysisSettings:
             problems.append("hard and measures are lists of strings, not one string")
         if problems:
             raise ValueError("invalid analysis settings: " + "; ".join(problems))
+
+    @property
+    def rule(self) -> EmergenceRule:
+        return EmergenceRule(self.threshold, self.persistence)
 
     def config_hash(self) -> str:
         """A short hash of every field, written beside the report so it describes itself."""

@@ -2,7 +2,8 @@
 
 Cheap, in the trial: behaviour (``score_answers``), ``rankme``, ``linear_probe_accuracy``.
 Expensive, on checkpoints: the Hessian (``estimate_hessian``), the local learning
-coefficient (``estimate_llc``), the Fisher and gradient-covariance effective ranks.
+coefficient (``estimate_llc``, a reduction over the SGLD draws of ``sample_sgld``), the
+Fisher and gradient-covariance effective ranks.
 """
 
 from emergence_core.measures.batch import (
@@ -29,16 +30,7 @@ from emergence_core.measures.hessian import (
     lanczos_lambda_max,
 )
 from emergence_core.measures.linear_probe import linear_probe_accuracies, linear_probe_accuracy
-from emergence_core.measures.llc import (
-    LLCResult,
-    LLCSettings,
-    SGLDTrace,
-    default_n_beta,
-    estimate_llc,
-    llc_from_trace,
-    sample_sgld,
-    split_rhat,
-)
+from emergence_core.measures.llc import LLCResult, estimate_llc, llc_from_trace, split_rhat
 from emergence_core.measures.rankme import (
     RANKME_EPS,
     effective_rank,
@@ -46,6 +38,7 @@ from emergence_core.measures.rankme import (
     rankme,
     rankme_batched,
 )
+from emergence_core.measures.sgld import LLCSettings, SGLDTrace, default_n_beta, sample_sgld
 
 __all__ = [
     "IGNORE_INDEX",

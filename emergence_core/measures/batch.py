@@ -19,7 +19,6 @@ Conventions, fixed here so the measures agree:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from emergence_core.registry import did_you_mean
 
 __all__ = [
     "IGNORE_INDEX",
@@ -194,8 +195,7 @@ def trainable_parameters(model: nn.Module, prefixes: Sequence[str] | None = None
     names = [n for n, _ in named]
     for prefix in prefixes:
         if not any(n.startswith(prefix) for n in names):
-            close = difflib.get_close_matches(prefix, names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(prefix, names, n=3, cutoff=0.6, quote=False, prefix="; ")
             raise ValueError(f"parameter prefix {prefix!r} matches no trainable parameter{hint}")
     return [(n, p) for n, p in named if any(n.startswith(pre) for pre in prefixes)]
 

@@ -1,4 +1,5 @@
-"""Local learning coefficient (LLC) by localised SGLD: the sampler and the reduction.
+"""Local learning coefficient (LLC) by localised SGLD: the estimator, a reduction over the
+draws of the sampler in :mod:`emergence_core.measures.sgld`.
 
 Lau, Furman, Wang, Murfet and Wei, "Quantifying degeneracy in singular models via the
 learning coefficient" (2023); devinterp's ``SGLD`` is the reference implementation. The
@@ -11,48 +12,8 @@ With L_n the mean loss over the n samples and w* the checkpoint, the estimator i
     LLC = n_beta * (E_w[L_n(w)] - L_n(w*)),   n_beta = m / log m,
 
 the expectation over the localised tempered posterior exp(-n_beta L_n(w) - gamma/2 |w - w*|^2),
-sampled by SGLD from w_0 = w*, with U(w) = n_beta L_B(w) + gamma/2 |w - w*|^2:
-
-    w_{t+1} = w_t - eps/2 * G * grad U(w_t) + sqrt(eps G) * N(0, I),
-
-G = 1 for ``sampler="sgld"``; for ``sampler="rmsprop"`` (Li, Chen, Carlson and Carin,
-"Preconditioned stochastic gradient Langevin dynamics", AAAI 2016; devinterp's
-``rmsprop_sgld``) G = 1 / (sqrt(V_hat_t) + rms_eps) per coordinate, V_t = alpha V_{t-1} +
-(1 - alpha) g_t^2 the running mean of the squared minibatch gradient of L_B (V_0 = 0) and
-V_hat_t = V_t / (1 - alpha^t) its bias-corrected value (Kingma and Ba, "Adam", 2015, sec. 3).
-Steep directions get smaller steps, flat ones up to 1 / rms_eps times larger.
-
-The preconditioner's step is the stated one. Two pitfalls, both measured: (1) without the
-bias correction V_t after t steps is (1 - alpha^t) of its settled value (39% at t = 50 with
-alpha = 0.99), so G frozen there is 1.6x too large and every step with it too long (on a
-deep linear network: LLC 35.4 against 33.1); (2) a G that keeps tracking the chain
-(devinterp's way) makes the chain linger where gradients are large, high on the walls
-(+12% on a quadratic, +45% on a quartic potential), since the divergence term of Li et al.
-is dropped, which is exact for a constant G only. So by default G adapts, bias-corrected,
-during the first half of the burn-in and is then frozen: the kept draws are exact SGLD with
-a constant diagonal preconditioner (as Stan adapts its mass matrix in warm-up), and how far G
-still moved over the last quarter of its window is reported (``precond_change``).
-``rms_freeze=False, rms_bias_correction=False`` is devinterp's ``rmsprop_sgld`` step for step.
-
-n_beta choices (``n_beta=None``, then m / log m with m set by ``n_beta_of``): "train"
-(default), m = the size of the training set the batch was drawn from
-(``ScoredBatch.n_population``), the temperature of the posterior the model was trained on, as
-in Lau et al. and devinterp's examples; "batch", m = the n samples the loss is scored on (a
-batch with no ``n_population`` falls back to this); "minibatch", m = the SGLD minibatch.
-
-L_B the mean loss on a minibatch B of ``minibatch_size`` samples (an epoch-wise reshuffle
-with the chain's own generator, last partial batch dropped; the full batch when None).
-Draw t is L_B(w_t), the loss at which step t's gradient is taken (so draw 0 is L_B(w*)), as
-in devinterp; the first ``n_burnin`` draws of each chain are excluded from the mean.
-
-Chains at the cost of one: with ``batch_chains=True`` the chains advance as one computation,
-their parameters stacked along a leading chain axis and the gradient taken by
-``torch.func.vmap(grad(functional_call(...)))``; every chain keeps its own noise and
-minibatch generators, so the draws equal those of one chain at a time (``batch_chains=False``)
-to float rounding. The default (None) batches on an accelerator only: on one CPU thread a
-small transformer is compute-bound and the vmapped step measured 1.2x slower than the loop
-(BENCHMARKS.md). A model whose forward pass vmap rejects (data-dependent Python) falls back
-to the loop with a warning.
+sampled by SGLD from w_0 = w* (``sample_sgld``: the update, its preconditioner and the
+choices of n_beta are stated there).
 
 Reduction order (float64), in :func:`llc_from_trace`: per chain, the mean of its post-burn-in
 draws; per-chain LLC = n_beta * (that mean - L_n(w*)); the value is the mean of the per-chain
@@ -77,18 +38,20 @@ out of the value.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from emergence_core.measures.sgld import (
+    SAMPLERS,
+    LLCSettings,
+    SGLDTrace,
+    default_n_beta,
+    sample_sgld,
+)
 
 __all__ = [
     "SAMPLERS",
@@ -104,14 +67,6 @@ __all__ = [
     "split_rhat",
 ]
 
-_BATCH_STREAM = 2**40  # offset that keeps minibatch seeds apart from noise seeds
-
-SAMPLERS = ("sgld", "rmsprop")
-N_BETA_OF = ("train", "batch", "minibatch")
-
-LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-"""(model, sample_ids[int64, m]) -> the scalar mean loss of those samples."""
-
 
 class LossBatch(Protocol):
     """What the LLC needs of a batch: ``ScoredBatch`` and ``RegressionBatch`` are two."""
@@ -123,69 +78,6 @@ class LossBatch(Protocol):
     def n_population(self) -> int | None: ...
 
     def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class LLCSettings:
-    # eps and gamma: None derives them from the checkpoint's stiffness S = n_beta * lambda_max
-    # (eps = 0.05 / S, gamma = 1e-3 * S, see llc_calibration); the default procedure (the
-    # calibration) chooses them per trial and fixes numbers
-    eps: float | None = None  # SGLD step size
-    gamma: float | None = None  # localisation strength
-    n_chains: int = 4
-    n_draws: int = 200  # per chain, burn-in included
-    n_burnin: int = 100  # first draws of each chain excluded from the mean
-    n_beta: float | None = None  # inverse temperature; None: see n_beta_of
-    n_beta_of: str = "train"  # n_beta = m / log m, m: "train", "batch" or "minibatch"
-    minibatch_size: int | None = 32  # None (or >= n): full batch
-    rhat_max: float = 1.1
-    seed: int = 0
-    sampler: str = "sgld"  # "sgld", or "rmsprop" (preconditioned, see the module docstring)
-    rms_alpha: float = 0.99  # RMSProp's running-average decay (devinterp's default)
-    rms_eps: float = 0.1  # RMSProp's floor under sqrt(V) (devinterp's default)
-    rms_freeze: bool = True  # freeze G after the first half of the burn-in (exact sampling)
-    rms_bias_correction: bool = True  # V / (1 - alpha^t); False: devinterp's running mean
-    # all chains as one vmapped computation (True), one at a time (False), or None: batched
-    # on an accelerator, one at a time on the CPU, where batching measured 1.2x slower
-    batch_chains: bool | None = None
-    max_rise: float | None = None  # the basin bound on the loss rise (set by the calibration)
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.n_beta_of not in N_BETA_OF:
-            raise ValueError(f"n_beta_of must be one of {', '.join(N_BETA_OF)}, got "
-                             f"{self.n_beta_of!r}")
-        if not 0 <= self.rms_alpha < 1 or not self.rms_eps > 0:
-            raise ValueError(f"need 0 <= rms_alpha < 1 and rms_eps > 0, got "
-                             f"{self.rms_alpha}, {self.rms_eps}")
-        if (self.eps is not None and not self.eps > 0) or (self.gamma is not None
-                                                            and self.gamma < 0):
-            raise ValueError(f"need eps > 0 and gamma >= 0, got eps={self.eps}, gamma={self.gamma}")
-        if self.n_chains < 1 or not 0 <= self.n_burnin < self.n_draws:
-            raise ValueError(f"need n_chains >= 1 and 0 <= n_burnin < n_draws, got "
-                             f"{self.n_chains}, {self.n_burnin}, {self.n_draws}")
-        if self.n_beta is not None and not self.n_beta > 0:
-            raise ValueError(f"n_beta must be positive or None, got {self.n_beta}")
-        if self.max_rise is not None and not self.max_rise > 0:
-            raise ValueError(f"max_rise must be positive or None, got {self.max_rise}")
-        if self.minibatch_size is not None and self.minibatch_size < 1:
-            raise ValueError(f"minibatch_size must be >= 1 or None, got {self.minibatch_size}")
-
-
-@dataclass(frozen=True, eq=False)
-class SGLDTrace:
-    """What the sampler produces: the raw draws and per-step diagnostics, before reduction."""
-
-    losses: torch.Tensor  # [chains, draws] float64 minibatch loss at w_t; nan after a failure
-    init_loss: float  # L_n(w*) over all n samples
-    n_beta: float
-    n: int
-    wall_s: float
-    drift_noise: torch.Tensor | None = None  # [chains, draws] |eps/2 G grad U| / |noise step|
-    mala_logp: torch.Tensor | None = None  # [chains, draws] log MALA acceptance of step t
-    precond_change: float = math.nan  # relative change of G over its last quarter window
-    batched: bool = False  # whether the chains ran as one vmapped computation
 
 
 @dataclass(frozen=True)
@@ -213,218 +105,6 @@ class LLCResult:
     def loss_rise(self) -> float:
         """How far the chains climbed: mean sampled loss - L_n(w*) (= value / n_beta)."""
         return self.mean_loss - self.init_loss
-
-
-def default_n_beta(n: int) -> float:
-    """n / log n, the inverse temperature of Watanabe's WBIC, used by Lau et al."""
-    if n < 2:
-        raise ValueError(f"n_beta = n / log n needs n >= 2, got n = {n}")
-    return n / math.log(n)
-
-
-def _minibatches(n: int, size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless minibatches of sample ids: reshuffled each epoch, last partial batch dropped."""
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n - size + 1, size):
-            yield perm[i:i + size]
-
-
-class _Bound(nn.Module):
-    """model + loss as one module, so functional_call can swap the model's parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.model, ids)
-
-
-GradFn = Callable[[list[torch.Tensor], torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
-"""(stacked params [C, *shape] each, ids [C, m]) -> (grads [C, *shape] each, losses [C])."""
-
-
-def _vmapped_grad(work: nn.Module, names: list[str], loss_fn: LossFn) -> GradFn:
-    bound = _Bound(work, loss_fn)
-    keys = [f"model.{n}" for n in names]
-
-    def one(params: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-        return functional_call(bound, params, (ids,))
-
-    batched = vmap(grad_and_value(one), in_dims=(0, 0))
-
-    def fn(stacked: list[torch.Tensor], ids: torch.Tensor
-           ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        grads, losses = batched(dict(zip(keys, stacked, strict=True)), ids)
-        return [grads[k] for k in keys], losses
-
-    return fn
-
-
-def _looped_grad(params: list[nn.Parameter], loss_fn: LossFn, work: nn.Module) -> GradFn:
-    def fn(stacked: list[torch.Tensor], ids: torch.Tensor
-           ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        grads: list[list[torch.Tensor]] = [[] for _ in params]
-        losses = []
-        for c in range(ids.shape[0]):
-            with torch.no_grad():
-                for p, s in zip(params, stacked, strict=True):
-                    p.copy_(s[c])
-            with torch.enable_grad():
-                loss = loss_fn(work, ids[c])
-                g = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-            losses.append(loss.detach())
-            for i, gi in enumerate(g):
-                grads[i].append(gi)
-        return [torch.stack(g) for g in grads], torch.stack(losses)
-
-    return fn
-
-
-def _sq(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per-chain squared norm over a list of [C, *shape] tensors: [C] float64."""
-    return sum(torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).double() ** 2
-               for t in tensors)
-
-
-def _run(grad_fn: GradFn, w_star: list[torch.Tensor], chains: list[int], s: LLCSettings,
-         n: int, size: int, n_beta: float, full_batch: bool
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Advance ``chains`` (their indices) together; the sampler's one loop."""
-    c_n, device = len(chains), w_star[0].device
-    noise_gens = [torch.Generator(device=device).manual_seed(s.seed + c) for c in chains]
-    batches = [_minibatches(n, size, torch.Generator().manual_seed(_BATCH_STREAM + s.seed + c))
-               for c in chains]
-    stacked = [w.unsqueeze(0).repeat(c_n, *([1] * w.ndim)) for w in w_star]
-    losses = torch.full((c_n, s.n_draws), math.nan, dtype=torch.float64)
-    drift_noise = torch.full_like(losses, math.nan)
-    mala = torch.full_like(losses, math.nan)
-    alive = torch.ones(c_n, dtype=torch.bool)
-    rmsprop = s.sampler == "rmsprop"
-    freeze_at = (s.n_burnin - 1) // 2 if s.rms_freeze and s.n_burnin >= 2 else None
-    look_back = None if freeze_at is None else max(0, freeze_at - max(1, (freeze_at + 1) // 4))
-    square_avg = [torch.zeros_like(p) for p in stacked] if rmsprop else []
-    precond: list[torch.Tensor] | None = None if rmsprop else [torch.ones_like(p)
-                                                              for p in stacked]
-    earlier: list[torch.Tensor] | None = None
-    change = math.nan
-    half_eps, root_eps = s.eps / 2, math.sqrt(s.eps)
-    prev: tuple | None = None  # (U, grad U, noise) of the last step, for MALA
-    for t in range(s.n_draws):
-        ids = torch.stack([next(b) for b in batches])
-        grads, loss = grad_fn(stacked, ids)
-        loss = loss.detach().double().cpu()
-        bad = ~torch.isfinite(loss)
-        if bool((bad & alive).any()):
-            alive &= ~bad
-            with torch.no_grad():  # a dead chain restarts at w* so it cannot poison the rest
-                for p, w in zip(stacked, w_star, strict=True):
-                    p[~alive.to(device)] = w
-        if not bool(alive.any()):
-            break
-        losses[alive, t] = loss[alive]
-        adapting = rmsprop and (freeze_at is None or t <= freeze_at)
-        with torch.no_grad():
-            if adapting:
-                corr = 1 - s.rms_alpha ** (t + 1) if s.rms_bias_correction else 1.0
-                for v, g in zip(square_avg, grads, strict=True):
-                    v.mul_(s.rms_alpha).addcmul_(g, g, value=1 - s.rms_alpha)
-                precond = [(v / corr).sqrt_().add_(s.rms_eps).reciprocal_() for v in square_avg]
-                if t == look_back:
-                    earlier = [p.clone() for p in precond]
-                if t == freeze_at and earlier is not None:
-                    change = float(_sq([a - b for a, b in zip(precond, earlier, strict=True)])
-                                   .sum().sqrt() / _sq(precond).sum().sqrt())
-            assert precond is not None
-            diff = [p - w for p, w in zip(stacked, w_star, strict=True)]
-            grad_u = [g.mul_(n_beta).add_(d, alpha=s.gamma)  # grads are fresh: in place
-                      for g, d in zip(grads, diff, strict=True)]
-            roots = [G.sqrt() for G in precond] if rmsprop else []
-            drift = [gu * G for gu, G in zip(grad_u, precond, strict=True)] if rmsprop \
-                else grad_u
-            # chain c's noise from its own generator, one randn per parameter in order
-            if c_n == 1:
-                noise = [torch.randn(p.shape[1:], generator=noise_gens[0], device=device,
-                                     dtype=p.dtype).unsqueeze(0) for p in stacked]
-            else:
-                noise = [torch.stack([torch.randn(p.shape[1:], generator=gen, device=device,
-                                                  dtype=p.dtype) for gen in noise_gens])
-                         for p in stacked]
-            scaled = [xi * r for xi, r in zip(noise, roots, strict=True)] if rmsprop else noise
-            drift_noise[:, t] = (half_eps * _sq(drift).sqrt()
-                                 / (root_eps * _sq(scaled).sqrt())).cpu()
-            constant_g = not adapting
-            if full_batch and constant_g:
-                u = n_beta * loss + s.gamma / 2 * _sq(diff).cpu()
-                if prev is not None:
-                    u0, gu0, xi0 = prev
-                    # w_t - w_{t-1} + eps/2 G grad U_{t-1} = sqrt(eps G) xi_{t-1}; the reverse
-                    # proposal's residual is eps/2 G (grad U_{t-1} + grad U_t) - sqrt(eps G) xi
-                    back = [half_eps * G * (a + b) - root_eps * G.sqrt() * x
-                            for G, a, b, x in zip(precond, gu0, grad_u, xi0, strict=True)]
-                    back_sq = sum((r.pow(2) / G).reshape(r.shape[0], -1).double().sum(dim=1)
-                                  for r, G in zip(back, precond, strict=True)).cpu()
-                    fwd_sq = s.eps * _sq(xi0).cpu()
-                    mala[:, t - 1] = -(u - u0) - (back_sq - fwd_sq) / (2 * s.eps)
-                prev = (u, grad_u, noise)
-            else:
-                prev = None
-            for p, d, x in zip(stacked, drift, scaled, strict=True):
-                p.add_(d, alpha=-half_eps).add_(x, alpha=root_eps)
-    return losses, drift_noise, mala, change
-
-
-def sample_sgld(model: nn.Module, loss_fn: LossFn, n: int,
-                settings: LLCSettings | None = None, n_population: int | None = None
-                ) -> SGLDTrace:
-    """Run ``n_chains`` localised SGLD chains from w* on a copy of ``model`` (never the model).
-
-    The copy is in eval mode; every parameter that requires grad is sampled. Chain c has
-    its own generators: noise on the parameters' device seeded with ``seed + c`` (one
-    ``randn`` per parameter tensor per step, in ``parameters()`` order: devinterp's
-    order), minibatches on the CPU seeded with ``2**40 + seed + c``. The global RNG is
-    not used.
-    """
-    s = settings if settings is not None else LLCSettings()
-    if s.eps is None or s.gamma is None:
-        raise ValueError("sample_sgld needs eps and gamma; estimate_llc derives missing ones "
-                         "from the checkpoint (relative_settings)")
-    start = time.perf_counter()
-    size = n if s.minibatch_size is None else min(s.minibatch_size, n)
-    m = {"minibatch": size, "batch": n, "train": n_population or n}[s.n_beta_of]
-    n_beta = s.n_beta if s.n_beta is not None else default_n_beta(m)
-    work = copy.deepcopy(model).eval()
-    named = [(k, p) for k, p in work.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no parameter that requires grad")
-    names, params = [k for k, _ in named], [p for _, p in named]
-    w_star = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        init_loss = float(loss_fn(work, torch.arange(n)))
-    full = size >= n
-    want = s.batch_chains if s.batch_chains is not None else w_star[0].device.type != "cpu"
-    batched = want and s.n_chains > 1
-    if batched:
-        try:  # the math kernel: SDPA's fused CPU kernels have no batching rule under vmap
-            with sdpa_kernel(SDPBackend.MATH):
-                out = _run(_vmapped_grad(work, names, loss_fn), w_star,
-                           list(range(s.n_chains)), s, n, size, n_beta, full)
-        except Exception as err:  # vmap rejects data-dependent Python in some models
-            warnings.warn(f"batched SGLD chains failed under vmap ({err!r}); running the "
-                          "chains one at a time", RuntimeWarning, stacklevel=2)
-            batched = False
-    if not batched:
-        parts = [_run(_looped_grad(params, loss_fn, work), w_star, [c], s, n, size,
-                      n_beta, full) for c in range(s.n_chains)]
-        out = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-               torch.cat([p[2] for p in parts]),
-               max((p[3] for p in parts), key=lambda v: -1 if math.isnan(v) else v))
-    losses, drift_noise, mala, change = out
-    return SGLDTrace(losses=losses, init_loss=init_loss, n_beta=n_beta, n=n,
-                     wall_s=time.perf_counter() - start, drift_noise=drift_noise,
-                     mala_logp=mala, precond_change=change, batched=batched)
 
 
 def split_rhat(draws: torch.Tensor) -> float:

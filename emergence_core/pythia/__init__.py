@@ -1,4 +1,5 @@
-"""Pythia evaluation: the same measures across the public training checkpoints (SPEC 5).
+"""Pythia evaluation: the same measures across the public training checkpoints
+(docs/methods.md §5).
 
 - :mod:`.revisions`: the 154 revision names, sweep selections, model-name validation;
 - :mod:`.probesets`: the seven probe sets shipped as data, and their registry;

@@ -1,4 +1,4 @@
-"""Evaluate one Pythia revision on the probe sets and emit metrics rows (SPEC section 5).
+"""Evaluate one Pythia revision on the probe sets and emit metrics rows (docs/methods.md §5).
 
 Per probe set and revision:
 

@@ -1,4 +1,4 @@
-"""The seven Pythia probe sets (SPEC section 5): data files in a registry.
+"""The seven Pythia probe sets (docs/methods.md §5): data files in a registry.
 
 Each set is a JSON-lines file in ``probesets/`` shipped with the package, one item a line:
 
@@ -29,13 +29,14 @@ A set's scoring is declared once, here, with the set (as in lm-evaluation-harnes
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
+
+from emergence_core.registry import Registry, RegistryError
 
 __all__ = [
     "MAX_ITEMS",
@@ -57,7 +58,7 @@ Kind = Literal["continuation", "pair"]
 Scoring = Literal["exact", "pair", "token"]
 
 
-class ProbeSetError(ValueError):
+class ProbeSetError(RegistryError):
     """An unknown probe-set name or a probe-set file that breaks the schema."""
 
 
@@ -112,7 +113,8 @@ _SPECS = (
     ProbeSetSpec("general_text", "continuation", "token",
                  "plain English passages and the words that continue them"),
 )
-PROBESETS: dict[str, ProbeSetSpec] = {s.name: s for s in _SPECS}
+PROBESETS: Registry[ProbeSetSpec] = Registry("probe set", {s.name: s for s in _SPECS},
+                                              error=ProbeSetError)
 
 _KEYS: dict[Kind, frozenset[str]] = {
     "continuation": frozenset({"prompt", "continuation"}),
@@ -126,14 +128,7 @@ def probeset_names() -> tuple[str, ...]:
 
 
 def _spec(name: str) -> ProbeSetSpec:
-    spec = PROBESETS.get(name)
-    if spec is None:
-        near = difflib.get_close_matches(str(name), PROBESETS, n=1, cutoff=0.5)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ProbeSetError(
-            f"unknown probe set {name!r}{hint} (known: {', '.join(PROBESETS)})"
-        )
-    return spec
+    return PROBESETS.lookup(name)
 
 
 def _check_text(where: str, key: str, value: object, *, continuation: bool) -> str:

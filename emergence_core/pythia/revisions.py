@@ -1,4 +1,4 @@
-"""Pythia revisions and model names (SPEC section 5).
+"""Pythia revisions and model names (docs/methods.md §5).
 
 Every Pythia model publishes 154 training checkpoints as Hugging Face revisions (git
 branches): ``step0``, the powers of two ``step1`` ... ``step512``, then ``step1000`` to
@@ -21,10 +21,11 @@ models with Pythia-like names all pass; the ``-seedN`` suffix gives the seed col
 from __future__ import annotations
 
 import bisect
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from emergence_core.registry import did_you_mean_of, nearest
 
 __all__ = [
     "REVISIONS",
@@ -61,8 +62,8 @@ def _suggest(name: str) -> str:
         i = bisect.bisect_left(REVISION_STEPS, step)
         near = [REVISIONS[j] for j in (i - 1, i) if 0 <= j < len(REVISIONS)]
     else:
-        near = difflib.get_close_matches(name, REVISIONS, n=2, cutoff=0.6)
-    return f"; did you mean {' or '.join(near)}?" if near else ""
+        near = nearest(name, REVISIONS, n=2, cutoff=0.6)
+    return did_you_mean_of(near, quote=False, prefix="; ")
 
 
 def revision_step(name: str) -> int:

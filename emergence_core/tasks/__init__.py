@@ -6,7 +6,6 @@ from emergence_core.tasks.base import (
     TaskDef,
     TaskError,
     Vocabulary,
-    did_you_mean,
 )
 from emergence_core.tasks.chance import PAIR_CHANCE, Chance, answer_chance
 from emergence_core.tasks.data import (
@@ -34,7 +33,6 @@ __all__ = [
     "TrialData",
     "Vocabulary",
     "answer_chance",
-    "did_you_mean",
     "get_task",
     "register_task",
     "split_indices",

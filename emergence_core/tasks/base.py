@@ -12,7 +12,6 @@ maps them to token ids after the special tokens.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -20,29 +19,22 @@ from typing import Any
 
 import numpy as np
 
+from emergence_core.registry import RegistryError, choice_hint
+
 __all__ = [
     "SPECIAL_TOKENS",
     "LevelSpec",
     "TaskDef",
     "TaskError",
     "Vocabulary",
-    "did_you_mean",
 ]
 
 SPECIAL_TOKENS = ("<pad>", "<sep>", "<eos>", "<L1>", "<L2>", "<L3>")
 PAD, SEP, EOS = 0, 1, 2
 
 
-class TaskError(ValueError):
+class TaskError(RegistryError):
     """A bad task name, level or difficulty parameter; the message is one line."""
-
-
-def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    if not close:
-        close = [c for c in choices if c.lower() == str(name).lower()]
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{hint}; choose from {', '.join(choices)}"
 
 
 Decode = Callable[[Mapping[str, Any], np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -124,7 +116,7 @@ class TaskDef:
         unknown = sorted(set(overrides) - set(base))
         if unknown:
             raise TaskError(f"unknown parameter {unknown[0]!r} for {self.name} level {level}"
-                            + did_you_mean(unknown[0], tuple(base)))
+                            + choice_hint(unknown[0], tuple(base)))
         params = {**base, **overrides}
         for k, v in params.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

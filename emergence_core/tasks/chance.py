@@ -1,6 +1,6 @@
 """Chance baselines of a diagnostic set: what a model that ignores the prompt can score.
 
-The emergence rule is applied to chance-corrected accuracy (SPEC section 4), so each (task,
+The emergence rule is applied to chance-corrected accuracy (docs/methods.md §4), so each (task,
 level) needs the accuracy of the *best constant answer* on its own diagnostic set: the
 share of the most frequent whole answer (PAR's majority parity, about 0.5; CMP's commonest
 relation). For the log-prob rule the baseline is the log-prob of the correct answer under

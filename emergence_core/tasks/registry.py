@@ -1,4 +1,4 @@
-"""The eight algorithmic tasks of the study (SPEC section 1), declared as data.
+"""The eight algorithmic tasks of the study (docs/methods.md §1), declared as data.
 
 Numbers are written most-significant digit first and zero-padded to a fixed width, so
 every level has one prompt length and one answer length (ADD's answer has n + 1 digits,
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from emergence_core.tasks.base import TaskDef, TaskError, did_you_mean
+from emergence_core.registry import Registry
+from emergence_core.tasks.base import TaskDef, TaskError
 
 __all__ = ["TASKS", "get_task", "register_task", "task_names"]
 
@@ -165,7 +166,7 @@ def _digit_validate(name: str, *keys: str):
 
 _DIGITS = [str(d) for d in range(10)]
 
-TASKS: dict[str, TaskDef] = {
+TASKS: Registry[TaskDef] = Registry("task", {
     t.name: t
     for t in (
         TaskDef(
@@ -231,20 +232,15 @@ TASKS: dict[str, TaskDef] = {
             steps=2000,
         ),
     )
-}
+}, key=str.upper, same=lambda a, b: a is b, error=TaskError)
 
 
 def register_task(task: TaskDef) -> TaskDef:
     """Add a task (a plugin module's); the same one again is a no-op, another of the same
     name a TaskError."""
-    key = task.name.upper()
-    if key != task.name:
+    if task.name.upper() != task.name:
         raise TaskError(f"task {task.name!r}: names are upper case (they name trials)")
-    held = TASKS.get(key)
-    if held is not None and held is not task:
-        raise TaskError(f"task {task.name!r} is already registered; choose another name")
-    TASKS[key] = task
-    return task
+    return TASKS.register(task.name, task)
 
 
 def task_names() -> tuple[str, ...]:
@@ -253,7 +249,4 @@ def task_names() -> tuple[str, ...]:
 
 def get_task(name: str) -> TaskDef:
     """The task called ``name`` (case-insensitive), or a TaskError with a suggestion."""
-    task = TASKS.get(str(name).upper())
-    if task is None:
-        raise TaskError(f"unknown task {name!r}" + did_you_mean(str(name).upper(), task_names()))
-    return task
+    return TASKS.lookup(name)

@@ -1,11 +1,9 @@
 """``emerge analyze RUN_DIR``: the statistics stage over a run folder, logged to MLflow.
 
 The report (``write_report``: Markdown, CSV tables, PNG figures, ``report.json``) is the
-product. MLflow gets a copy on the sweep's parent run: the report folder as artifacts under
-``report/``, the headline numbers as tags ``report/<name>`` and the table
-``report/headline.json``, and the settings hash as the tag ``emerge.analysis.config_hash``.
-A tracking store that is down costs one line, never the report; an ``emerge train`` folder
-has no MLflow and is only reported.
+product. MLflow gets a copy on the sweep's parent run (``orchestrator.tracking.report``
+logs it): a tracking store that is down costs one line, never the report; an ``emerge
+train`` folder has no MLflow and is only reported.
 
 Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep file's
 ``emergence`` rule (threshold, persistence) and ``analysis:`` section if it has one,
@@ -17,31 +15,26 @@ Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep f
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import unquote, urlparse
 
 import typer
 
+from emergence_core.calibrations import calibrations
+from emergence_core.errors import first_line
+from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import FolderInfo, RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
+from orchestrator.tracking.report import log_to_sweep_run
 
 if TYPE_CHECKING:
     from emergence_core.analysis import AnalysisSettings, ReportSummary
 
-__all__ = ["AnalyzeResult", "analyze_command", "analyze_run", "check_measures", "log_report",
+__all__ = ["AnalyzeResult", "analyze_command", "analyze_run", "check_measures",
            "resolve_settings"]
-
-_CONFIG_HASH_TAG = "emerge.analysis.config_hash"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
 def _listed(names: list[str], limit: int = 10) -> str:
@@ -73,7 +66,7 @@ def resolve_settings(spec: Mapping[str, Any], sets: Mapping[str, Any],
     if unknown:
         raise UsageError(*(
             f"analysis setting {k!r} is unknown"
-            + "".join(f"; did you mean {m!r}?" for m in difflib.get_close_matches(k, known, 1))
+            + did_you_mean(k, known, cutoff=0.6, prefix="; ")
             + " (the fields of AnalysisSettings, emergence_core/analysis/settings.py)"
             for k in unknown))
     try:
@@ -106,9 +99,8 @@ def check_measures(settings: AnalysisSettings, present: set[str] = frozenset()) 
             base, _, at = m.partition("@")
             if m in known or (base in known and at in positions):
                 continue
-            close = difflib.get_close_matches(base, sorted(known), 1)
             problems.append(f"analysis setting {name}: unknown measure {m!r}"
-                            + (f"; did you mean {close[0]!r}?" if close else ""))
+                            + did_you_mean(base, sorted(known), cutoff=0.6, prefix="; "))
     if problems:
         raise UsageError(*problems)
 
@@ -180,84 +172,6 @@ def _trial_notes(info: FolderInfo, parts: list[Path],
     return notes
 
 
-def log_report(client: Any, run_id: str, summary: ReportSummary, *,
-               artifacts: bool = True) -> int:
-    """Log ``summary`` to MLflow run ``run_id``: the headline numbers as tags
-    ``report/<name>`` and the table ``report/headline.json``, the settings-hash tag and, with
-    ``artifacts``, the report folder under ``report/``. Returns the number of headline
-    numbers logged.
-
-    Not as metrics: a metric logged once is a one-bar chart among the training curves, and
-    the runs table shows tags as columns just as well."""
-    from mlflow.entities import RunTag
-
-    names = sorted(summary.headline)
-    tags = [RunTag(_CONFIG_HASH_TAG, summary.analysis.settings.config_hash())]
-    tags += [RunTag(f"report/{k}", f"{summary.headline[k]:.10g}") for k in names]
-    from orchestrator.tracking.sync import MLFLOW_BATCH
-
-    for i in range(0, len(tags), MLFLOW_BATCH):
-        client.log_batch(run_id, tags=tags[i:i + MLFLOW_BATCH])
-    if artifacts:
-        client.log_dict(run_id, {"name": names,
-                                 "value": [summary.headline[k] for k in names]},
-                        "report/headline.json")
-        client.log_artifacts(run_id, str(summary.out_dir), "report")
-    return len(names)
-
-
-def _trial_figures(sync: Any, summary: ReportSummary) -> None:
-    """Each trial's own figures (``*_<trial>.png``) also on the trial's child run."""
-    runs = sync.run_ids()
-    for rel in summary.files:
-        path = Path(rel)
-        if path.parts[:1] != ("figures",) or path.suffix != ".png":
-            continue
-        trial = path.stem.split("_", 1)[-1]
-        if trial in runs:
-            sync.client.log_artifact(runs[trial], str(summary.out_dir / path), "figures")
-
-
-def _local_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    return Path(unquote(parsed.path)) if parsed.scheme in ("", "file") else None
-
-
-def _to_mlflow(info: FolderInfo, summary: ReportSummary, tracking_uri: str | None) -> str:
-    """Log the report to the sweep's parent run; one line saying what happened."""
-    if info.kind == "train":
-        return "mlflow: skipped: an `emerge train` run folder has no MLflow runs"
-    uri = tracking_uri or info.recorded_uri
-    if info.kind != "sweep" or uri is None:
-        return "mlflow: skipped: no sweep.json here, so no sweep parent run to log to"
-    from orchestrator.tracking.sync import MlflowSync, moved_tracking_uri
-
-    moved = info.recorded_dir is not None and info.recorded_dir != info.path
-    if tracking_uri is None:
-        uri = moved_tracking_uri(uri, info.recorded_dir, info.path)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return (f"mlflow: not logged: the tracking store {uri} does not exist "
-                "(pass --tracking-uri)")
-    try:
-        sync = MlflowSync(info.path, uri, info.name)
-        if moved:
-            sync.repair_artifact_locations(info.recorded_dir)
-        run_id = sync.parent_run(info.spec_text)  # the ledger's; created only if it has none
-        where = _local_path(sync.client.get_run(run_id).info.artifact_uri)
-        stale = moved and where is not None and where.is_relative_to(info.recorded_dir)
-        n = log_report(sync.client, run_id, summary, artifacts=not stale)
-        if not stale:
-            _trial_figures(sync, summary)
-    except Exception as err:  # the report is the product: MLflow failing is one line
-        return (f"mlflow: not logged ({uri}: {_first_line(err)}); the report stands, rerun "
-                "`emerge analyze` to log it")
-    files = "" if stale else f"report/ ({len(summary.files)} files), "
-    skipped = (f"; artifacts not logged: the run's artifact store {where} is in the folder's "
-               f"old location") if stale else ""
-    return (f"mlflow: logged {files}{n} headline numbers (tags report/*) and the settings hash "
-            f"to run {run_id} ({uri}){skipped}")
-
-
 def _scale_params(info: FolderInfo) -> dict[str, float]:
     """Parameter count per registered scale, for the figures (an ``emerge`` folder's scales
     are the registry's; a Pythia folder's model names already say their size)."""
@@ -311,19 +225,20 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     try:
         a = analyze(metrics, settings)
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
-        notes.append(f"The metrics could not be read ({_first_line(err)}); reporting an "
+        notes.append(f"The metrics could not be read ({first_line(err, 300)}); reporting an "
                      "empty table.")
         a = analyze(empty_metrics(), settings)
     alerts, damaged = _alerts(info, diverged)
     a = replace(a, missing=(*notes, *damaged, *a.missing))
     try:
         summary = write_report(metrics, target, analysis=a,
-                               calibrations=RunFolder(info.path).calibrations(),
+                               calibrations=calibrations(RunFolder(info.path)),
                                scale_params=_scale_params(info), alerts=alerts)
     except OSError as err:
-        raise UsageError(f"cannot write the report to {target} ({_first_line(err)}); "
+        raise UsageError(f"cannot write the report to {target} ({first_line(err, 300)}); "
                          "choose another folder with --out") from None
-    line = _to_mlflow(info, summary, tracking_uri) if mlflow else "mlflow: skipped (--no-mlflow)"
+    line = log_to_sweep_run(info, summary, tracking_uri) if mlflow \
+        else "mlflow: skipped (--no-mlflow)"
     return AnalyzeResult(info=info, summary=summary, mlflow=line)
 
 

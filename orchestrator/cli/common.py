@@ -33,8 +33,8 @@ def handles_usage_errors(fn: F) -> F:
 
         from emergence_core.extensions import ExtensionError
         from emergence_core.readers import UnreadableFile
+        from emergence_core.registry import RegistryError
         from emergence_core.run_folder import RunFolderError
-        from emergence_core.tasks import TaskError
 
         try:
             return fn(*args, **kwargs)
@@ -44,7 +44,7 @@ def handles_usage_errors(fn: F) -> F:
             fail([str(e)], code=1)
         except ValidationError as e:
             fail(format_validation_error(e))
-        except (TaskError, RunFolderError, ExtensionError, UnreadableFile) as e:
+        except (RegistryError, RunFolderError, ExtensionError, UnreadableFile) as e:
             fail([str(e)])
         except OSError as e:  # the machine, not the input: a full disk, a lost mount
             if e.errno is None:

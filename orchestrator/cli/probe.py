@@ -75,13 +75,15 @@ def probe(
 ) -> None:
     """One expensive measure on one saved checkpoint of an existing run: value and diagnostics."""
     from orchestrator.common.errors import UsageError
-    from orchestrator.sweep.probe_one import probe_checkpoint
+    from orchestrator.probe_pool.one import probe_checkpoint
+    from orchestrator.sweep.spec import load_spec
 
     if threads is not None and threads <= 0:
         raise UsageError(f"--threads must be positive, got {threads}")
     sets = parse_sets(set_ or [])
-    out = probe_checkpoint(run_dir, measure, step, trial=trial, sets=sets, calibrate=calibrate,
-                           recalibrate=recalibrate, write=write, threads=threads)
+    out = probe_checkpoint(run_dir, measure, step, load_spec=load_spec, trial=trial, sets=sets,
+                           calibrate=calibrate, recalibrate=recalibrate, write=write,
+                           threads=threads)
     if as_json:
         out = {k: v for k, v in out.items() if k != "loss_trace"} | {
             "loss_trace": out.get("loss_trace")}

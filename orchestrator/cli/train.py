@@ -142,7 +142,8 @@ def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | N
 
     from emergence_core.config import TrainConfig, check_device, resolve_config
     from emergence_core.model import scale_shape
-    from emergence_core.tasks import TaskError, get_task
+    from emergence_core.registry import RegistryError
+    from emergence_core.tasks import get_task
     from orchestrator.common.errors import format_validation_error
 
     problems: list[str] = []
@@ -185,7 +186,7 @@ def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | N
     for flag, value, canon in (("--task", task, get_task), ("--scale", scale, scale_shape)):
         try:
             names[flag] = canon(value).name
-        except TaskError as e:
+        except RegistryError as e:  # an unknown task or scale
             problems.append(f"{flag}: {e}")
     # the other fields are checked even when the task or scale is unknown, with stand-ins
     try:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emergence_core.registry import did_you_mean
+
 __all__ = ["RuntimeFault", "UsageError", "check_tracking_uri", "checked", "cli_tracking_uri",
            "format_validation_error", "posix_run_dir", "read_yaml"]
 
@@ -103,8 +105,6 @@ def _loc(loc: tuple[Any, ...], prefix: str) -> str:
 
 def _close_fields(model: Any, loc: tuple[Any, ...]) -> str:
     """'; did you mean X?' for an unknown key, from the fields of the model at ``loc``."""
-    import difflib
-
     cls = model
     for part in loc[:-1]:
         field = getattr(cls, "model_fields", {}).get(part)
@@ -112,8 +112,7 @@ def _close_fields(model: Any, loc: tuple[Any, ...]) -> str:
         if cls is None:
             return ""
     names = list(getattr(cls, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(str(loc[-1]), names, cutoff=0.6, prefix="; ")
 
 
 def _shown(value: Any) -> str:

@@ -34,8 +34,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from emergence_core.atomic import atomic_path
 from emergence_core.run_folder import RunFolder
-from emergence_core.store import TrialStore, atomic_path
+from emergence_core.store import TrialStore
 from orchestrator.common.errors import UsageError
 from orchestrator.common.progress import PythiaBoard
 from orchestrator.common.signals import exit_code, stop_signals

@@ -1,5 +1,5 @@
 """The Pythia sweep file: which (model, revision) checkpoints to measure and how, validated
-before anything starts (SPEC section 5).
+before anything starts (docs/methods.md §5).
 
 ```yaml
 name: pythia

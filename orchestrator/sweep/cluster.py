@@ -12,7 +12,7 @@ from rich.console import Console
 
 from emergence_core.run_folder import RunFolder
 from orchestrator.common.errors import RuntimeFault, UsageError
-from orchestrator.probes.config import Probes
+from orchestrator.probe_pool.config import Probes
 from orchestrator.sweep.spec import Trial
 
 __all__ = ["CONNECT_TIMEOUT_S", "Capacity", "capacity_in_view", "connect", "preflight"]
@@ -126,7 +126,7 @@ def _node_sees(path: str) -> tuple[bool, str]:
     return os.path.exists(path), socket.gethostname()
 
 
-def preflight(run_dir: Path, plans: list[Trial], *, allow_pending: bool,
+def preflight(run_dir: Path, trials: list[Trial], *, allow_pending: bool,
               pool: Probes | None = None) -> None:
     """Refuse, before anything starts, a sweep this cluster cannot run."""
     import ray
@@ -137,7 +137,7 @@ def preflight(run_dir: Path, plans: list[Trial], *, allow_pending: bool,
     max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
     problems = []
     total = ray.cluster_resources()
-    for p in plans:
+    for p in trials:
         for name, amount in p.resources.custom.items():
             if max((n["Resources"].get(name, 0) for n in nodes), default=0) < amount:
                 problems.append(f"per_scale.{p.config.scale}.resources.custom.{name}: no node "

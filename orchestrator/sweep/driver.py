@@ -1,7 +1,7 @@
 """``emerge sweep`` / ``resume`` / ``sync-mlflow``: the driver of a sweep.
 
 It runs each launch's Tune experiment (``tune_run``) with the probe pool beside it
-(``orchestrator.probes``), shows live progress, and keeps MLflow filled from Parquet on a
+(``orchestrator.probe_pool``), shows live progress, and keeps MLflow filled from Parquet on a
 background thread (``orchestrator.tracking``); what was launched and where it stands is read
 from the run folder (``emergence_core.run_folder``).
 """
@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from emergence_core.folder_lock import driver_lock
 from emergence_core.readers import UnreadableFile
 from emergence_core.run_folder import RunFolder, RunFolderError
 from orchestrator.common.errors import RuntimeFault, UsageError
@@ -25,6 +26,7 @@ from orchestrator.common.progress import SweepBoard
 from orchestrator.common.signals import Stop, exit_code, stop_signals
 from orchestrator.sweep.cluster import capacity_in_view, connect, preflight
 from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
+from orchestrator.sweep.trial_events import RUNNING_SWEEPS
 from orchestrator.sweep.views import (
     added_trials,
     dry_run_table,
@@ -32,18 +34,16 @@ from orchestrator.sweep.views import (
     probe_progress,
     run_folder_of,
 )
-from orchestrator.tracking.sync import (
-    MlflowSync,
-    check_store,
-    default_tracking_uri,
-    moved_tracking_uri,
-)
+from orchestrator.tracking.store import check_store, default_tracking_uri, moved_tracking_uri
+from orchestrator.tracking.sync import MlflowSync
 
 __all__ = ["launch", "resume", "sync_mlflow"]
 
 
-class Live:
-    """This driver's live objects, looked up by the Tune callback (``tune_run.LIVE``).
+class SweepServices:
+    """What this driver offers its running sweep's trial events (``trial_events``): the
+    progress board, the MLflow thread and the failure record, found by run folder in
+    ``trial_events.RUNNING_SWEEPS``.
 
     MLflow calls run on a background thread, so a slow or dead tracking server never holds
     up Tune's event loop. A failed call is dropped, not retried: every sync sends all that
@@ -116,7 +116,7 @@ def _cause(err: BaseException) -> str:
 
 
 def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, Any]],
-                  plans: dict[str, Trial], fresh: set[str],
+                  trials: dict[str, Trial], fresh: set[str],
                   note: Callable[[str], None]) -> tuple[int, bool]:
     """Fit (or restore and fit) each launch in turn; returns the number of errored trials
     and whether Ctrl-C stopped them."""
@@ -131,8 +131,8 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             note(f"[yellow]warning: {escape(warning)}[/yellow]")
         if launch["name"] in fresh or not tune_run.can_restore(folder, launch["name"]):
             callback = tune_run.SweepCallback(
-                folder.path, {n: plans[n].config for n in launch["trials"]})
-            tuner = tune_run.build_tuner(spec, [plans[n] for n in launch["trials"]],
+                folder.path, {n: trials[n].config for n in launch["trials"]})
+            tuner = tune_run.build_tuner(spec, [trials[n] for n in launch["trials"]],
                                          folder, launch["name"], [callback])
         else:
             tuner = tune_run.restore_tuner(folder, launch["name"])
@@ -151,26 +151,25 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                   stop: Stop | None = None) -> int:
     """Run the trials and the probe pool beside them; returns the exit code (130, or 128 +
     the signal's number when ``stop`` recorded SIGTERM or SIGHUP, if stopped)."""
-    from orchestrator.probes.pool import ProbePool
-    from orchestrator.sweep import tune_run
+    from orchestrator.probe_pool.pool import ProbePool
 
-    plans = {p.name: p for p in spec.trials()}
+    trials = {p.name: p for p in spec.trials()}
     mlflow = MlflowSync(folder.path, tracking_uri, spec.name)
-    board = SweepBoard({n: p.config.steps for n, p in plans.items()}, console)
-    live = Live(board, mlflow, folder)
-    tune_run.LIVE[str(folder.path)] = live
+    board = SweepBoard({n: p.config.steps for n, p in trials.items()}, console)
+    services = SweepServices(board, mlflow, folder)
+    RUNNING_SWEEPS[str(folder.path)] = services
     spec_text = folder.spec_text()
-    live.mlflow_call(lambda m: m.parent_run(spec_text))
-    live.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
-    for name in plans:
+    services.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
+    services.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
+    for name in trials:
         st = folder.trial_state(name)
         if st.state == "done":
             board.finished(name, True)
-            board.result(name, plans[name].config.steps, {k: v for k, v in st.events.items()
+            board.result(name, trials[name].config.steps, {k: v for k, v in st.events.items()
                                                            if v is not None})
-    pool = ProbePool(folder, spec.name, spec.probes, plans, spec.extensions,
-                     on_done=lambda job: live.mlflow_call(
-                         lambda m: m.sync_probes(job.trial, plans[job.trial].config)),
+    pool = ProbePool(folder, spec.name, spec.probes, trials, spec.extensions,
+                     on_done=lambda job: services.mlflow_call(
+                         lambda m: m.sync_probes(job.trial, trials[job.trial].config)),
                      on_change=board.probes)
     pool.reconcile(retry_failed=True)
     errors = 0
@@ -179,9 +178,9 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             pool.start()
             finished = False
             try:
-                errors, interrupted = _fit_launches(folder, spec, launches, plans, fresh,
+                errors, interrupted = _fit_launches(folder, spec, launches, trials, fresh,
                                                     board.note)
-                finished = not interrupted and all(folder.is_complete(n) for n in plans)
+                finished = not interrupted and all(folder.is_complete(n) for n in trials)
                 if finished:
                     if pool.enabled:
                         board.note("trials done; the probe pool finishes the checkpoints")
@@ -192,8 +191,8 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                 if not finished:
                     pool.close()
     finally:
-        tune_run.LIVE.pop(str(folder.path), None)
-        states = {n: folder.trial_state(n).state for n in plans}
+        RUNNING_SWEEPS.pop(str(folder.path), None)
+        states = {n: folder.trial_state(n).state for n in trials}
         missing = [n for n, s in states.items() if s != "done"]
         failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
         p_done, p_due, p_failed = probe_progress(folder, spec)
@@ -202,20 +201,20 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                   else "FAILED" if failed or p_failed else "RUNNING")
 
         def final(m: MlflowSync) -> None:
-            m.sync_all([p.config for p in plans.values()])
+            m.sync_all([p.config for p in trials.values()])
             m.set_status(None, parent)
 
-        if not live.close(final):
+        if not services.close(final):
             console.print(f"[yellow]MLflow missed the end of the sweep; `emerge sync-mlflow "
                           f"{folder.path}` sends it (rows, runs, statuses)[/yellow]")
     if complete and not p_failed:
         probes = f", {p_done} expensive probes" if p_due else ""
-        console.print(f"sweep {spec.name} complete: {len(plans)} trials{probes} in "
+        console.print(f"sweep {spec.name} complete: {len(trials)} trials{probes} in "
                       f"{folder.path}")
         return 0
     if failed or p_failed:
         for n in failed:
-            why = live.failures.get(n) or folder.failure(n) or "see emerge status"
+            why = services.failures.get(n) or folder.failure(n) or "see emerge status"
             console.print(f"[red]failed: {n}: {why}[/red]")
         for job in p_failed:
             console.print(f"[red]probe failed: {job} (see {folder.probe_dir('failed')})[/red]")
@@ -231,22 +230,22 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
 def launch(spec_path: Path, *, address: str | None, tracking_uri: str | None,
            dry_run: bool, allow_pending: bool, console: Console) -> int:
     spec = load_spec(spec_path)
-    plans = spec.trials()
+    trials = spec.trials()
     if dry_run:
-        Console().print(dry_run_table(spec, plans, capacity_in_view(address)))
+        Console().print(dry_run_table(spec, trials, capacity_in_view(address)))
         return 0
     folder = run_folder_of(spec)
     if not folder.is_sweep() and not folder.is_empty():
         raise UsageError(f"run folder {folder.path} exists and holds no sweep; set run_dir "
                          "in the sweep file to a new folder")
-    with folder.driver_lock(f"emerge sweep {spec_path}"):
+    with driver_lock(folder, f"emerge sweep {spec_path}"):
         return _launch(spec, spec_path, folder, address=address, tracking_uri=tracking_uri,
                        allow_pending=allow_pending, console=console)
 
 
 def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str | None,
             tracking_uri: str | None, allow_pending: bool, console: Console) -> int:
-    plans = spec.trials()
+    trials = spec.trials()
     spec_text = spec_path.read_text()
     if folder.is_sweep():
         state = folder.sweep_state()
@@ -262,7 +261,7 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
             console.print(f"{folder.path} holds this sweep; resuming it")
         uri = _tracking_uri(folder, state, spec.name, tracking_uri, console)
     else:
-        launches = [{"name": "launch-0", "trials": [p.name for p in plans]}]
+        launches = [{"name": "launch-0", "trials": [p.name for p in trials]}]
         fresh = {"launch-0"}
         uri = tracking_uri or spec.tracking_uri or default_tracking_uri(folder.path)
     check_store(uri)
@@ -270,7 +269,7 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
     try:
         with stop_signals() as stop:
             try:
-                preflight(folder.path, plans, allow_pending=allow_pending, pool=spec.probes)
+                preflight(folder.path, trials, allow_pending=allow_pending, pool=spec.probes)
                 folder.record_launch(spec_text, uri, launches)
             except KeyboardInterrupt:
                 return _stopped_early(console, stop, f"emerge sweep {spec_path}")
@@ -308,7 +307,7 @@ def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
     folder.sweep_state()  # a sweep's folder, before anything is created in it
-    with folder.driver_lock(f"emerge resume {run_dir}"):
+    with driver_lock(folder, f"emerge resume {run_dir}"):
         return _resume(folder, address=address, tracking_uri=tracking_uri,
                        allow_pending=allow_pending, console=console)
 
@@ -350,7 +349,7 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
     uri = _tracking_uri(folder, state, spec.name, tracking_uri, console, reach=True)
     try:
         sync = MlflowSync(folder.path, uri, spec.name)
-        sync.parent_run(folder.spec_text())
+        sync.parent_run(folder.spec_text(), spec.emergence.rule)
         sent = sync.sync_all([p.config for p in spec.trials()])
         if all(folder.is_complete(p.name) for p in spec.trials()):
             sync.set_status(None, "FINISHED")

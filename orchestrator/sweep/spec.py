@@ -13,7 +13,7 @@ retries: 2                       # per trial, each from its last checkpoint
 train: {diag_size: 1000}         # TrainConfig fields for every trial
 per_task: {MOD: {train: {steps: 1500}}}
 per_scale: {s0: {train: {lr: 1e-3}, resources: {cpus: 1, gpus: 0}}}
-emergence: {threshold: 0.5, persistence: 5}
+emergence: {threshold: 0.5, persistence: 5}   # the default rule (emergence_rule.RULE)
 plugins: [mylab.emerge_ext]      # modules registering tasks, scales, expensive measures
 define_scales: {s5: {layers: 16, width: 1024, heads: 16}}   # a scale by its shape
 ```
@@ -21,7 +21,7 @@ define_scales: {s5: {layers: 16, width: 1024, heads: 16}}   # a scale by its sha
 A trial's config is the scale's and task's defaults, then ``train``, then ``per_task``, then
 ``per_scale``. Every problem is reported at once, one line each, naming the field. The
 sweep file is validated here once; what travels on (to Tune, the probe pool, MLflow) is the
-typed ``SweepSpec`` and its ``Trial``s, each with its plan (``emergence_core.run_folder``).
+typed ``SweepSpec`` and its ``Trial``s, each with its plan (``emergence_core.plan``).
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ from pydantic import (
 )
 
 from emergence_core.config import TrainConfig, resolve_config
+from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.extensions import ExtensionError, Extensions
-from emergence_core.model import ScaleShape, scale_shape
-from emergence_core.run_folder import TrialPlan as Plan
-from emergence_core.run_folder import trial_plan
+from emergence_core.model import ScaleError, ScaleShape, scale_shape
+from emergence_core.plan import TrialPlan as Plan
+from emergence_core.plan import trial_plan
+from emergence_core.registry import RegistryError
 from emergence_core.tasks import TaskError, get_task
 from orchestrator.common.errors import (
     UsageError,
@@ -56,7 +58,7 @@ from orchestrator.common.errors import (
     posix_run_dir,
     read_yaml,
 )
-from orchestrator.probes.config import Probes
+from orchestrator.probe_pool.config import Probes
 
 __all__ = ["MAX_TRIALS", "Resources", "SweepSpec", "Trial", "TrialPlan", "load_spec",
            "parse_spec"]
@@ -134,12 +136,16 @@ class ExtensionSpec(BaseModel):
 
 
 class Emergence(_Strict):
-    threshold: float = Field(0.5, gt=0, le=1)
-    persistence: int = Field(5, ge=0)
+    threshold: float = Field(RULE.threshold, gt=0, le=1)
+    persistence: int = Field(RULE.persistence, ge=0)
+
+    @property
+    def rule(self) -> EmergenceRule:
+        return EmergenceRule(self.threshold, self.persistence)
 
 
 _task_name = checked(lambda v: get_task(v).name, TaskError)
-_scale_name = checked(lambda v: scale_shape(v).name, TaskError)
+_scale_name = checked(lambda v: scale_shape(v).name, ScaleError)
 
 
 TaskName = Annotated[str, AfterValidator(_task_name)]
@@ -275,7 +281,7 @@ def _section_problems(where: str, overrides: Any, task: str, scale: str) -> list
         # errors of fields this section does not set belong to another section
         problems += format_validation_error(e, where, model=TrainConfig,
                                             only=lambda loc: bool(loc) and loc[0] in rest)
-    except TaskError as e:
+    except RegistryError as e:  # an unknown task or scale
         problems.append(f"{where}: {e}")
     return problems
 
@@ -348,7 +354,7 @@ def apply_extensions(data: dict[str, Any]) -> Extensions:
         raise UsageError(*format_validation_error(e)) from None
     try:
         ext.apply()
-    except (ExtensionError, TaskError) as e:
+    except (ExtensionError, RegistryError) as e:
         raise UsageError(str(e)) from None
     return ext
 

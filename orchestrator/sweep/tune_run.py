@@ -6,6 +6,9 @@ failed trial is retried from its last checkpoint and ``Tuner.restore`` resumes a
 metric rows go to the run folder's Parquet parts, committed before each checkpoint is
 reported (see ``emergence_core.store``), so no row is lost or written twice.
 
+What a trial reports and what the driver does with it are ``trial_events``' (no Tune there);
+this module only carries them: ``tune.report`` in the worker, ``SweepCallback`` in the driver.
+
 Pitfalls (checked with Ray 2.60): configs come from ``ray.tune`` (``ray.train.RunConfig``
 crashes ``fit()``); ``fit()`` returns normally when trials fail, so callers check the result
 grid; ``storage_path`` must be absolute; the RunConfig, callbacks included, is pickled into
@@ -28,11 +31,14 @@ from typing import Any
 from ray import tune
 from ray.tune.trainable import wrap_function
 
+from emergence_core.emergence_rule import EmergenceRule
+from emergence_core.errors import first_line
 from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
 from orchestrator.sweep.spec import SweepSpec, Trial
+from orchestrator.sweep.trial_events import TrialEvents, final_metrics, trial_metrics
 
-__all__ = ["LIVE", "SweepCallback", "build_tuner", "can_restore", "configure",
-           "heal_launch", "restore_tuner", "trial_metrics"]
+__all__ = ["SweepCallback", "build_tuner", "can_restore", "configure", "heal_launch",
+           "restore_tuner"]
 
 
 def configure() -> None:
@@ -42,23 +48,6 @@ def configure() -> None:
     the last snapshot recorded (Tune's default is 10 s or more).
     """
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-
-
-def trial_metrics(report: Any) -> dict[str, Any]:
-    """What a trial reports to Tune at each probe step (ProbeReport -> flat dict)."""
-    out: dict[str, Any] = {"step": report.step, "total_steps": report.total_steps,
-                           "committed": report.committed,
-                           "n_events": len(report.events), "done": False}
-    if report.train_loss is not None:
-        out["train_loss"] = report.train_loss
-    for lv, acc in report.accuracy.items():
-        out[f"accuracy_L{lv}"] = acc
-    for lv, step in report.events.items():
-        out[f"emergence_L{lv}"] = step
-    out["n_alerts"] = report.n_alerts
-    if report.new_alerts:
-        out["alerts"] = "\n".join(a.line() for a in report.new_alerts)
-    return out
 
 
 class _TuneState:
@@ -175,7 +164,7 @@ def _trainable(config: dict[str, Any]) -> None:
                             hooks=TrialHooks(on_probe=on_probe, on_note=notes.append,
                                              on_jobs=_enqueuer(folder, trial)),
                             state_store=state, plan=trial.plan,
-                            threshold=config["threshold"], persistence=config["persistence"])
+                            rule=EmergenceRule(config["threshold"], config["persistence"]))
     except TrialDiverged as e:
         # Deterministic: a retry from the same checkpoint diverges again, so the trial ends
         # here (Tune retries only what raises); the run folder records it as failed.
@@ -183,17 +172,13 @@ def _trainable(config: dict[str, Any]) -> None:
                     checkpoint=state.take())
         state.take()
         return
-    final = {"step": outcome.step, "total_steps": cfg.steps, "done": outcome.completed,
-             "n_events": sum(v is not None for v in outcome.events.values()),
-             "committed": True}
-    final.update({f"emergence_L{lv}": s for lv, s in outcome.events.items() if s is not None})
-    tune.report(final, checkpoint=state.take())
+    tune.report(final_metrics(outcome, cfg.steps), checkpoint=state.take())
     state.take()  # clean the last temporary directory
 
 
 def _enqueuer(folder: RunFolder, trial: Trial) -> Any:
     """The trial's side of the probe pool: enqueue the jobs it hands out, move on."""
-    from orchestrator.probes.queue import ProbeQueue
+    from orchestrator.probe_pool.queue import ProbeQueue
 
     if not trial.plan.jobs:
         return None
@@ -345,7 +330,7 @@ def heal_launch(folder: RunFolder, launch: str) -> str | None:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            problem = problem or f"{path.name} cannot be read ({_first_line(err)})"
+            problem = problem or f"{path.name} cannot be read ({first_line(err)})"
     # (the search's state is a pickle despite its .json name)
     for path in [d / "tuner.pkl", *sorted(d.glob("basic-variant-state-*.json"))[-1:],
                  *sorted(d.glob("*/error.pkl"))]:
@@ -363,85 +348,40 @@ def heal_launch(folder: RunFolder, launch: str) -> str | None:
             "unfinished trials continue from their newest readable checkpoints")
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
-
-
 # -- the driver side ---------------------------------------------------------------------------
 
-# Live objects (progress board, MLflow sync) of this driver process, by run folder. The
-# callback is pickled into tuner.pkl and unpickled on restore; it finds them here by key
-# instead of carrying them.
-LIVE: dict[str, Any] = {}
-
-
 class SweepCallback(tune.Callback):
-    """Feeds the progress board, sends committed rows to MLflow, records failures."""
+    """Tune's callback hooks, handed to the driver's ``TrialEvents`` (``trial_events``).
+
+    Pickled into ``tuner.pkl`` with its ``run_dir`` and ``configs`` only, as before the
+    reactions moved out, so a launch recorded then restores."""
 
     def __init__(self, run_dir: Path, configs: dict[str, Any]) -> None:
         self.run_dir = str(run_dir)
         self.configs = configs  # trial name -> TrainConfig, validated once by the driver
 
-    def _live(self) -> Any:
-        return LIVE[self.run_dir]
-
-    def _config(self, name: str) -> Any:
-        return self.configs[name]
+    @property
+    def _events(self) -> TrialEvents:
+        return TrialEvents(self.run_dir, self.configs)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        live = self._live()
-        name = _trial_name(trial)
-        live.board.started(name)
-        live.mlflow_call(lambda m: m.trial_run(name, self._config(name)))
+        self._events.started(_trial_name(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        name = _trial_name(trial)
-        live = self._live()
-        if result.get("diverged"):
-            live.board.failed(name, result["diverged"], will_retry=False)
-            live.failures[name] = result["diverged"]
-            live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
-            live.mlflow_call(lambda m: m.set_status(name, "FAILED", reason=result["diverged"]))
-            return
-        events = {int(k.removeprefix("emergence_L")): int(v) for k, v in result.items()
-                  if k.startswith("emergence_L") and v is not None}
-        for note in (result.get("notes") or "").splitlines():
-            live.board.note(f"[yellow]warning: {name}: {note}[/yellow]")
-        alerts = tuple(result["alerts"].splitlines()) if result.get("alerts") else ()
-        live.board.result(name, int(result.get("step", 0)), events, alerts,
-                          result.get("n_alerts"))
-        if result.get("committed"):
-            live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
-        if events:
-            live.mlflow_call(lambda m: m.tag_events(name, events))
-        if alerts:
-            live.mlflow_call(lambda m: m.tag_alerts(name))
+        self._events.reported(_trial_name(trial), result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        name = _trial_name(trial)
-        done = bool((trial.last_result or {}).get("done"))
-        live = self._live()
-        live.board.finished(name, done)
-        live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
-        if done:
-            live.mlflow_call(lambda m: m.set_status(name, "FINISHED"))
+        self._events.completed(_trial_name(trial), trial.last_result)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._live().board.failed(_trial_name(trial), _error_text(trial), will_retry=True)
+        self._events.retrying(_trial_name(trial), _error_text(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        name = _trial_name(trial)
-        live = self._live()
-        error = _error_text(trial)
-        live.board.failed(name, error, will_retry=False)
-        live.record_failure(name, error)
-        live.mlflow_call(lambda m: m.sync_trial(name, self._config(name)))
-        live.mlflow_call(lambda m: m.set_status(name, "FAILED", reason=error))
+        self._events.failed(_trial_name(trial), _error_text(trial))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self._live().board.refresh()
+        self._events.step_end()
 
 
 def _error_text(trial: Any) -> str:

@@ -17,7 +17,7 @@ from rich.table import Table
 from emergence_core.config import estimate
 from emergence_core.run_folder import RunFolder
 from orchestrator.common.errors import UsageError
-from orchestrator.probes.queue import ProbeQueue
+from orchestrator.probe_pool.queue import ProbeQueue
 from orchestrator.sweep.spec import SweepSpec, Trial, load_spec
 
 __all__ = ["added_trials", "dry_run_table", "frozen_spec", "probe_progress", "run_folder_of",
@@ -40,9 +40,9 @@ def added_trials(old: SweepSpec, new: SweepSpec) -> list[Trial]:
                 "probes", "plugins", "define_scales"):
         if getattr(old, key) != getattr(new, key):
             problems.append(f"{key} changed from {getattr(old, key)!r} to {getattr(new, key)!r}")
-    new_plans = {p.name: p for p in new.trials()}
+    new_trials = {p.name: p for p in new.trials()}
     for p in old.trials():
-        q = new_plans.get(p.name)
+        q = new_trials.get(p.name)
         if q is None:
             problems.append(f"trial {p.name} was removed")
         elif q.config.fingerprint() != p.config.fingerprint():
@@ -54,7 +54,7 @@ def added_trials(old: SweepSpec, new: SweepSpec) -> list[Trial]:
                            "(tasks, scales, seeds) is allowed; use a new name or run_dir for "
                            "other changes" for p in problems))
     old_names = {p.name for p in old.trials()}
-    return [p for n, p in new_plans.items() if n not in old_names]
+    return [p for n, p in new_trials.items() if n not in old_names]
 
 
 # -- dry run and status ---------------------------------------------------------------------
@@ -113,20 +113,20 @@ def _size(n: float) -> str:
     return f"{n / 1e3:.0f} kB"
 
 
-def dry_run_table(spec: SweepSpec, plans: list[Trial], capacity: Any = None) -> Group:
+def dry_run_table(spec: SweepSpec, trials: list[Trial], capacity: Any = None) -> Group:
     """The grid, trial by trial, then per scale: compute, trial-hours, GPU-hours, disk, the
     probe pool's work, and the time to finish on the cluster in view (``capacity``)."""
     cpu_flops = _cpu_flops()
-    shown = plans if len(plans) <= DRY_RUN_ROWS else plans[:DRY_RUN_ROWS]
-    t = Table(title=f"sweep {spec.name}: {len(plans)} trials (dry run: nothing started)",
-              caption=None if shown is plans else
-              f"the first {DRY_RUN_ROWS} of {len(plans)} trials; the per-scale table "
+    shown = trials if len(trials) <= DRY_RUN_ROWS else trials[:DRY_RUN_ROWS]
+    t = Table(title=f"sweep {spec.name}: {len(trials)} trials (dry run: nothing started)",
+              caption=None if shown is trials else
+              f"the first {DRY_RUN_ROWS} of {len(trials)} trials; the per-scale table "
               "covers them all")
     for col in ("trial", "params", "steps", "CPUs", "GPUs", "est. PFLOP", "hours", "probe jobs"):
         t.add_column(col, justify="left" if col == "trial" else "right")
     by_scale: dict[str, list] = {}
     estimates: dict[str, Any] = {}  # seeds of a (task, scale) share their shapes
-    for i, p in enumerate(plans):
+    for i, p in enumerate(trials):
         key = p.config.model_dump_json(exclude={"seed", "data_seed"})
         e = estimates.get(key) or estimates.setdefault(key, estimate(p.config))
         by_scale.setdefault(p.config.scale, []).append((p, e))
@@ -159,7 +159,7 @@ def dry_run_table(spec: SweepSpec, plans: list[Trial], capacity: Any = None) -> 
         roll.add_row(scale, str(len(rows)), shown, f"{flops / 1e15:.2f}", f"{sum(hours):.1f}",
                      f"{on_gpu:.1f}" if on_gpu else "-", _size(weights), _size(metrics),
                      str(sum(p.plan.job_budget for p, _ in rows)))
-    n_jobs = sum(p.plan.job_budget for p in plans)
+    n_jobs = sum(p.plan.job_budget for p in trials)
     pool = spec.probes
     every = ", ".join(f"{m} every {m_.every}" for m, m_ in pool.measures.items())
     d = pool.density

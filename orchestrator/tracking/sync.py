@@ -2,7 +2,7 @@
 
 Parquet is the source of truth; MLflow is a view of it that the driver fills in as parts are
 committed (and that ``emerge sync-mlflow`` can fill in later, after the server was down).
-A ledger in the run folder (``RunFolder.ledger_path``) keeps each trial's run id, so a retried
+A ledger in the run folder (``ledger.RunLedger``) keeps each trial's run id, so a retried
 or resumed trial logs to the same run and never opens a second one, and the last step
 logged, so rows are sent once. Re-sending a row is harmless anyway: rows carry their Parquet
 wall time, and MLflow's SQL store drops a metric whose (key, step, timestamp, value) it holds.
@@ -13,84 +13,26 @@ written as ``.``: ``rankme/L2/layer1``, ``rankme.prompt_mean/layer2``, ``accurac
 
 from __future__ import annotations
 
-import fcntl
 import json
-import logging
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
+from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.run_folder import RunFolder
-from emergence_core.store import TrialStore, atomic_path
+from emergence_core.store import TrialStore
+from orchestrator.tracking.ledger import RunLedger
+from orchestrator.tracking.store import configure
 
-__all__ = ["MLFLOW_BATCH", "MlflowSync", "check_store", "configure", "default_tracking_uri",
-           "metric_key", "moved_tracking_uri"]
+__all__ = ["MLFLOW_BATCH", "MlflowSync", "metric_key"]
 
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
-
-def configure() -> None:
-    """Fail fast when a server is down: a sweep must not stall on MLflow's default retries
-    (7 attempts with exponential back-off); what is missed is sent at the next sync. Called
-    when a sync is made, never at import."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    # A failing SQL store (a full disk) logs each error with its traceback before raising;
-    # emerge catches it and says "MLflow unavailable" in one line.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
-def check_store(uri: str, *, reach: bool = False, timeout_s: float = 5.0) -> None:
-    """Refuse, before anything is written, a tracking store that cannot work: a URI of an
-    unknown scheme or a SQLite store that is not SQLite (UsageError, exit 2); with
-    ``reach``, a server that does not accept a connection within ``timeout_s`` seconds
-    (RuntimeFault, exit 1). A SQLite file that does not exist yet is made by MLflow."""
-    import socket
-    from urllib.parse import urlparse
-
-    from emergence_core.readers import UnreadableFile, check_sqlite
-    from orchestrator.common.errors import RuntimeFault, UsageError, check_tracking_uri
-
-    try:
-        check_tracking_uri(uri)
-    except ValueError as e:
-        raise UsageError(f"tracking URI: {e}") from None
-    if uri.startswith("sqlite:///"):
-        try:
-            check_sqlite(Path(uri.removeprefix("sqlite:///")),
-                         "it is not an MLflow store: restore it, or move it aside and run "
-                         "`emerge sync-mlflow RUN_DIR` to fill a new store from Parquet")
-        except UnreadableFile as e:
-            raise UsageError(f"tracking store {e}") from None
-    parsed = urlparse(uri)
-    if reach and parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
-        except OSError as e:
-            why = e.strerror or type(e).__name__ if not isinstance(e, TimeoutError) \
-                else f"no answer in {timeout_s:g} s"
-            raise RuntimeFault(f"cannot reach MLflow at {uri} ({why}); start the server, or "
-                               "pass --tracking-uri; nothing was sent or written") from None
-
-
-def default_tracking_uri(run_dir: Path) -> str:
-    return f"sqlite:///{RunFolder(run_dir).mlflow_db}"
-
-
-def moved_tracking_uri(recorded_uri: str, recorded_dir: Path | None, run_dir: Path) -> str:
-    """The tracking URI a sweep recorded, following its folder when the folder moved: the
-    embedded store (``default_tracking_uri``) lives inside the folder and moved with it."""
-    if recorded_dir is not None and recorded_dir != run_dir \
-            and recorded_uri == default_tracking_uri(recorded_dir):
-        return default_tracking_uri(run_dir)
-    return recorded_uri
 
 
 # An experiment of training runs: without this tag MLflow 3's UI opens it in GenAI mode
@@ -98,31 +40,24 @@ def moved_tracking_uri(recorded_uri: str, recorded_dir: Path | None, run_dir: Pa
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def _sweep_params(spec_text: str) -> dict[str, str]:
-    """The sweep file's fields as the parent run's parameters (the grid, the emergence rule,
-    the probes, the shared training settings)."""
+def _spec_fields(spec_text: str) -> dict:
+    """The sweep file's fields, for the parent run's parameters and description only (the
+    sweep was validated where it was read; an unparsable copy gives none)."""
     import yaml
 
     try:
         data = yaml.safe_load(spec_text)
     except yaml.YAMLError:
         return {}
-    return _flatten(data) if isinstance(data, dict) else {}
+    return data if isinstance(data, dict) else {}
 
 
-def _description(spec_text: str, run_dir: Path) -> str:
+def _description(data: dict, rule: EmergenceRule, run_dir: Path) -> str:
     """The parent run's description (MLflow shows it on the run's page)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(spec_text) or {}
-    except yaml.YAMLError:
-        data = {}
     grid = " x ".join(f"{k} {', '.join(map(str, data.get(k, [])))}"
                       for k in ("tasks", "scales", "seeds") if data.get(k))
-    rule = data.get("emergence") or {}
     return (f"emerge sweep **{data.get('name', '?')}**: {grid}. Emergence: accuracy at "
-            f"threshold {rule.get('threshold', 0.5)} held for {rule.get('persistence', 5)} "
+            f"threshold {rule.threshold} held for {rule.persistence} "
             f"probe steps. Run folder `{run_dir}`; the sweep file is the artifact spec.yaml.")
 
 
@@ -158,101 +93,15 @@ class MlflowSync:
         self.ledger_path = self.folder.ledger_path
         self._client = None
         self.notes: list[str] = []  # warnings for the caller to show (a rebuilt ledger)
+        self.ledger = RunLedger(self.folder, tracking_uri, sweep, lambda: self.client,
+                                self.notes)
 
-    # -- ledger ----------------------------------------------------------------------------
-
-    @contextmanager
-    def _ledger(self) -> Iterator[dict[str, Any]]:
-        """The ledger, locked against a concurrent ``emerge sync-mlflow``; saved on exit."""
-        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.folder.ledger_lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read_ledger()
-            before = "" if data.pop("_rebuilt", False) else json.dumps(data, sort_keys=True)
-            yield data
-            if json.dumps(data, sort_keys=True) != before:
-                with atomic_path(self.ledger_path) as tmp:
-                    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-
-    def _read_ledger(self) -> dict[str, Any]:
-        """The ledger; a damaged one is rebuilt from MLflow's own runs (their tags name the
-        sweep's folder and each trial), so no trial ever gets a second run."""
-        if not self.ledger_path.exists():
-            return {"tracking_uri": self.tracking_uri, "trials": {}}
-        try:
-            data = json.loads(self.ledger_path.read_text())
-            if isinstance(data, dict) and isinstance(data.get("trials"), dict) and all(
-                    isinstance(e, dict) and "run_id" in e for e in data["trials"].values()):
-                return self._for_this_store(data)
-            problem = "its fields are not a ledger's"
-        except (OSError, ValueError) as err:
-            problem = str(err).splitlines()[0][:200]
-        data = self._rebuild_ledger()
-        damaged = self.ledger_path.with_name(f"{self.ledger_path.name}.damaged")
-        self.ledger_path.replace(damaged)
-        self.notes.append(f"the MLflow ledger {self.ledger_path} was damaged ({problem}); "
-                          f"rebuilt from MLflow's runs ({len(data['trials'])} trials), the "
-                          f"damaged copy kept as {damaged.name}")
-        return {**data, "_rebuilt": True}  # saved by _ledger even if nothing else changes
-
-    def _for_this_store(self, data: dict[str, Any]) -> dict[str, Any]:
-        """The ledger if it describes this tracking store. One written for another store
-        (``sync-mlflow --tracking-uri`` elsewhere) is set aside and rebuilt from this store's
-        own runs, so switching stores either way never makes a second run or point."""
-        recorded = data.get("tracking_uri", self.tracking_uri)
-        if recorded == self.tracking_uri:
-            return data
-        if self._holds(data.get("parent_run_id")):  # the same store under another URI
-            return {**data, "tracking_uri": self.tracking_uri, "_rebuilt": True}
-        rebuilt = self._rebuild_ledger()
-        aside = self.ledger_path.with_name(f"{self.ledger_path.name}.other-store")
-        self.ledger_path.replace(aside)
-        self.notes.append(f"the MLflow ledger was kept for another store ({recorded}); "
-                          f"rebuilt for {self.tracking_uri} from its runs "
-                          f"({len(rebuilt['trials'])} trials), the other kept as {aside.name}")
-        return {**rebuilt, "_rebuilt": True}
-
-    def _holds(self, run_id: str | None) -> bool:
-        """Whether this store has the run (a missing one is an answer; a store that cannot
-        be reached raises, as every other call would)."""
-        from mlflow.exceptions import MlflowException
-
-        if run_id is None:
-            return False
-        try:
-            self.client.get_run(run_id)
-        except MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return False
-            raise
-        return True
-
-    def _rebuild_ledger(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"tracking_uri": self.tracking_uri, "trials": {}}
-        exp = self.client.get_experiment_by_name(self.sweep)
-        if exp is None:
-            return data
-        runs = self.client.search_runs(
-            [exp.experiment_id], f"tags.`emerge.run_dir` = '{self.run_dir}'", max_results=1)
-        if not runs:
-            return data
-        parent = runs[0].info.run_id
-        data.update(experiment_id=exp.experiment_id, parent_run_id=parent)
-        children = self.client.search_runs(
-            [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
-        for r in children:
-            trial = r.data.tags.get("emerge.trial")
-            if trial is not None:  # rows are sent again, less those MLflow holds
-                data["trials"][trial] = {"run_id": r.info.run_id, "logged_through": -1,
-                                         "finished": r.info.status == "FINISHED",
-                                         "check_held": True}
-        return data
+    def _ledger(self):
+        """The run-id ledger, locked and saved on exit (``ledger.RunLedger.locked``)."""
+        return self.ledger.locked()
 
     def run_ids(self) -> dict[str, str]:
-        if not self.ledger_path.exists():
-            return {}
-        with self._ledger() as led:
-            return {t: e["run_id"] for t, e in led["trials"].items()}
+        return self.ledger.run_ids()
 
     @property
     def client(self):
@@ -264,7 +113,10 @@ class MlflowSync:
 
     # -- runs --------------------------------------------------------------------------------
 
-    def parent_run(self, spec_text: str | None = None) -> str:
+    def parent_run(self, spec_text: str | None = None, rule: EmergenceRule = RULE) -> str:
+        """The sweep's parent run, made the first time with ``spec_text`` (the sweep file as
+        launched) as its artifact and parameters and ``rule`` in its description."""
+        fields = _spec_fields(spec_text) if spec_text is not None else {}
         with self._ledger() as led:
             if "parent_run_id" in led:
                 return led["parent_run_id"]
@@ -281,12 +133,12 @@ class MlflowSync:
                         self.client.set_experiment_tag(exp_id, k, v)
             tags = {"emerge.kind": "sweep", "emerge.run_dir": str(self.run_dir)}
             if spec_text is not None:
-                tags["mlflow.note.content"] = _description(spec_text, self.run_dir)
+                tags["mlflow.note.content"] = _description(fields, rule, self.run_dir)
             run = self.client.create_run(exp_id, run_name=self.sweep, tags=tags)
             led.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if spec_text is not None:
             self.client.log_text(run.info.run_id, spec_text, RunFolder.SPEC)
-            params = _sweep_params(spec_text)
+            params = _flatten(fields)
             from mlflow.entities import Param
 
             items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
@@ -402,7 +254,7 @@ class MlflowSync:
         and their diagnostics (the LLC's loss trace, ...) as artifacts."""
         from mlflow.entities import Metric
 
-        from orchestrator.probes.queue import ProbeQueue
+        from orchestrator.probe_pool.queue import ProbeQueue
 
         queue = ProbeQueue(self.folder)
         mine = sorted(j for j in queue.done_jobs() if j.trial == trial)
@@ -445,7 +297,7 @@ class MlflowSync:
             done = set(led["trials"].get(trial, {}).get("calibrations_logged", []))
         new = []
         for measure in sorted(measures - done):
-            record = self.folder.read_calibration(trial, measure)
+            record = read_calibration(self.folder, trial, measure)
             if record is None:
                 continue
             chosen = record.get("chosen")

@@ -1,4 +1,5 @@
-"""The report's section on the live alerts: how often and how early they preceded events.
+"""The live alerts scored against the events: how often and how early they preceded them
+(the report's "Live alerts" section).
 
 The trials raise alerts while they run (``emergence_core.alerts``) from what they have seen
 so far; the statistics stage knows the whole run. Set side by side:

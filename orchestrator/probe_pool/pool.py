@@ -25,11 +25,14 @@ from typing import Any, Protocol
 
 import ray
 
+from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.extensions import Extensions
-from emergence_core.run_folder import RunFolder, TrialPlan
-from orchestrator.probes.config import Probes
-from orchestrator.probes.queue import ProbeJob, ProbeQueue
+from emergence_core.plan import TrialPlan
+from emergence_core.run_folder import RunFolder
+from orchestrator.probe_pool.config import Probes
+from orchestrator.probe_pool.job import calibration_for, measure_checkpoint, write_result
+from orchestrator.probe_pool.queue import ProbeJob, ProbeQueue
 
 __all__ = ["ProbePool", "ProbeWorker"]
 
@@ -69,50 +72,22 @@ class ProbeWorker:
         ``calibration`` ({"step": pilot checkpoint, "fields": ...}): the measure is
         calibrated per trial; the first job of the trial runs the pilot and saves its record,
         every job then uses the record's choice (or writes "not converged" rows)."""
-        from emergence_core.expensive import (
-            calibrated_settings,
-            make_settings,
-            not_converged,
-            run_expensive,
-            trial_probe_batch,
-        )
-        from emergence_core.metrics import RowBuffer, TrialKey
-        from emergence_core.store import TrialStore
+        from emergence_core.expensive import calibrated_settings, make_settings, trial_probe_batch
 
         t0 = time.perf_counter()
         self._status({"job": [job.trial, job.step, job.measure], "started": time.time()})
         data, model, device = self._trial(cfg)
         batch = trial_probe_batch(data, batch_size, cfg.seed, device)
         s = make_settings(job.measure, settings)
+        record = None
         if calibration is not None:
-            record = self.folder.read_calibration(job.trial, job.measure)
-            if record is None:
-                record = calibrate_trial(self.folder, job.trial, job.measure, cfg, model,
-                                         batch, s, calibration["step"],
-                                         calibration.get("fields", {}), device)
-                self.folder.write_calibration(job.trial, job.measure, record)
+            record, _ = calibration_for(self.folder, job.trial, job.measure, cfg, model, batch,
+                                        s, calibration["step"], calibration.get("fields", {}),
+                                        device)
             s = calibrated_settings(s, record)
-        TrialStore(self.folder, job.trial).load_weights(model, job.step)
-        if s is None:
-            result = not_converged(job.measure, record)
-        else:
-            result = run_expensive(job.measure, model, batch, s)
-            if calibration is not None:
-                result.diagnostics["calibration"] = {"chosen": record["chosen"],
-                                                     "step": record["step"]}
-        queue = ProbeQueue(self.folder)
-        if job.measure == "llc":
-            from emergence_core.expensive import llc_curvature
-
-            result.diagnostics.update(llc_curvature(result.diagnostics,
-                                                    hessian_at(queue, job.trial, job.step)))
-        queue.write_diagnostics(job, {**result.diagnostics, "step": job.step,
-                                      "trial": job.trial, "attempt": attempt})
-        rows = RowBuffer(TrialKey(self.sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
-                                  source="probe"), attempt)
-        for measure, value in result.rows:
-            rows.add(job.step, measure, value)
-        queue.store(job).write_part(rows.take())
+        result = measure_checkpoint(self.folder, job, model, batch, s, record,
+                                    note_calibration=True)
+        write_result(self.folder, self.sweep, cfg, job, result, attempt)
         self._status({"job": None, "finished": time.time()})
         return time.perf_counter() - t0
 
@@ -121,40 +96,12 @@ class ProbeWorker:
         import os
         import socket
 
-        from emergence_core.store import atomic_path
+        from emergence_core.atomic import atomic_path
 
         with atomic_path(self.folder.probe_worker_path(os.getpid())) as tmp:
             tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                        "node_id": ray.get_runtime_context().get_node_id(),
                                        **info}))
-
-
-def calibrate_trial(folder: RunFolder, trial: str, measure: str, cfg: TrainConfig, model: Any,
-                    batch: Any, settings: Any, step: int, fields: dict[str, Any],
-                    device: Any = "cpu") -> dict[str, Any]:
-    """Run ``measure``'s pilot on the trial's checkpoint at ``step`` (``model`` is loaded
-    with it); the record to save, with the step and the untrained model's loss."""
-    from emergence_core.expensive import run_calibration, untrained_loss
-    from emergence_core.store import TrialStore
-
-    TrialStore(folder, trial).load_weights(model, step)
-    start = time.time()
-    record = run_calibration(measure, model, batch, settings,
-                             untrained_loss(cfg, batch, device), fields)
-    return {"trial": trial, "step": step, "wall_s": time.time() - start, **record}
-
-
-def hessian_at(queue: ProbeQueue, trial: str, step: int) -> float | None:
-    """lambda_max of the Hessian at a checkpoint, when its job is done; else None."""
-    from emergence_core.metrics import Measure
-
-    job = ProbeJob(trial, step, "hessian")
-    if not queue.is_done(job):
-        return None
-    t = queue.store(job).read()
-    values = [v for m, v in zip(t["measure"].to_pylist(), t["value"].to_pylist(), strict=True)
-              if m == Measure.HESSIAN_LAMBDA_MAX]
-    return values[0] if values else None
 
 
 def pilot_step(plan: TrialPlan) -> int:
@@ -307,7 +254,7 @@ class ProbePool:
             return True, None
         plan = self.trials[job.trial].plan
         arg = {"step": pilot_step(plan), "fields": dict(spec.calibration)}
-        if self.folder.read_calibration(job.trial, job.measure) is not None:
+        if read_calibration(self.folder, job.trial, job.measure) is not None:
             return True, arg
         busy = any(s.job is not None and (s.job.trial, s.job.measure)
                    == (job.trial, job.measure) for s in self._slots)

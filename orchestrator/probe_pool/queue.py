@@ -14,8 +14,9 @@ import json
 import time
 from pathlib import Path
 
+from emergence_core.atomic import atomic_path
 from emergence_core.run_folder import ProbeJob, RunFolder
-from emergence_core.store import TrialStore, atomic_path
+from emergence_core.store import TrialStore
 
 __all__ = ["ProbeJob", "ProbeQueue"]
 

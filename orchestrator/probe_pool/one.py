@@ -1,7 +1,8 @@
 """One expensive measure on one saved checkpoint of an existing run folder (``emerge probe``).
 
-In the sweep room because it reads a sweep's frozen spec (``spec.py``) and uses the probe
-pool's calibration step; the probes room may not import the sweep room.
+The pool's one job (``job``), run by hand. A sweep's frozen spec is read by the sweep room's
+``load_spec``, which the command passes in: the sweep room imports this one, not the other
+way round.
 
 How a researcher recomputes a measure with other settings, or calibrates, on checkpoints
 that already exist, without a sweep, Ray or the pool. The run folder is a sweep's (its
@@ -21,24 +22,24 @@ puts them (replacing the checkpoint's earlier result) and a new calibration is s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from emergence_core.config import TrainConfig
+from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.common.errors import UsageError
 
 __all__ = ["probe_checkpoint"]
 
 
-def _trials(folder: RunFolder) -> tuple[str, dict[str, TrainConfig], dict[str, Any]]:
+def _trials(folder: RunFolder, load_spec: Callable[[Path], Any]
+            ) -> tuple[str, dict[str, TrainConfig], dict[str, Any]]:
     """(sweep name, trial configs, the sweep's probes.measures) of a run folder."""
     if folder.is_sweep():
-        from orchestrator.sweep.spec import load_spec
-
         spec = load_spec(folder.spec_path)
         return (spec.name, {t.name: t.config for t in spec.trials()},
                 dict(spec.probes.measures))
@@ -57,23 +58,23 @@ def _pick_trial(trials: dict[str, TrainConfig], trial: str | None) -> str:
         raise UsageError(f"the run has {len(trials)} trials; choose one with --trial "
                          f"({', '.join(list(trials)[:6])}{', ...' if len(trials) > 6 else ''})")
     if trial not in trials:
-        near = difflib.get_close_matches(trial, list(trials), n=1)
-        hint = f"; did you mean {near[0]}?" if near else f"; trials: {', '.join(list(trials)[:6])}"
+        hint = (did_you_mean(trial, list(trials), cutoff=0.6, quote=False, prefix="; ")
+                or f"; trials: {', '.join(list(trials)[:6])}")
         raise UsageError(f"unknown trial {trial!r}{hint}")
     return trial
 
 
-def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str | None = None,
+def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
+                     load_spec: Callable[[Path], Any], trial: str | None = None,
                      sets: dict[str, Any] | None = None, calibrate: bool = True,
                      recalibrate: bool = False, write: bool = False,
                      threads: int | None = None) -> dict[str, Any]:
-    """Compute ``measure`` at ``step`` of a trial; its value, rows and diagnostics."""
+    """Compute ``measure`` at ``step`` of a trial; its value, rows and diagnostics.
+    ``load_spec``: the reader of a sweep's frozen spec (``orchestrator.sweep.spec``)."""
     from emergence_core.expensive import (
         calibrated_settings,
         get_measure,
         make_settings,
-        not_converged,
-        run_expensive,
         trial_model,
         trial_probe_batch,
     )
@@ -85,7 +86,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
         m = get_measure(measure)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sweep, trials, specs = _trials(folder)
+    sweep, trials, specs = _trials(folder, load_spec)
     name = _pick_trial(trials, trial)
     cfg = trials[name]
     have = folder.weight_steps(name)
@@ -107,7 +108,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
 
     import torch
 
-    from emergence_core.store import TrialStore
+    from orchestrator.probe_pool.job import calibration_for, measure_checkpoint, write_result
 
     if threads:
         torch.set_num_threads(threads)
@@ -119,30 +120,15 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
     record, calibration_source = None, None
     settings = base
     if calibrate and m.calibrate is not None:
-        record = None if recalibrate else folder.read_calibration(name, measure)
-        calibration_source = "saved"
-        if record is None:
-            from orchestrator.probes.pool import calibrate_trial
-
-            calibration_source = "pilot"
-            record = calibrate_trial(folder, name, measure, cfg, model, batch, base, have[-1],
-                                     fields, device)
-            if write:
-                folder.write_calibration(name, measure, record)
+        record, calibration_source = calibration_for(
+            folder, name, measure, cfg, model, batch, base, have[-1], fields, device,
+            saved=not recalibrate, save=write)
         chosen = calibrated_settings(base, record)
         # explicit --set fields win over the calibration's choice
         settings = None if chosen is None else dataclasses.replace(
             chosen, **{k: getattr(base, k) for k in sets})
-    TrialStore(folder, name).load_weights(model, step)
-    result = not_converged(measure, record) if settings is None \
-        else run_expensive(measure, model, batch, settings)
-    if measure == "llc":
-        from emergence_core.expensive import llc_curvature
-        from orchestrator.probes.pool import hessian_at
-        from orchestrator.probes.queue import ProbeQueue
-
-        result.diagnostics.update(llc_curvature(
-            result.diagnostics, hessian_at(ProbeQueue(folder), name, step)))
+    job = ProbeJob(name, step, measure)
+    result = measure_checkpoint(folder, job, model, batch, settings, record)
     rows = dict(result.rows)
     if "init_loss" not in result.diagnostics:  # e.g. not converged: no estimate ran
         with torch.no_grad():
@@ -159,8 +145,8 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *, trial: str
                               "criteria": record.get("criteria"),
                               "reason": record.get("reason"),
                               "untrained_loss": record.get("untrained_loss")}
-    if write:
-        _write(folder, sweep, cfg, ProbeJob(name, step, measure), result)
+    if write:  # where the pool writes it, replacing an earlier result
+        write_result(folder, sweep, cfg, job, result, 0, source="emerge probe")
         out["written"] = True
     return _finite(out)
 
@@ -175,17 +161,3 @@ def _finite(v: Any) -> Any:
         return [_finite(x) for x in v]
     return v
 
-
-def _write(folder: RunFolder, sweep: str, cfg: TrainConfig, job: ProbeJob, result: Any) -> None:
-    """Rows and diagnostics where the pool writes them (replacing an earlier result)."""
-    from emergence_core.metrics import RowBuffer, TrialKey
-    from orchestrator.probes.queue import ProbeQueue
-
-    queue = ProbeQueue(folder)
-    queue.write_diagnostics(job, {**result.diagnostics, "step": job.step, "trial": job.trial,
-                                  "attempt": 0, "source": "emerge probe"})
-    rows = RowBuffer(TrialKey(sweep, job.trial, cfg.task, cfg.scale, cfg.seed,
-                              source="probe"), 0)
-    for measure, value in result.rows:
-        rows.add(job.step, measure, value)
-    queue.store(job).write_part(rows.take())  # the part of this one step: replaced in place

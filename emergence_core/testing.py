@@ -1,4 +1,5 @@
-"""Synthetic metrics tables with planted structure, at any size (tests, benchmark, notebook).
+"""Test fixtures: synthetic metrics tables with planted structure, at any size (tests,
+benchmark, notebook), kept out of the statistics stage they test.
 
 Every answer of the statistics stage is planted and returned beside the table:
 

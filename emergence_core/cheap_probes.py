@@ -1,4 +1,4 @@
-"""The cheap probe suite, run inside the trial at every probe step (SPEC section 3).
+"""The cheap probe suite, run inside the trial at every probe step (docs/methods.md §3).
 
 One forward pass over each level's diagnostic set yields both the behaviour (accuracy,
 log-prob) and the residual stream at the read positions; the geometric measures are then

@@ -1,4 +1,4 @@
-"""Emergence events (SPEC section 4).
+"""Emergence events (docs/methods.md §4).
 
 The emergence event of a series is the first probe step at which the value reaches
 ``threshold`` and stays at or above it for the following ``persistence`` probe steps.
@@ -12,9 +12,41 @@ emerges however long it holds there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-__all__ = ["chance_corrected", "emergence_index", "emergence_step"]
+__all__ = ["RULE", "EmergenceRule", "chance_corrected", "emergence_index", "emergence_step"]
+
+
+@dataclass(frozen=True)
+class EmergenceRule:
+    """The emergence rule: the first probe step from which the value stays at or above
+    ``threshold`` for the ``persistence`` probe steps that follow (see the module docstring).
+
+    Spelled here once: the sweep file's ``emergence:``, the trial's tracker and live alerts,
+    the statistics stage and the MLflow description all take their defaults from ``RULE``.
+    """
+
+    threshold: float = 0.5
+    persistence: int = 5
+
+    def first_event(self, steps: np.ndarray, values: np.ndarray) -> int | None:
+        """The step of the emergence event of ``values`` measured at ``steps``, or None."""
+        return emergence_step(steps, values, self.threshold, self.persistence)
+
+    @classmethod
+    def from_mapping(cls, fields: Mapping[str, Any] | None) -> EmergenceRule:
+        """The rule a sweep file's (already parsed) ``emergence:`` names; defaults for what
+        it leaves out."""
+        fields = fields if isinstance(fields, Mapping) else {}
+        return cls(fields.get("threshold", RULE.threshold),
+                   fields.get("persistence", RULE.persistence))
+
+
+RULE = EmergenceRule()
 
 
 def chance_corrected(accuracy: float, chance: float) -> float:
@@ -25,7 +57,8 @@ def chance_corrected(accuracy: float, chance: float) -> float:
     return (accuracy - chance) / (1.0 - chance) if chance < 1.0 else float("nan")
 
 
-def emergence_index(values: np.ndarray, threshold: float = 0.5, persistence: int = 5) -> int | None:
+def emergence_index(values: np.ndarray, threshold: float = RULE.threshold,
+                    persistence: int = RULE.persistence) -> int | None:
     """Index of the first value that starts a run of ``persistence + 1`` values >= threshold."""
     if persistence < 0:
         raise ValueError(f"persistence must be >= 0, got {persistence}")
@@ -39,8 +72,8 @@ def emergence_index(values: np.ndarray, threshold: float = 0.5, persistence: int
     return int(hits[0]) if hits.size else None
 
 
-def emergence_step(steps: np.ndarray, values: np.ndarray, threshold: float = 0.5,
-                   persistence: int = 5) -> int | None:
+def emergence_step(steps: np.ndarray, values: np.ndarray, threshold: float = RULE.threshold,
+                   persistence: int = RULE.persistence) -> int | None:
     """The step of the emergence event of ``values`` measured at ``steps`` (sorted), or None."""
     steps = np.asarray(steps)
     if steps.shape != np.shape(values):

@@ -1,0 +1,62 @@
+"""A trial's calibration records: each expensive measure's pilot grid and the choice it fixed
+(``RunFolder.calibration_path`` says where).
+
+A damaged record is set aside and counts as none: the pilot runs again, deterministically the
+same, so damage costs a pilot and never a wrong choice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from emergence_core.atomic import atomic_path
+from emergence_core.errors import first_line, warn_once
+from emergence_core.readers import UnreadableFile, read_json
+from emergence_core.run_folder import RunFolder
+
+__all__ = ["calibrations", "read_calibration", "write_calibration"]
+
+
+def read_calibration(folder: RunFolder, trial: str, measure: str) -> dict[str, Any] | None:
+    """The saved calibration, or None. A damaged record is set aside (``.damaged``) with
+    a warning and counts as none: the pilot runs again, deterministically the same."""
+    path = folder.calibration_path(trial, measure)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict):
+            return record
+        problem = "not a calibration record"
+    except (OSError, ValueError) as err:
+        problem = first_line(err, limit=300)
+    aside = path.with_name(f"{path.name}.damaged")
+    path.replace(aside)
+    warn_once(path, f"calibration {path} cannot be read ({problem}); kept as {aside.name}, "
+                     "the pilot runs again")
+    return None
+
+
+def write_calibration(folder: RunFolder, trial: str, measure: str,
+                      record: dict[str, Any]) -> None:
+    path = folder.calibration_path(trial, measure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+
+
+def calibrations(folder: RunFolder) -> list[dict[str, Any]]:
+    """Every calibration record of the run, each with its ``trial``."""
+    root = folder.calibration_dir
+    if not root.is_dir():
+        return []
+    out = []
+    files = [f for d in sorted(root.iterdir()) if d.is_dir() for f in sorted(d.glob("*.json"))]
+    for f in files:
+        try:
+            out.append({"trial": f.parent.name, **read_json(f, "it is set aside and the "
+                                                        "pilot runs again at the next probe")})
+        except UnreadableFile as err:
+            warn_once(f, f"skipping calibration {err}")
+    return out
