@@ -169,6 +169,25 @@ def test_llc_curvature_against_gamma() -> None:
     assert llc_curvature(d, None) == {} and llc_curvature({}, 5.0) == {}
 
 
+def test_the_hessian_beside_an_llc_is_its_own_steps(tmp_path: Path) -> None:
+    """Planted: lambda_max 59.6 at step 0, 0.52 then 0.50 (a second attempt) at step 300.
+    The LLC's curvature diagnostics at step 300 read 0.50, not the first row of the store
+    (they once read step 0's, a hundred times too stiff, for every later checkpoint)."""
+    from emergence_core.metrics import Measure, RowBuffer, TrialKey
+    from orchestrator.probe_pool.job import hessian_at
+    from orchestrator.probe_pool.queue import ProbeQueue
+
+    queue = ProbeQueue(RunFolder(tmp_path))
+    key = TrialKey("s", "MOD-s0-0", "MOD", "s0", 0, source="probe")
+    for step, attempt, lam in ((0, 0, 59.6), (300, 0, 0.52), (300, 1, 0.50)):
+        rows = RowBuffer(key, attempt)
+        rows.add(step, Measure.HESSIAN_LAMBDA_MAX, lam)
+        queue.store(ProbeJob("MOD-s0-0", step, "hessian")).write_part(rows.take())
+    assert hessian_at(queue, "MOD-s0-0", 300) == 0.50
+    assert hessian_at(queue, "MOD-s0-0", 0) == 59.6
+    assert hessian_at(queue, "MOD-s0-0", 100) is None  # no job done there
+
+
 @pytest.mark.slow
 def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
     from emergence_core.config import resolve_config

@@ -61,10 +61,13 @@ def hessian_at(queue: ProbeQueue, trial: str, step: int) -> float | None:
     job = ProbeJob(trial, step, "hessian")
     if not queue.is_done(job):
         return None
+    # the store holds every step's Hessian rows: this step's, of its latest attempt
     t = queue.store(job).read()
-    values = [v for m, v in zip(t["measure"].to_pylist(), t["value"].to_pylist(), strict=True)
-              if m == Measure.HESSIAN_LAMBDA_MAX]
-    return values[0] if values else None
+    found = [(a, v) for s, m, a, v in zip(t["step"].to_pylist(), t["measure"].to_pylist(),
+                                          t["attempt"].to_pylist(), t["value"].to_pylist(),
+                                          strict=True)
+             if s == step and m == Measure.HESSIAN_LAMBDA_MAX]
+    return max(found)[1] if found else None
 
 
 def measure_checkpoint(folder: RunFolder, job: ProbeJob, model: Any, batch: Any,
