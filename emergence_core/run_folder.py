@@ -24,6 +24,7 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
   probes/results/<trial>/<step>.<measure>.json   its diagnostics
   probes/failed/<trial>/<step>.<measure>.json    a job that kept raising
   probes/workers/<pid>.json          what a probe actor is doing
+  probes/calibration/<trial>/<measure>.json  a pilot's grid and the setting it chose
   mlflow/ledger.json (.lock)         trial -> MLflow run id, and rows already sent
   mlflow/artifacts/                  the embedded store's artifacts
   mlflow.db                          the embedded tracking store (no tracking URI given)

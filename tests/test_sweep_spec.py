@@ -48,6 +48,8 @@ BAD_FILES = [
     ("name: 'a b'\ntasks: [MOD]\nscales: [s0]\n", ["name: use letters"]),
     ("name: t\ntasks: [MOD]\nscales: [s0]\nrun_dir: s3://bucket/runs\n",
      ["run_dir: s3:// run folders are not supported"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nanalysis: {smooth_windw: 3}\n",
+     ["analysis: unknown analysis setting 'smooth_windw'; did you mean 'smooth_window'?"]),
     ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: -1, lr: fast}\nretries: -2\n",
      ["train.steps", "train.lr", "retries"]),
 ]
@@ -176,3 +178,16 @@ def test_emerge_help_does_not_import_the_heavy_stack() -> None:
             "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_sweep_files_analysis_section_is_what_analyze_applies(tmp_path: Path) -> None:
+    """The sweep file may carry `analysis:` (analyze has always read it; the sweep schema
+    refused it): accepted when the sweep starts, applied by analyze, and --set wins."""
+    from orchestrator.cli.analyze import resolve_settings
+
+    raw = {**BASE, "run_dir": str(tmp_path / "run"), "analysis": {"smooth_window": 3}}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_spec(path).analysis == {"smooth_window": 3}
+    assert resolve_settings(raw, {}).smooth_window == 3
+    assert resolve_settings(raw, {"smooth_window": 7}).smooth_window == 7

@@ -178,6 +178,26 @@ class SweepSpec(_Strict):
     per_scale: dict[ScaleName, ScaleSettings] = Field(default_factory=dict)
     emergence: Emergence = Emergence()
     probes: Probes = Probes()
+    analysis: dict[str, Any] = Field(
+        default_factory=dict, description="settings of the statistics stage that `emerge "
+        "analyze` applies to this run (the fields of AnalysisSettings); --set wins")
+
+    @field_validator("analysis")
+    @classmethod
+    def _analysis(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Names checked here, when the sweep starts, not first at `emerge analyze` time;
+        the values are checked there, with the rest of the analysis settings."""
+        from dataclasses import fields
+
+        from emergence_core.analysis.settings import AnalysisSettings
+        from emergence_core.registry import did_you_mean
+
+        known = [f.name for f in fields(AnalysisSettings)]
+        for key in v:
+            if key not in known:
+                raise ValueError(f"unknown analysis setting {key!r}"
+                                 + did_you_mean(key, known, cutoff=0.6, prefix="; "))
+        return v
 
     @field_validator("name")
     @classmethod
