@@ -29,8 +29,8 @@ from _common import markdown_table, write_section
 from emergence_core.analysis.series import local_spacing
 from emergence_core.plan import trial_plan
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import Decisions
 from emergence_core.store import TrialStore
+from emergence_core.trial.runner import Decisions
 from orchestrator.sweep.views import frozen_spec
 
 MEASURE = "hessian"  # any dense measure: all share the decisions

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from emergence_core.config import resolve_config
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import TrialDiverged, run_trial
 from emergence_core.store import read_metrics
-from emergence_core.trainer import Trainer
+from emergence_core.trial.runner import TrialDiverged, run_trial
+from emergence_core.trial.trainer import Trainer
 from orchestrator.cli.app import app
 from tests.conftest import tiny_overrides
 

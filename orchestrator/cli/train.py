@@ -13,7 +13,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # torch and transformers load when a run starts, not for --help
     from emergence_core.config import TrainConfig
-    from emergence_core.runner import ProbeReport, TrialOutcome
+    from emergence_core.trial.runner import ProbeReport, TrialOutcome
 
 from emergence_core.run_folder import RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
@@ -58,7 +58,7 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
                 stopped_by: list[int] | None = None, **run_kwargs: Any) -> TrialOutcome:
     """Run (or resume) ``cfg`` in ``out`` with a progress bar; Ctrl-C, SIGTERM or SIGHUP
     stops at a step boundary (the signal is appended to ``stopped_by``)."""
-    from emergence_core.runner import TrialHooks, run_trial
+    from emergence_core.trial.runner import TrialHooks, run_trial
 
     console = console or Console(stderr=True)
     resuming = claim_train_folder(out, cfg)
@@ -227,7 +227,7 @@ def train(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    from emergence_core.runner import TrialDiverged
+    from emergence_core.trial.runner import TrialDiverged
 
     console = Console(stderr=True)
     stopped_by: list[int] = []

@@ -22,15 +22,15 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from emergence_core.alerts import Alert, AlertDetector, alerts_table
 from emergence_core.config import TrainConfig
-from emergence_core.density import DensePlanner, Pins
 from emergence_core.emergence_rule import RULE, EmergenceRule, chance_corrected
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.plan import TrialPlan, trial_plan
 from emergence_core.run_folder import ProbeJob
 from emergence_core.store import TrialStore
-from emergence_core.trainer import Trainer
+from emergence_core.trial.alerts import Alert, AlertDetector, alerts_table
+from emergence_core.trial.density import DensePlanner, Pins
+from emergence_core.trial.trainer import Trainer
 
 __all__ = [
     "Decisions",
