@@ -13,6 +13,7 @@ without this module knowing about them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from emergence_core.run_folder import ProbeJob
 from emergence_core.store import TrialStore
 from emergence_core.trial.alerts import Alert, AlertDetector, alerts_table
 from emergence_core.trial.density import DensePlanner, Pins
-from emergence_core.trial.trainer import Trainer
+from emergence_core.trial.trainer import Divergence, Trainer
 
 __all__ = [
     "Decisions",
@@ -233,10 +234,22 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     steps the weights are kept for the expensive probes.
     """
     t0 = time.perf_counter()
-    hooks = hooks or TrialHooks()
-    trial = cfg.trial_name()
-    store = TrialStore(run_dir, trial)
-    folder = store.folder
+    store = TrialStore(run_dir, cfg.trial_name())
+    done = _finished(cfg, store, t0)  # raises TrialDiverged for a trial that diverged
+    if done is not None:
+        return done
+    run = _Attempt(cfg, store, sweep=sweep, hooks=hooks or TrialHooks(),
+                   state_store=state_store or FileState(store), attempt=attempt,
+                   stop_after=stop_after, device=device, rule=rule,
+                   plan=plan or trial_plan(cfg))
+    run.trainer.run(run.on_probe, run.hooks.should_stop)
+    return run.finish(t0)
+
+
+def _finished(cfg: TrainConfig, store: TrialStore, t0: float) -> TrialOutcome | None:
+    """The outcome of a trial this config already completed; TrialDiverged for one it
+    diverged in (running it again would diverge again); None for one still to run."""
+    trial, folder = store.trial, store.folder
     done = folder.completion(trial)
     if done is not None and done["fingerprint"] == cfg.fingerprint():
         return TrialOutcome(trial, done["step"], True, done["attempt"], done["events"],
@@ -245,102 +258,131 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     if failed is not None and failed.get("kind") == "diverged" \
             and failed.get("fingerprint") == cfg.fingerprint():
         raise TrialDiverged(trial, failed["line"], failed.get("last_good"))
-    plan = plan or trial_plan(cfg)
+    return None
 
-    trainer = Trainer(cfg, device=device)
-    state_store = state_store or FileState(store)
-    state = state_store.load()
-    for note in [*store.notes, *getattr(state_store, "notes", ())]:  # what it recovered from
-        if hooks.on_note is not None:
-            hooks.on_note(note)
+
+class _Attempt:
+    """One attempt at a trial: resumed from its last commit (``__init__``), driven by the
+    trainer through ``on_probe``, then ended (``finish``). Its state between probe steps is
+    these attributes: the last commit (step, time, probes since), the last probe step run and
+    the divergence found, if any."""
+
+    def __init__(self, cfg: TrainConfig, store: TrialStore, *, sweep: str, hooks: TrialHooks,
+                 state_store: StateStore, attempt: int | None, stop_after: int | None,
+                 device: str | None, rule: EmergenceRule, plan: TrialPlan) -> None:
+        self.cfg, self.store, self.hooks, self.state_store = cfg, store, hooks, state_store
+        self.stop_after = stop_after
+        self.trainer = trainer = Trainer(cfg, device=device)
+        state = state_store.load()
+        for note in [*store.notes, *getattr(state_store, "notes", ())]:  # what it recovered from
+            self._note(note)
+        if state is not None:
+            trainer.load_state_dict(state)  # raises StateMismatch for a different config
+        self.attempt = ((state["attempt"] + 1 if state is not None else 0) if attempt is None
+                        else attempt)
+        store.heal()
+        store.prune_after(trainer.step if state is not None else -1)
+
+        self.key = TrialKey(sweep=sweep, trial=store.trial, task=cfg.task, scale=cfg.scale,
+                            seed=cfg.seed)
+        self.rows = RowBuffer(self.key, self.attempt)
+        chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
+        self.decisions = Decisions(cfg, plan, chance, rule)
+        if state is not None:
+            store.prune_alerts_after(trainer.step)
+            self.decisions.replay(store.read())  # what it did then is on disk
+        self.meta = {"fingerprint": cfg.fingerprint(), "trial": store.trial, "task": cfg.task,
+                     "scale": cfg.scale, "seed": str(cfg.seed),
+                     "vocab_size": str(trainer.data.vocab.size),
+                     "n_positions": str(trainer.data.seq_len)}
+        self.committed_step = trainer.step
+        self.committed_at = time.monotonic()
+        self.probes_since_commit = 0
+        self.last_probe: int | None = None  # the last probe step whose rows were taken
+        self.diverged: Divergence | None = None
+        self.start_step = trainer.step
+        self.t_train = time.perf_counter()
+
+    def _note(self, note: str) -> None:
+        if self.hooks.on_note is not None:
+            self.hooks.on_note(note)
         else:
-            import logging
-
             logging.getLogger("emerge").warning(note)
-    if state is not None:
-        trainer.load_state_dict(state)  # raises StateMismatch for a different config
-    attempt = (state["attempt"] + 1 if state is not None else 0) if attempt is None else attempt
-    store.heal()
-    store.prune_after(trainer.step if state is not None else -1)
 
-    key = TrialKey(sweep=sweep, trial=trial, task=cfg.task, scale=cfg.scale, seed=cfg.seed)
-    rows = RowBuffer(key, attempt)
-    chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
-    decisions = Decisions(cfg, plan, chance, rule)
-    tracker, detector = decisions.tracker, decisions.detector
-    if state is not None:
-        store.prune_alerts_after(trainer.step)
-        decisions.replay(store.read())  # what it did then is on disk
-    meta = {"fingerprint": cfg.fingerprint(), "trial": trial, "task": cfg.task,
-            "scale": cfg.scale, "seed": str(cfg.seed), "vocab_size": str(trainer.data.vocab.size),
-            "n_positions": str(trainer.data.seq_len)}
-    ck = cfg.checkpoint
-    last_commit = {"step": trainer.step, "time": time.monotonic(), "probes": 0}
-    start_step = trainer.step
-    t_train = time.perf_counter()
+    def commit(self, step: int) -> None:
+        """Rows up to ``step``, then the full state (``store``'s order)."""
+        self.store.write_part(self.rows.take(step))
+        self.state_store.save({**self.trainer.state_dict(), "attempt": self.attempt})
+        self.committed_step, self.committed_at, self.probes_since_commit = \
+            step, time.monotonic(), 0
+        if self.hooks.on_commit is not None:
+            self.hooks.on_commit(step, self.store)
 
-    def commit(step: int) -> None:
-        store.write_part(rows.take(step))
-        state_store.save({**trainer.state_dict(), "attempt": attempt})
-        last_commit.update(step=step, time=time.monotonic(), probes=0)
-        if hooks.on_commit is not None:
-            hooks.on_commit(step, store)
-
-    diverged: list = []
-    last_probe: list[int] = []
-
-    def on_probe(tr: Trainer) -> bool:
+    def on_probe(self, tr: Trainer) -> bool:
+        """The trainer's hook: probe, decide, hand out, commit when due; True stops the loop
+        (the model diverged, or ``stop_after`` is reached)."""
         step, index = tr.step, tr.next_probe - 1
-        div = tr.divergence()  # before the probes: a broken model writes no rows
-        if div is not None:
-            diverged.append(div)
+        self.diverged = tr.divergence()  # before the probes: a broken model writes no rows
+        if self.diverged is not None:
             return True
-        before = len(rows)
-        summary = tr.probe(rows)
-        last_probe[:] = [step]
-        acc = summary.accuracy
+        store, decisions = self.store, self.decisions
+        before = len(self.rows)
+        summary = tr.probe(self.rows)
+        self.last_probe = step
         final = index == len(tr.probe_steps) - 1
         if decisions.planner.keeps_weights(step):
-            store.save_weights(tr.model, step, meta)
-        new, alerts, pins = decisions.at_probe(index, step, rows.since(before))
+            store.save_weights(tr.model, step, self.meta)
+        new, alerts, pins = decisions.at_probe(index, step, self.rows.since(before))
         if alerts:
-            store.write_alerts(alerts_table(key, attempt, alerts))
-        if pins.jobs and hooks.on_jobs is not None:
-            hooks.on_jobs(pins.jobs)
+            store.write_alerts(alerts_table(self.key, self.attempt, alerts))
+        if pins.jobs and self.hooks.on_jobs is not None:
+            self.hooks.on_jobs(pins.jobs)
         for old in pins.drop_weights:
             store.weights_path(old).unlink(missing_ok=True)
-        last_commit["probes"] += 1
-        stop = stop_after is not None and step >= stop_after
-        due = (final or stop or last_commit["probes"] >= ck.every_probes
-               or time.monotonic() - last_commit["time"] >= ck.interval_s)
+        self.probes_since_commit += 1
+        stop = self.stop_after is not None and step >= self.stop_after
+        ck = self.cfg.checkpoint
+        due = (final or stop or self.probes_since_commit >= ck.every_probes
+               or time.monotonic() - self.committed_at >= ck.interval_s)
         if due:
-            commit(step)
-        if hooks.on_probe is not None:
-            hooks.on_probe(ProbeReport(trial, step, cfg.steps, summary.train_loss, acc,
-                                       dict(tracker.events), new, due, tuple(alerts),
-                                       len(detector.fired)))
+            self.commit(step)
+        if self.hooks.on_probe is not None:
+            self.hooks.on_probe(ProbeReport(store.trial, step, self.cfg.steps,
+                                            summary.train_loss, summary.accuracy,
+                                            dict(decisions.tracker.events), new, due,
+                                            tuple(alerts), len(decisions.detector.fired)))
         return stop
 
-    trainer.run(on_probe, hooks.should_stop)
-    if diverged:
-        # keep the rows of the good probes, but never save the broken state over the good one
-        store.write_part(rows.take())
-        last_good = last_probe[0] if last_probe else (
+    def finish(self, t0: float) -> TrialOutcome:
+        """After the loop: record a divergence (and raise), or commit what is left, and mark
+        a finished trial complete."""
+        if self.diverged is not None:
+            raise self._record_divergence(self.diverged)
+        cfg, store, trainer = self.cfg, self.store, self.trainer
+        if trainer.step != self.committed_step or len(self.rows):
+            self.commit(trainer.step)  # stopped between probes: keep what was done
+        train_wall = time.perf_counter() - self.t_train
+        tracker = self.decisions.tracker
+        events = {lv: tracker.events.get(lv) for lv in cfg.levels}
+        if trainer.done:
+            store.write_events(_events_table(self.key, cfg, tracker))
+            store.compact()
+            store.folder.mark_complete(store.trial, {
+                "fingerprint": cfg.fingerprint(), "step": trainer.step,
+                "attempt": self.attempt, "n_params": trainer.n_params, "events": events})
+        return TrialOutcome(store.trial, trainer.step, trainer.done, self.attempt, events,
+                            trainer.n_params, time.perf_counter() - t0, train_wall,
+                            trainer.step - self.start_step)
+
+    def _record_divergence(self, div: Divergence) -> TrialDiverged:
+        """Keep the rows of the good probes, but never save the broken state over the good
+        one; the run folder records why. Returns the error to raise."""
+        store = self.store
+        store.write_part(self.rows.take())
+        last_good = self.last_probe if self.last_probe is not None else (
             None if not store.parts() else store.parts()[-1][1])
-        line = diverged[0].line()
-        folder.record_failure(trial, f"{line}; rows up to step {last_good} are kept",
-                              kind="diverged", line=line, step=diverged[0].step,
-                              last_good=last_good, fingerprint=cfg.fingerprint())
-        raise TrialDiverged(trial, line, last_good)
-    if trainer.step != last_commit["step"] or len(rows):
-        commit(trainer.step)  # stopped between probes: keep what was done
-    train_wall = time.perf_counter() - t_train
-    events = {lv: tracker.events.get(lv) for lv in cfg.levels}
-    if trainer.done:
-        store.write_events(_events_table(key, cfg, tracker))
-        store.compact()
-        folder.mark_complete(trial, {"fingerprint": cfg.fingerprint(), "step": trainer.step,
-                                     "attempt": attempt, "n_params": trainer.n_params,
-                                     "events": events})
-    return TrialOutcome(trial, trainer.step, trainer.done, attempt, events, trainer.n_params,
-                        time.perf_counter() - t0, train_wall, trainer.step - start_step)
+        line = div.line()
+        store.folder.record_failure(store.trial, f"{line}; rows up to step {last_good} are kept",
+                                    kind="diverged", line=line, step=div.step,
+                                    last_good=last_good, fingerprint=self.cfg.fingerprint())
+        return TrialDiverged(store.trial, line, last_good)
