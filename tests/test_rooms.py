@@ -109,7 +109,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
      "emergence_core.pythia"),
     # 3. the run folder: its names, the trial's plan, the stored files
     ("emergence_core.run_folder", "emergence_core.plan", "emergence_core.store",
-     "emergence_core.folder_lock", "emergence_core.calibrations"),
+     "emergence_core.folder_lock", "emergence_core.calibrations",
+     "emergence_core.folder_records"),
     # 4. the trial: training, the cheap probes, live alerts, density
     ("emergence_core.trial",),
     # 5. the statistics stage

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
+from emergence_core.folder_records import completion, failure_record
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.plan import TrialPlan, trial_plan
 from emergence_core.run_folder import ProbeJob
@@ -161,11 +162,11 @@ def _finished(cfg: TrainConfig, store: TrialStore, t0: float) -> TrialOutcome | 
     """The outcome of a trial this config already completed; TrialDiverged for one it
     diverged in (running it again would diverge again); None for one still to run."""
     trial, folder = store.trial, store.folder
-    done = folder.completion(trial)
+    done = completion(folder, trial)
     if done is not None and done["fingerprint"] == cfg.fingerprint():
         return TrialOutcome(trial, done["step"], True, done["attempt"], done["events"],
                             done["n_params"], time.perf_counter() - t0)
-    failed = folder.failure_record(trial)
+    failed = failure_record(folder, trial)
     if failed is not None and failed.get("kind") == "diverged" \
             and failed.get("fingerprint") == cfg.fingerprint():
         raise TrialDiverged(trial, failed["line"], failed.get("last_good"))

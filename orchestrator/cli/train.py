@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch and transformers load when a run starts, not for --he
     from emergence_core.config import TrainConfig
     from emergence_core.trial.runner import ProbeReport, TrialOutcome
 
+from emergence_core.folder_records import read_run_record
 from emergence_core.run_folder import RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError
@@ -31,7 +32,7 @@ def claim_train_folder(out: Path, cfg: TrainConfig) -> bool:
         return False
     if not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    held = RunFolder(out).read_run_record()
+    held = read_run_record(RunFolder(out))
     if held is not None:
         if held.get("fingerprint") != cfg.fingerprint():
             c = held.get("config", {})
