@@ -150,10 +150,10 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, sweep: str = "local",
     done = _finished(cfg, store, t0)  # raises TrialDiverged for a trial that diverged
     if done is not None:
         return done
-    run = _Attempt(cfg, store, sweep=sweep, hooks=hooks or TrialHooks(),
-                   state_store=state_store or FileState(store), attempt=attempt,
-                   stop_after=stop_after, device=device, rule=rule,
-                   plan=plan or trial_plan(cfg))
+    run = _Attempt.resume(cfg, store, sweep=sweep, hooks=hooks or TrialHooks(),
+                          state_store=state_store or FileState(store), attempt=attempt,
+                          stop_after=stop_after, device=device, rule=rule,
+                          plan=plan or trial_plan(cfg))
     run.trainer.run(run.on_probe, run.hooks.should_stop)
     return run.finish(t0)
 
@@ -174,35 +174,18 @@ def _finished(cfg: TrainConfig, store: TrialStore, t0: float) -> TrialOutcome | 
 
 
 class _Attempt:
-    """One attempt at a trial: resumed from its last commit (``__init__``), driven by the
+    """One attempt at a trial: resumed from its last commit (``resume``), driven by the
     trainer through ``on_probe``, then ended (``finish``). Its state between probe steps is
     these attributes: the last commit (step, time, probes since), the last probe step run and
     the divergence found, if any."""
 
-    def __init__(self, cfg: TrainConfig, store: TrialStore, *, sweep: str, hooks: TrialHooks,
-                 state_store: StateStore, attempt: int | None, stop_after: int | None,
-                 device: str | None, rule: EmergenceRule, plan: TrialPlan) -> None:
-        self.cfg, self.store, self.hooks, self.state_store = cfg, store, hooks, state_store
-        self.stop_after = stop_after
-        self.trainer = trainer = Trainer(cfg, device=device)
-        state = state_store.load()
-        for note in [*store.notes, *getattr(state_store, "notes", ())]:  # what it recovered from
-            self._note(note)
-        if state is not None:
-            trainer.load_state_dict(state)  # raises StateMismatch for a different config
-        self.attempt = ((state["attempt"] + 1 if state is not None else 0) if attempt is None
-                        else attempt)
-        store.heal()
-        store.prune_after(trainer.step if state is not None else -1)
-
-        self.key = TrialKey(sweep=sweep, trial=store.trial, task=cfg.task, scale=cfg.scale,
-                            seed=cfg.seed)
-        self.rows = RowBuffer(self.key, self.attempt)
-        chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
-        self.decisions = Decisions(cfg, plan, chance, rule)
-        if state is not None:
-            store.prune_alerts_after(trainer.step)
-            self.decisions.replay(store.read())  # what it did then is on disk
+    def __init__(self, cfg: TrainConfig, store: TrialStore, trainer: Trainer,
+                 decisions: Decisions, key: TrialKey, attempt: int, *, hooks: TrialHooks,
+                 state_store: StateStore, stop_after: int | None) -> None:
+        self.cfg, self.store, self.trainer, self.decisions = cfg, store, trainer, decisions
+        self.key, self.attempt = key, attempt
+        self.hooks, self.state_store, self.stop_after = hooks, state_store, stop_after
+        self.rows = RowBuffer(key, attempt)
         self.meta = {"fingerprint": cfg.fingerprint(), "trial": store.trial, "task": cfg.task,
                      "scale": cfg.scale, "seed": str(cfg.seed),
                      "vocab_size": str(trainer.data.vocab.size),
@@ -215,11 +198,35 @@ class _Attempt:
         self.start_step = trainer.step
         self.t_train = time.perf_counter()
 
-    def _note(self, note: str) -> None:
-        if self.hooks.on_note is not None:
-            self.hooks.on_note(note)
-        else:
-            logging.getLogger("emerge").warning(note)
+    @classmethod
+    def resume(cls, cfg: TrainConfig, store: TrialStore, *, sweep: str, hooks: TrialHooks,
+               state_store: StateStore, attempt: int | None, stop_after: int | None,
+               device: str | None, rule: EmergenceRule, plan: TrialPlan) -> _Attempt:
+        """From the last commit: the saved state loaded, the store healed and pruned to it,
+        and the decisions of the committed rows replayed."""
+        trainer = Trainer(cfg, device=device)
+        state = state_store.load()
+        for note in [*store.notes, *getattr(state_store, "notes", ())]:  # what it recovered from
+            if hooks.on_note is not None:
+                hooks.on_note(note)
+            else:
+                logging.getLogger("emerge").warning(note)
+        if state is not None:
+            trainer.load_state_dict(state)  # raises StateMismatch for a different config
+        if attempt is None:
+            attempt = state["attempt"] + 1 if state is not None else 0
+        store.heal()
+        store.prune_after(trainer.step if state is not None else -1)
+
+        key = TrialKey(sweep=sweep, trial=store.trial, task=cfg.task, scale=cfg.scale,
+                       seed=cfg.seed)
+        chance = {lv: c.accuracy for lv, c in trainer.data.chance.items()}
+        decisions = Decisions(cfg, plan, chance, rule)
+        if state is not None:
+            store.prune_alerts_after(trainer.step)
+            decisions.replay(store.read())  # what it did then is on disk
+        return cls(cfg, store, trainer, decisions, key, attempt, hooks=hooks,
+                   state_store=state_store, stop_after=stop_after)
 
     def commit(self, step: int) -> None:
         """Rows up to ``step``, then the full state (``store``'s order)."""
