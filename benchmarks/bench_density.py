@@ -1,7 +1,7 @@
 """Uniform against adaptive density, at equal budget: how densely the expensive measures
 sample the moments that matter.
 
-The sampling decisions are a pure function of a trial's cheap rows (``runner.Decisions``),
+The sampling decisions are a pure function of a trial's cheap rows (``trial.decisions.Decisions``),
 so this replays finished trials' committed rows under each policy, without computing any
 expensive measure. For every accuracy event it reports, per policy, the expensive measure's
 local sampling interval at the event (``analysis.series.local_spacing`` of its job steps, in
@@ -29,8 +29,8 @@ from _common import markdown_table, write_section
 from emergence_core.analysis.series import local_spacing
 from emergence_core.plan import trial_plan
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import Decisions
 from emergence_core.store import TrialStore
+from emergence_core.trial.decisions import Decisions
 from orchestrator.sweep.views import frozen_spec
 
 MEASURE = "hessian"  # any dense measure: all share the decisions

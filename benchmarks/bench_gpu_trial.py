@@ -30,7 +30,7 @@ from emergence_core.config import estimate, resolve_config  # noqa: E402
 from emergence_core.expensive import trial_probe_batch  # noqa: E402
 from emergence_core.measures import HessianSettings, estimate_hessian  # noqa: E402
 from emergence_core.metrics import RowBuffer, TrialKey  # noqa: E402
-from emergence_core.trainer import Trainer  # noqa: E402
+from emergence_core.trial.trainer import Trainer  # noqa: E402
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:

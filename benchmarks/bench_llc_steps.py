@@ -23,6 +23,7 @@ from _common import header, markdown_table, write_section
 
 from emergence_core.config import TrainConfig
 from emergence_core.expensive import trial_model, trial_probe_batch, untrained_loss
+from emergence_core.folder_records import read_run_record
 from emergence_core.measures.llc import LLCSettings, estimate_llc
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore
@@ -34,7 +35,7 @@ def run(run_dir: Path, steps: list[int], eps_grid: list[float], gamma: float,
         threads: int) -> str:
     torch.set_num_threads(threads)
     folder = RunFolder(run_dir)
-    cfg = TrainConfig.model_validate(folder.read_run_record()["config"])
+    cfg = TrainConfig.model_validate(read_run_record(folder)["config"])
     data, model = trial_model(cfg)
     batch = trial_probe_batch(data, 1024, cfg.seed)
     untrained = untrained_loss(cfg, batch)

@@ -26,7 +26,7 @@ from _common import markdown_table, write_section
 
 from emergence_core.config import resolve_config
 from emergence_core.store import TrialStore
-from emergence_core.trainer import Trainer
+from emergence_core.trial.trainer import Trainer
 from orchestrator.probe_pool.pool import ProbeWorker
 from orchestrator.probe_pool.queue import ProbeJob
 

@@ -31,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, markdown_table, write_section
 
-import emergence_core.cheap_probes as probes
+import emergence_core.trial.cheap_probes as probes
 from emergence_core.config import ProbeConfig, resolve_config
 from emergence_core.metrics import RowBuffer, TrialKey
-from emergence_core.trainer import Trainer
+from emergence_core.trial.trainer import Trainer
 
 Geometry = Callable[[list[probes.LevelReading], str, ProbeConfig, int, RowBuffer], None]
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, markdown_table, write_section
 
 from emergence_core.config import resolve_config
-from emergence_core.runner import run_trial
-from emergence_core.trainer import Trainer
+from emergence_core.trial.runner import run_trial
+from emergence_core.trial.trainer import Trainer
 
 
 def bare_loop(trainer: Trainer, steps: int, start: int) -> float:

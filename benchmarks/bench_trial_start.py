@@ -42,7 +42,7 @@ for name in ("orchestrator.sweep.tune_run", "orchestrator.tune_run"):
         continue
 t_imported = time.time()
 from emergence_core.config import resolve_config
-from emergence_core.runner import TrialHooks, run_trial
+from emergence_core.trial.runner import TrialHooks, run_trial
 t_runner = time.time()
 cfg = resolve_config("MOD", "s0", 0, steps=20, diag_size=200)
 first = {}

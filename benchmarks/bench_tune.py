@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import header, markdown_table, write_section
 from bench_trainer import bare_loop
 
-from emergence_core.runner import run_trial
 from emergence_core.store import read_metrics
-from emergence_core.trainer import Trainer
+from emergence_core.trial.runner import run_trial
+from emergence_core.trial.trainer import Trainer
 from orchestrator.sweep.spec import parse_spec
 from tests.sweep_helpers import ray_tmpdir, run_sweep, write_spec
 

@@ -22,14 +22,14 @@ _WHERE = {
     "EmergenceRule": "emergence_core.emergence_rule",
     "RunFolder": "emergence_core.run_folder",
     "TrainConfig": "emergence_core.config",
-    "TrialHooks": "emergence_core.runner",
+    "TrialHooks": "emergence_core.trial.runner",
     "load_metrics": "emergence_core.analysis.frames",
     "read_metrics": "emergence_core.store",
     "register_measure": "emergence_core.expensive",
     "register_scale": "emergence_core.model",
     "register_task": "emergence_core.tasks",
     "resolve_config": "emergence_core.config",
-    "run_trial": "emergence_core.runner",
+    "run_trial": "emergence_core.trial.runner",
 }
 
 __all__ = ["__version__", *sorted(_WHERE)]

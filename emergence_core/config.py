@@ -84,7 +84,7 @@ class CheckpointConfig(_Frozen):
 
 
 class AlertConfig(_Frozen):
-    """The live alerts' change-point rule (``emergence_core.alerts`` states it)."""
+    """The live alerts' change-point rule (``emergence_core.trial.alerts`` states it)."""
 
     enabled: bool = True
     window: int = Field(8, ge=3, description="reference: the last k values of a series")

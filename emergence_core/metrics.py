@@ -76,7 +76,7 @@ EVENTS_SCHEMA = pa.schema(
     metadata={"emerge.schema_version": SCHEMA_VERSION, "emerge.table": "events"},
 )
 
-# One row per live alert (``emergence_core.alerts`` raises them, ``store`` keeps them).
+# One row per live alert (``emergence_core.trial.alerts`` raises them, ``store`` keeps them).
 # ``value`` and ``reference`` are the series' value at detection and its reference median;
 # ``score`` the departure in robust spreads; ``accuracy`` the level's chance-corrected
 # accuracy at detection.

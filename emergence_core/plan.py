@@ -26,7 +26,7 @@ __all__ = ["Density", "TrialPlan", "due", "trial_plan"]
 @dataclass(frozen=True)
 class Density:
     """Adaptive density of the expensive measures (a sweep's ``probes.density``), resolved
-    for one trial: ``emergence_core.density`` makes the decisions."""
+    for one trial: ``emergence_core.trial.density`` makes the decisions."""
 
     measures: tuple[str, ...]  # the dense measures; they share one backbone
     around: int  # probe steps on each side of a trigger's onset

@@ -1,4 +1,4 @@
-"""The run folder, the source of truth of a sweep: every file's name, trial state, trial plans.
+"""The run folder, the source of truth of a sweep: every file's name, and its records' writers.
 
 This module is the one place that spells the layout below; everyone else (the trial runner,
 the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze``,
@@ -34,8 +34,9 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
 
 Beside it, each with one job over these names: a trial's *plan* (``emergence_core.plan``: its
 probe steps, the steps whose weights are kept, the expensive jobs due), the driver's lock
-(``emergence_core.folder_lock``), the calibration records (``emergence_core.calibrations``)
-and the trial's data files (``emergence_core.store``).
+(``emergence_core.folder_lock``), the calibration records (``emergence_core.calibrations``),
+the trial's data files (``emergence_core.store``) and what the JSON records say, read and
+checked: a trial's state, the folder's description (``emergence_core.folder_records``).
 """
 
 from __future__ import annotations
@@ -43,21 +44,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emergence_core.atomic import atomic_path
 from emergence_core.errors import warn_once
-from emergence_core.readers import UnreadableFile, load_yaml, read_json, read_text
+from emergence_core.readers import read_text
 
 __all__ = [
-    "FolderInfo",
     "ProbeJob",
     "RunFolder",
     "RunFolderError",
-    "TrialState",
     "parse_part",
     "part_name",
     "parts_in",
@@ -118,37 +116,9 @@ class ProbeJob:
         return ProbeJob(trial, int(step), measure)
 
 
-# -- trial state ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TrialState:
-    """Where a trial stands, from the run folder alone."""
-
-    state: str  # done, failed, incomplete, pending
-    step: int | None  # last committed step
-    events: dict[int, int | None]
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    """What a run folder says about itself. ``kind``: ``sweep`` (sweep.json), ``train``
-    (run.json), ``other`` (metrics or checkpoints but neither file, e.g. Pythia rows or a
-    copied table) or ``empty``. ``recorded_dir`` and ``recorded_uri``: sweep.json's."""
-
-    path: Path
-    kind: str
-    name: str
-    launched: tuple[str, ...]
-    recorded_dir: Path | None
-    recorded_uri: str | None
-    spec: Mapping[str, Any]
-    spec_text: str | None
-    notes: tuple[str, ...]
-
-
 class RunFolder:
-    """One run folder: its paths (see the module docstring) and what they say."""
+    """One run folder: its paths (see the module docstring) and its records' writers (what
+    the records say is read by ``emergence_core.folder_records``)."""
 
     SPEC = "spec.yaml"
     SWEEP = "sweep.json"
@@ -185,32 +155,6 @@ class RunFolder:
     def is_sweep(self) -> bool:
         return self.sweep_path.exists()
 
-    def sweep_state(self) -> dict[str, Any]:
-        """sweep.json: ``run_dir``, ``tracking_uri``, ``launches`` [{name, trials}]."""
-        if not self.is_sweep():
-            what = "no such folder" if not self.path.exists() else "no sweep.json in it"
-            raise RunFolderError(f"{self.path} is not a sweep's run folder ({what}); start "
-                                 "one with `emerge sweep SPEC`")
-        return self._sweep_record()
-
-    _SWEEP_FIX = ("restore it from a backup: it records where the sweep was launched and its "
-                  "launches (the rows in metrics/ are intact)")
-
-    def _sweep_record(self) -> dict[str, Any]:
-        """sweep.json, checked to be what ``record_launch`` writes; UnreadableFile if not."""
-        state = read_json(self.sweep_path, self._SWEEP_FIX)
-        launches = state.get("launches")
-        if not isinstance(launches, list) or not all(
-                isinstance(la, dict) and isinstance(la.get("name"), str)
-                and isinstance(la.get("trials"), list) for la in launches):
-            raise UnreadableFile(self.sweep_path, "its 'launches' are not a list of "
-                                 "{name, trials}", self._SWEEP_FIX)
-        for key in ("run_dir", "tracking_uri"):
-            if not isinstance(state.get(key), str):
-                raise UnreadableFile(self.sweep_path, f"its {key!r} is not a string",
-                                     self._SWEEP_FIX)
-        return state
-
     def spec_text(self) -> str:
         return read_text(self.spec_path, "restore the sweep file as launched (it is the "
                          "sweep's record of its grid)", what="sweep file")
@@ -227,17 +171,6 @@ class RunFolder:
     def write_spec(self, spec_text: str) -> None:
         with atomic_path(self.spec_path) as tmp:
             tmp.write_text(spec_text)
-
-    def read_run_record(self) -> dict[str, Any] | None:
-        """run.json, or None without one; a damaged one is one UnreadableFile line."""
-        if not self.run_record_path.exists():
-            return None
-        fix = ("it records the run's config: restore it from a backup, or train into a new "
-               "--out (the rows in metrics/ are intact)")
-        record = read_json(self.run_record_path, fix)
-        if not isinstance(record.get("config"), dict):
-            raise UnreadableFile(self.run_record_path, "holds no 'config' object", fix)
-        return record
 
     def write_run_record(self, record: dict[str, Any]) -> None:
         with atomic_path(self.run_record_path) as tmp:
@@ -288,23 +221,6 @@ class RunFolder:
     def complete_path(self, trial: str) -> Path:
         return self.checkpoint_dir(trial) / "COMPLETE.json"
 
-    def completion(self, trial: str) -> dict[str, Any] | None:
-        """The trial's completion record (step, attempt, events, fingerprint), if done."""
-        path = self.complete_path(trial)
-        if not path.exists():
-            return None
-        fix = ("it records that the trial finished: move it aside (the trial then shows as "
-               "unfinished and resumes from its checkpoint; its rows are intact)")
-        done = read_json(path, fix)
-        events = done.get("events", {})
-        if not isinstance(done.get("step"), int) or not isinstance(events, dict):
-            raise UnreadableFile(path, "is not a completion record (no step and events)", fix)
-        try:
-            done["events"] = {int(k): v for k, v in events.items()}
-        except ValueError:
-            raise UnreadableFile(path, "its events are not keyed by level", fix) from None
-        return done
-
     def mark_complete(self, trial: str, record: dict[str, Any]) -> None:
         with atomic_path(self.complete_path(trial)) as tmp:
             tmp.write_text(json.dumps(record))
@@ -344,22 +260,6 @@ class RunFolder:
             tmp.write_text(json.dumps({"state": "failed", "kind": kind, "error": error,
                                        "time": time.time(), **details}))
 
-    def failure_record(self, trial: str) -> dict[str, Any] | None:
-        path = self.failure_path(trial)
-        if not path.exists():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {"state": "failed", "kind": "error",
-                    "error": f"unknown error (its status file {path} cannot be read)"}
-        return record if isinstance(record, dict) else {"error": "unknown error"}
-
-    def failure(self, trial: str) -> str | None:
-        """Why the trial failed for good, or None."""
-        record = self.failure_record(trial)
-        return None if record is None else str(record.get("error") or "unknown error")
-
     def clear_failure(self, trial: str) -> None:
         self.failure_path(trial).unlink(missing_ok=True)
 
@@ -373,18 +273,6 @@ class RunFolder:
     @property
     def pythia_failures_path(self) -> Path:
         return self.status_dir / "pythia-failures.json"
-
-    def trial_state(self, trial: str) -> TrialState:
-        """(state, last committed step, events, error) of a trial, from the folder alone."""
-        done = self.completion(trial)
-        if done is not None:
-            return TrialState("done", done["step"], done["events"])
-        parts = parts_in(self.metrics_dir("trial", trial))
-        step = parts[-1][1] if parts else None
-        error = self.failure(trial)
-        if error is not None:
-            return TrialState("failed", step, {}, error)
-        return TrialState("incomplete" if parts else "pending", step, {})
 
     # -- the expensive probes ----------------------------------------------------------------
 
@@ -472,11 +360,12 @@ class RunFolder:
 
     # -- what kind of folder -----------------------------------------------------------------
 
-    def _markers(self) -> list[str]:
-        """What makes the folder a run folder: sweep.json or run.json; else metric parts or
-        event tables that emerge wrote (a folder that merely has a ``checkpoints/`` or
-        ``metrics/`` of its own, a code folder say, is not one); a Pythia sweep's spec with
-        its status; or, alone, the report of an empty folder analysed once."""
+    def markers(self) -> list[str]:
+        """What makes the folder a run folder (``folder_records.describe`` reads them):
+        sweep.json or run.json; else metric parts or event tables that emerge wrote (a folder
+        that merely has a ``checkpoints/`` or ``metrics/`` of its own, a code folder say, is
+        not one); a Pythia sweep's spec with its status; or, alone, the report of an empty
+        folder analysed once."""
         marks = [m for m in (self.SWEEP, self.RUN) if (self.path / m).is_file()]
         if self.metrics_root.is_dir() and any(
                 parse_part(p.name) for p in self.metrics_root.rglob("part-*.parquet")):
@@ -490,48 +379,6 @@ class RunFolder:
                 p in (self.report_dir, self.lock_path) for p in self.path.iterdir()):
             marks.append("report/report.json")  # an empty folder analysed once
         return marks
-
-    def describe(self) -> FolderInfo:
-        """Read the folder's own files; RunFolderError when it is not a run folder."""
-        path = self.path
-        if not path.exists():
-            raise RunFolderError(f"{path}: no such folder; give a run folder, e.g. runs/smoke")
-        if not path.is_dir():
-            raise RunFolderError(f"{path} is a file, not a run folder")
-        present = self._markers()
-        if not present and any(path.iterdir()):
-            raise RunFolderError(f"{path} is not a run folder (no sweep.json, run.json or "
-                                 "metric parts); give a folder written by `emerge sweep` or "
-                                 "`emerge train`")
-        notes: list[str] = []
-        state: dict[str, Any] = {}
-        kind = ("sweep" if self.SWEEP in present else "train" if self.RUN in present
-                else "other" if present else "empty")
-        if kind == "empty":
-            notes.append(f"The run folder {path} is empty: nothing has run there yet.")
-        if kind == "sweep":
-            try:
-                state = self._sweep_record()
-            except UnreadableFile as err:
-                notes.append(f"sweep.json could not be read ({err.problem}): the launched "
-                             "trials are unknown and MLflow is skipped.")
-        spec: dict[str, Any] = {}
-        spec_text = None
-        if kind != "empty" and self.spec_path.is_file():
-            try:
-                spec_text = self.spec_text()
-                loaded = load_yaml(spec_text, self.spec_path, "default settings")
-                spec = loaded if isinstance(loaded, dict) else {}
-            except UnreadableFile as err:
-                notes.append(f"spec.yaml could not be read ({err.problem}): default "
-                             "settings.")
-        launched = tuple(dict.fromkeys(t for launch in state.get("launches", [])
-                                       for t in launch.get("trials", [])))
-        return FolderInfo(
-            path=path, kind=kind, name=str(spec.get("name") or path.name), launched=launched,
-            recorded_dir=Path(state["run_dir"]) if state.get("run_dir") else None,
-            recorded_uri=state.get("tracking_uri"), spec=spec, spec_text=spec_text,
-            notes=tuple(notes))
 
     def shared_check_path(self, token: str) -> Path:
         """A hidden file the cluster preflight writes, to see which nodes can read it."""

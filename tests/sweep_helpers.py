@@ -76,7 +76,7 @@ def run_sweep(args: list[str], ray_tmp: str, log: Path, timeout: float = 900,
 
 
 REFERENCE = ("import sys, torch\n"
-             "from emergence_core.runner import run_trial\n"
+             "from emergence_core.trial.runner import run_trial\n"
              "from orchestrator.sweep.spec import load_spec\n"
              "torch.set_num_threads(1)\n"
              "for plan in load_spec(sys.argv[1]).trials():\n"

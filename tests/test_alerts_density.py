@@ -8,14 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from emergence_core.alerts import ALERTS_SCHEMA, AlertDetector
 from emergence_core.config import AlertConfig, resolve_config
-from emergence_core.density import DensePlanner
 from emergence_core.emergence_rule import EmergenceRule
 from emergence_core.plan import trial_plan
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_alerts
+from emergence_core.trial.alerts import ALERTS_SCHEMA, AlertDetector
+from emergence_core.trial.density import DensePlanner
+from emergence_core.trial.runner import TrialHooks, run_trial
 from tests.conftest import tiny_overrides
 
 # -- the detector on planted series -----------------------------------------------------------

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from emergence_core.config import resolve_config
 from emergence_core.metrics import METRICS_SCHEMA
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import run_trial
 from emergence_core.store import TrialStore, read_metrics
+from emergence_core.trial.runner import run_trial
 from orchestrator.cli.analyze import analyze_command
 from orchestrator.tracking.store import default_tracking_uri
 from orchestrator.tracking.sync import MlflowSync

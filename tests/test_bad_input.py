@@ -118,7 +118,7 @@ def _built(kind: str) -> Path:
     and sweep.json as `emerge sweep` records them) or as an `emerge train` one (run.json)."""
     if kind not in _BUILT:
         from emergence_core.config import resolve_config
-        from emergence_core.runner import run_trial
+        from emergence_core.trial.runner import run_trial
         from orchestrator.cli.train import _record
         from orchestrator.tracking.store import default_tracking_uri
 

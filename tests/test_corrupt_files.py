@@ -14,8 +14,8 @@ from emergence_core.calibrations import read_calibration, write_calibration
 from emergence_core.config import resolve_config
 from emergence_core.model import build_model, scale_shape
 from emergence_core.run_folder import ProbeJob, RunFolder, RunFolderError
-from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_metrics
+from emergence_core.trial.runner import TrialHooks, run_trial
 from orchestrator.cli.app import app
 from orchestrator.cli.train import _record
 from orchestrator.probe_pool.queue import ProbeQueue

@@ -14,10 +14,11 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from emergence_core.config import resolve_config
+from emergence_core.folder_records import failure_record, trial_state
 from emergence_core.run_folder import RunFolder
-from emergence_core.runner import TrialDiverged, run_trial
 from emergence_core.store import read_metrics
-from emergence_core.trainer import Trainer
+from emergence_core.trial.runner import TrialDiverged, run_trial
+from emergence_core.trial.trainer import Trainer
 from orchestrator.cli.app import app
 from tests.conftest import tiny_overrides
 
@@ -33,7 +34,7 @@ def test_diverging_train_stops_within_a_probe_interval_with_one_line(tmp_path: P
     assert r.exit_code == 1, r.output
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "training loss became non-finite at step" in errors[0]
-    record = RunFolder(out).failure_record("MOD-s0-0")
+    record = failure_record(RunFolder(out), "MOD-s0-0")
     assert record["kind"] == "diverged"
     # found at the first probe after the bad update: within one probe interval of it
     steps = resolve_config("MOD", "s0", 0, steps=60, probe={"n_probes": 12}).probe
@@ -88,12 +89,12 @@ def check_a_diverged_trial_in_a_sweep(run_dir: Path, rc: int, text: str, diverge
         in text
     folder = RunFolder(run_dir)
     assert folder.is_complete(finished) and not folder.is_complete(diverged)
-    state = folder.trial_state(diverged)
+    state = trial_state(folder, diverged)
     assert state.state == "failed" and "diverged" in state.error
     table = read_metrics(run_dir)
     mod = table.filter(pc.equal(table["trial"], diverged))
     assert set(mod["attempt"].to_pylist()) == {0}  # ran once: never retried
-    assert max(mod["step"].to_pylist()) == folder.failure_record(diverged)["last_good"]
+    assert max(mod["step"].to_pylist()) == failure_record(folder, diverged)["last_good"]
 
     status = CliRunner().invoke(app, ["status", str(run_dir)], env={"COLUMNS": "250"})
     assert status.exit_code == 0 and "diverged" in status.output

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from emergence_core.analysis.calibration import calibration_section
 from emergence_core.calibrations import calibrations, read_calibration, write_calibration
+from emergence_core.folder_records import read_run_record
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.cli.app import app
 
@@ -229,7 +230,7 @@ def test_sanity_on_a_real_s0_checkpoint(run: Path) -> None:
     from emergence_core.store import TrialStore
 
     folder = RunFolder(run)
-    cfg = TrainConfig.model_validate(folder.read_run_record()["config"])
+    cfg = TrainConfig.model_validate(read_run_record(folder)["config"])
     data, model = trial_model(cfg)
     batch = trial_probe_batch(data, 256, cfg.seed)
     untrained = untrained_loss(cfg, batch)
@@ -264,7 +265,7 @@ def test_pool_worker_runs_the_pilot_once_then_reuses_it(run: Path, tmp_path: Pat
     monkeypatch.setattr(pool.ray, "get_gpu_ids", lambda: [])
     monkeypatch.setattr(pool.ProbeWorker, "_status", lambda self, info: None)
     worker = pool.ProbeWorker(str(folder.path), "s", 1)
-    cfg = TrainConfig.model_validate(folder.read_run_record()["config"])
+    cfg = TrainConfig.model_validate(read_run_record(folder)["config"])
     trial, steps = cfg.trial_name(), folder.weight_steps(cfg.trial_name())
     cal = {"step": steps[-1], "fields": {"steps": [0.1, 0.05], "localisations": [1e-3, 1e-4]}}
     settings = {"n_chains": 2, "n_draws": 30, "n_burnin": 16, "minibatch_size": 16}

@@ -57,7 +57,7 @@ def _spec(tmp_path: Path, name: str, **probes) -> Path:
 def _due(run_dir: Path, spec) -> set:
     """The backbone and the dense jobs the trial's own rows decide (replayed here, as a
     resumed trial would): what the run must hold exactly once."""
-    from emergence_core.runner import Decisions
+    from emergence_core.trial.decisions import Decisions
 
     due = set()
     for p in spec.trials():

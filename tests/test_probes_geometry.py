@@ -7,12 +7,6 @@ import math
 import pytest
 import torch
 
-from emergence_core.cheap_probes import (
-    LevelReading,
-    geometry_rows,
-    geometry_rows_per_value,
-    read_level,
-)
 from emergence_core.config import resolve_config
 from emergence_core.measures import (
     AnswerScores,
@@ -22,7 +16,13 @@ from emergence_core.measures import (
     rankme_batched,
 )
 from emergence_core.metrics import RowBuffer, TrialKey
-from emergence_core.trainer import Trainer
+from emergence_core.trial.cheap_probes import (
+    LevelReading,
+    geometry_rows,
+    geometry_rows_per_value,
+    read_level,
+)
+from emergence_core.trial.trainer import Trainer
 from tests.conftest import tiny_overrides
 
 KEY = TrialKey("t", "T-s0-0", "COPY", "s0", 0)

@@ -11,7 +11,7 @@ from emergence_core.config import resolve_config
 from emergence_core.expensive import make_settings, run_expensive, trial_probe_batch
 from emergence_core.metrics import Measure, RowBuffer, TrialKey
 from emergence_core.model import answer_logits
-from emergence_core.trainer import Trainer
+from emergence_core.trial.trainer import Trainer
 from orchestrator.probe_pool.queue import ProbeJob, ProbeQueue
 from orchestrator.sweep.spec import parse_spec
 from tests.conftest import tiny_overrides

@@ -109,10 +109,10 @@ FLOORS: tuple[tuple[str, ...], ...] = (
      "emergence_core.pythia"),
     # 3. the run folder: its names, the trial's plan, the stored files
     ("emergence_core.run_folder", "emergence_core.plan", "emergence_core.store",
-     "emergence_core.folder_lock", "emergence_core.calibrations"),
+     "emergence_core.folder_lock", "emergence_core.calibrations",
+     "emergence_core.folder_records"),
     # 4. the trial: training, the cheap probes, live alerts, density
-    ("emergence_core.trial", "emergence_core.runner", "emergence_core.trainer",
-     "emergence_core.cheap_probes", "emergence_core.alerts", "emergence_core.density"),
+    ("emergence_core.trial",),
     # 5. the statistics stage
     ("emergence_core.analysis",),
     # 6. the science's public face and its test fixtures
@@ -149,7 +149,7 @@ def test_no_import_runs_back_up_the_tower() -> None:
 
 def test_the_tower_check_can_fail() -> None:
     """The floors above are read as meant: a runner asking the statistics would be flagged."""
-    assert _floor("emergence_core.analysis.emergence") > _floor("emergence_core.runner")
+    assert _floor("emergence_core.analysis.emergence") > _floor("emergence_core.trial.runner")
     assert _floor("emergence_core.store") > _floor("emergence_core.readers")
     assert _floor("orchestrator.cli.app") > _floor("orchestrator.sweep.driver") \
         > _floor("orchestrator.common.errors") > _floor("emergence_core")
@@ -228,7 +228,7 @@ def test_emerge_help_and_a_trial_import_only_what_they_use() -> None:
             "import orchestrator.cli.app\n"
             "heavy = ('torch', 'ray', 'mlflow', 'polars', 'matplotlib', 'transformers')\n"
             "print(sorted(m for m in heavy if m in sys.modules))\n"
-            "import orchestrator.sweep.tune_run, emergence_core.runner\n"
+            "import orchestrator.sweep.tune_run, emergence_core.trial.runner\n"
             "print(sorted(m for m in ('polars', 'matplotlib', 'mlflow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)

@@ -56,7 +56,7 @@ def test_the_report_names_its_commit_and_command() -> None:
 def test_a_slice_of_the_study_sweep_gives_the_committed_tables(tmp_path: Path) -> None:
     """One trial of sweeps/cpu-study.yaml, cut to seconds, through `emerge analyze`: every
     committed table keeps its columns, and the claims table reads the fresh report too."""
-    from emergence_core.runner import run_trial
+    from emergence_core.trial.runner import run_trial
     from orchestrator.cli.train import _record
 
     data = yaml.safe_load((ROOT / "sweeps" / "cpu-study.yaml").read_text())

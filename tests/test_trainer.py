@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from emergence_core.config import resolve_config
 from emergence_core.metrics import METRICS_KEY, METRICS_SCHEMA
 from emergence_core.model import answer_logits
-from emergence_core.runner import TrialHooks, run_trial
 from emergence_core.store import TrialStore, read_metrics
-from emergence_core.trainer import StateMismatch, Trainer
+from emergence_core.trial.runner import TrialHooks, run_trial
+from emergence_core.trial.trainer import StateMismatch, Trainer
 from tests.conftest import tiny_overrides
 
 # Short sequences of three different lengths: exercises per-level batches cheaply.
@@ -145,7 +145,7 @@ def test_completed_trial_returns_at_once_and_hooks_can_stop(tmp_path: Path) -> N
 
 def test_the_in_trial_tracker_corrects_for_chance_as_the_analysis_does() -> None:
     from emergence_core.emergence_rule import EmergenceRule
-    from emergence_core.runner import EmergenceTracker
+    from emergence_core.trial.decisions import EmergenceTracker
 
     tracker = EmergenceTracker(EmergenceRule(0.5, 2), chance={1: 0.5, 2: 0.0})
     for step in range(10):  # level 1 holds its constant answer's 0.55; level 2 learns

@@ -1,7 +1,7 @@
 """The live alerts scored against the events: how often and how early they preceded them
 (the report's "Live alerts" section).
 
-The trials raise alerts while they run (``emergence_core.alerts``) from what they have seen
+The trials raise alerts while they run (``emergence_core.trial.alerts``) from what they have seen
 so far; the statistics stage knows the whole run. Set side by side:
 
 - an alert *precedes* its level's event when the event exists and the alert was raised
@@ -91,8 +91,8 @@ def alerts_section(summary: pl.DataFrame, n_trials: int) -> list[str]:
     if summary["alerts"].sum() == 0:
         return [*lines, f"No live alert was raised in {n_trials} trials (or the run predates "
                         "alerts).", ""]
-    lines += ["Raised by the trials while they ran (`emergence_core.alerts` states the rule). "
-              "An alert *preceded* its level's accuracy event when it was raised before the "
+    lines += ["Raised by the trials while they ran (`emergence_core.trial.alerts` states the "
+              "rule). An alert *preceded* its level's accuracy event when it was raised before the "
               "event step. Precision: preceded / alerts; recall: events with at least one "
               "preceding alert / events; lead: event step minus detection step (median over "
               "the alerts that preceded), also in probe intervals at the event. The last "

@@ -24,8 +24,9 @@ import typer
 
 from emergence_core.calibrations import calibrations
 from emergence_core.errors import first_line
+from emergence_core.folder_records import FolderInfo, describe, failure_record
 from emergence_core.registry import did_you_mean
-from emergence_core.run_folder import FolderInfo, RunFolder
+from emergence_core.run_folder import RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
 from orchestrator.tracking.report import log_to_sweep_run
@@ -143,7 +144,7 @@ def _diverged(info: FolderInfo, parts: list[Path]) -> dict[str, tuple[int | None
     folder = RunFolder(info.path)
     out = {}
     for t in sorted({*_trial_rows(parts), *info.launched}):
-        record = folder.failure_record(t)
+        record = failure_record(folder, t)
         if record is not None and record.get("kind") == "diverged":
             out[t] = (record.get("last_good"), str(record.get("line", "diverged")))
     return out
@@ -209,7 +210,7 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
 
     from emergence_core.analysis import analyze, empty_metrics, write_report
 
-    info = RunFolder(run_dir).describe()
+    info = describe(RunFolder(run_dir))
     target = _report_target(info, out)
     _apply_plugins(info)
     settings = resolve_settings(info.spec, sets or {}, threshold, persistence)

@@ -13,8 +13,9 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # torch and transformers load when a run starts, not for --help
     from emergence_core.config import TrainConfig
-    from emergence_core.runner import ProbeReport, TrialOutcome
+    from emergence_core.trial.runner import ProbeReport, TrialOutcome
 
+from emergence_core.folder_records import read_run_record
 from emergence_core.run_folder import RunFolder
 from orchestrator.cli.common import handles_usage_errors, parse_sets
 from orchestrator.common.errors import UsageError
@@ -31,7 +32,7 @@ def claim_train_folder(out: Path, cfg: TrainConfig) -> bool:
         return False
     if not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    held = RunFolder(out).read_run_record()
+    held = read_run_record(RunFolder(out))
     if held is not None:
         if held.get("fingerprint") != cfg.fingerprint():
             c = held.get("config", {})
@@ -58,7 +59,7 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
                 stopped_by: list[int] | None = None, **run_kwargs: Any) -> TrialOutcome:
     """Run (or resume) ``cfg`` in ``out`` with a progress bar; Ctrl-C, SIGTERM or SIGHUP
     stops at a step boundary (the signal is appended to ``stopped_by``)."""
-    from emergence_core.runner import TrialHooks, run_trial
+    from emergence_core.trial.runner import TrialHooks, run_trial
 
     console = console or Console(stderr=True)
     resuming = claim_train_folder(out, cfg)
@@ -227,7 +228,7 @@ def train(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    from emergence_core.runner import TrialDiverged
+    from emergence_core.trial.runner import TrialDiverged
 
     console = Console(stderr=True)
     stopped_by: list[int] = []

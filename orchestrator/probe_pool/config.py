@@ -63,7 +63,7 @@ Trigger = Literal["event", "alert", "precursor", "approach"]
 
 
 class DensitySettings(_Strict):
-    """Adaptive density (``emergence_core.density``): a coarse backbone (each dense
+    """Adaptive density (``emergence_core.trial.density``): a coarse backbone (each dense
     measure's ``every``) plus jobs pinned around live alerts and emergence events."""
 
     measures: list[MeasureName] | None = Field(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emergence_core.config import TrainConfig
+from emergence_core.folder_records import read_run_record
 from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.common.errors import UsageError
@@ -43,7 +44,7 @@ def _trials(folder: RunFolder, load_spec: Callable[[Path], Any]
         spec = load_spec(folder.spec_path)
         return (spec.name, {t.name: t.config for t in spec.trials()},
                 dict(spec.probes.measures))
-    record = folder.read_run_record()
+    record = read_run_record(folder)
     if record is None or "config" not in record:
         raise UsageError(f"{folder.path} is not an emerge run folder (no sweep.json and no "
                          "run.json); give a folder made by emerge sweep or emerge train")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from emergence_core.folder_lock import driver_lock
+from emergence_core.folder_records import failure, sweep_state, trial_state
 from emergence_core.readers import UnreadableFile
 from emergence_core.run_folder import RunFolder, RunFolderError
 from orchestrator.common.errors import RuntimeFault, UsageError
@@ -162,7 +163,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
     services.mlflow_call(lambda m: m.parent_run(spec_text, spec.emergence.rule))
     services.mlflow_call(lambda m: m.set_status(None, "RUNNING"))
     for name in trials:
-        st = folder.trial_state(name)
+        st = trial_state(folder, name)
         if st.state == "done":
             board.finished(name, True)
             board.result(name, trials[name].config.steps, {k: v for k, v in st.events.items()
@@ -192,7 +193,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
                     pool.close()
     finally:
         RUNNING_SWEEPS.pop(str(folder.path), None)
-        states = {n: folder.trial_state(n).state for n in trials}
+        states = {n: trial_state(folder, n).state for n in trials}
         missing = [n for n, s in states.items() if s != "done"]
         failed = [n for n in missing if states[n] == "failed"] or (missing if errors else [])
         p_done, p_due, p_failed = probe_progress(folder, spec)
@@ -214,7 +215,7 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         return 0
     if failed or p_failed:
         for n in failed:
-            why = services.failures.get(n) or folder.failure(n) or "see emerge status"
+            why = services.failures.get(n) or failure(folder, n) or "see emerge status"
             console.print(f"[red]failed: {n}: {why}[/red]")
         for job in p_failed:
             console.print(f"[red]probe failed: {job} (see {folder.probe_dir('failed')})[/red]")
@@ -248,7 +249,7 @@ def _launch(spec: SweepSpec, spec_path: Path, folder: RunFolder, *, address: str
     trials = spec.trials()
     spec_text = spec_path.read_text()
     if folder.is_sweep():
-        state = folder.sweep_state()
+        state = sweep_state(folder)
         new = added_trials(frozen_spec(folder), spec)
         launches = state["launches"]
         fresh: set[str] = set()
@@ -306,7 +307,7 @@ def _tracking_uri(folder: RunFolder, state: dict[str, Any], sweep: str,
 def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
            allow_pending: bool, console: Console) -> int:
     folder = RunFolder(run_dir)
-    folder.sweep_state()  # a sweep's folder, before anything is created in it
+    sweep_state(folder)  # a sweep's folder, before anything is created in it
     with driver_lock(folder, f"emerge resume {run_dir}"):
         return _resume(folder, address=address, tracking_uri=tracking_uri,
                        allow_pending=allow_pending, console=console)
@@ -314,7 +315,7 @@ def resume(run_dir: Path, *, address: str | None, tracking_uri: str | None,
 
 def _resume(folder: RunFolder, *, address: str | None, tracking_uri: str | None,
             allow_pending: bool, console: Console) -> int:
-    state = folder.sweep_state()
+    state = sweep_state(folder)
     spec = frozen_spec(folder)
     uri = _tracking_uri(folder, state, spec.name, tracking_uri, console)
     p_done, p_due, _ = probe_progress(folder, spec)
@@ -342,7 +343,7 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
                 console: Console | None = None) -> dict[str, int]:
     """Send MLflow all the run folder holds that it lacks; returns rows sent per trial."""
     folder = RunFolder(run_dir)
-    state = folder.sweep_state()
+    state = sweep_state(folder)
     spec = frozen_spec(folder)
     console = console or Console(stderr=True)
     # the store checked before the ledger (or its lock) is touched
@@ -353,7 +354,7 @@ def sync_mlflow(run_dir: Path, *, tracking_uri: str | None,
         sent = sync.sync_all([p.config for p in spec.trials()])
         if all(folder.is_complete(p.name) for p in spec.trials()):
             sync.set_status(None, "FINISHED")
-        elif any(folder.failure(p.name) for p in spec.trials()):
+        elif any(failure(folder, p.name) for p in spec.trials()):
             sync.set_status(None, "FAILED")
     except (UsageError, RunFolderError, UnreadableFile, OSError):
         raise  # the run folder's own problems, each one line already

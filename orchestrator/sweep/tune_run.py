@@ -141,7 +141,7 @@ def _trainable(config: dict[str, Any]) -> None:
     """One trial, in a Ray worker: the typed ``Trial`` validated once by the driver."""
     import torch
 
-    from emergence_core.runner import TrialDiverged, TrialHooks, run_trial
+    from emergence_core.trial.runner import TrialDiverged, TrialHooks, run_trial
 
     trial: Trial = config["trials"].get(config["trial"]["name"])
     config["extensions"].apply()  # the sweep's plugins and declared scales, in this process

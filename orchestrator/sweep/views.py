@@ -15,6 +15,7 @@ from rich.console import Group
 from rich.table import Table
 
 from emergence_core.config import estimate
+from emergence_core.folder_records import sweep_state, trial_state
 from emergence_core.run_folder import RunFolder
 from orchestrator.common.errors import UsageError
 from orchestrator.probe_pool.queue import ProbeQueue
@@ -206,7 +207,7 @@ def _finish_line(capacity: Any, cpu_load: float, gpu_load: float, longest: float
 def status_data(run_dir: Path) -> dict[str, Any]:
     """Where a sweep stands, from its run folder alone (``emerge status --json``)."""
     folder = RunFolder(run_dir)
-    folder.sweep_state()
+    sweep_state(folder)
     spec = frozen_spec(folder)
     queue = ProbeQueue(folder)
     done_jobs = queue.done_jobs() if spec.probes.measures else set()
@@ -214,7 +215,7 @@ def status_data(run_dir: Path) -> dict[str, Any]:
     alerts = _alert_counts(folder)
     trials = []
     for p in spec.trials():
-        st = folder.trial_state(p.name)
+        st = trial_state(folder, p.name)
         row: dict[str, Any] = {
             "trial": p.name, "state": st.state, "step": st.step,
             "total_steps": p.config.steps,

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from emergence_core.emergence_rule import EmergenceRule
 from emergence_core.errors import first_line
-from emergence_core.run_folder import FolderInfo
+from emergence_core.folder_records import FolderInfo
 
 if TYPE_CHECKING:
     from emergence_core.analysis import ReportSummary

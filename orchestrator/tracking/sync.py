@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
+from emergence_core.folder_records import failure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore
 from orchestrator.tracking.ledger import RunLedger
@@ -381,7 +382,7 @@ class MlflowSync:
             sent[trial] = self.sync_trial(trial, cfg) + self.sync_probes(trial, cfg)
             if self.folder.is_complete(trial):
                 self.set_status(trial, "FINISHED")
-            elif (failure := self.folder.failure(trial)) is not None:
-                self.set_status(trial, "FAILED", reason=failure)
+            elif (why := failure(self.folder, trial)) is not None:
+                self.set_status(trial, "FAILED", reason=why)
         return sent
 

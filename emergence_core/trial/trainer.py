@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emergence_core.cheap_probes import run_cheap_probes
 from emergence_core.config import TrainConfig
 from emergence_core.metrics import Measure, RowBuffer
 from emergence_core.model import answer_logits, build_model, count_parameters, scale_shape
@@ -33,6 +32,7 @@ from emergence_core.plan import trial_plan
 from emergence_core.schedule import lr_at
 from emergence_core.tasks import EncodedSet, TrialData, stream_indices
 from emergence_core.tasks.data import seed_key
+from emergence_core.trial.cheap_probes import run_cheap_probes
 
 __all__ = ["STATE_FORMAT", "Divergence", "ProbeSummary", "StateMismatch", "Trainer",
            "resolve_device"]

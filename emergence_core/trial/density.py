@@ -3,7 +3,7 @@
 Uniform sampling spends most of a trial's expensive budget where nothing happens, and leaves
 an event ten probe intervals from the nearest Hessian. With ``probes.density`` a trial runs
 its dense measures on a coarse uniform *backbone* (each measure's ``every``) and spends the
-rest of a fixed *budget* around its *triggers*: live alerts (``emergence_core.alerts``) and
+rest of a fixed *budget* around its *triggers*: live alerts (``emergence_core.trial.alerts``) and
 confirmed emergence events.
 
 - The weights of the last ``window`` probe steps are always on disk (a rolling window), so a
