@@ -26,7 +26,7 @@ _WHERE = {
     "load_metrics": "emergence_core.analysis.frames",
     "read_metrics": "emergence_core.store",
     "register_measure": "emergence_core.expensive",
-    "register_scale": "emergence_core.model",
+    "register_scale": "emergence_core.scales",
     "register_task": "emergence_core.tasks",
     "resolve_config": "emergence_core.config",
     "run_trial": "emergence_core.trial.runner",

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from emergence_core.model import scale_shape
+from emergence_core.scales import scale_shape
 from emergence_core.tasks import TaskError, get_task, trial_layout
 
 __all__ = [

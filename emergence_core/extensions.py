@@ -17,7 +17,7 @@ import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from emergence_core.model import ScaleShape, register_scale
+from emergence_core.scales import ScaleShape, register_scale
 
 __all__ = ["ExtensionError", "Extensions"]
 

@@ -26,7 +26,7 @@ def _registries_as_shipped():
     """Registries are per process: what a test registers (a plugin's task, a declared scale)
     is removed after it, so that no other test sees it."""
     from emergence_core.expensive import MEASURES
-    from emergence_core.model import SCALES
+    from emergence_core.scales import SCALES
     from emergence_core.tasks import TASKS
 
     saved = [(r, dict(r)) for r in (MEASURES, SCALES, TASKS)]

@@ -104,9 +104,9 @@ FLOORS: tuple[tuple[str, ...], ...] = (
      "emergence_core.registry", "emergence_core.metrics", "emergence_core.schedule",
      "emergence_core.emergence_rule"),
     # 2. the science's parts: tasks, models, configs, measures, Pythia
-    ("emergence_core.tasks", "emergence_core.model", "emergence_core.config",
-     "emergence_core.extensions", "emergence_core.measures", "emergence_core.expensive",
-     "emergence_core.pythia"),
+    ("emergence_core.tasks", "emergence_core.scales", "emergence_core.model",
+     "emergence_core.config", "emergence_core.extensions", "emergence_core.measures",
+     "emergence_core.expensive", "emergence_core.pythia"),
     # 3. the run folder: its names, the trial's plan, the stored files
     ("emergence_core.run_folder", "emergence_core.plan", "emergence_core.store",
      "emergence_core.folder_lock", "emergence_core.calibrations",

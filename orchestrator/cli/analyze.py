@@ -178,7 +178,7 @@ def _scale_params(info: FolderInfo) -> dict[str, float]:
     are the registry's; a Pythia folder's model names already say their size)."""
     if info.kind not in ("sweep", "train"):
         return {}
-    from emergence_core.model import SCALES
+    from emergence_core.scales import SCALES
 
     return {name: s.approx_params for name, s in SCALES.items() if s.approx_params}
 

@@ -142,8 +142,8 @@ def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | N
     from pydantic import ValidationError
 
     from emergence_core.config import TrainConfig, check_device, resolve_config
-    from emergence_core.model import scale_shape
     from emergence_core.registry import RegistryError
+    from emergence_core.scales import scale_shape
     from emergence_core.tasks import get_task
     from orchestrator.common.errors import format_validation_error
 

@@ -45,10 +45,10 @@ from pydantic import (
 from emergence_core.config import TrainConfig, resolve_config
 from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.extensions import ExtensionError, Extensions
-from emergence_core.model import ScaleError, ScaleShape, scale_shape
 from emergence_core.plan import TrialPlan as Plan
 from emergence_core.plan import trial_plan
 from emergence_core.registry import RegistryError
+from emergence_core.scales import ScaleError, ScaleShape, scale_shape
 from emergence_core.tasks import TaskError, get_task
 from orchestrator.common.errors import (
     UsageError,

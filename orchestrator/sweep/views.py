@@ -82,7 +82,7 @@ def _cpu_flops() -> float:
 def _rows_per_probe(p: Trial) -> int:
     """Metric rows one probe step of the trial writes: behaviour per level and pooled,
     geometry per layer (embedding included), level (and pooled) and read position."""
-    from emergence_core.model import scale_shape
+    from emergence_core.scales import scale_shape
 
     cfg = p.config
     levels, layers = len(cfg.levels), scale_shape(cfg.scale).n_layer + 1
