@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 @contextmanager
@@ -34,8 +41,10 @@ def local_cluster(nodes: list[dict[str, Any]], head_cpus: int = 0) -> Iterator[A
     tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     old = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tmp  # keeps /tmp/ray/ray_current_cluster of others untouched
+    # a dashboard port of its own: with tests in parallel (pytest -n) two clusters asking for
+    # the default 8265 leave the second without a dashboard, and its state API unreachable
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": head_cpus, "resources": {"head": 1}})
+        "num_cpus": head_cpus, "resources": {"head": 1}, "dashboard_port": _free_port()})
     try:
         cluster.specs = {}  # node id -> the arguments it was started with
         for spec in nodes:

@@ -93,11 +93,12 @@ def _smoke_spec(tmp_path: Path, **changes) -> Path:
     return write_spec(tmp_path / "smoke.yaml", **spec)
 
 
+@pytest.mark.timeout(1800)  # ~11 min beside another worker's tests on 2 cores (conftest.py)
 def test_smoke_sweep_end_to_end_with_sqlite(tmp_path: Path) -> None:
     spec_path = _smoke_spec(tmp_path)
     log = tmp_path / "driver.log"
     with ray_tmpdir() as rt:
-        rc = run_sweep(["sweep", str(spec_path)], rt, log)
+        rc = run_sweep(["sweep", str(spec_path)], rt, log, timeout=1500)
     assert rc == 0, log.read_text()[-3000:]
     run_dir = tmp_path / "run"
     _check_parquet_holds_every_series(run_dir, spec_path)
