@@ -14,8 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # The suite runs on two workers (pytest-xdist, ``-n 2`` in pyproject.toml): the end-to-end
 # tests wait on Ray, MLflow and subprocesses about half their time, so a second worker nearly
-# halves the wall time (measured: 38 min serial, 18 min on two workers, on 2 cores). Longest
-# first, so that the last test to start is a short one (the smoke sweep alone is ~10 min).
+# halves the wall time (measured on 2 cores: 38 min serial, 18-24 min on two workers). Longest
+# first, handed out one at a time (--maxschedchunk 1), so that the last test to start is a
+# short one: xdist's default chunks gave one worker every slow test (24 min against 18).
 LONGEST_FIRST = (
     "tests/test_sweep_e2e.py::test_smoke_sweep_end_to_end_with_sqlite",
     "tests/test_multinode.py",
