@@ -126,7 +126,8 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             tail = log.read_text()[-3000:] if log else ""
             raise AssertionError(f"driver exited ({proc.returncode}) before {what}:\n{tail}")
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{tail}")
 
 
 def free_port() -> int:

@@ -131,7 +131,7 @@ def test_losing_the_node_of_a_probe_actor_moves_its_job(tmp_path: Path) -> None:
     with local_cluster(nodes) as cluster:
         proc = start_sweep(["sweep", str(spec_path)], cluster.tmpdir, log, cluster.address)
         try:
-            wait_for(lambda: busy() is not None, 300, "a probe job in flight", proc, log)
+            wait_for(lambda: busy() is not None, 600, "a probe job in flight", proc, log)
             lost = busy()
             cluster.remove_node(node_of(cluster, lost), allow_graceful=False)
             assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
