@@ -292,3 +292,79 @@ def test_bias_corrected_preconditioner_takes_the_stated_step():
     # and the two differ by far more than that noise: the correction is what makes it right
     g_true, g_raw = 1 / (a + 0.1), 1 / (math.sqrt(1 - 0.99**50) * a + 0.1)
     assert float((a * a * g_raw).sum()) / float((a * a * g_true).sum()) > 1.4
+
+
+class _Quadratic(nn.Module):
+    """L(w) = L0 + 1/2 sum_i h_i w_i^2 at w* = 0: each direction an Ornstein-Uhlenbeck chain
+    under SGLD, so the whole loss trace is known in closed form."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+
+class _QuadraticBatch:
+    def __init__(self, h: torch.Tensor, floor: float = 1.0) -> None:
+        self.h, self.floor = h, floor
+        self.n_samples, self.n_population = 8, None
+
+    def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.floor + 0.5 * (self.h * model.w**2).sum()
+
+
+def _expected_llc(h: torch.Tensor, n_beta: float, eps: float, gamma: float, n_draws: int,
+                  n_burnin: int) -> tuple[float, float]:
+    """(expected estimate, stationary value) of plain SGLD on the quadratic, exactly.
+
+    Per direction w_{t+1} = a w_t + sqrt(eps) xi with a = 1 - eps (n_beta h + gamma) / 2 and
+    w_0 = 0, so Var w_t = v (1 - a^(2t)), v = eps / (1 - a^2); draw t is L(w_t) and the
+    estimate is n_beta times the mean over the kept draws of sum_i h_i / 2 Var w_t.
+    """
+    h = h.double()
+    r = (1 - eps * (n_beta * h + gamma) / 2) ** 2
+    v = eps / (1 - r)
+    kept = n_draws - n_burnin
+    mean_r_t = r**n_burnin * (1 - r**kept) / ((1 - r) * kept)  # mean of r^t over kept t
+    stationary = n_beta * float((h / 2 * v).sum())
+    return n_beta * float((h / 2 * v * (1 - mean_r_t)).sum()), stationary
+
+
+def test_the_relaxation_budget_gives_chains_their_stationary_value():
+    """A planted spectrum like a transformer's (a few stiff directions over a bulk spread
+    over four decades below lambda_max): fixed-length chains stop while the soft directions
+    still relax, and the halving check then measures the chain length, not the step. The
+    calibration's budget (burn-in and kept draws in relaxation times 1 / (eps gamma)) reaches
+    the stationary value, and the sampler itself agrees with the closed form."""
+    from emergence_core.measures.llc_calibration import CalibrationSettings
+
+    d, n_beta, lam = 400, 1000.0, 1.0
+    h = lam * 10 ** -torch.linspace(0, 4, d, dtype=torch.float64)
+    stiff = n_beta * lam
+    cal = CalibrationSettings(relaxation_burnin=2.0, relaxation_kept=2.0)
+    assert CalibrationSettings().chain_length(0.05, 1e-2, LLCSettings()) == (200, 100)  # off
+    base = LLCSettings(n_chains=4, n_beta=n_beta, minibatch_size=None)  # 200 draws, 100 burn-in
+    c, k = 0.05, 1e-2
+    eps, gamma = c / stiff, k * stiff
+
+    def expected(cc: float, draws: int, burnin: int) -> tuple[float, float]:
+        return _expected_llc(h, n_beta, cc / stiff, gamma, draws, burnin)
+
+    n_draws, n_burnin = cal.chain_length(c, k, base)
+    assert (n_draws, n_burnin) == (8000, 4000)  # tau = 1 / (c k) = 2000 steps
+    budget, stationary = expected(c, n_draws, n_burnin)
+    fixed, _ = expected(c, 200, 100)
+    assert budget / stationary > 1 - 0.01  # the 5.8% bound is per slowest direction
+    assert fixed / stationary < 1 - 0.2  # 200 draws: far from stationary
+    # the halving check, at a fixed length against the budget at each step
+    half_fixed, _ = expected(c / 2, 200, 100)
+    half_budget, half_stationary = expected(c / 2, *cal.chain_length(c / 2, k, base))
+    true_bias = abs(stationary - half_stationary) / half_stationary
+    assert true_bias < 0.01
+    assert abs(fixed - half_fixed) / half_fixed > 0.15  # it would fail a sound step
+    assert abs(abs(budget - half_budget) / half_budget - true_bias) < 0.01
+    # the sampler agrees with the closed form at both lengths (4 chains; the draws' spread)
+    model, batch = _Quadratic(d), _QuadraticBatch(h)
+    for draws, burnin, want in ((n_draws, n_burnin, budget), (200, 100, fixed)):
+        r = estimate_llc(model, batch, replace(base, eps=eps, gamma=gamma, n_draws=draws,
+                                               n_burnin=burnin))
+        assert abs(r.value - want) <= max(4 * r.std / 2, 0.02 * want), (draws, r.value, want)

@@ -304,7 +304,8 @@ def test_calibration_verdicts_follow_from_their_numbers_and_none_passing_says_so
 
     model, batch = _trained_mlp()
     base = LLCSettings(n_chains=2, n_draws=200, n_burnin=100, minibatch_size=None, seed=1)
-    grid = CalibrationSettings(steps=(0.2, 0.1, 0.05), localisations=(1e-2, 1e-3))
+    grid = CalibrationSettings(steps=(0.2, 0.1, 0.05), localisations=(1e-1, 1e-2),
+                               relaxation_burnin=2.0, relaxation_kept=2.0)
     c = calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=grid,
                       lambda_max=2.0)
     stiff = c.n_beta * 2.0
@@ -323,10 +324,23 @@ def test_calibration_verdicts_follow_from_their_numbers_and_none_passing_says_so
         p = passed[0]
         assert p.stationary and p.in_basin and p.halving_change <= 0.1
         assert p.localisation_change <= 0.05
-        assert c.chosen == {"eps": p.eps, "gamma": p.gamma, "max_rise": bound}
+        assert c.chosen == {"eps": p.eps, "gamma": p.gamma, "n_draws": p.n_draws,
+                            "n_burnin": p.n_burnin, "max_rise": bound}
         applied = c.apply(base)
         assert (applied.eps, applied.gamma, applied.max_rise, applied.n_draws) == (
-            p.eps, p.gamma, bound, 200)
+            p.eps, p.gamma, bound, p.n_draws)
+    for p in c.points:  # the relaxation budget: 2 + 2 relaxation times 1 / (c k) per chain
+        assert (p.n_draws, p.n_burnin) == grid.chain_length(p.step, p.localisation, base)
+        assert p.n_burnin == max(100, math.ceil(2 / (p.step * p.localisation)))
+    # a point whose budget passes max_draws is not run, and the reason says so
+    short = calibrate_llc(model, batch, base, untrained_loss=10.0, lambda_max=2.0,
+                          calibration=replace(grid, max_draws=300))
+    # (c = 0.1 needs 400 draws at k = 0.1: no halving to judge c = 0.2 by, nothing chosen)
+    assert short.chosen is None and "more than max_draws = 300" in short.reason
+    skipped = [p for p in short.points if not p.affordable]
+    assert skipped and all(p.n_draws > 300 and math.isnan(p.value) and not p.passed
+                           for p in skipped)
+    assert all(p.n_draws <= 300 for p in short.points if p.affordable)
     none = calibrate_llc(model, batch, base, untrained_loss=10.0, lambda_max=2.0,
                          calibration=replace(grid, max_rise_fraction=1e-9))
     assert none.chosen is None and not none.converged and "see the grid" in none.reason

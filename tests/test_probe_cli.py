@@ -19,10 +19,12 @@ from orchestrator.cli.app import app
 SMALL = ["--set", "train_size=200", "--set", "diag_size=40", "--set", "probe.n_probes=6",
          "--set", "probe.rankme_samples=16", "--set", "warmup_steps=2", "--batch-size", "12",
          "--threads", "1"]
-# a small LLC and a pilot of at most three points: seconds, not minutes
+# a small LLC and a pilot of at most three points, strongly localised and with a short
+# relaxation budget (1 / (c k) draws per chain: 50, 100 and 500), so seconds, not minutes
 LLC = ["--set", "n_chains=2", "--set", "n_draws=40", "--set", "n_burnin=20",
-       "--set", "minibatch_size=16", "--set", "calibration.steps=[0.1, 0.05]",
-       "--set", "calibration.localisations=[1e-3, 1e-4]", "--set", "batch_size=64"]
+       "--set", "minibatch_size=16", "--set", "calibration.steps=[0.2, 0.1]",
+       "--set", "calibration.localisations=[0.1, 0.01]", "--set", "batch_size=64",
+       "--set", "calibration.relaxation_burnin=0.5", "--set", "calibration.relaxation_kept=0.5"]
 
 
 def _run(*args: str):
@@ -54,7 +56,8 @@ def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None
     cal = out["calibration"]
     assert cal["source"] == "pilot" and cal["step"] == steps[-1]
     grid = cal["grid"]
-    assert [(p["step"], p["localisation"]) for p in grid][:2] == [(0.1, 1e-3), (0.05, 1e-3)]
+    assert [(p["step"], p["localisation"]) for p in grid][:2] == [(0.2, 0.1), (0.1, 0.1)]
+    assert [(p["n_draws"], p["n_burnin"]) for p in grid][:2] == [(50, 25), (100, 50)]
     stiff = cal["n_beta_lambda_max"]
     assert all(p["eps"] == pytest.approx(p["step"] / stiff) for p in grid)
     assert all(p["gamma"] == pytest.approx(p["localisation"] * stiff) for p in grid)

@@ -31,7 +31,10 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
              "when its chains are stationary (split R-hat <= rhat_max), stay in the basin "
              "(0 < rise of the sampled loss <= max_rise_fraction x max(untrained loss - "
              "L(w*), L(w*))), and the value moves by at most max_halving_change when eps "
-             "halves and by at most max_localisation_change when gamma is ten times weaker.",
+             "halves and by at most max_localisation_change when gamma is ten times weaker. "
+             "With the relaxation budget on, each setting's chains run a burn-in of "
+             "relaxation_burnin and keep relaxation_kept relaxation times tau = 1 / (eps x "
+             "gamma), and a setting needing more than max_draws per chain is not run.",
              "",
              "| trial | measure | pilot step | chosen | value at choice | loss rise | "
              "untrained loss | R-hat | change at eps/2 | change at gamma/10 | settings tried "

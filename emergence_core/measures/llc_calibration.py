@@ -46,6 +46,27 @@ localisation of the grid has no weaker neighbour and is never chosen, as the sma
 never chosen by check 3. With nothing passing, ``chosen is None`` and the trial's LLC rows are
 "not converged" (nan values, flag 0), never a number that looks valid.
 
+Chain length (the relaxation budget, opt-in): a direction of curvature h relaxes towards
+its stationary spread by the factor (1 - eps (n_beta h + gamma) / 2)^2 per step, so the
+slowest, those the loss barely constrains (a transformer's Hessian bulk, a singular model's
+flat directions), take tau = 1 / (eps * gamma) = 1 / (c * k) steps, only the localisation
+pulling them back. With ``relaxation_burnin`` = ``relaxation_kept`` = 2 each pilot point
+runs a burn-in of 2 tau and keeps 2 tau draws (the settings' own lengths are minimums), so a
+direction still relaxing is at most exp(-2) short at the end of the burn-in and
+(exp(-2) - exp(-4)) / 2 = 5.8% short over the kept window. A point needing more than
+``max_draws`` per chain is not run (``affordable`` False) and can neither be chosen nor judge
+a neighbour. A fixed length hides the problem and corrupts the halving check, since c and
+c/2 then relax by different amounts (on a planted quadratic, ``tests/test_llc_known_truth.py``:
+35% change at 200 draws against a true discretisation bias of 0.14%).
+
+It is off by default (both 0: the settings' own lengths) because the worst case it bounds
+prices the localisation check out: a deep linear network needs k <= 1e-3 (k = 1e-2 biases
+it by -11%), judged against k = 1e-4, i.e. 200,000 draws at c = 0.2, while at fixed lengths
+of 1,000 draws it lands within 2% (its flat directions, h = 0, contribute nothing to the
+value). Directions with n_beta h << gamma contribute n_beta h / (2 gamma) each, so the
+budget a checkpoint needs depends on its spectrum, not only on c and k; docs/methods.md
+§3.4 records what it shows on a transformer checkpoint.
+
 The chosen setting carries ``max_rise``, so every later estimate of the trial is judged by
 checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it.
 """
@@ -81,6 +102,19 @@ class CalibrationSettings:
     max_rise_fraction: float = 0.25
     max_halving_change: float = 0.1
     max_localisation_change: float = 0.05
+    # the relaxation budget, off by default (0: the settings' own lengths); see the module
+    relaxation_burnin: float = 0.0  # burn-in, in relaxation times tau = 1 / (c * k)
+    relaxation_kept: float = 0.0  # kept draws, in tau
+    max_draws: int = 20_000  # per chain; a point needing more is not run
+
+    def chain_length(self, step: float, localisation: float,
+                     settings: LLCSettings) -> tuple[int, int]:
+        """(n_draws, n_burnin) per chain at (c, k): the module's relaxation budget, never
+        shorter than ``settings`` asks."""
+        tau = 1.0 / (step * localisation)
+        burnin = max(settings.n_burnin, math.ceil(self.relaxation_burnin * tau))
+        kept = max(settings.n_draws - settings.n_burnin, math.ceil(self.relaxation_kept * tau))
+        return burnin + kept, burnin
 
     def __post_init__(self) -> None:
         for name, grid in (("steps", self.steps), ("localisations", self.localisations)):
@@ -95,6 +129,11 @@ class CalibrationSettings:
         if not 0 < self.max_rise_fraction <= 1 or not self.max_halving_change > 0 \
                 or not self.max_localisation_change > 0:
             raise ValueError("need 0 < max_rise_fraction <= 1 and positive change tolerances")
+        if not self.relaxation_burnin >= 0 or not self.relaxation_kept >= 0 \
+                or self.max_draws < 2:
+            raise ValueError(f"need relaxation_burnin >= 0, relaxation_kept >= 0 and "
+                             f"max_draws >= 2, got {self.relaxation_burnin}, "
+                             f"{self.relaxation_kept}, {self.max_draws}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +142,8 @@ class PilotPoint:
     localisation: float  # k = gamma / (n_beta * lambda_max)
     eps: float
     gamma: float
+    n_draws: int  # per chain, burn-in included: the relaxation budget at (c, k)
+    n_burnin: int
     value: float
     std: float
     mean_loss: float
@@ -113,6 +154,7 @@ class PilotPoint:
     halving_change: float | None  # check 3's |v - v(c/2)| / |v(c/2)|; None: not judged
     localisation_change: float | None  # check 4's |v - v(k/10)| / |v(k/10)|
     passed: bool
+    affordable: bool  # False: the budget exceeds max_draws, the point was not run
     drift_noise: float
     mala_acceptance: float
     below_share: float
@@ -188,19 +230,23 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     max_rise = c.max_rise_fraction * basin_scale(init_loss, untrained_loss)
     criteria = {"rhat_max": settings.rhat_max, "max_rise_fraction": c.max_rise_fraction,
                 "max_rise": max_rise, "max_halving_change": c.max_halving_change,
-                "max_localisation_change": c.max_localisation_change}
+                "max_localisation_change": c.max_localisation_change,
+                "relaxation_burnin": c.relaxation_burnin, "relaxation_kept": c.relaxation_kept,
+                "max_draws": c.max_draws}
     stiff = n_beta * lambda_max
     if not (math.isfinite(stiff) and stiff > 0):
         return LLCCalibration((), None, init_loss, float(untrained_loss), n_beta,
                               float(lambda_max), criteria,
                               f"the Hessian's top eigenvalue is {lambda_max:.3g}: no positive "
                               "curvature to set the step by (not a minimum)")
-    runs: dict[tuple[int, int], LLCResult] = {}
+    runs: dict[tuple[int, int], LLCResult | None] = {}  # None: past max_draws, not run
 
-    def run(i: int, j: int) -> LLCResult:
+    def run(i: int, j: int) -> LLCResult | None:
         if (i, j) not in runs:
-            runs[i, j] = estimate_llc(model, batch, replace(
-                base, eps=c.steps[i] / stiff, gamma=c.localisations[j] * stiff))
+            n_draws, n_burnin = c.chain_length(c.steps[i], c.localisations[j], settings)
+            runs[i, j] = None if n_draws > c.max_draws else estimate_llc(model, batch, replace(
+                base, eps=c.steps[i] / stiff, gamma=c.localisations[j] * stiff,
+                n_draws=n_draws, n_burnin=n_burnin))
         return runs[i, j]
 
     halving: dict[tuple[int, int], float | None] = {}
@@ -211,6 +257,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         i_ok = None
         for i in range(start, len(c.steps) - 1):
             a, b = run(i, j), run(i + 1, j)
+            if a is None or b is None:  # smaller steps need longer chains still
+                break
             halving[i, j] = _change(a, b)
             if all(_sound(a, max_rise)) and all(_sound(b, max_rise)) \
                     and halving[i, j] is not None and halving[i, j] <= c.max_halving_change:
@@ -220,26 +268,40 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
             continue
         start = i_ok
         weaker = run(i_ok, j + 1)
+        if weaker is None:  # every weaker localisation is longer still
+            break
         localising[i_ok, j] = _change(run(i_ok, j), weaker)
         if all(_sound(weaker, max_rise)) and localising[i_ok, j] is not None \
                 and localising[i_ok, j] <= c.max_localisation_change:
             chosen = (i_ok, j)
             break
     points = []
+    nan = math.nan
     for (i, j), r in runs.items():
+        n_draws, n_burnin = c.chain_length(c.steps[i], c.localisations[j], settings)
+        head = (c.steps[i], c.localisations[j], c.steps[i] / stiff, c.localisations[j] * stiff,
+                n_draws, n_burnin)
+        if r is None:
+            points.append(PilotPoint(*head, nan, nan, nan, nan, nan, False, False, None, None,
+                                     False, False, nan, nan, nan, 0.0))
+            continue
         stationary, in_basin = _sound(r, max_rise)
         points.append(PilotPoint(
-            c.steps[i], c.localisations[j], c.steps[i] / stiff, c.localisations[j] * stiff,
-            r.value, r.std, r.mean_loss, r.loss_rise, r.rhat, stationary, in_basin,
-            halving.get((i, j)), localising.get((i, j)), (i, j) == chosen, r.drift_noise,
+            *head, r.value, r.std, r.mean_loss, r.loss_rise, r.rhat, stationary, in_basin,
+            halving.get((i, j)), localising.get((i, j)), (i, j) == chosen, True, r.drift_noise,
             r.mala_acceptance, r.below_share, r.wall_s))
     fields = None
     reason = ""
     if chosen is not None:
+        n_draws, n_burnin = c.chain_length(c.steps[chosen[0]], c.localisations[chosen[1]],
+                                           settings)
         fields = {"eps": c.steps[chosen[0]] / stiff, "gamma": c.localisations[chosen[1]] * stiff,
-                  "max_rise": max_rise}
+                  "n_draws": n_draws, "n_burnin": n_burnin, "max_rise": max_rise}
     else:
+        skipped = sum(r is None for r in runs.values())
         reason = ("no step size and localisation passed stationarity, the basin, halving and "
-                  "a weaker localisation together; see the grid")
+                  "a weaker localisation together; see the grid"
+                  + (f" ({skipped} point(s) needed more than max_draws = {c.max_draws} draws "
+                     "per chain and were not run)" if skipped else ""))
     return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
                           float(lambda_max), criteria, reason)

@@ -27,13 +27,17 @@ def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
     def judged(change: float | None) -> str:
         return "-" if change is None else f"{change:.1%}"
 
-    lines = [f"{'c':>8} {'k':>7} {'eps':>9} {'gamma':>9} {'value':>9} {'rise':>9} "
+    lines = [f"{'c':>8} {'k':>7} {'eps':>9} {'gamma':>9} {'draws':>6} {'value':>9} {'rise':>9} "
              f"{'R-hat':>6} {'stat':>4} {'basin':>5} {'eps/2':>6} {'k/10':>6} {'MALA':>5} "
              f"{'drift/noise':>11}"]
     for p in grid:
+        head = (f"{p.get('step', math.nan):>8.4g} {p.get('localisation', math.nan):>7.0e} "
+                f"{p['eps']:>9.3g} {p['gamma']:>9.3g} {_fmt(p.get('n_draws')):>6} ")
+        if p.get("affordable") is False:
+            lines.append(f"{head}not run: its chains would need more than max_draws")
+            continue
         lines.append(
-            f"{p.get('step', math.nan):>8.4g} {p.get('localisation', math.nan):>7.0e} "
-            f"{p['eps']:>9.3g} {p['gamma']:>9.3g} {_fmt(p['value']):>9} {_fmt(p.get('rise')):>9} "
+            f"{head}{_fmt(p['value']):>9} {_fmt(p.get('rise')):>9} "
             f"{_fmt(p['rhat']):>6} {mark(p.get('stationary')):>4} {mark(p.get('in_basin')):>5} "
             f"{judged(p.get('halving_change')):>6} {judged(p.get('localisation_change')):>6} "
             f"{_fmt(p.get('mala_acceptance')):>5} {_fmt(p.get('drift_noise')):>11}"

@@ -46,7 +46,8 @@ class ProbeMeasure(_Strict):
                                         description="fields of the pilot (the LLC's: steps, "
                                                     "localisations, max_rise_fraction, "
                                                     "max_halving_change, "
-                                                    "max_localisation_change)")
+                                                    "max_localisation_change, relaxation_burnin, "
+                                                    "relaxation_kept, max_draws)")
 
 
 MeasureName = Annotated[str, AfterValidator(checked(lambda v: get_measure(v).name, ValueError))]
