@@ -253,7 +253,8 @@ def test_perturbed_weights_fail_the_checks():
     bad = calibrate_llc(moved, batch, settings, untrained)
     assert bad.chosen is None and bad.points
     assert not any(p.in_basin for p in bad.points)
-    assert all(p.rise < 0 and p.below_share > 0.5 for p in bad.points)
+    ran = [p for p in bad.points if p.affordable]  # (a budget may leave points unrun)
+    assert ran and all(p.rise < 0 and p.below_share > 0.5 for p in ran)
     r = estimate_llc(moved, batch, good.apply(settings))
     assert r.value < 0 and not r.converged and r.checks["in_basin"] is False
 
@@ -368,3 +369,60 @@ def test_the_relaxation_budget_gives_chains_their_stationary_value():
         r = estimate_llc(model, batch, replace(base, eps=eps, gamma=gamma, n_draws=draws,
                                                n_burnin=burnin))
         assert abs(r.value - want) <= max(4 * r.std / 2, 0.02 * want), (draws, r.value, want)
+
+
+class _RotatedQuadraticBatch(_QuadraticBatch):
+    """L(w) = L0 + 1/2 w^T Q diag(h) Q^T w: the planted spectrum in a random basis, so that
+    a probe's quadrature is a real estimate (on a diagonal Hessian Rademacher probes are
+    exact whatever the quadrature)."""
+
+    def __init__(self, h: torch.Tensor, seed: int = 0) -> None:
+        super().__init__(h)
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(h.numel(), h.numel(), generator=g,
+                                           dtype=torch.float64))
+        self.matrix = q @ torch.diag(h) @ q.T
+
+    def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.floor + 0.5 * model.w @ self.matrix @ model.w
+
+
+def test_the_spectral_budget_reads_the_chain_length_off_the_measured_spectrum():
+    """Stochastic Lanczos quadrature of the Hessian gives the density the closed form needs:
+    on the planted spectrum (rotated) its predicted shortfall matches the exact one, the
+    length it chooses is as short as the target allows and far below the worst case, and a
+    model whose soft directions are exactly flat needs no longer chains at all."""
+    from emergence_core.measures.hessian import hessian_spectrum
+    from emergence_core.measures.llc_calibration import (
+        CalibrationSettings,
+        predicted_llc,
+        spectral_length,
+    )
+
+    d, n_beta, lam = 400, 1000.0, 1.0
+    h = lam * 10 ** -torch.linspace(0, 4, d, dtype=torch.float64)
+    eps, gamma = 0.05 / (n_beta * lam), 1e-2 * n_beta * lam
+    spectrum = hessian_spectrum(_Quadratic(d), _RotatedQuadraticBatch(h), n_probes=4,
+                                n_steps=40)
+    assert float(spectrum[1].sum()) == pytest.approx(d)
+    assert float(spectrum[0].max()) == pytest.approx(lam, rel=1e-6)
+    for draws, burnin in ((200, 100), (1600, 800), (8000, 4000)):
+        want, stationary = _expected_llc(h, n_beta, eps, gamma, draws, burnin)
+        got, got_stationary = predicted_llc(*spectrum, n_beta, eps, gamma, draws, burnin)
+        assert got_stationary == pytest.approx(stationary, rel=0.1)  # 4 probes: a few %
+        exact = 1 - want / stationary
+        assert abs((1 - got / got_stationary) - exact) <= 0.1 * exact + 0.005, draws
+    n_draws, n_burnin, short = spectral_length(spectrum, n_beta, eps, gamma, 200, 100, 0.05,
+                                               20_000)
+    at, stationary = _expected_llc(h, n_beta, eps, gamma, n_draws, n_burnin)
+    half, _ = _expected_llc(h, n_beta, eps, gamma, n_draws // 2, n_burnin // 2)
+    assert 1 - at / stationary <= 0.06 and 1 - half / stationary > 0.05  # the shortest
+    assert short == pytest.approx(1 - at / stationary, abs=0.01)
+    worst = CalibrationSettings(relaxation_burnin=2, relaxation_kept=2).chain_length(
+        0.05, 1e-2, LLCSettings())
+    assert n_draws <= worst[0] / 2  # 3,200 against 8,000
+    # half the directions exactly flat, the rest stiff: the given length is already enough
+    flat = torch.cat([torch.zeros(d // 2, dtype=torch.float64), h[: d // 20].repeat(10)])
+    spectrum = hessian_spectrum(_Quadratic(d), _RotatedQuadraticBatch(flat), n_steps=40)
+    assert spectral_length(spectrum, n_beta, eps, gamma, 1000, 500, 0.05, 20_000)[:2] \
+        == (1000, 500)

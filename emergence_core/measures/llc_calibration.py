@@ -67,6 +67,17 @@ value). Directions with n_beta h << gamma contribute n_beta h / (2 gamma) each, 
 budget a checkpoint needs depends on its spectrum, not only on c and k; docs/methods.md
 §3.4 records what it shows on a transformer checkpoint.
 
+The spectral budget (``max_shortfall``, opt-in) prices each direction by what it contributes:
+the pilot measures the Hessian's spectral density at w* by stochastic Lanczos quadrature
+(``spectrum_probes`` x ``spectrum_steps`` products,
+:func:`~emergence_core.measures.hessian.spectral_density`) and doubles the settings' chain
+length at each point until the quadratic model of that spectrum (:func:`predicted_llc`, the
+closed form of Ornstein-Uhlenbeck chains) predicts at most ``max_shortfall`` short of the
+stationary value. Exactly flat directions then need nothing, a soft bulk carrying weight
+needs long chains. The model leaves out minibatch noise and the loss's higher-order terms,
+so the chains' own checks still judge every point. It is off by default until the
+known-truth cases pass with it (docs/methods.md §3.4 has the measurement).
+
 The chosen setting carries ``max_rise``, so every later estimate of the trial is judged by
 checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it.
 """
@@ -92,7 +103,7 @@ from emergence_core.measures.llc import (
 )
 
 __all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "basin_scale",
-           "calibrate_llc"]
+           "calibrate_llc", "predicted_llc", "spectral_length"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,11 @@ class CalibrationSettings:
     relaxation_burnin: float = 0.0  # burn-in, in relaxation times tau = 1 / (c * k)
     relaxation_kept: float = 0.0  # kept draws, in tau
     max_draws: int = 20_000  # per chain; a point needing more is not run
+    # the spectral budget: chains doubled until the quadratic model of the checkpoint's
+    # measured Hessian spectrum predicts at most this shortfall (None: off); see the module
+    max_shortfall: float | None = None
+    spectrum_probes: int = 4  # stochastic Lanczos quadrature: probes
+    spectrum_steps: int = 40  # and Lanczos steps per probe
 
     def chain_length(self, step: float, localisation: float,
                      settings: LLCSettings) -> tuple[int, int]:
@@ -129,6 +145,11 @@ class CalibrationSettings:
         if not 0 < self.max_rise_fraction <= 1 or not self.max_halving_change > 0 \
                 or not self.max_localisation_change > 0:
             raise ValueError("need 0 < max_rise_fraction <= 1 and positive change tolerances")
+        if self.max_shortfall is not None and not 0 < self.max_shortfall < 1:
+            raise ValueError(f"max_shortfall must be in (0, 1) or None, got {self.max_shortfall}")
+        if self.spectrum_probes < 1 or self.spectrum_steps < 2:
+            raise ValueError(f"need spectrum_probes >= 1 and spectrum_steps >= 2, got "
+                             f"{self.spectrum_probes}, {self.spectrum_steps}")
         if not self.relaxation_burnin >= 0 or not self.relaxation_kept >= 0 \
                 or self.max_draws < 2:
             raise ValueError(f"need relaxation_burnin >= 0, relaxation_kept >= 0 and "
@@ -144,6 +165,7 @@ class PilotPoint:
     gamma: float
     n_draws: int  # per chain, burn-in included: the relaxation budget at (c, k)
     n_burnin: int
+    shortfall: float  # predicted by the spectral budget at that length; nan when it is off
     value: float
     std: float
     mean_loss: float
@@ -195,6 +217,45 @@ class LLCCalibration:
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
 
 
+def predicted_llc(nodes: torch.Tensor, weights: torch.Tensor, n_beta: float, eps: float,
+                  gamma: float, n_draws: int, n_burnin: int) -> tuple[float, float]:
+    """(expected estimate, stationary value) of plain SGLD chains of ``n_draws`` draws
+    (``n_burnin`` excluded) from w*, on the quadratic model of the loss whose Hessian has the
+    spectral density (nodes, weights) (:func:`~emergence_core.measures.hessian.spectral_density`).
+
+    A direction of curvature h is an Ornstein-Uhlenbeck chain: w_{t+1} = a w_t + sqrt(eps) xi
+    with a = 1 - eps (n_beta h + gamma) / 2, so Var w_t = v (1 - a^(2t)), v = eps / (1 - a^2),
+    and its share of the estimate is n_beta h / 2 times the mean of Var w_t over the kept
+    draws. Negative curvature (no minimum) is counted as flat; an unstable direction
+    (|a| >= 1) makes both values infinite.
+    """
+    h = nodes.double().clamp(min=0)
+    w = weights.double()
+    r = (1 - eps * (n_beta * h + gamma) / 2) ** 2
+    if bool((r >= 1).any()):
+        return math.inf, math.inf
+    v = eps / (1 - r)
+    kept = n_draws - n_burnin
+    mean_rt = r**n_burnin * (1 - r**kept) / ((1 - r) * kept)  # mean of r^t over kept t
+    share = w * h / 2 * v
+    return n_beta * float((share * (1 - mean_rt)).sum()), n_beta * float(share.sum())
+
+
+def spectral_length(spectrum: tuple[torch.Tensor, torch.Tensor], n_beta: float, eps: float,
+                    gamma: float, n_draws: int, n_burnin: int, max_shortfall: float,
+                    max_draws: int) -> tuple[int, int, float]:
+    """(n_draws, n_burnin, predicted shortfall): the given lengths doubled until
+    :func:`predicted_llc` is at most ``max_shortfall`` short of its stationary value, or
+    until they pass ``max_draws`` (then the first length past it)."""
+    while True:
+        expected, stationary = predicted_llc(*spectrum, n_beta, eps, gamma, n_draws, n_burnin)
+        short = 1 - expected / stationary if math.isfinite(stationary) and stationary > 0 \
+            else (0.0 if stationary == 0 else math.nan)
+        if not math.isfinite(short) or short <= max_shortfall or n_draws > max_draws:
+            return n_draws, n_burnin, short
+        n_draws, n_burnin = 2 * n_draws, 2 * n_burnin
+
+
 def basin_scale(init_loss: float, untrained_loss: float) -> float:
     """The scale the basin check measures the rise against (check 2 of the module)."""
     return max(untrained_loss - init_loss, abs(init_loss))
@@ -232,18 +293,37 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                 "max_rise": max_rise, "max_halving_change": c.max_halving_change,
                 "max_localisation_change": c.max_localisation_change,
                 "relaxation_burnin": c.relaxation_burnin, "relaxation_kept": c.relaxation_kept,
-                "max_draws": c.max_draws}
+                "max_draws": c.max_draws, "max_shortfall": c.max_shortfall}
     stiff = n_beta * lambda_max
     if not (math.isfinite(stiff) and stiff > 0):
         return LLCCalibration((), None, init_loss, float(untrained_loss), n_beta,
                               float(lambda_max), criteria,
                               f"the Hessian's top eigenvalue is {lambda_max:.3g}: no positive "
                               "curvature to set the step by (not a minimum)")
+    spectrum = None
+    if c.max_shortfall is not None:
+        from emergence_core.measures.hessian import hessian_spectrum
+
+        spectrum = hessian_spectrum(model, batch, n_probes=c.spectrum_probes,
+                                    n_steps=c.spectrum_steps, seed=settings.seed)
+    lengths: dict[tuple[int, int], tuple[int, int, float]] = {}
+
+    def length(i: int, j: int) -> tuple[int, int, float]:
+        if (i, j) not in lengths:
+            n_draws, n_burnin = c.chain_length(c.steps[i], c.localisations[j], settings)
+            short = math.nan
+            if spectrum is not None:
+                n_draws, n_burnin, short = spectral_length(
+                    spectrum, n_beta, c.steps[i] / stiff, c.localisations[j] * stiff, n_draws,
+                    n_burnin, c.max_shortfall, c.max_draws)
+            lengths[i, j] = (n_draws, n_burnin, short)
+        return lengths[i, j]
+
     runs: dict[tuple[int, int], LLCResult | None] = {}  # None: past max_draws, not run
 
     def run(i: int, j: int) -> LLCResult | None:
         if (i, j) not in runs:
-            n_draws, n_burnin = c.chain_length(c.steps[i], c.localisations[j], settings)
+            n_draws, n_burnin, _ = length(i, j)
             runs[i, j] = None if n_draws > c.max_draws else estimate_llc(model, batch, replace(
                 base, eps=c.steps[i] / stiff, gamma=c.localisations[j] * stiff,
                 n_draws=n_draws, n_burnin=n_burnin))
@@ -278,9 +358,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     points = []
     nan = math.nan
     for (i, j), r in runs.items():
-        n_draws, n_burnin = c.chain_length(c.steps[i], c.localisations[j], settings)
         head = (c.steps[i], c.localisations[j], c.steps[i] / stiff, c.localisations[j] * stiff,
-                n_draws, n_burnin)
+                *length(i, j))
         if r is None:
             points.append(PilotPoint(*head, nan, nan, nan, nan, nan, False, False, None, None,
                                      False, False, nan, nan, nan, 0.0))
@@ -293,8 +372,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     fields = None
     reason = ""
     if chosen is not None:
-        n_draws, n_burnin = c.chain_length(c.steps[chosen[0]], c.localisations[chosen[1]],
-                                           settings)
+        n_draws, n_burnin, _ = length(*chosen)
         fields = {"eps": c.steps[chosen[0]] / stiff, "gamma": c.localisations[chosen[1]] * stiff,
                   "n_draws": n_draws, "n_burnin": n_burnin, "max_rise": max_rise}
     else:

@@ -20,19 +20,21 @@ _SHOWN = ("value", "std", "converged", "checks", "init_loss", "mean_loss", "loss
 
 
 def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
-    """The LLC pilot's grid as a table: one line per setting run, its four checks."""
+    """The LLC pilot's grid as a table: one line per setting tried, its chain length (and
+    the spectral budget's predicted shortfall), its four checks."""
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
 
     def judged(change: float | None) -> str:
         return "-" if change is None else f"{change:.1%}"
 
-    lines = [f"{'c':>8} {'k':>7} {'eps':>9} {'gamma':>9} {'draws':>6} {'value':>9} {'rise':>9} "
-             f"{'R-hat':>6} {'stat':>4} {'basin':>5} {'eps/2':>6} {'k/10':>6} {'MALA':>5} "
-             f"{'drift/noise':>11}"]
+    lines = [f"{'c':>8} {'k':>7} {'eps':>9} {'gamma':>9} {'draws':>6} {'short':>6} "
+             f"{'value':>9} {'rise':>9} {'R-hat':>6} {'stat':>4} {'basin':>5} {'eps/2':>6} "
+             f"{'k/10':>6} {'MALA':>5} {'drift/noise':>11}"]
     for p in grid:
         head = (f"{p.get('step', math.nan):>8.4g} {p.get('localisation', math.nan):>7.0e} "
-                f"{p['eps']:>9.3g} {p['gamma']:>9.3g} {_fmt(p.get('n_draws')):>6} ")
+                f"{p['eps']:>9.3g} {p['gamma']:>9.3g} {_fmt(p.get('n_draws')):>6} "
+                f"{judged(p.get('shortfall')):>6} ")
         if p.get("affordable") is False:
             lines.append(f"{head}not run: its chains would need more than max_draws")
             continue
