@@ -47,7 +47,9 @@ class ProbeMeasure(_Strict):
                                                     "localisations, max_rise_fraction, "
                                                     "max_halving_change, "
                                                     "max_localisation_change, relaxation_burnin, "
-                                                    "relaxation_kept, max_draws)")
+                                                    "relaxation_kept, max_draws, "
+                                                    "max_shortfall, spectrum_probes, "
+                                                    "spectrum_steps)")
 
 
 MeasureName = Annotated[str, AfterValidator(checked(lambda v: get_measure(v).name, ValueError))]
