@@ -94,6 +94,7 @@ class ExpensiveMeasure:
     description: str = ""
     calibrate: Calibrate | None = None
     flag: str | None = None
+    calibration: type | None = None  # the pilot's own settings (its fields), with calibrate
 
 
 class MeasureError(RegistryError):
@@ -218,6 +219,21 @@ def run_expensive(name: str, model: nn.Module, batch: ScoredBatch, settings: Any
                                         **r.diagnostics})
 
 
+def check_calibration(name: str, fields: Mapping[str, Any]) -> Any:
+    """The measure's pilot settings from ``fields``; a bad or unknown field is a ValueError
+    of one line naming the known ones."""
+    m = get_measure(name)
+    if m.calibration is None:
+        if fields:
+            raise ValueError(f"expensive measure {name!r} has no calibration fields")
+        return None
+    try:
+        return m.calibration(**_numbers(m.calibration, dict(fields)))
+    except (TypeError, ValueError) as err:
+        known = ", ".join(f.name for f in dataclasses.fields(m.calibration))
+        raise ValueError(f"bad {name} calibration field ({err}); known: {known}") from None
+
+
 def run_calibration(name: str, model: nn.Module, batch: ScoredBatch, settings: Any,
                     untrained_loss: float, fields: Mapping[str, Any] | None = None
                     ) -> dict[str, Any]:
@@ -296,12 +312,7 @@ def _llc_calibrate(model: nn.Module, batch: ScoredBatch, s: LLCSettings,
                    untrained_loss: float, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The LLC's pilot (``llc_calibration``): its grid is set by n_beta * lambda_max, so the
     Hessian's top eigenvalue at the pilot checkpoint is always computed."""
-    fields = dict(fields)
-    try:
-        c = CalibrationSettings(**_numbers(CalibrationSettings, fields))
-    except TypeError as err:
-        known = ", ".join(f.name for f in dataclasses.fields(CalibrationSettings))
-        raise ValueError(f"bad llc calibration field ({err}); known: {known}") from None
+    c = check_calibration("llc", fields)
     return calibrate_llc(model, batch, s, untrained_loss, c).to_json()
 
 
@@ -326,6 +337,7 @@ for _m in (
                      (Measure.LLC, Measure.LLC_STD, Measure.LLC_CONVERGED),
                      (Measure.LLC_STD, Measure.LLC_CONVERGED),
                      "local learning coefficient (SGLD)", calibrate=_llc_calibrate,
+                     calibration=CalibrationSettings,
                      flag=Measure.LLC_CONVERGED),
     ExpensiveMeasure("fisher", GradRankSettings, 64,
                      _grad_rank(fisher_effective_rank, Measure.FISHER_ERANK,

@@ -104,6 +104,10 @@ def test_no_passing_setting_is_not_converged_and_write_saves_it(run: Path) -> No
     (["--measure", "llc", "--step", "0", "--trial", "COPY-s0-9"], "unknown trial 'COPY-s0-9'"),
     (["--measure", "lcc", "--step", "0"], "unknown expensive measure 'lcc'"),
     (["--measure", "llc", "--step", "0", "--set", "epz=1"], "unknown setting 'epz' of llc"),
+    (["--measure", "llc", "--step", "0", "--set", "calibration.max_shortfall=2"],
+     "max_shortfall must be in (0, 1)"),
+    (["--measure", "llc", "--step", "0", "--set", "calibration.max_draw=10"],
+     "unexpected keyword argument 'max_draw'"),
 ])
 def test_bad_input_is_one_line_exit_2(run: Path, args: list[str], message: str) -> None:
     r = _run("probe", str(run), *args)

@@ -70,7 +70,7 @@ budget a checkpoint needs depends on its spectrum, not only on c and k; docs/met
 The spectral budget (``max_shortfall``, opt-in) prices each direction by what it contributes:
 the pilot measures the Hessian's spectral density at w* by stochastic Lanczos quadrature
 (``spectrum_probes`` x ``spectrum_steps`` products,
-:func:`~emergence_core.measures.hessian.spectral_density`) and doubles the settings' chain
+:func:`~emergence_core.measures.spectrum.spectral_density`) and doubles the settings' chain
 length at each point until the quadratic model of that spectrum (:func:`predicted_llc`, the
 closed form of Ornstein-Uhlenbeck chains) predicts at most ``max_shortfall`` short of the
 stationary value. Exactly flat directions then need nothing, a soft bulk carrying weight
@@ -221,7 +221,7 @@ def predicted_llc(nodes: torch.Tensor, weights: torch.Tensor, n_beta: float, eps
                   gamma: float, n_draws: int, n_burnin: int) -> tuple[float, float]:
     """(expected estimate, stationary value) of plain SGLD chains of ``n_draws`` draws
     (``n_burnin`` excluded) from w*, on the quadratic model of the loss whose Hessian has the
-    spectral density (nodes, weights) (:func:`~emergence_core.measures.hessian.spectral_density`).
+    spectral density (nodes, weights) (:func:`~emergence_core.measures.spectrum.spectral_density`).
 
     A direction of curvature h is an Ornstein-Uhlenbeck chain: w_{t+1} = a w_t + sqrt(eps) xi
     with a = 1 - eps (n_beta h + gamma) / 2, so Var w_t = v (1 - a^(2t)), v = eps / (1 - a^2),
@@ -302,7 +302,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                               "curvature to set the step by (not a minimum)")
     spectrum = None
     if c.max_shortfall is not None:
-        from emergence_core.measures.hessian import hessian_spectrum
+        from emergence_core.measures.spectrum import hessian_spectrum
 
         spectrum = hessian_spectrum(model, batch, n_probes=c.spectrum_probes,
                                     n_steps=c.spectrum_steps, seed=settings.seed)

@@ -74,6 +74,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
     ``load_spec``: the reader of a sweep's frozen spec (``orchestrator.sweep.spec``)."""
     from emergence_core.expensive import (
         calibrated_settings,
+        check_calibration,
         get_measure,
         make_settings,
         trial_model,
@@ -106,6 +107,11 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
         base = make_settings(measure, {**(spec.settings if spec else {}), **sets})
     except (ValueError, TypeError) as e:
         raise UsageError(f"--set: {e}") from None
+    if calibrate and m.calibrate is not None:
+        try:
+            check_calibration(measure, fields)
+        except ValueError as e:
+            raise UsageError(f"--set calibration: {e}") from None
 
     import torch
 
