@@ -217,6 +217,13 @@ def assert_mlflow_equals_parquet(uri: str, run_dir: Path, experiment: str,
             got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
                                                                                key))
             expected = sorted(expected)
-            assert [s for s, _ in got] == [s for s, _ in expected], (run.info.run_name, key)
+            if [s for s, _ in got] != [s for s, _ in expected]:
+                have, want_steps = [s for s, _ in got], [s for s, _ in expected]
+                twice = sorted({s for s in have if have.count(s) > 1})
+                raise AssertionError(
+                    f"{run.info.run_name} {key}: MLflow has {len(have)} points, Parquet "
+                    f"{len(want_steps)} rows; steps only in MLflow "
+                    f"{sorted(set(have) - set(want_steps))[:20]}, only in Parquet "
+                    f"{sorted(set(want_steps) - set(have))[:20]}, twice in MLflow {twice[:20]}")
             for (_, a), (_, b) in zip(got, expected, strict=True):
                 assert a == b or (math.isnan(a) and math.isnan(b)), (run.info.run_name, key)

@@ -94,6 +94,7 @@ class MlflowSync:
         self.ledger_path = self.folder.ledger_path
         self._client = None
         self.notes: list[str] = []  # warnings for the caller to show (a rebuilt ledger)
+        self._checked: set[str] = set()  # trials whose held rows this process has checked
         self.ledger = RunLedger(self.folder, tracking_uri, sweep, lambda: self.client,
                                 self.notes)
 
@@ -217,6 +218,12 @@ class MlflowSync:
         with self._ledger() as led:
             done = led["trials"][trial]["logged_through"]
             check_held = led["trials"][trial].get("check_held", False)
+        # A driver stopped between a batch reaching the server and the ledger's update (a
+        # SIGTERM, a lost node) leaves rows MLflow holds past ``logged_through``; a resumed
+        # trial computes them again with new wall times. The first sync of a trial in each
+        # process therefore sends only what MLflow does not hold.
+        check_held = check_held or (done >= 0 and trial not in self._checked)
+        self._checked.add(trial)
         table = TrialStore(self.run_dir, trial).read(after=done)
         if table.num_rows == 0:
             return 0
