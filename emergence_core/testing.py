@@ -126,7 +126,8 @@ class Truth:
     """Planted answers. ``events``: per (trial, level) accuracy and log-prob event steps;
     ``onsets``: per (trial, level, measure) onset step, lead and class; ``floors``: per
     trial final-layer floor; ``collapse``: per (trial, layer) planted collapse probe;
-    ``topdown``: per (task, scale) the planted direction."""
+    ``topdown``: per (task, scale) the planted direction (``verdict``) over its ``n_blocks``
+    collapsing layers (layer 0, the embedding, is constant)."""
 
     events: pl.DataFrame
     onsets: pl.DataFrame
@@ -316,9 +317,10 @@ def _truth(cfg: SyntheticConfig, parts: list[dict]) -> Truth:
                                  .then(pl.lit("unresolved")).otherwise(pl.col("class"))
                                  .alias("class"))
     topdown = pl.DataFrame(
-        [(t, sc, "bottom-up" if t in cfg.bottom_up_tasks else "top-down")
-         for t in cfg.tasks for sc, _ in cfg.scales],
-        schema={"task": pl.String, "scale": pl.String, "verdict": pl.String}, orient="row")
+        [(t, sc, nl, "bottom-up" if t in cfg.bottom_up_tasks else "top-down")
+         for t in cfg.tasks for sc, nl in cfg.scales],
+        schema={"task": pl.String, "scale": pl.String, "n_blocks": pl.Int64,
+                "verdict": pl.String}, orient="row")
     return Truth(
         events=frame("events", {"trial": pl.String, "task": pl.String, "level": pl.Int8,
                                 "scale": pl.String, "seed": pl.Int64, "step": pl.Int64,

@@ -49,14 +49,20 @@ def test_topdown_counts_planted_directions(result) -> None:
     a, truth = result
     got = a.topdown.join(truth.topdown, on=["task", "scale"])
     assert got.height == 6
-    assert (got["verdict"] == got["verdict_right"]).all()
-    assert a.topdown.filter(pl.col("verdict") == "top-down").height == 3  # COPY at 3 scales
+    # the planted direction where three or more layers collapse; two blocks cannot say
+    want = [v if n >= 3 else "undetermined" for v, n in got.select("verdict_right",
+                                                                      "n_blocks").rows()]
+    assert got["verdict"].to_list() == want
+    assert a.topdown.filter(pl.col("verdict") == "top-down").height == 2  # COPY at s1, s2
     copy_s2 = a.topdown.filter((pl.col("task") == "COPY") & (pl.col("scale") == "s2"))
     assert copy_s2["rho"][0] == pytest.approx(-1.0)
     assert copy_s2["layers"][0] == "1 2 3 4 5 6"  # layer 0 (constant at SEP) left out
     assert (copy_s2["n_layers"][0], copy_s2["n_constant"][0]) == (6, 1)
+    s0 = a.topdown.filter(pl.col("scale") == "s0")
+    assert s0["n_layers"].to_list() == [2, 2] and s0["rho"].is_nan().all()
     share = a.topdown_summary.row(0, named=True)
-    assert (share["k"], share["n"], share["ci_method"]) == (3, 6, "seed bootstrap")
+    assert (share["k"], share["n"], share["n_undetermined"]) == (2, 4, 2)
+    assert share["ci_method"] == "seed bootstrap"
     assert share["lo"] == share["hi"] == 0.5  # every resample of seeds keeps the verdicts
 
 
@@ -76,9 +82,10 @@ def test_topdown_thresholds_and_undetermined() -> None:
     a = analyze(generate(cfg)[0])
     assert a.topdown["verdict"].to_list() == ["undetermined"]  # every layer at once: tied
     strict = analyze(generate(SyntheticConfig(expensive=(), per_layer=("rankme",)))[0],
-                     AnalysisSettings(topdown_min_layers=3))
-    assert set(strict.topdown.filter(pl.col("scale") == "s0")["verdict"]) == {"undetermined"}
-    assert set(strict.topdown.filter(pl.col("scale") == "s1")["verdict"]) == {"top-down"}
+                     AnalysisSettings(topdown_min_layers=5))
+    assert set(strict.topdown["verdict"]) == {"undetermined"}  # s1 has four layers
+    with pytest.raises(ValueError, match="topdown_min_layers must be >= 3"):
+        AnalysisSettings(topdown_min_layers=2)
 
 
 def test_the_variants_table_shows_where_centring_and_pooling_change_the_floor() -> None:
@@ -99,7 +106,79 @@ def test_the_variants_table_shows_where_centring_and_pooling_change_the_floor() 
     floors = a.floor_summary.group_by("scale").agg(pl.col("floor").median())["floor"]
     want = float(((0.2 * floors + 1) / floors).median())
     assert v["rankme_uncentred / per level"]["floor_ratio"] == pytest.approx(want, rel=0.05)
-    assert head["topdown_k"] == 2 and head["topdown_ci"] == "wilson"  # one seed
+    # s1 top-down; s0's two layers give no verdict
+    assert (head["topdown_k"], head["topdown_n"], head["topdown_ci"]) == (1, 1, "wilson")
     assert head["layers_median"] == 3.0 and head["n_constant"] == 2
     assert head["precursor_n"] == 6 and head["precursor_ci"] == "wilson"
     assert v["rankme / pooled"]["precursor_n"] is None
+
+
+# Planted layers for the voting rule: one trial, one level, rankme at SEP per layer.
+_STEPS = np.arange(0, 1000, 10)
+
+
+def _falls_at(step: int, top: float = 20.0, floor: float = 8.0) -> np.ndarray:
+    """A collapse from ``top`` to ``floor`` (depth 0.6) that ends at ``step``."""
+    return top - (top - floor) * np.clip((_STEPS - (step - 50)) / 50.0, 0.0, 1.0)
+
+
+def _collapse(layers: dict[int, np.ndarray], settings: AnalysisSettings) -> pl.DataFrame:
+    from emergence_core.analysis.collapse import collapse_table
+
+    rows = pl.DataFrame([
+        {"trial": "T-s-0", "task": "T", "scale": "s", "seed": 0, "source": "trial",
+         "measure": "rankme", "level": 1, "layer": layer, "step": int(t), "value": float(v)}
+        for layer, values in layers.items() for t, v in zip(_STEPS, values, strict=True)],
+        schema_overrides={"level": pl.Int8, "layer": pl.Int16})
+    return collapse_table(rows, settings)
+
+
+def test_a_layer_that_never_collapses_does_not_vote() -> None:
+    """A flat layer's "collapse time" is wherever its noise is lowest: here a dip at step 0,
+    which under the old rule (every non-constant layer votes) turns a planted top-down
+    order into "mixed"."""
+    from emergence_core.analysis.collapse import topdown
+
+    flat = np.full(_STEPS.size, 10.0)
+    flat[:3] = 9.9  # depth 0 (its floor is its first value)
+    layers = {0: np.zeros(_STEPS.size), 1: flat, 2: _falls_at(400), 3: _falls_at(300),
+              4: _falls_at(200)}
+    old = AnalysisSettings(topdown_min_depth=0.0)
+    row = topdown(_collapse(layers, old), old).row(0, named=True)
+    assert (row["verdict"], row["layers"], row["collapse_steps"]) == ("mixed", "1 2 3 4",
+                                                                      "0 400 300 200")
+    new = AnalysisSettings()
+    row = topdown(_collapse(layers, new), new).row(0, named=True)
+    assert row["verdict"] == "top-down" and row["rho"] == pytest.approx(-1.0)
+    assert (row["layers"], row["n_layers"], row["n_shallow"], row["n_constant"]) == (
+        "2 3 4", 3, 1, 1)
+    assert row["depths"] == "0.600 0.600 0.600"
+
+
+def test_the_embedding_never_votes_unless_asked() -> None:
+    """Layer 0 varies (read away from SEP) and collapses deep and first: it is left out and
+    counted, so a planted top-down order over the blocks stays top-down."""
+    from emergence_core.analysis.collapse import topdown
+
+    layers = {0: _falls_at(100), 1: _falls_at(400), 2: _falls_at(300), 3: _falls_at(200)}
+    row = topdown(_collapse(layers, AnalysisSettings()), AnalysisSettings()).row(0, named=True)
+    assert (row["verdict"], row["layers"], row["n_embedding"]) == ("top-down", "1 2 3", 1)
+    asked = AnalysisSettings(topdown_embedding=True)
+    row = topdown(_collapse(layers, asked), asked).row(0, named=True)
+    assert (row["verdict"], row["layers"], row["n_embedding"]) == ("mixed", "0 1 2 3", 0)
+
+
+def test_two_collapsing_layers_give_no_verdict() -> None:
+    """Two layers always give rho = +-1 with no p-value: a two-block model is undetermined,
+    and the share counts it apart from the verdicts."""
+    from emergence_core.analysis.collapse import topdown, topdown_share
+
+    layers = {0: np.zeros(_STEPS.size), 1: _falls_at(400), 2: _falls_at(200)}
+    s = AnalysisSettings()
+    c = _collapse(layers, s)
+    table = topdown(c, s)
+    row = table.row(0, named=True)
+    assert (row["verdict"], row["n_layers"]) == ("undetermined", 2) and np.isnan(row["rho"])
+    share = topdown_share(c, table, s)
+    assert (share["k"], share["n"], share["n_undetermined"]) == (0, 0, 1)
+    assert share["lo"] is None and share["ci_method"] == "none (no verdict)"

@@ -211,3 +211,48 @@ def test_a_measure_dense_only_around_events_is_judged_on_its_local_spacing() -> 
     coarse_llc = uniform.leads.filter(pl.col("measure") == Measure.LLC)
     assert set(coarse_llc["tolerance"]) == {1000.0}
     assert set(coarse_llc["class"]) == {"unresolved"}
+
+
+def _recovery_table(noise: float = 0.05) -> pl.DataFrame:
+    """One trial, one level: RankMe falls from 20 to its floor 5 by step 200, stays there,
+    leaves it at step 600 and climbs slowly to 15 at step 1500, where accuracy jumps from 0
+    to 1 (chance 0): the gradual recovery of MOD's centred RankMe."""
+    import numpy as np
+
+    steps = np.arange(0, 2001, 10)
+    rng = np.random.default_rng(0)
+    rank = np.interp(steps, [0, 200, 600, 1500, 2000], [20, 5, 5, 15, 15])
+    rows = [("accuracy", 1, None, int(t), float(t >= 1500)) for t in steps]
+    rows.append(("chance", 1, None, 0, 0.0))
+    for layer in (0, 1, 2):
+        for level in (1, None):  # per level and pooled (the trial's collapse end)
+            values = np.zeros(steps.size) if layer == 0 else \
+                rank * layer / 2 + noise * rng.standard_normal(steps.size)
+            rows += [("rankme", level, layer, int(t), float(v)) for t, v in
+                     zip(steps, values, strict=True)]
+    df = pl.DataFrame(rows, schema={"measure": pl.String, "level": pl.Int8, "layer": pl.Int16,
+                                    "step": pl.Int64, "value": pl.Float64}, orient="row")
+    return df.with_columns(pl.lit("rec").alias("sweep"), pl.lit("MOD-s0-0").alias("trial"),
+                           pl.lit("MOD").alias("task"), pl.lit("s0").alias("scale"),
+                           pl.lit(0).cast(pl.Int64).alias("seed"),
+                           pl.lit("trial").alias("source"))
+
+
+def test_on_a_gradual_recovery_the_two_onset_rules_part() -> None:
+    """Departure finds the regime the measure is in at the event: the staircase segmentation
+    cuts into the climb, so its last step lies near the event. First finds when the measure
+    left its floor (planted: step 600), 900 steps before the event."""
+    a = analyze(_recovery_table(), AnalysisSettings(n_bootstrap=50))
+    row = a.leads.filter((pl.col("event") == "accuracy") & (pl.col("measure") == "rankme")
+                         ).row(0, named=True)
+    assert row["event_step"] == 1500
+    # constant-mean segmentation cuts a ramp into a staircase: its first step lies within
+    # the climb's first segment (here 10 probes), its last near the event
+    assert 600 <= row["onset_first"] <= 750
+    assert row["class_first"] == "precursor" and row["lead_first"] >= 750
+    assert row["onset_step"] >= 1300 and row["lead"] <= 200
+    first = a.rates_first.filter((pl.col("measure") == "rankme")
+                                 & (pl.col("split_kind") == "all")).row(0, named=True)
+    assert (first["precursor_k"], first["n"]) == (1, 1)
+    h = a.hierarchy_first.filter(pl.col("measure") == "rankme").row(0, named=True)
+    assert h["median_lead"] == row["lead_first"]

@@ -31,19 +31,22 @@ def test_report_on_planted_data_states_the_planted_numbers(planted, tmp_path) ->
     assert "figures/leads.png" in s.files and "figures/floors_vs_scale.png" in s.files
     assert sum(f.startswith("figures/curves_") for f in s.files) == 2
     # planted: 8 trials x 3 levels, all emerge; RankMe leads by 6 probes, LLC lags by 12,
-    # the linear probe is synchronous; every layer order top-down; 2 seeds -> a CI
+    # the linear probe is synchronous; every layer order top-down (s1's four blocks; s0's
+    # two cannot say); 2 seeds -> a CI
     assert "accuracy: 24/24 (trial, level) series emerge" in md
     assert "rankme is a precursor in 24/24 events (100%, 95% CI 100-100%)" in md
     assert "llc is a precursor in 0/24 events (0%, 95% CI 0-0%)" in md
     assert "lagging in 24/24 events (100%)" in md
     assert "linear_probe is a precursor in 0/24 events" in md
     assert "synchronous in 24/24 events (100%)" in md
-    assert "Top-down: 4/4 (task, scale) combinations are top-down" in md
+    assert "Top-down: 2/2 (task, scale) combinations with a verdict are top-down" in md
+    assert "2 of 4 undetermined" in md
     assert "Per-trial figures drawn for 2/8 trials (max_trial_figures = 2)" in md
     assert "- Nothing: every expected table could be computed." not in md  # 3 measures absent
     assert "hessian_lambda_max" in md and "absent from the whole table" in md
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert summary["headline"]["topdown/count"] == 4.0
+    assert summary["headline"]["topdown/count"] == 2.0
+    assert summary["headline"]["topdown/undetermined"] == 2.0
     assert s.headline["precursor_rate/rankme"] == 1.0
     assert s.headline["events/accuracy/emerged"] == 24.0
     rates = pl.read_csv(tmp_path / "report" / "tables" / "rates.csv")
@@ -59,12 +62,18 @@ def test_report_on_planted_data_states_the_planted_numbers(planted, tmp_path) ->
     assert "## Robustness: how RankMe is measured" in md
     assert "| rankme / per level |" in md and "| rankme_uncentred / pooled |" in md
     assert "(seed bootstrap)" in md
-    assert "4/4 (task, scale) combinations are top-down (95% CI" in md
-    assert "rests on the non-constant layers only: 2 to 4 layers" in md
-    for name in ("chances", "variants", "rule_agreement", "grid_summary", "rates_nearest"):
+    assert "2/2 (task, scale) combinations with a verdict are top-down (95% CI" in md
+    assert "Only layers that collapse vote: 2 to 4 per combination" in md
+    assert "A verdict needs 3 voting layers, else it is undetermined." in md
+    for name in ("chances", "variants", "rule_agreement", "grid_summary", "rates_nearest",
+                 "rates_first", "hierarchy_first"):
         assert f"tables/{name}.csv" in s.files
     leads = pl.read_csv(tmp_path / "report" / "tables" / "leads.csv")
-    assert {"tolerance", "class", "class_nearest", "onset_nearest"} <= set(leads.columns)
+    assert {"tolerance", "class", "class_nearest", "onset_nearest", "onset_first",
+            "class_first", "rules_agree_first"} <= set(leads.columns)
+    # planted: RankMe leaves its floor 6 probes before each event and stays; both rules
+    # find that one change point
+    assert "| rankme | 24 | 24 | 24 | 24 |" in md
 
 
 def test_report_on_an_empty_table_says_so(tmp_path) -> None:

@@ -8,9 +8,11 @@ for the top-down test. A trial without per-level rows (Pythia) uses its pooled r
 both. The definitions of the early part, recovery and "reaching" the floor are in
 ``series.collapse_floor``.
 
-Constant layers (no variance at the read position: the embedding output at SEP within a
-level) have no collapse time; they are left out of the top-down test and counted
-(``n_constant``), and each verdict states how many layers it rests on (``n_layers``).
+Only layers that collapse vote in the top-down test (``voting``): constant layers (no
+variance at the read position: the embedding output at SEP within a level), layers whose
+drop is shallower than ``topdown_min_depth``, and the embedding itself are left out and
+counted (``n_constant``, ``n_shallow``, ``n_embedding``); each verdict states how many
+layers it rests on (``n_layers``) and needs ``topdown_min_layers`` of them.
 
 Intervals: the share of top-down (task, scale) combinations and each task level's floor CV
 get a percentile bootstrap over seeds (all trials of a resampled seed together) where
@@ -37,6 +39,7 @@ __all__ = [
     "topdown",
     "topdown_share",
     "trial_floors",
+    "voting",
 ]
 
 _TRIAL_META = ["trial", "task", "scale", "seed", "source"]
@@ -158,22 +161,39 @@ def floor_spread(summary: pl.DataFrame, floors: pl.DataFrame | None = None,
 
 def _layer_times(collapse: pl.DataFrame, pooled: bool,
                  seeds: list | None = None) -> pl.DataFrame:
-    """Per (task, scale, layer): median collapse step over seeds and levels of the scope's
-    non-constant series, the seeds counted, and whether every series was constant."""
+    """Per (task, scale, layer): median collapse step and median drop depth over seeds and
+    levels of the scope's non-constant series, the seeds counted, and whether every series
+    was constant."""
     rows = scope_rows(collapse, pooled)
     if seeds is not None:  # a bootstrap resample: seeds drawn with replacement
         pick = pl.DataFrame({"seed": seeds, "_draw": range(len(seeds))},
                             schema={"seed": pl.Int64, "_draw": pl.Int64})
         rows = rows.join(pick, on="seed", how="inner")
+    live = ~pl.col("degenerate")
     return (rows.group_by(["task", "scale", "layer"]).agg(
-        pl.col("collapse_step").filter(~pl.col("degenerate")).median().alias("collapse_step"),
-        pl.col("seed").filter(~pl.col("degenerate")).n_unique().alias("n_seeds"),
+        pl.col("collapse_step").filter(live).median().alias("collapse_step"),
+        pl.col("depth").filter(live).median().alias("depth"),
+        pl.col("seed").filter(live).n_unique().alias("n_seeds"),
         pl.col("degenerate").all().alias("constant"))
         .sort(["task", "scale", "layer"]))
 
 
+def voting(layers: np.ndarray, depths: np.ndarray, settings: AnalysisSettings) -> np.ndarray:
+    """Which non-constant layers vote in the top-down test: those that collapse (median drop
+    depth ``1 - floor / initial`` at least ``topdown_min_depth``; a flat layer's "collapse
+    time" is wherever its noise dips lowest) and, unless ``topdown_embedding``, not layer 0
+    (the embedding output: at SEP one vector per task level, elsewhere a lookup of the token,
+    so its geometry is the embedding table's, not a layer's computation)."""
+    depths = np.nan_to_num(np.asarray(depths, dtype=np.float64), nan=-np.inf)
+    ok = depths >= settings.topdown_min_depth
+    if not settings.topdown_embedding:
+        ok &= np.asarray(layers) != 0
+    return ok
+
+
 def _verdict(layers: np.ndarray, times: np.ndarray, settings: AnalysisSettings
              ) -> tuple[float, float, str]:
+    """(rho, p, verdict) over the voting layers given."""
     rho = p = float("nan")
     if layers.size >= settings.topdown_min_layers and np.ptp(times) > 0:
         res = stats.spearmanr(layers, times)
@@ -192,62 +212,81 @@ def topdown(collapse: pl.DataFrame, settings: AnalysisSettings,
     """The top-down test per (task, scale) (docs/methods.md §4).
 
     Collapse time of a layer = median over seeds and task levels of its collapse step
-    (per-level series; pooled series with ``pooled``), constant series left out; a layer
-    whose every series is constant is excluded and counted in ``n_constant``. ``rho`` =
-    Spearman correlation between layer index and collapse time over the ``n_layers``
-    remaining layers; ``verdict`` is ``top-down`` when ``rho <= -topdown_rho`` (deeper layers
+    (per-level series; pooled series with ``pooled``), constant series left out; its drop
+    depth the median of their ``1 - floor / initial``. Only voting layers (``voting``) enter:
+    ``n_layers`` of them; the rest are counted as ``n_constant`` (every series constant),
+    ``n_shallow`` (drop shallower than ``topdown_min_depth``) and ``n_embedding`` (layer 0).
+    ``rho`` = Spearman correlation between layer index and collapse time over the voting
+    layers; ``verdict`` is ``top-down`` when ``rho <= -topdown_rho`` (deeper layers
     collapse first), ``bottom-up`` when ``rho >= topdown_rho``, ``mixed`` in between, and
-    ``undetermined`` with fewer than ``topdown_min_layers`` layers or all times tied.
+    ``undetermined`` with fewer than ``topdown_min_layers`` voting layers or all times tied.
     """
     per_layer = _layer_times(collapse, pooled)
-    out: dict[str, list] = {k: [] for k in ("task", "scale", "n_layers", "n_constant",
-                                            "n_seeds", "rho", "p_value", "verdict", "layers",
-                                            "collapse_steps")}
+    out: dict[str, list] = {k: [] for k in (
+        "task", "scale", "n_layers", "n_constant", "n_shallow", "n_embedding", "n_seeds",
+        "rho", "p_value", "verdict", "layers", "collapse_steps", "depths")}
     for (task, scale), a, b in group_slices(per_layer, ["task", "scale"]):
         g = per_layer[a:b]
         live = g.filter(~pl.col("constant") & pl.col("collapse_step").is_not_null())
-        layers, times = live["layer"].to_numpy(), live["collapse_step"].to_numpy()
-        rho, p, verdict = _verdict(layers, times, settings)
-        for k, v in (("task", task), ("scale", scale), ("n_layers", int(layers.size)),
+        layers, depths = live["layer"].to_numpy(), live["depth"].to_numpy()
+        shallow = ~(np.nan_to_num(depths, nan=-np.inf) >= settings.topdown_min_depth)
+        vote = voting(layers, depths, settings)
+        times = live["collapse_step"].to_numpy()[vote]
+        rho, p, verdict = _verdict(layers[vote], times, settings)
+        for k, v in (("task", task), ("scale", scale), ("n_layers", int(vote.sum())),
                      ("n_constant", int(g["constant"].sum())),
+                     ("n_shallow", int(shallow.sum())),
+                     ("n_embedding", int(((layers == 0) & ~shallow & ~vote).sum())),
                      ("n_seeds", int(g["n_seeds"].max())), ("rho", rho), ("p_value", p),
-                     ("verdict", verdict), ("layers", " ".join(map(str, layers))),
-                     ("collapse_steps", " ".join(str(int(t)) for t in times))):
+                     ("verdict", verdict), ("layers", " ".join(map(str, layers[vote]))),
+                     ("collapse_steps", " ".join(str(int(t)) for t in times)),
+                     ("depths", " ".join(f"{d:.3f}" for d in depths[vote]))):
             out[k].append(v)
     return pl.DataFrame(out, schema={
         "task": pl.String, "scale": pl.String, "n_layers": pl.Int64, "n_constant": pl.Int64,
-        "n_seeds": pl.Int64, "rho": pl.Float64, "p_value": pl.Float64, "verdict": pl.String,
-        "layers": pl.String, "collapse_steps": pl.String})
+        "n_shallow": pl.Int64, "n_embedding": pl.Int64, "n_seeds": pl.Int64,
+        "rho": pl.Float64, "p_value": pl.Float64, "verdict": pl.String, "layers": pl.String,
+        "collapse_steps": pl.String, "depths": pl.String})
 
 
 def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: AnalysisSettings,
                   pooled: bool = False) -> dict:
-    """k/n of top-down (task, scale) combinations in ``table`` (``topdown``'s), with an
-    interval: seeds resampled (``n_bootstrap`` times, verdicts recomputed) when the
-    collapse table holds two or more seeds, else Wilson over the combinations."""
-    k, n = int((table["verdict"] == "top-down").sum()), table.height
+    """k/n top-down among the (task, scale) combinations of ``table`` (``topdown``'s) that
+    have a verdict (``n_undetermined`` counts the rest), with an interval: seeds resampled
+    (``n_bootstrap`` times, voting and verdicts recomputed) when the collapse table holds
+    two or more seeds, else Wilson over the combinations."""
+    undetermined = int((table["verdict"] == "undetermined").sum()) if table.height else 0
+    k, n = int((table["verdict"] == "top-down").sum()), table.height - undetermined
     seeds = sorted(set(collapse["seed"].to_list())) if collapse.height else []
+    base = {"k": k, "n": n, "n_undetermined": undetermined}
     if n == 0:
-        return {"k": 0, "n": 0, "lo": None, "hi": None, "ci_method": "none (no combinations)"}
+        why = "none (no verdict)" if table.height else "none (no combinations)"
+        return base | {"lo": None, "hi": None, "ci_method": why}
     if len(seeds) < 2:
         lo, hi = wilson(k, n, settings.ci_level)
-        return {"k": k, "n": n, "lo": lo, "hi": hi, "ci_method": "wilson"}
-    # per (task, scale): the live series' layer, seed index and collapse step, in numpy
+        return base | {"lo": lo, "hi": hi, "ci_method": "wilson"}
+    # per (task, scale): the live series' layer, seed index, collapse step and depth
     rows = scope_rows(collapse, pooled).filter(~pl.col("degenerate")
                                                & pl.col("collapse_step").is_not_null())
     seed_ix = {sd: i for i, sd in enumerate(seeds)}
     combos = [(g["layer"].to_numpy(), np.array([seed_ix[x] for x in g["seed"].to_list()]),
-               g["collapse_step"].to_numpy().astype(np.float64))
+               g["collapse_step"].to_numpy().astype(np.float64),
+               g["depth"].to_numpy().astype(np.float64))
               for _, g in rows.group_by(["task", "scale"])]
+
     def share(counts: np.ndarray) -> float:
-        hits = 0
-        for layer, seed, step in combos:
+        hits = determined = 0
+        for layer, seed, step, depth in combos:
             w = counts[seed]  # a seed drawn twice counts twice, one not drawn not at all
             layers = np.unique(layer[w > 0])
-            times = np.array([np.median(np.repeat(step[layer == lv], w[layer == lv]))
-                              for lv in layers])
-            hits += _verdict(layers, times, settings)[2] == "top-down"
-        return hits / n
+            at = [layer == lv for lv in layers]
+            times = np.array([np.median(np.repeat(step[m], w[m])) for m in at])
+            depths = np.array([np.median(np.repeat(depth[m], w[m])) for m in at])
+            vote = voting(layers, depths, settings)
+            verdict = _verdict(layers[vote], times[vote], settings)[2]
+            hits += verdict == "top-down"
+            determined += verdict != "undetermined"
+        return hits / determined if determined else float("nan")
 
     rng = np.random.default_rng(settings.bootstrap_seed)
     seen: dict[tuple, float] = {}  # few seeds give few distinct resamples: refit each once
@@ -258,6 +297,8 @@ def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: Analysi
         if key not in seen:
             seen[key] = share(counts)
         shares.append(seen[key])
+    shares = np.asarray(shares)
+    shares = shares[np.isfinite(shares)]
     alpha = (1 - settings.ci_level) / 2
     lo, hi = np.quantile(shares, [alpha, 1 - alpha])
-    return {"k": k, "n": n, "lo": float(lo), "hi": float(hi), "ci_method": "seed bootstrap"}
+    return base | {"lo": float(lo), "hi": float(hi), "ci_method": "seed bootstrap"}

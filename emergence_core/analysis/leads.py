@@ -21,11 +21,17 @@ with tolerance tol (below):
   measure pooled over levels), those nearer to another event of the trial than to this one,
   which open that event's regime.
   A later unrelated change cannot move this onset.
+- ``first`` (first change after the floor): the series' first change point past the
+  collapse (``first_onset``: at least ``changepoint_min_size + smooth_window // 2`` probes
+  after the trial's final layer reaches its floor), whatever the event. It does not look at
+  the event, so on a gradual recovery, where departure lands on the last step of the
+  staircase near the event, it reports when the measure first left its floor.
 - ``nearest`` (variant): the change point nearest the event in probes of the event's own
   grid, ties to the earlier, over all change points. Symmetric, but a later unrelated
   change that happens to lie closer flips a precursor into lagging.
 
-Lead = event step - onset step, per rule. Tolerance, stated per (measure, event) in the
+Lead = event step - onset step, per rule (``lead``/``class`` for departure, ``_first`` and
+``_nearest`` suffixes for the others). Tolerance, stated per (measure, event) in the
 ``tolerance`` column and used alike in text, tables and figures: the wider of the probe
 interval at the event (``interval``, the central spacing of the event series' probe steps
 there) and the measure's own probe spacing there (``measure_spacing``), since a measure
@@ -56,7 +62,7 @@ from emergence_core.analysis.frames import group_slices
 from emergence_core.analysis.series import changepoints, local_spacing, smooth, xcorr_lag
 from emergence_core.analysis.settings import AnalysisSettings
 
-__all__ = ["Leads", "classify", "departure_onset", "grid_control", "measure_leads",
+__all__ = ["RULES", "Leads", "classify", "departure_onset", "grid_control", "measure_leads",
            "nearest_onset"]
 
 _KEY = ["trial", "measure", "level"]
@@ -96,19 +102,28 @@ def _class_expr(onset: str, lead: str) -> pl.Expr:
             .otherwise(within))
 
 
+# The onset rules: name -> (column suffix, onset column); departure is the headline.
+RULES = {"departure": ("", "onset_step"), "first": ("_first", "onset_first"),
+         "nearest": ("_nearest", "onset_nearest")}
+
+
 def classify(leads: pl.DataFrame, measure_grid_tolerance: bool = True) -> pl.DataFrame:
-    """Add ``tolerance``, and per rule the lead, lead in intervals, lead in tolerances and
-    class (departure: ``lead``, ``class``...; nearest: ``lead_nearest``, ``class_nearest``...),
-    and ``rules_agree``, to raw onset rows (``onset_step``, ``onset_nearest``)."""
+    """Add ``tolerance``, and per rule (``RULES``) the lead, lead in intervals, lead in
+    tolerances and class (departure: ``lead``, ``class``...; first: ``lead_first``,
+    ``class_first``...; nearest: ``lead_nearest``, ``class_nearest``...), and
+    ``rules_agree`` (departure and nearest class alike) and ``rules_agree_first``
+    (departure and first), to raw onset rows (``onset_step``, ``onset_first``,
+    ``onset_nearest``)."""
     out = leads.with_columns(tolerance_expr(measure_grid_tolerance).alias("tolerance"))
-    for suffix, onset in (("", "onset_step"), ("_nearest", "onset_nearest")):
+    for suffix, onset in RULES.values():
         lead = f"lead{suffix}"
         out = out.with_columns((pl.col("event_step") - pl.col(onset)).alias(lead)).with_columns(
             (pl.col(lead) / pl.col("interval")).alias(f"lead_intervals{suffix}"),
             (pl.col(lead) / pl.col("tolerance")).alias(f"lead_tolerances{suffix}"),
             _class_expr(onset, lead).alias(f"class{suffix}"))
-    return out.with_columns(pl.col("class").eq_missing(pl.col("class_nearest"))
-                            .alias("rules_agree"))
+    return out.with_columns(
+        pl.col("class").eq_missing(pl.col("class_nearest")).alias("rules_agree"),
+        pl.col("class").eq_missing(pl.col("class_first")).alias("rules_agree_first"))
 
 
 def nearest_onset(found: np.ndarray, event: float, grid: np.ndarray) -> int | None:
@@ -210,11 +225,13 @@ def measure_leads(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.Dat
     does not report.
     """
     seg = _segment(series, settings, collapse_end or {})
+    first_of = {(t, m, lv): f for t, m, lv, f in seg.onsets.rows()}
     behaviour_cache = _series_cache(
         behaviour.filter(pl.col("value").is_not_null()), settings.smooth_window)
     cols: dict[str, list] = {k: [] for k in (
         "event", "trial", "level", "measure", "layer", "series_level", "event_step",
-        "interval", "onset_step", "onset_nearest", "measure_spacing", "n_changepoints",
+        "interval", "onset_step", "onset_first", "onset_nearest", "measure_spacing",
+        "n_changepoints",
         "xcorr_lag", "xcorr_lag_steps", "xcorr_r")}
     emerged = details.filter(pl.col("step").is_not_null())
     # departure candidates start past the collapse, the margin counted in probes of the
@@ -255,14 +272,15 @@ def measure_leads(series: pl.DataFrame, behaviour: pl.DataFrame, details: pl.Dat
                 acc[0], acc[1], m_steps, m_smooth, e, max_lag=settings.xcorr_max_lag,
                 window=settings.xcorr_window)
             row = (event, trial, level, measure, seg.layer[key], key[2], e, interval, onset,
-                   nearest, spacing, int(found.size),
+                   first_of.get(key), nearest, spacing, int(found.size),
                    *(lag if lag is not None else (None, None, None)))
             for k, v in zip(cols, row, strict=True):
                 cols[k].append(v)
     leads = pl.DataFrame(cols, schema={
         "event": pl.String, "trial": pl.String, "level": pl.Int8, "measure": pl.String,
         "layer": pl.Int16, "series_level": pl.Int8, "event_step": pl.Int64,
-        "interval": pl.Float64, "onset_step": pl.Int64, "onset_nearest": pl.Int64,
+        "interval": pl.Float64, "onset_step": pl.Int64, "onset_first": pl.Int64,
+        "onset_nearest": pl.Int64,
         "measure_spacing": pl.Float64, "n_changepoints": pl.Int64, "xcorr_lag": pl.Int64,
         "xcorr_lag_steps": pl.Int64, "xcorr_r": pl.Float64})
     return Leads(classify(leads, settings.measure_grid_tolerance), seg.changepoints, seg.onsets)

@@ -126,19 +126,23 @@ def _collapse(a: Analysis) -> list[str]:
          f"{share['ci_method']})")
     layers = td["n_layers"]
     rests = "" if td.height == 0 else (
-        " Each verdict rests on the non-constant layers only: "
+        " Only layers that collapse vote: "
         + (f"{layers.min()}" if layers.min() == layers.max()
            else f"{layers.min()} to {layers.max()}")
-        + " layers per combination (column n_layers); "
-        + f"{int(td['n_constant'].sum())} constant layers (no variance at the read position) "
-        "were left out (n_constant). A verdict on 2 layers is one comparison.")
-    out += [f"Top-down: {counts['top-down']}/{td.height} (task, scale) combinations are "
-            f"top-down{ci} (Spearman rho between layer index and per-level collapse time, "
-            f"median over seeds and levels, <= -{s.topdown_rho}); {counts['bottom-up']} "
-            f"bottom-up, {counts['mixed']} mixed, {counts['undetermined']} undetermined."
-            f"{rests}", ""]
-    return out + _table(td, ["task", "scale", "n_layers", "n_constant", "rho", "verdict",
-                             "collapse_steps"])
+        + " per combination (column n_layers); left out were "
+        + f"{int(td['n_constant'].sum())} constant layers (no variance at the read position), "
+        + f"{int(td['n_shallow'].sum())} whose drop depth (1 - floor / initial) is below "
+        + f"{s.topdown_min_depth:g} (n_shallow) and "
+        + f"{int(td['n_embedding'].sum())} embedding layers (n_embedding). A verdict needs "
+        + f"{s.topdown_min_layers} voting layers, else it is undetermined.")
+    n_verdicts = td.height - counts["undetermined"]
+    out += [f"Top-down: {counts['top-down']}/{n_verdicts} (task, scale) combinations with a "
+            f"verdict are top-down{ci} (Spearman rho between layer index and per-level "
+            f"collapse time, median over seeds and levels, <= -{s.topdown_rho}); "
+            f"{counts['bottom-up']} bottom-up, {counts['mixed']} mixed; "
+            f"{counts['undetermined']} of {td.height} undetermined.{rests}", ""]
+    return out + _table(td, ["task", "scale", "n_layers", "n_constant", "n_shallow", "rho",
+                             "verdict", "collapse_steps", "depths"])
 
 
 def _variants(a: Analysis) -> list[str]:
@@ -148,7 +152,8 @@ def _variants(a: Analysis) -> list[str]:
            "(centred and uncentred RankMe, each read position) and per level or pooled over "
            "levels. floor_ratio: median over (task, scale) of the variant's floor over the "
            "headline's; topdown_changed: combinations whose verdict differs from the "
-           "headline's; precursor: accuracy events (departure rule); changes: the "
+           "headline's; precursor: accuracy events (departure rule; precursor_first_k: "
+           "the same events under the first-change-after-the-floor rule); changes: the "
            "conclusions that differ from the headline's (floors differing by more than 10%, "
            "top-down verdicts).", ""]
     if v.height == 0:
@@ -160,8 +165,8 @@ def _variants(a: Analysis) -> list[str]:
     return [*out, *_table(shown, ["variant", "n_floors", "floor_median", "floor_ratio",
                                   "cv_median", "top-down", "topdown_lo", "topdown_hi",
                                   "layers_median", "topdown_changed", "precursor",
-                                  "precursor_lo", "precursor_hi", "hierarchy_rank",
-                                  "changes"]),
+                                  "precursor_lo", "precursor_hi", "precursor_first_k",
+                                  "hierarchy_rank", "changes"]),
             "", "Intervals: topdown_lo/hi and precursor_lo/hi are seed-bootstrap intervals "
             "with two or more seeds, Wilson otherwise (tables/variants.csv names the method).",
             ""]
@@ -179,7 +184,10 @@ def _precursors(a: Analysis, event: str) -> list[str]:
            "series that opens the regime the measure is in at the event (the last one at or "
            "before event + tolerance, past the collapse when the event comes after it and, in a "
            "series pooled over levels, "
-           "nearer this event than another; else the first after). Variant: the change "
+           "nearer this event than another; else the first after). Second rule (first): the "
+           "series' first change point after the trial's collapse floor, whatever the event "
+           "(on a gradual recovery departure lands on the staircase's last step, near the "
+           "event; first, on when the measure left its floor). Variant: the change "
            "point nearest the event. Lead = event step - onset step. Tolerance, per measure "
            f"and event (column tolerance of tables/leads.csv): {tol}. Precursor when lead > "
            "tolerance, lagging when lead < -tolerance; within it synchronous when the "
@@ -212,10 +220,13 @@ def _precursors(a: Analysis, event: str) -> list[str]:
             f"{count_phrase(r['lagging_k'], r['n'])}, no onset in {r['no_onset_k']}"
             f"{lead}{tol_txt}{xc}.")
     agree = a.rule_agreement.filter(pl.col("event") == event)
-    out += ["", "Onset rules side by side (departure = headline, nearest = variant; "
-            "tables/rates_nearest.csv has the variant's rates):", "",
-            *_table(agree, ["measure", "n", "agree_k", "departure_precursor_k",
-                            "nearest_precursor_k"]), ""]
+    out += ["", "Onset rules side by side (departure = headline, first = first change after "
+            "the floor, nearest = variant; agree_first_k / agree_k: events classed alike by "
+            "departure and first / nearest; tables/rates_first.csv and "
+            "tables/rates_nearest.csv have their rates, tables/hierarchy_first.csv the "
+            "first rule's hierarchy):", "",
+            *_table(agree, ["measure", "n", "departure_precursor_k", "first_precursor_k",
+                            "nearest_precursor_k", "agree_first_k", "agree_k"]), ""]
     differ = leads.filter(~pl.col("rules_agree"))
     if differ.height:
         out += [f"{differ.height}/{leads.height} (event, measure) pairs are classed "
@@ -255,6 +266,13 @@ def _precursors(a: Analysis, event: str) -> list[str]:
                                 f"{v:.0f} steps)" for m, i, v in
                                 hier.select("measure", "median_lead_intervals",
                                             "median_lead").rows()) + ".")
+    first = a.hierarchy_first.filter(pl.col("event") == event)
+    if first.height:
+        out += ["", "The same under the first-change-after-the-floor rule: "
+                + " > ".join(f"{m} ({_num(i) if i is not None else 'n/a'} intervals, "
+                             f"{v:.0f} steps; precursor {k}/{n})" for m, i, v, k, n in
+                             first.select("measure", "median_lead_intervals", "median_lead",
+                                          "precursor_k", "n").rows()) + "."]
     return [*out, ""]
 
 

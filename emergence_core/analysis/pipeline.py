@@ -58,7 +58,8 @@ class Analysis:
     (``variants.variants_table``), ``leads`` (event x measure, both onset
     rules), ``rule_agreement`` (per event and measure: how often the two onset rules agree),
     ``grid_control`` and ``grid_summary`` (``leads.grid_control``), ``changepoints``,
-    ``rates`` (departure rule) and ``rates_nearest``, ``hierarchy``, ``signals``,
+    ``rates`` (departure rule), ``rates_first`` (first change after the floor) and
+    ``rates_nearest``, ``hierarchy`` and ``hierarchy_first`` (departure, first), ``signals``,
     ``prediction``. ``measures``: the measures analysed; ``missing``: what the table
     lacks, one sentence each.
     """
@@ -90,8 +91,10 @@ class Analysis:
     changepoints: pl.DataFrame
     onsets: pl.DataFrame
     rates: pl.DataFrame
+    rates_first: pl.DataFrame
     rates_nearest: pl.DataFrame
     hierarchy: pl.DataFrame
+    hierarchy_first: pl.DataFrame
     signals: pl.DataFrame
     prediction: pl.DataFrame
     missing: tuple[str, ...]
@@ -132,13 +135,22 @@ def _unconverged_notes(dropped: pl.DataFrame) -> list[str]:
 
 
 def rule_agreement(leads: pl.DataFrame) -> pl.DataFrame:
-    """Per (event, measure): events, how many the two onset rules class alike, and each
-    rule's precursor count."""
+    """Per (event, measure): events, how many departure and nearest class alike
+    (``agree_k``), departure and first (``agree_first_k``), and each rule's precursor
+    count."""
     return (leads.group_by("event", "measure").agg(
         pl.len().alias("n"), pl.col("rules_agree").sum().alias("agree_k"),
         (pl.col("class") == "precursor").sum().alias("departure_precursor_k"),
-        (pl.col("class_nearest") == "precursor").sum().alias("nearest_precursor_k"))
+        (pl.col("class_nearest") == "precursor").sum().alias("nearest_precursor_k"),
+        pl.col("rules_agree_first").sum().alias("agree_first_k"),
+        (pl.col("class_first") == "precursor").sum().alias("first_precursor_k"))
         .sort("event", "measure"))
+
+
+def rule_rates(leads: pl.DataFrame, settings: AnalysisSettings, suffix: str) -> pl.DataFrame:
+    """``precursor_rates`` under the onset rule whose columns end in ``suffix``."""
+    return precursor_rates(leads.with_columns(pl.col(f"class{suffix}").alias("class")),
+                           settings)
 
 
 def _inventory(lf: pl.LazyFrame) -> pl.DataFrame:
@@ -277,13 +289,14 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
              .join(difficulty.select("unit", "scale", "difficulty"), on=["unit", "scale"],
                    how="left"))
     rates = precursor_rates(leads, settings)
-    rates_nearest = precursor_rates(leads.with_columns(pl.col("class_nearest").alias("class")),
-                                    settings)
+    rates_first = rule_rates(leads, settings, "_first")
+    rates_nearest = rule_rates(leads, settings, "_nearest")
     control, control_summary = grid_control(
         series, behaviour, details, found.leads, settings,
         dict(ends.select("trial", "collapse_step").iter_rows()))
     td = topdown(collapse, settings)
     hier = hierarchy(leads, rates)
+    hier_first = hierarchy(leads, rates_first, "_first")
     signals = event_signals(details, found.onsets, collapse, difficulty, inv, settings)
     return Analysis(
         settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,
@@ -293,12 +306,12 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
         difficulty=difficulty, collapse=collapse, floors=floors, floor_summary=summary,
         floor_spread=floor_spread(summary, floors, settings), topdown=td, leads=leads,
         topdown_summary=pl.DataFrame([topdown_share(collapse, td, settings)]),
-        variants=variants_table(collapse_all, scales, rates, hier, settings),
+        variants=variants_table(collapse_all, scales, rates, hier, settings, rates_first),
         rule_agreement=rule_agreement(leads), grid_control=control,
         grid_summary=control_summary,
         changepoints=found.changepoints, onsets=found.onsets, rates=rates,
-        rates_nearest=rates_nearest,
-        hierarchy=hier,
+        rates_first=rates_first, rates_nearest=rates_nearest,
+        hierarchy=hier, hierarchy_first=hier_first,
         signals=signals,
         prediction=prediction_limits(signals, scales["scale"].to_list(), settings),
         missing=(*_missing(inv, trials, details, measures, settings, chances),

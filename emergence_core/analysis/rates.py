@@ -126,23 +126,26 @@ def precursor_rates(leads: pl.DataFrame, settings: AnalysisSettings) -> pl.DataF
     return pl.DataFrame(cols, schema=schema)
 
 
-def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
+def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame, suffix: str = "") -> pl.DataFrame:
     """The geometric hierarchy: measures ordered by median lead (earliest first), per event.
 
     Median, quartiles of lead in steps and median lead in probe intervals, over events where
     the measure has an onset. The order (``rank``) is by the lead in probe intervals, which
     is comparable across scales whose probe grids differ (a lead in steps weighs the
-    sparsely probed late events most); ties, then the lead in steps.
+    sparsely probed late events most); ties, then the lead in steps. ``suffix`` picks the
+    onset rule's columns (``leads.RULES``: "" departure, "_first", "_nearest"); ``rates``
+    must be that rule's.
     """
+    onset = {"": "onset_step"}.get(suffix, f"onset{suffix}")
     overall = rates.filter(pl.col("split_kind") == "all").select(
         "event", "measure", "n", "precursor_k", "precursor_rate")
-    return (leads.filter(pl.col("onset_step").is_not_null())
+    return (leads.filter(pl.col(onset).is_not_null())
             .group_by(["event", "measure"]).agg(
                 pl.len().alias("n_onsets"),
-                pl.col("lead").median().alias("median_lead"),
-                pl.col("lead").quantile(0.25).alias("q25_lead"),
-                pl.col("lead").quantile(0.75).alias("q75_lead"),
-                pl.col("lead_intervals").median().alias("median_lead_intervals"),
+                pl.col(f"lead{suffix}").median().alias("median_lead"),
+                pl.col(f"lead{suffix}").quantile(0.25).alias("q25_lead"),
+                pl.col(f"lead{suffix}").quantile(0.75).alias("q75_lead"),
+                pl.col(f"lead_intervals{suffix}").median().alias("median_lead_intervals"),
                 pl.col("xcorr_lag").median().alias("median_xcorr_lag"))
             .join(overall, on=["event", "measure"], how="left")
             .sort(["event", "median_lead_intervals", "median_lead", "measure"],

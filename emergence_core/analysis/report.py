@@ -42,7 +42,8 @@ __all__ = ["ReportSummary", "ReportTargetError", "check_report_target", "headlin
            "write_report"]
 
 _TABLES = ("events", "chances", "details", "difficulty", "leads", "rule_agreement",
-           "grid_control", "grid_summary", "rates", "rates_nearest", "hierarchy", "floors",
+           "grid_control", "grid_summary", "rates", "rates_first", "rates_nearest", "hierarchy",
+           "hierarchy_first", "floors",
            "floor_summary", "floor_spread", "topdown", "topdown_summary", "variants",
            "collapse", "changepoints", "onsets", "signals", "prediction", "inventory")
 
@@ -70,7 +71,8 @@ def headline_numbers(a: Analysis) -> dict[str, float]:
            "events/accuracy/series": float(acc.height),
            "events/accuracy/emerged": float(acc["step"].is_not_null().sum()),
            "topdown/count": float((a.topdown["verdict"] == "top-down").sum()),
-           "topdown/combinations": float(a.topdown.height)}
+           "topdown/combinations": float(a.topdown.height),
+           "topdown/undetermined": float((a.topdown["verdict"] == "undetermined").sum())}
     for task, level, cv in a.floor_spread.select("task", "level", "cv").drop_nulls(
             "cv").rows():
         out[f"floor_cv/{_safe(task)}" + ("" if level is None else f"_L{level}")] = float(cv)

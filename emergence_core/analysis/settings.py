@@ -73,7 +73,9 @@ class AnalysisSettings:
     of training, recovery at ``recovery_fraction`` of the drop regained, a layer "reaches"
     its floor within ``floor_reach_fraction`` of the drop. Top-down when the Spearman rho
     between layer index and collapse time is <= -``topdown_rho`` over at least
-    ``topdown_min_layers`` non-constant layers (bottom-up when >= +``topdown_rho``).
+    ``topdown_min_layers`` voting layers (bottom-up when >= +``topdown_rho``): a layer votes
+    when it collapses, its median drop depth ``1 - floor / initial`` at least
+    ``topdown_min_depth``, and is not the embedding (layer 0) unless ``topdown_embedding``.
 
     Difficulty: ``hard`` overrides the median rule with a list of ``"TASK"`` or
     ``"TASK:LEVEL"`` strings (every other task level is easy).
@@ -103,7 +105,9 @@ class AnalysisSettings:
     recovery_fraction: float = 0.5
     floor_reach_fraction: float = 0.05
     topdown_rho: float = 0.5
-    topdown_min_layers: int = 2
+    topdown_min_layers: int = 3
+    topdown_min_depth: float = 0.2
+    topdown_embedding: bool = False
     hard: tuple[str, ...] | None = None
     exclude_measures: tuple[str, ...] = BEHAVIOUR_MEASURES + DIAGNOSTIC_MEASURES
     measures: tuple[str, ...] | None = None
@@ -133,8 +137,10 @@ class AnalysisSettings:
                      "ci_level", "topdown_rho"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in (0, 1], got {getattr(self, name)}")
-        if self.topdown_min_layers < 2:
-            problems.append(f"topdown_min_layers must be >= 2, got {self.topdown_min_layers}")
+        if self.topdown_min_layers < 3:  # two layers give rho = +-1 and no p-value
+            problems.append(f"topdown_min_layers must be >= 3, got {self.topdown_min_layers}")
+        if not 0.0 <= self.topdown_min_depth < 1.0:
+            problems.append(f"topdown_min_depth must lie in [0, 1), got {self.topdown_min_depth}")
         if self.n_bootstrap < 1:
             problems.append(f"n_bootstrap must be >= 1, got {self.n_bootstrap}")
         if isinstance(self.hard, str) or isinstance(self.measures, str):

@@ -15,9 +15,10 @@ pooled over levels. One row per variant:
 - top-down: k/n (task, scale) combinations with its interval (``collapse.topdown_share``),
   the median number of layers a verdict rests on, the constant layers excluded, and
   ``topdown_changed``, the combinations whose verdict differs from the headline's;
-- precursor: the measure's precursor k/n for the accuracy event (departure rule, all
-  events) with its interval, and its rank in the geometric hierarchy (per-level rows only:
-  the leads are computed on the event's own level);
+- precursor: the measure's precursor k/n for the accuracy event (all events) with its
+  interval under the departure rule, its k under the first-change-after-the-floor rule
+  (``precursor_first_k``, same n), and its rank in the geometric hierarchy (per-level rows
+  only: the leads are computed on the event's own level);
 - ``changes``: in words, which of these conclusions differ from the headline variant.
 """
 
@@ -58,20 +59,27 @@ _SCHEMA = {
     "topdown_lo": pl.Float64, "topdown_hi": pl.Float64, "topdown_ci": pl.String,
     "layers_median": pl.Float64, "n_constant": pl.Int64, "topdown_changed": pl.Int64,
     "precursor_k": pl.Int64, "precursor_n": pl.Int64, "precursor_lo": pl.Float64,
-    "precursor_hi": pl.Float64, "precursor_ci": pl.String, "hierarchy_rank": pl.Int64,
+    "precursor_hi": pl.Float64, "precursor_ci": pl.String, "precursor_first_k": pl.Int64,
+    "precursor_first_lo": pl.Float64, "precursor_first_hi": pl.Float64,
+    "hierarchy_rank": pl.Int64,
     "changes": pl.String,
 }
 
 
 def variants_table(collapse_all: pl.DataFrame, scales: pl.DataFrame, rates: pl.DataFrame,
-                   hierarchy: pl.DataFrame, settings: AnalysisSettings) -> pl.DataFrame:
+                   hierarchy: pl.DataFrame, settings: AnalysisSettings,
+                   rates_first: pl.DataFrame | None = None) -> pl.DataFrame:
     """The variants table (module docstring); ``collapse_all``: ``collapse_table`` of every
-    collapse-family measure; ``rates``/``hierarchy``: the headline (departure) tables."""
+    collapse-family measure; ``rates``/``hierarchy``: the headline (departure) tables;
+    ``rates_first``: the rates under the first-change-after-the-floor rule."""
     present = set(collapse_all["measure"].to_list()) if collapse_all.height else set()
     rows: list[dict] = []
     head_td = head_floor = None
     acc_rates = rates.filter((pl.col("event") == "accuracy") & (pl.col("split_kind") == "all"))
     acc_hier = hierarchy.filter(pl.col("event") == "accuracy")
+    acc_first = (rates_first.filter((pl.col("event") == "accuracy")
+                                    & (pl.col("split_kind") == "all"))
+                 if rates_first is not None and rates_first.height else None)
     for measure in family(present, settings):
         c = collapse_all.filter(pl.col("measure") == measure)
         for pooled in (False, True):
@@ -115,6 +123,13 @@ def variants_table(collapse_all: pl.DataFrame, scales: pl.DataFrame, rates: pl.D
                             "precursor_lo": r0["precursor_lo"],
                             "precursor_hi": r0["precursor_hi"],
                             "precursor_ci": r0["ci_method"]}
+                f = None if acc_first is None else acc_first.filter(
+                    pl.col("measure") == measure)
+                if f is not None and f.height:
+                    f0 = f.row(0, named=True)
+                    row |= {"precursor_first_k": f0["precursor_k"],
+                            "precursor_first_lo": f0["precursor_lo"],
+                            "precursor_first_hi": f0["precursor_hi"]}
                 h = acc_hier.filter(pl.col("measure") == measure)
                 if h.height:
                     row["hierarchy_rank"] = int(h["rank"][0])

@@ -295,7 +295,9 @@ def _print(result: AnalyzeResult) -> None:
     typer.echo(f"report: {s.out_dir / 'report.md'} ({tables} tables, {figures} figures)")
     typer.echo(f"  {h['trials']:.0f} trials, {h['rows']:.0f} rows; accuracy events "
                f"{h['events/accuracy/emerged']:.0f}/{h['events/accuracy/series']:.0f} series; "
-               f"top-down {h['topdown/count']:.0f}/{h['topdown/combinations']:.0f}; threshold "
+               f"top-down {h['topdown/count']:.0f}/"
+               f"{h['topdown/combinations'] - h['topdown/undetermined']:.0f} with a verdict "
+               f"({h['topdown/undetermined']:.0f} undetermined); threshold "
                f"{st.threshold:g}, persistence {st.persistence} (settings {st.config_hash()})")
     for note in s.missing:
         typer.echo(f"  missing: {note}")
