@@ -109,30 +109,45 @@ def claims(report: Path) -> list[Claim]:
         lo, hi = _num(r["lo"]), _num(r["hi"])
         out.append(Claim("Collapse runs top-down (output layers first)",
                          "28-32 of 32 (0.88-1.00)", (28 / 32, 1.0),
-                         f"{k}/{n} ({_fmt(k / n)}; {_fmt(lo)}-{_fmt(hi)}, {r['ci_method']})",
+                         f"{k}/{n} ({_fmt(k / n)}; {_fmt(lo)}-{_fmt(hi)}, {r['ci_method']}; "
+                         f"{r.get('n_undetermined', 0)} undetermined)",
                          None if lo is None else (lo, hi)))
+    elif td:
+        layers = [int(x["n_layers"]) for x in _rows(tables, "topdown")]
+        out.append(Claim("Collapse runs top-down (output layers first)",
+                         "28-32 of 32 (0.88-1.00)", (28 / 32, 1.0),
+                         f"undetermined at {td[0].get('n_undetermined')} of "
+                         f"{len(layers)} (task, scale): at most {max(layers, default=0)} "
+                         "collapsing layers vote, 3 are needed", None))
 
     rates = _rows(tables, "rates")
-    here, interval = _rate(_rates_row(rates, "rankme", "difficulty", "hard"), "precursor")
-    out.append(Claim("RankMe is a precursor of hard-task emergence",
-                     "75-100%", (0.75, 1.0), here, interval))
-    here, interval = _rate(_rates_row(rates, "rankme_uncentred", "difficulty", "hard"),
-                           "precursor")
-    out.append(Claim("(variant) the same, uncentred RankMe", "75-100%", (0.75, 1.0), here,
-                     interval))
+    first = _rows(tables, "rates_first")
+    for measure, name in (("rankme", "RankMe"), ("rankme_uncentred", "(variant) uncentred RankMe")):
+        for rule, table in (("departure", rates), ("first-change-after-the-floor", first)):
+            here, interval = _rate(_rates_row(table, measure, "difficulty", "hard"),
+                                   "precursor")
+            out.append(Claim(f"{name} is a precursor of hard-task emergence ({rule} rule)",
+                             "75-100%", (0.75, 1.0), here, interval))
     here, interval = _rate(_rates_row(rates, "llc"), "precursor")
     sync = _rates_row(rates, "llc")
     sync_k = "-" if sync is None else sync["synchronous_k"]
-    out.append(Claim("The LLC moves with emergence, not before it (precursor rate)",
-                     "0 of 24 (0%)", (0.0, 0.0), f"{here}; synchronous: {sync_k}", interval))
+    f = _rates_row(first, "llc")
+    f_k = "-" if f is None else f"{f['precursor_k']}/{f['n']}"
+    out.append(Claim("The LLC moves with emergence, not before it (precursor rate, departure "
+                     "rule)", "0 of 24 (0%)", (0.0, 0.0),
+                     f"{here}; synchronous: {sync_k}; first-change rule: precursor {f_k}",
+                     interval))
     for measure, name in (("hessian_lambda_max", "top eigenvalue"), ("hessian_trace", "trace")):
         row = _rates_row(rates, measure)
         here, interval = _rate(row, "lagging")
         others = "" if row is None else (f"; precursor {row['precursor_k']}, synchronous "
                                          f"{row['synchronous_k']}, unresolved "
                                          f"{row['unresolved_k']}")
-        out.append(Claim(f"Hessian measures lag emergence (lagging rate, {name})",
-                         "lagging (taken as a majority: 50-100%)", (0.5, 1.0),
+        f = _rates_row(first, measure)
+        if f is not None:
+            others += f"; first-change rule: lagging {f['lagging_k']}/{f['n']}"
+        out.append(Claim(f"Hessian measures lag emergence (lagging rate, {name}, departure "
+                         "rule)", "lagging (taken as a majority: 50-100%)", (0.5, 1.0),
                          here + others, interval))
 
     pred = _rows(tables, "prediction")
@@ -166,19 +181,26 @@ def variants_table(report: Path) -> str:
              "| what changes against the headline |", "|---|---|---|---|---|"]
     for r in _rows(report / "tables", "variants"):
         pre = f"{r['precursor_k']}/{r['precursor_n']}" if r["precursor_n"] else "-"
-        lines.append(f"| {r['variant']} | {_fmt(_num(r['floor_median']))} | "
-                     f"{r['topdown_k']}/{r['topdown_n']} | {pre} | {r['changes']} |")
+        if r["precursor_n"] and r.get("precursor_first_k"):
+            pre += f" (first-change rule {r['precursor_first_k']}/{r['precursor_n']})"
+        td = (f"{r['topdown_k']}/{r['topdown_n']}" if r["topdown_n"] and int(r["topdown_n"])
+              else ("undetermined" if r["topdown_n"] else r["topdown_ci"]))
+        lines.append(f"| {r['variant']} | {_fmt(_num(r['floor_median']))} | {td} | {pre} | "
+                     f"{r['changes']} |")
     return "\n".join(lines)
 
 
 def rules_table(report: Path) -> str:
-    """The onset rule: the change point opening the event's regime against the nearest one."""
-    lines = ["| measure | events | same class under both rules | precursor (regime rule) "
-             "| precursor (nearest change point) |", "|---|---|---|---|---|"]
+    """The onset rules: the change point opening the event's regime (departure), the first
+    change after the floor (first) and the nearest one (nearest)."""
+    lines = ["| measure | events | precursor (departure) | precursor (first change after the "
+             "floor) | precursor (nearest change point) | same class: departure and first "
+             "| same class: departure and nearest |", "|---|---|---|---|---|---|---|"]
     for r in _rows(report / "tables", "rule_agreement"):
         if r["event"] == "accuracy":
-            lines.append(f"| {r['measure']} | {r['n']} | {r['agree_k']} | "
-                         f"{r['departure_precursor_k']} | {r['nearest_precursor_k']} |")
+            lines.append(f"| {r['measure']} | {r['n']} | {r['departure_precursor_k']} | "
+                         f"{r.get('first_precursor_k', '-')} | {r['nearest_precursor_k']} | "
+                         f"{r.get('agree_first_k', '-')} | {r['agree_k']} |")
     return "\n".join(lines)
 
 
@@ -194,11 +216,12 @@ def grid_table(report: Path) -> str:
     return "\n".join(lines)
 
 
-def hierarchy_table(report: Path) -> str:
-    """The measures ordered by median lead over accuracy events (the geometric hierarchy)."""
+def hierarchy_table(report: Path, name: str = "hierarchy") -> str:
+    """The measures ordered by median lead over accuracy events (the geometric hierarchy);
+    ``name`` "hierarchy_first" for the first-change-after-the-floor rule's."""
     lines = ["| rank | measure | events with an onset | median lead (steps) | median lead "
              "(probe intervals) | precursor (k/n) |", "|---|---|---|---|---|---|"]
-    for r in _rows(report / "tables", "hierarchy"):
+    for r in _rows(report / "tables", name):
         if r["event"] == "accuracy":
             lines.append(f"| {r['rank']} | {r['measure']} | {r['n_onsets']}/{r['n']} | "
                          f"{_fmt(_num(r['median_lead']), 1)} | "
@@ -207,8 +230,9 @@ def hierarchy_table(report: Path) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"claims": claims_table, "hierarchy": hierarchy_table, "variants": variants_table,
-          "rules": rules_table, "grids": grid_table}
+BLOCKS = {"claims": claims_table, "hierarchy": hierarchy_table,
+          "hierarchy_first": lambda report: hierarchy_table(report, "hierarchy_first"),
+          "variants": variants_table, "rules": rules_table, "grids": grid_table}
 
 
 def refresh(readme: Path, report: Path) -> str:
