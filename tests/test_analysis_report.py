@@ -76,6 +76,34 @@ def test_report_on_planted_data_states_the_planted_numbers(planted, tmp_path) ->
     assert "| rankme | 24 | 24 | 24 | 24 |" in md
 
 
+def test_the_report_leads_with_its_answers_and_has_a_self_contained_page(planted,
+                                                                        tmp_path) -> None:
+    """report.md: the summary table of claims right after the title's line; report.html: the
+    same report with every figure embedded, nothing read from beside it."""
+    import base64
+
+    df, _ = planted
+    s = write_report(df.lazy(), tmp_path / "report", SETTINGS)
+    md = (tmp_path / "report" / "report.md").read_text()
+    sections = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert sections[0] == "Summary"
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "| claim | result | interval | rule |" in summary
+    assert "| Capabilities emerge (accuracy events) | 24/24 (trial, level) series |" in summary
+    assert "| Collapse runs top-down | 2/2 (task, scale) with a verdict; 2 undetermined |" \
+        in summary
+    assert ("| rankme changes before emergence (precursor of accuracy events) | 24/24 under "
+            "departure; 24/24 under first") in summary
+    assert "report.html" in s.files
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
+    assert 'src="figures/' not in page  # every figure embedded
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    drawn = [f for f in s.files if f.endswith(".png")]
+    assert len(embedded) == len(drawn) >= 4
+    assert base64.b64decode(embedded[0])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_report_on_an_empty_table_says_so(tmp_path) -> None:
     s = write_report(empty_metrics(), tmp_path / "r", SETTINGS)
     md = (tmp_path / "r" / "report.md").read_text()

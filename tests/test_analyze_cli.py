@@ -117,7 +117,8 @@ def test_report_is_logged_to_the_sweeps_parent_run(trained: Path, tmp_path: Path
     assert dict(zip(table["name"], table["value"], strict=True)) == summary["headline"]
     assert logged.data.tags["emerge.analysis.config_hash"] == summary["config_hash"]
     top = {f.path for f in client.list_artifacts(parent, "report")}
-    assert {"report/report.md", "report/report.json", "report/tables", "report/figures"} <= top
+    assert {"report/report.md", "report/report.html", "report/report.json", "report/tables",
+            "report/figures"} <= top
     pngs = {f.path for f in client.list_artifacts(parent, "report/figures")}
     assert {f"report/{f}" for f in summary["files"] if f.endswith(".png")} == pngs
     # the ledger's parent run was used: nothing new in the experiment

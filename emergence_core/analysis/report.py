@@ -33,6 +33,7 @@ from emergence_core.analysis.alert_scores import (
 )
 from emergence_core.analysis.calibration import calibration_section
 from emergence_core.analysis.frames import Metrics, empty_metrics
+from emergence_core.analysis.html import report_html
 from emergence_core.analysis.markdown import render
 from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings
@@ -230,10 +231,12 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                     captions[rel] = alerts_caption(trial)
                 except Exception as err:  # a figure is never worth losing the report for
                     notes.append(f"Figure {rel} not drawn: {type(err).__name__}: {err}")
-        (tmp / "report.md").write_text(render(a, drawn, skipped, tables, notes, captions)
-                                       + "\n".join([*live, *calibration_section(calibrations)]))
+        text = (render(a, drawn, skipped, tables, notes, captions)
+                + "\n".join([*live, *calibration_section(calibrations)]))
+        (tmp / "report.md").write_text(text)
+        (tmp / "report.html").write_text(report_html(text, tmp))
         headline = headline_numbers(a)
-        files = ("report.md", *tables, *drawn, "report.json")
+        files = ("report.md", "report.html", *tables, *drawn, "report.json")
         # every file in the folder, those of figures that failed half-drawn included: the
         # next report may replace exactly these (check_report_target)
         contents = sorted({*files, *(str(p.relative_to(tmp)) for p in tmp.rglob("*")
