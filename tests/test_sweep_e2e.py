@@ -109,6 +109,10 @@ def test_smoke_sweep_end_to_end_with_sqlite(tmp_path: Path) -> None:
                            "COMPLETE.json").read_text())
         assert any(v is not None for v in done["events"].values()), plan.name
     assert "complete" in log.read_text()
+    # the link that opens MLflow 3.17 on the runs, not its GenAI view (rich folds lines)
+    said = "".join(log.read_text().split())
+    assert "http://127.0.0.1:5000/#/experiments/" in said
+    assert "?workflowType=machine_learning" in said
     _check_dense_probes_around_events(run_dir, spec_path)
     _check_live_alerts(run_dir, spec_path, log.read_text())
     _analyze_the_smoke_run(run_dir, spec_path)

@@ -35,7 +35,12 @@ from orchestrator.sweep.views import (
     probe_progress,
     run_folder_of,
 )
-from orchestrator.tracking.store import check_store, default_tracking_uri, moved_tracking_uri
+from orchestrator.tracking.store import (
+    check_store,
+    default_tracking_uri,
+    experiment_url,
+    moved_tracking_uri,
+)
 from orchestrator.tracking.sync import MlflowSync
 
 __all__ = ["launch", "resume", "sync_mlflow"]
@@ -208,6 +213,15 @@ def _run_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
         if not services.close(final):
             console.print(f"[yellow]MLflow missed the end of the sweep; `emerge sync-mlflow "
                           f"{folder.path}` sends it (rows, runs, statuses)[/yellow]")
+        else:
+            try:
+                with mlflow._ledger() as led:
+                    exp = led.get("experiment_id")
+            except Exception:  # a link is never worth a failed sweep
+                exp = None
+            if exp is not None:
+                console.print(f"MLflow: the runs and their charts at "
+                              f"{experiment_url(mlflow.tracking_uri, exp)}")
     if complete and not p_failed:
         probes = f", {p_done} expensive probes" if p_due else ""
         console.print(f"sweep {spec.name} complete: {len(trials)} trials{probes} in "

@@ -72,3 +72,19 @@ def moved_tracking_uri(recorded_uri: str, recorded_dir: Path | None, run_dir: Pa
             and recorded_uri == default_tracking_uri(recorded_dir):
         return default_tracking_uri(run_dir)
     return recorded_uri
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """Where a researcher sees the experiment's runs and their charts.
+
+    MLflow 3.17's UI picks its view from the URL's ``workflowType`` parameter, else from the
+    browser's saved choice (local storage ``mlflow.workflowType``), else GenAI (traces,
+    judges); the experiment's ``mlflow.experimentKind`` tag does not decide it. So a fresh
+    browser at an experiment's plain URL shows "Traces 0", and the URL given here carries
+    ``?workflowType=machine_learning``. An embedded SQLite store needs ``mlflow ui`` first.
+    """
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return (f"`mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1`, then "
+            f"http://127.0.0.1:5000/{page}")
