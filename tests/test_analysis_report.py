@@ -282,3 +282,23 @@ def test_a_curves_panel_without_rows_says_so(planted, tmp_path, monkeypatch) -> 
     figures.trial_curves(a, trial, tmp_path / "c.png")
     panel = next(ax for ax in kept[0].axes if ax.get_title() == "logprob_norm")
     assert [t.get_text() for t in panel.texts] == ["no logprob_norm rows in this trial"]
+
+
+def test_sparse_series_are_drawn_with_a_marker_at_each_value() -> None:
+    """An expensive measure's few checkpoints get markers (joined by lines alone they read
+    as a measured curve); a dense cheap series is a plain line."""
+    from matplotlib.figure import Figure
+
+    from emergence_core.analysis import figures
+
+    fig = Figure()
+    ax_sparse, ax_dense = fig.subplots(1, 2)
+    def rows(n: int) -> pl.DataFrame:
+        return pl.DataFrame({"step": list(range(0, 10 * n, 10)), "value": [1.0] * n,
+                             "level": [None] * n, "layer": [None] * n},
+                            schema={"step": pl.Int64, "value": pl.Float64, "level": pl.Int8,
+                                    "layer": pl.Int16})
+    figures._draw(ax_sparse, "llc", rows(12), [None], [], [])
+    figures._draw(ax_dense, "rankme", rows(200), [None], [], [])
+    assert ax_sparse.lines[0].get_marker() == "o"
+    assert ax_dense.lines[0].get_marker() in (None, "None", "")

@@ -27,6 +27,9 @@ __all__ = ["DPI", "caption", "floors_vs_scale", "lead_distributions", "rankme_he
 DPI = 150
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 _STEP_LABEL = "training step (symlog axis)"
+# A series with at most this many points is drawn with a marker at each: an expensive
+# measure's few checkpoints joined by straight lines would read as a measured curve.
+SPARSE_POINTS = 40
 
 # What each measure's value is, for axis and colourbar labels; a measure read at another
 # position (``rankme@last``) takes its base measure's.
@@ -84,7 +87,9 @@ def _draw(ax, name: str, rows: pl.DataFrame, levels: list, events: list[tuple],
     for level in levels:
         r = parts.get((level,))
         if r is not None and r.height:
-            ax.plot(r["step"], r["value"], color=_level_colour(level, levels), lw=1)
+            sparse = r.height <= SPARSE_POINTS
+            ax.plot(r["step"], r["value"], color=_level_colour(level, levels), lw=1,
+                    marker="o" if sparse else None, ms=2.5)
     for marks, style in ((events, "--"), (onsets, ":")):
         if marks:  # one collection per style: an axvline per mark costs a Line2D each
             ax.vlines([s for _, s in marks], 0, 1, transform=ax.get_xaxis_transform(),
