@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -41,6 +42,29 @@ def test_train_writes_metrics_and_weights_and_resumes(tmp_path: Path) -> None:
     r2 = _run("train", "--task", "MOD", "--steps", "12", "--out", str(out), *SMALL)
     assert r2.exit_code == 0, r2.output
     assert read_metrics(out).num_rows == before
+
+
+def test_a_short_run_states_its_probe_grid_and_does_not_probe_every_step(tmp_path: Path
+                                                                         ) -> None:
+    """Issue 26: `--steps 200` probed all 200 steps (the default 200 probes) and said
+    nothing. A short run now probes every 4th step unless probe.n_probes is given, says so
+    before it starts, and an explicit grid as dense as the steps gets a warning."""
+    i = SMALL.index("probe.n_probes=6")
+    small = SMALL[:i - 1] + SMALL[i + 1:]  # SMALL without its --set probe.n_probes=6
+    out = tmp_path / "run"
+    r = _run("train", "--task", "MOD", "--steps", "12", "--out", str(out), *small)
+    assert r.exit_code == 0, r.output
+    assert "MOD-s0-0: 12 steps, cheap probes at 3 of them (and step 0), every 4th step" in \
+        r.output
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["config"]["probe"]["n_probes"] == 3
+    steps = set(read_metrics(out).filter(pc.equal(read_metrics(out)["measure"], "rankme"))
+                ["step"].to_pylist())
+    assert len(steps) == 4  # step 0 and three probes
+    dense = _run("train", "--task", "MOD", "--steps", "6", "--out", str(tmp_path / "d"),
+                 *SMALL)
+    assert dense.exit_code == 0, dense.output
+    assert "warning: probe.n_probes=6 probes every step(s) of a 6-step run" in dense.output
 
 
 def test_a_folder_holding_another_run_is_refused(tmp_path: Path) -> None:

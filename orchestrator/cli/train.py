@@ -197,7 +197,31 @@ def _config(task: str, scale: str, seed: int, steps: int | None, levels: str | N
         problems += format_validation_error(e, model=TrainConfig)
     if problems:
         raise UsageError(*problems)
+    if "n_probes" not in overrides.get("probe", {}) and \
+            cfg.probe.n_probes > cfg.steps // PROBE_SHARE:
+        # a short run: the default probe count would probe (nearly) every step
+        probe = {**overrides.get("probe", {}), "n_probes": max(1, cfg.steps // PROBE_SHARE)}
+        cfg = resolve_config(cfg.task, cfg.scale, seed, **{**overrides, "probe": probe})
     return cfg
+
+
+# A run shorter than PROBE_SHARE x the default probe count probes every PROBE_SHARE-th step
+# unless probe.n_probes is given: 200 default probes on a 200-step run are most of its time.
+PROBE_SHARE = 4
+
+
+def probe_line(cfg: TrainConfig, explicit: bool) -> str:
+    """The probe grid stated before a run starts; a warning when it is as dense as the
+    steps (the diagnostic forward passes then cost more than the training)."""
+    line = (f"{cfg.trial_name()}: {cfg.steps} steps, cheap probes at {cfg.probe.n_probes} "
+            "of them (and step 0)")
+    if not explicit and cfg.probe.n_probes == max(1, cfg.steps // PROBE_SHARE):
+        line += f", every {PROBE_SHARE}th step of this short run (--set probe.n_probes=N)"
+    if explicit and cfg.probe.n_probes * 2 > cfg.steps:
+        line += (f"\n[yellow]warning: probe.n_probes={cfg.probe.n_probes} probes "
+                 f"{'every' if cfg.probe.n_probes >= cfg.steps else 'most'} step(s) of a "
+                 f"{cfg.steps}-step run: the probes will take most of its time[/yellow]")
+    return line
 
 
 @handles_usage_errors
@@ -231,6 +255,7 @@ def train(
     from emergence_core.trial.runner import TrialDiverged
 
     console = Console(stderr=True)
+    console.print(probe_line(cfg, any(x.startswith("probe.n_probes=") for x in set_ or [])))
     stopped_by: list[int] = []
     try:
         outcome = train_local(cfg, folder, console=console, stopped_by=stopped_by)
