@@ -28,6 +28,11 @@ def test_train_writes_metrics_and_weights_and_resumes(tmp_path: Path) -> None:
     r = _run("train", "--task", "MOD", "--steps", "12", "--out", str(out), *SMALL)
     assert r.exit_code == 0, r.output
     assert "MOD-s0-0" in r.output
+    # the summary: per level the final accuracy (raw and chance-corrected) and loss, then
+    # the next command
+    said = " ".join(r.output.split())
+    assert "final accuracy" in said and "chance-corrected" in said and "final loss" in said
+    assert f"next:emergeanalyze{out}" in "".join(r.output.split())  # (rich folds lines)
     files = metric_files(out)
     assert files and all(pq.read_schema(f).field("measure") for f in files)
     table = read_metrics(out)

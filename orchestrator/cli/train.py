@@ -110,17 +110,47 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
 _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _final(out: Path) -> dict[tuple[str, int | None], float]:
+    """(measure, level) -> its value at the run's last probe step, for the summary."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from emergence_core.store import read_metrics
+
+    try:
+        table = read_metrics(out)
+    except (OSError, ValueError):
+        return {}
+    wanted = pc.is_in(table["measure"], value_set=pa.array(["accuracy", "chance",
+                                                             "diag_loss"]))
+    rows = table.filter(wanted).to_pylist()
+    last = max((r["step"] for r in rows if r["measure"] != "chance"), default=None)
+    return {(r["measure"], r["level"]): r["value"] for r in rows
+            if r["step"] == last or r["measure"] == "chance"}
+
+
 def summary_table(cfg: TrainConfig, outcome: TrialOutcome, out: Path) -> Table:
     t = Table(title=f"{outcome.trial}: {outcome.n_params:,} parameters, "
                     f"{'complete' if outcome.completed else f'stopped at step {outcome.step}'}")
-    t.add_column("level")
-    t.add_column("emergence step", justify="right")
+    final = _final(out)
+    for name, justify in (("level", "left"), ("emergence step", "right"),
+                          ("final accuracy", "right"), ("chance-corrected", "right"),
+                          ("final loss / token", "right")):
+        t.add_column(name, justify=justify)
+
+    def num(x: float | None, fmt: str = ".3f") -> str:
+        return "-" if x is None else format(x, fmt)
+
     for lv in cfg.levels:
         ev = outcome.events.get(lv)
-        t.add_row(str(lv), "-" if ev is None else str(ev))
+        acc, chance = final.get(("accuracy", lv)), final.get(("chance", lv))
+        corrected = None if acc is None or chance is None or chance >= 1 else \
+            (acc - chance) / (1 - chance)
+        t.add_row(str(lv), "-" if ev is None else str(ev), num(acc), num(corrected),
+                  num(final.get(("diag_loss", lv))))
     rate = outcome.steps_run / outcome.train_wall_s if outcome.train_wall_s > 0 else 0.0
     t.caption = (f"{outcome.wall_s:.1f} s wall, {rate:.1f} steps/s with probes; "
-                 f"metrics in {RunFolder(out).metrics_root}")
+                 f"metrics in {RunFolder(out).metrics_root}; next: emerge analyze {out}")
     return t
 
 
