@@ -142,3 +142,19 @@ def test_forty_steps_at_chance_record_no_emergence(tmp_path: Path, task: str) ->
     assert max(raw) >= 0.4  # the constant answer's raw accuracy: the trap this guards
     chance = {x["level"]: x["value"] for x in table if x["measure"] == "chance"}
     assert chance == {e["level"]: e["chance"] for e in events}
+
+
+def test_alert_lines_past_three_per_level_are_counted_not_printed(tmp_path: Path) -> None:
+    from emergence_core.trial.alerts import Alert
+    from orchestrator.cli.train import AlertLines
+
+    lines = AlertLines()
+    alerts = [Alert("precursor", "rankme", 2, level, step, step - 5, 3.0, 5.0, -6.0, 0.1)
+              for step in range(10, 60, 10) for level in (1, 2)]
+    printed = [x for x in map(lines.line, alerts) if x is not None]
+    assert len(printed) == 6  # three per level
+    assert printed[0].startswith("precursor alert: rankme left its regime (L1 layer 2")
+    assert printed[-1].endswith("(later alerts of this level are counted)")
+    assert lines.summary(tmp_path) == f"alerts not shown: level 1 2, level 2 2; all 10 are in " \
+        f"{tmp_path}"
+    assert AlertLines().summary(tmp_path) is None

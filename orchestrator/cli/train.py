@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 if TYPE_CHECKING:  # torch and transformers load when a run starts, not for --help
@@ -79,15 +86,19 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[acc]}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+        transient=False,
     )
     bar = progress.add_task(cfg.trial_name(), total=cfg.steps, loss="-", acc="")
+
+    lines = AlertLines()
 
     def on_probe(r: ProbeReport) -> None:
         loss = "-" if r.train_loss is None else f"{r.train_loss:.3f}"
         progress.update(bar, completed=r.step, loss=loss, acc=_acc_text(r.accuracy, r.events))
         for alert in r.new_alerts:
-            progress.console.print(f"[cyan]{alert.line()}[/cyan]")
+            if (line := lines.line(alert)) is not None:
+                progress.console.print(f"[cyan]{line}[/cyan]")
         for lv, step in r.new_events.items():
             progress.console.print(f"emergence: level {lv} at step {step}")
 
@@ -102,12 +113,43 @@ def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if (held := lines.summary(RunFolder(out).trial_alerts_dir(cfg.trial_name()))):
+        console.print(held)
     if interrupted["signum"] is not None and stopped_by is not None:
         stopped_by.append(interrupted["signum"])
     return outcome
 
 
 _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class AlertLines:
+    """Live-alert lines for a terminal: the first ``per_level`` of each level in full, the
+    rest counted (a run where nothing emerged printed 35 lines)."""
+
+    def __init__(self, per_level: int = 3) -> None:
+        self.per_level = per_level
+        self.shown: dict[int, int] = {}
+        self.held: dict[int, int] = {}
+
+    def line(self, alert: Any) -> str | None:
+        """The line to print for ``alert`` (an ``alerts.Alert``), or None past the limit."""
+        n = self.shown.get(alert.level, 0)
+        if n >= self.per_level:
+            self.held[alert.level] = self.held.get(alert.level, 0) + 1
+            return None
+        self.shown[alert.level] = n + 1
+        last = n + 1 == self.per_level
+        return alert.line() + (" (later alerts of this level are counted)" if last else "")
+
+    def summary(self, where: Path) -> str | None:
+        """One line for the alerts not printed, or None when every one was."""
+        if not self.held:
+            return None
+        total = sum(self.shown.values()) + sum(self.held.values())
+        return ("alerts not shown: " + ", ".join(f"level {lv} {n}" for lv, n in
+                                                 sorted(self.held.items()))
+                + f"; all {total} are in {where}")
 
 
 def _final(out: Path) -> dict[tuple[str, int | None], float]:
