@@ -158,3 +158,10 @@ def test_alert_lines_past_three_per_level_are_counted_not_printed(tmp_path: Path
     assert lines.summary(tmp_path) == f"alerts not shown: level 1 2, level 2 2; all 10 are in " \
         f"{tmp_path}"
     assert AlertLines().summary(tmp_path) is None
+
+
+@pytest.mark.parametrize("command", ["train", "analyze", "probe"])
+def test_help_names_what_set_takes(command: str) -> None:
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    assert "--set KEY=VALUE" in r.output and "list[str]" not in r.output

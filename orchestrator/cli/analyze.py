@@ -317,7 +317,8 @@ def analyze_command(
         help="following probe steps it must hold for (default: the sweep file's, else 5)")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="any AnalysisSettings field, e.g. --set n_bootstrap=500, "
+        "--set", metavar="KEY=VALUE",
+        help="any AnalysisSettings field, e.g. --set n_bootstrap=500, "
                       "--set hard=[ADD:3,MUL:3] (repeatable)")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: the one the sweep was launched with)")] = None,

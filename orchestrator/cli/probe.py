@@ -65,7 +65,8 @@ def probe(
     trial: Annotated[str | None, typer.Option(
         help="trial name, e.g. COPY-s0-0 (needed when the run has several)")] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="a setting of the measure, e.g. --set eps=1e-6 (repeatable); wins over "
+        "--set", metavar="KEY=VALUE",
+        help="a setting of the measure, e.g. --set eps=1e-6 (repeatable); wins over "
                       "the sweep file and the calibration; calibration.KEY=VALUE sets the "
                       "pilot's, e.g. --set 'calibration.steps=[0.1,0.05]'")] = None,
     calibrate: Annotated[bool, typer.Option(

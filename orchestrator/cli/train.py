@@ -313,7 +313,8 @@ def train(
         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="any config field, e.g. --set probe.n_probes=100 (repeatable)")] = None,
+        "--set", metavar="KEY=VALUE",
+        help="any config field, e.g. --set probe.n_probes=100 (repeatable)")] = None,
 ) -> None:
     """Train one model on one task, writing its measures to OUT/metrics (no Ray needed)."""
     cfg = _config(task, scale, seed, steps, levels, lr, batch_size, device, threads, set_ or [])
