@@ -124,6 +124,7 @@ def test_dry_run_prints_the_grid_and_starts_nothing(tmp_path: Path) -> None:
     for words in ("disk at most", "time to finish: at least", "CPU trials at",
                   "GFLOP/s per core"):
         assert words in out, words
+    assert out.index("time to finish") < out.index("MOD-s0-0")  # the summary first
 
 
 def test_dry_run_plans_the_full_grid_on_a_cluster_without_gpus_as_unplaceable() -> None:

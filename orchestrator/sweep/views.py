@@ -115,8 +115,9 @@ def _size(n: float) -> str:
 
 
 def dry_run_table(spec: SweepSpec, trials: list[Trial], capacity: Any = None) -> Group:
-    """The grid, trial by trial, then per scale: compute, trial-hours, GPU-hours, disk, the
-    probe pool's work, and the time to finish on the cluster in view (``capacity``)."""
+    """Per scale first (compute, trial-hours, GPU-hours, disk, the probe pool's work, and
+    the time to finish on the cluster in view, ``capacity``), then the grid trial by trial:
+    a large grid's rows would otherwise push the answer off the screen."""
     cpu_flops = _cpu_flops()
     shown = trials if len(trials) <= DRY_RUN_ROWS else trials[:DRY_RUN_ROWS]
     t = Table(title=f"sweep {spec.name}: {len(trials)} trials (dry run: nothing started)",
@@ -186,7 +187,7 @@ def dry_run_table(spec: SweepSpec, trials: list[Trial], capacity: Any = None) ->
         lines.append(_finish_line(capacity, cpu_load, gpu_load, longest, spec))
     lines.append(f"run folder {run_folder_of(spec).path}")
     roll.caption = "\n".join(lines)
-    return Group(t, roll)
+    return Group(roll, t)
 
 
 def _finish_line(capacity: Any, cpu_load: float, gpu_load: float, longest: float,
