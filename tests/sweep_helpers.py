@@ -192,7 +192,7 @@ def assert_mlflow_equals_parquet(uri: str, run_dir: Path, experiment: str,
     from mlflow.tracking import MlflowClient
 
     from emergence_core.store import read_metrics
-    from orchestrator.tracking.sync import metric_key
+    from orchestrator.tracking.sync import CONSTANT_MEASURES, metric_rows, mlflow_view
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -206,12 +206,13 @@ def assert_mlflow_equals_parquet(uri: str, run_dir: Path, experiment: str,
         assert run.info.status == status and run.info.end_time, (run.info.run_name,
                                                                   run.info.status)
         rows = table.filter(pc.equal(table["trial"], run.info.run_name))
+        view, params = mlflow_view(metric_rows(rows))
         want: dict[str, list[tuple[int, float]]] = {}
-        for m, ly, lv, s, v in zip(*(rows[c].to_pylist() for c in
-                                     ("measure", "layer", "level", "step", "value")),
-                                   strict=True):
-            want.setdefault(metric_key(m, ly, lv), []).append(
-                (s, float("nan") if v is None else v))
+        for key, value, _, step in view:
+            want.setdefault(key, []).append((step, value))
+        # constants (chance, diagnostic set sizes) are params, not one-bar charts
+        assert {k: run.data.params.get(k) for k in params} == params, run.info.run_name
+        assert not any(k.split("/")[0] in CONSTANT_MEASURES for k in run.data.metrics)
         assert set(run.data.metrics) == set(want), run.info.run_name
         for key, expected in want.items():
             got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,

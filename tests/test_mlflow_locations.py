@@ -64,3 +64,24 @@ def test_the_experiment_link_opens_the_runs_not_the_genai_view() -> None:
     local = experiment_url("sqlite:////runs/x/mlflow.db", "1")
     assert local.startswith("`mlflow ui --backend-store-uri sqlite:////runs/x/mlflow.db")
     assert local.endswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")
+
+
+def test_mlflows_view_keeps_constants_as_params_and_unconverged_estimates_apart() -> None:
+    """A trial level's chance is a param (a metric logged once is a one-bar chart), and an
+    LLC value flagged not converged goes under its own key, so the llc chart holds only
+    converged values; nothing is dropped."""
+    from orchestrator.tracking.sync import mlflow_view
+
+    def row(measure, step, value, level=None):
+        return {"measure": measure, "layer": None, "level": level, "value": value,
+                "step": step, "wall_time": 1000 + step}
+    rows = [row("chance", 0, 0.25, 1), row("diag_size", 0, 200.0, 1),
+            row("accuracy", 0, 0.1, 1), row("accuracy", 10, 0.4, 1),
+            row("llc", 10, -1917.0), row("llc_converged", 10, 0.0),
+            row("llc", 20, 12.5), row("llc_converged", 20, 1.0)]
+    metrics, params = mlflow_view(rows)
+    assert params == {"chance/L1": "0.25", "diag_size/L1": "200"}
+    keys = {(k, step): v for k, v, _, step in metrics}
+    assert keys[("llc.unconverged", 10)] == -1917.0 and keys[("llc", 20)] == 12.5
+    assert ("llc", 10) not in keys and keys[("llc_converged", 10)] == 0.0
+    assert keys[("accuracy/L1", 10)] == 0.4 and len(metrics) == 6

@@ -26,14 +26,46 @@ from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.folder_records import failure
+from emergence_core.metrics import Measure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore
 from orchestrator.tracking.ledger import RunLedger
 from orchestrator.tracking.store import configure
 
-__all__ = ["MLFLOW_BATCH", "MlflowSync", "metric_key"]
+__all__ = ["MLFLOW_BATCH", "MlflowSync", "metric_key", "metric_rows", "mlflow_view"]
 
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+# Constants of a trial level (its chance rate, its diagnostic set's size), logged once: as
+# params (``chance/L1``), not metrics, which MLflow would draw as one-bar charts among the
+# training curves.
+CONSTANT_MEASURES = (Measure.CHANCE, Measure.LOGPROB_CHANCE, Measure.DIAG_SIZE,
+                     Measure.DIAG_ASKED)
+# An estimate whose convergence flag at its step is 0 is logged under ``<key>.unconverged``,
+# so the estimate's own chart holds converged values only (Parquet keeps both, flagged).
+CONVERGENCE_FLAGS = {Measure.LLC: Measure.LLC_CONVERGED}
+UNCONVERGED = ".unconverged"
+
+
+def mlflow_view(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, float, int, int]],
+                                                          dict[str, str]]:
+    """What MLflow holds of metric rows (dicts with measure, layer, level, value, step and
+    wall_time in ms): the metrics as (key, value, timestamp, step), and the params."""
+    bad = {(r["measure"], r["step"]) for r in rows
+           if r["measure"] in CONVERGENCE_FLAGS.values() and r["value"] is not None
+           and r["value"] < 0.5}
+    flagged = set(CONVERGENCE_FLAGS)
+    metrics, params = [], {}
+    for r in rows:
+        m, v = r["measure"], r["value"]
+        key = metric_key(m, r["layer"], r["level"])
+        if m in CONSTANT_MEASURES:
+            params[key] = "nan" if v is None else f"{v:.10g}"
+            continue
+        if m in flagged and (CONVERGENCE_FLAGS[m], r["step"]) in bad:
+            key += UNCONVERGED
+        metrics.append((key, v if v is not None else float("nan"), r["wall_time"], r["step"]))
+    return metrics, params
 
 
 # An experiment of training runs: without this tag MLflow 3's UI opens it in GenAI mode
@@ -69,6 +101,13 @@ def metric_key(measure: str, layer: int | None, level: int | None) -> str:
     if layer is not None:
         key += f"/layer{layer}"
     return key
+
+
+def metric_rows(table: Any) -> list[dict[str, Any]]:
+    """A metrics table's rows as ``mlflow_view`` takes them (wall time in ms)."""
+    cols = {c: table[c].to_pylist() for c in ("measure", "layer", "level", "value", "step")}
+    cols["wall_time"] = table["wall_time"].cast("int64").to_pylist()
+    return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -233,17 +272,21 @@ class MlflowSync:
         table = table.filter(mask)
         if table.num_rows == 0:
             return 0
-        cols = {c: table[c].to_pylist() for c in ("measure", "layer", "level", "value", "step")}
-        stamps = table["wall_time"].cast("int64").to_pylist()
-        metrics = [Metric(metric_key(m, ly, lv), v if v is not None else float("nan"), t, s)
-                   for m, ly, lv, v, s, t in zip(cols["measure"], cols["layer"], cols["level"],
-                                                 cols["value"], cols["step"], stamps, strict=True)]
+        view, params = mlflow_view(metric_rows(table))
+        metrics = [Metric(k, v, t, st) for k, v, t, st in view]
         if check_held:
             metrics = self._not_held(run_id, metrics)
+        if params:
+            from mlflow.entities import Param
+
+            items = [Param(k, v) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i:i + 100])
         for i in range(0, len(metrics), MLFLOW_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH])
+        steps = table["step"].to_pylist()
         with self._ledger() as led:
-            led["trials"][trial]["logged_through"] = max(cols["step"])
+            led["trials"][trial]["logged_through"] = max(steps)
             led["trials"][trial].pop("check_held", None)
         self._tag_events(run_id, trial)
         self._tag_alerts(run_id, trial)
@@ -275,14 +318,8 @@ class MlflowSync:
         run_id = self.trial_run(trial, config)
         metrics = []
         for job in todo:
-            table = queue.store(job).read()
-            stamps = table["wall_time"].cast("int64").to_pylist()
-            for m, ly, lv, v, st, t in zip(
-                    table["measure"].to_pylist(), table["layer"].to_pylist(),
-                    table["level"].to_pylist(), table["value"].to_pylist(),
-                    table["step"].to_pylist(), stamps, strict=True):
-                metrics.append(Metric(metric_key(m, ly, lv),
-                                      v if v is not None else float("nan"), t, st))
+            view, _ = mlflow_view(metric_rows(queue.store(job).read()))
+            metrics += [Metric(k, v, t, st) for k, v, t, st in view]
         for i in range(0, len(metrics), MLFLOW_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + MLFLOW_BATCH])
         for job in todo:
