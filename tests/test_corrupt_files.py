@@ -144,6 +144,37 @@ def test_a_rebuilt_ledger_does_not_log_rows_computed_again_twice(tmp_path) -> No
     assert_mlflow_equals_parquet(uri, tmp_path, "led", [cfg.trial_name()])
 
 
+def test_steps_computed_again_after_the_held_check_are_not_logged_twice(tmp_path) -> None:
+    """The resume of a damaged part (CI, test_sweep_e2e): MLflow held steps 9-12, the part
+    holding them was set aside, and the rebuilt ledger's first sync saw only the steps
+    before it. The trial then computed 9-12 again (new wall times): they must not become
+    second points, although they come after that first sync."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    cfg = _cfg()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_trial(cfg, tmp_path, stop_after=12)
+    sync = MlflowSync(tmp_path, uri, "held")
+    sync.parent_run("name: held\n")
+    assert sync.sync_trial(cfg.trial_name(), cfg) > 0
+    first, _, last = TrialStore(tmp_path, cfg.trial_name()).parts()[-1]
+    assert first > 0
+    part = pq.read_table(last)
+    last.unlink()  # set aside as damaged
+    ledger = RunFolder(tmp_path).ledger_path
+    ledger.write_text(ledger.read_text()[:40])
+    again = MlflowSync(tmp_path, uri, "held")
+    assert again.sync_trial(cfg.trial_name(), cfg) == 0  # MLflow holds the steps before it
+    later = pc.add(part["wall_time"].cast("int64"), 1000).cast(part.schema.field(
+        "wall_time").type)
+    pq.write_table(part.set_column(part.schema.get_field_index("wall_time"), "wall_time",
+                                   later), last)  # computed again
+    assert again.sync_trial(cfg.trial_name(), cfg) == 0  # and held: none sent
+    again.set_status(cfg.trial_name(), "FINISHED")
+    assert_mlflow_equals_parquet(uri, tmp_path, "held", [cfg.trial_name()])
+
+
 def test_syncing_to_another_store_and_back_makes_no_second_run_or_point(tmp_path) -> None:
     """`emerge sync-mlflow --tracking-uri` elsewhere: the ledger of the first store is set
     aside and rebuilt from the second's runs, and again on the way back."""

@@ -133,7 +133,9 @@ class MlflowSync:
         self.ledger_path = self.folder.ledger_path
         self._client = None
         self.notes: list[str] = []  # warnings for the caller to show (a rebuilt ledger)
-        self._checked: set[str] = set()  # trials whose held rows this process has checked
+        # per trial, what MLflow held when this process first sent it rows: the last step
+        # held and the (key, step) pairs (see sync_trial)
+        self._held: dict[str, tuple[int, set[tuple[str, int]]]] = {}
         self.ledger = RunLedger(self.folder, tracking_uri, sweep, lambda: self.client,
                                 self.notes)
 
@@ -257,12 +259,14 @@ class MlflowSync:
         with self._ledger() as led:
             done = led["trials"][trial]["logged_through"]
             check_held = led["trials"][trial].get("check_held", False)
-        # A driver stopped between a batch reaching the server and the ledger's update (a
-        # SIGTERM, a lost node) leaves rows MLflow holds past ``logged_through``; a resumed
-        # trial computes them again with new wall times. The first sync of a trial in each
-        # process therefore sends only what MLflow does not hold.
-        check_held = check_held or (done >= 0 and trial not in self._checked)
-        self._checked.add(trial)
+        # MLflow may hold rows past ``logged_through``: a driver stopped between a batch
+        # reaching the server and the ledger's update (SIGTERM, a lost node), or a rebuilt
+        # ledger (-1). A resumed trial computes those steps again with new wall times, and
+        # MLflow would keep them as second points. So the first time this process sends a
+        # trial rows, it asks MLflow what it holds, and until its rows pass the last step
+        # held it sends only the (key, step) pairs MLflow lacks: the held steps may be
+        # computed again only later (a damaged part, an earlier checkpoint).
+        check_held = trial not in self._held and (check_held or done >= 0)
         table = TrialStore(self.run_dir, trial).read(after=done)
         if table.num_rows == 0:
             return 0
@@ -275,7 +279,15 @@ class MlflowSync:
         view, params = mlflow_view(metric_rows(table))
         metrics = [Metric(k, v, t, st) for k, v, t, st in view]
         if check_held:
-            metrics = self._not_held(run_id, metrics)
+            held = self._held_pairs(run_id, metrics)
+            self._held[trial] = (max((st for _, st in held), default=-1), held)
+        elif trial not in self._held:
+            self._held[trial] = (-1, set())  # a new trial: MLflow holds none of it
+        last, held = self._held[trial]
+        if held and min(m.step for m in metrics) > last:
+            self._held[trial] = (last, set())  # past what MLflow held: nothing to skip
+        elif held:
+            metrics = [m for m in metrics if (m.key, m.step) not in held]
         if params:
             from mlflow.entities import Param
 
@@ -292,13 +304,10 @@ class MlflowSync:
         self._tag_alerts(run_id, trial)
         return len(metrics)
 
-    def _not_held(self, run_id: str, metrics: list) -> list:
-        """The metrics whose (key, step) the run does not hold yet. After a rebuilt ledger:
-        rows a resumed trial computed again carry a new wall time, so MLflow would keep them
-        as a second point at the same step rather than drop them as already held."""
-        held = {(m.key, m.step) for key in {m.key for m in metrics}
+    def _held_pairs(self, run_id: str, metrics: list) -> set[tuple[str, int]]:
+        """The (key, step) pairs the run holds, for the keys of ``metrics``."""
+        return {(m.key, m.step) for key in {m.key for m in metrics}
                 for m in self.client.get_metric_history(run_id, key)}
-        return [m for m in metrics if (m.key, m.step) not in held]
 
     def sync_probes(self, trial: str, config: TrainConfig) -> int:
         """Send the trial's expensive-probe rows not yet logged, at their checkpoints' steps,
