@@ -18,7 +18,7 @@ from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.probe_pool.queue import ProbeQueue
 from orchestrator.sweep.spec import load_spec
-from orchestrator.tracking.sync import metric_key
+from orchestrator.tracking.sync import UNCONVERGED, metric_key
 from tests.sweep_helpers import (
     keys_unique,
     ray_tmpdir,
@@ -106,8 +106,9 @@ def _check_exactly_once(run_dir: Path, spec_path: Path, failed: frozenset = froz
     for plan in spec.trials():
         run_id = runs[plan.name].info.run_id
         for measure in ("hessian_lambda_max", "llc", "fisher_erank", "gradcov_erank"):
-            steps = [m.step for m in client.get_metric_history(run_id,
-                                                               metric_key(measure, None, None))]
+            key = metric_key(measure, None, None)  # values flagged not converged apart
+            steps = [m.step for k in (key, key + UNCONVERGED)
+                     for m in client.get_metric_history(run_id, k)]
             want = sorted(j.step for j in due if j.trial == plan.name
                           and prefix[j.measure] == measure)
             assert sorted(steps) == want, (plan.name, measure)

@@ -63,15 +63,19 @@ def _acc_text(acc: dict[int, float], events: dict[int, int]) -> str:
 
 
 def train_local(cfg: TrainConfig, out: Path, *, console: Console | None = None,
-                stopped_by: list[int] | None = None, **run_kwargs: Any) -> TrialOutcome:
+                stopped_by: list[int] | None = None, intro: str | None = None,
+                **run_kwargs: Any) -> TrialOutcome:
     """Run (or resume) ``cfg`` in ``out`` with a progress bar; Ctrl-C, SIGTERM or SIGHUP
-    stops at a step boundary (the signal is appended to ``stopped_by``)."""
+    stops at a step boundary (the signal is appended to ``stopped_by``). ``intro`` is
+    printed once the folder is claimed."""
     from emergence_core.trial.runner import TrialHooks, run_trial
 
     console = console or Console(stderr=True)
     resuming = claim_train_folder(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     _record(out, cfg)
+    if intro is not None:  # after the folder's checks: a refusal stays one line
+        console.print(intro)
     if resuming:
         console.print(f"[dim]resuming {cfg.trial_name()} in {out}[/dim]")
 
@@ -328,10 +332,11 @@ def train(
     from emergence_core.trial.runner import TrialDiverged
 
     console = Console(stderr=True)
-    console.print(probe_line(cfg, any(x.startswith("probe.n_probes=") for x in set_ or [])))
     stopped_by: list[int] = []
+    intro = probe_line(cfg, any(x.startswith("probe.n_probes=") for x in set_ or []))
     try:
-        outcome = train_local(cfg, folder, console=console, stopped_by=stopped_by)
+        outcome = train_local(cfg, folder, console=console, stopped_by=stopped_by,
+                              intro=intro)
     except TrialDiverged as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
