@@ -117,10 +117,21 @@ def test_a_damaged_mlflow_ledger_is_rebuilt_without_a_second_run(tmp_path) -> No
     assert sorted(r.info.run_name for r in runs) == sorted(["led", cfg.trial_name()])
 
 
+def _computed_again(part, path) -> None:
+    """Write ``part`` to ``path`` as a resume computes it again: the same rows, a second
+    later (a new wall time)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    later = pc.add(part["wall_time"].cast("int64"), 1000).cast(part.schema.field(
+        "wall_time").type)
+    pq.write_table(part.set_column(part.schema.get_field_index("wall_time"), "wall_time",
+                                   later), path)
+
+
 def test_a_rebuilt_ledger_does_not_log_rows_computed_again_twice(tmp_path) -> None:
     """A resume computes the rows after the last checkpoint again (a new wall time): after
     a rebuilt ledger they must not become second points at the same steps in MLflow."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     cfg = _cfg()
@@ -130,11 +141,7 @@ def test_a_rebuilt_ledger_does_not_log_rows_computed_again_twice(tmp_path) -> No
     sync.parent_run("name: led\n")
     assert sync.sync_trial(cfg.trial_name(), cfg) > 0
     last = TrialStore(tmp_path, cfg.trial_name()).parts()[-1][2]
-    part = pq.read_table(last)
-    later = pc.add(part["wall_time"].cast("int64"), 1000).cast(part.schema.field(
-        "wall_time").type)
-    pq.write_table(part.set_column(part.schema.get_field_index("wall_time"), "wall_time",
-                                   later), last)
+    _computed_again(pq.read_table(last), last)
     ledger = RunFolder(tmp_path).ledger_path
     ledger.write_text(ledger.read_text()[:40])
     again = MlflowSync(tmp_path, uri, "led")
@@ -149,7 +156,6 @@ def test_steps_computed_again_after_the_held_check_are_not_logged_twice(tmp_path
     holding them was set aside, and the rebuilt ledger's first sync saw only the steps
     before it. The trial then computed 9-12 again (new wall times): they must not become
     second points, although they come after that first sync."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     cfg = _cfg()
@@ -166,10 +172,7 @@ def test_steps_computed_again_after_the_held_check_are_not_logged_twice(tmp_path
     ledger.write_text(ledger.read_text()[:40])
     again = MlflowSync(tmp_path, uri, "held")
     assert again.sync_trial(cfg.trial_name(), cfg) == 0  # MLflow holds the steps before it
-    later = pc.add(part["wall_time"].cast("int64"), 1000).cast(part.schema.field(
-        "wall_time").type)
-    pq.write_table(part.set_column(part.schema.get_field_index("wall_time"), "wall_time",
-                                   later), last)  # computed again
+    _computed_again(part, last)
     assert again.sync_trial(cfg.trial_name(), cfg) == 0  # and held: none sent
     again.set_status(cfg.trial_name(), "FINISHED")
     assert_mlflow_equals_parquet(uri, tmp_path, "held", [cfg.trial_name()])

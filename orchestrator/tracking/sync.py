@@ -7,8 +7,7 @@ or resumed trial logs to the same run and never opens a second one, and the last
 logged, so rows are sent once. Re-sending a row is harmless anyway: rows carry their Parquet
 wall time, and MLflow's SQL store drops a metric whose (key, step, timestamp, value) it holds.
 
-Metric keys: ``<measure>[/L<level>][/layer<layer>]``, with ``@`` (not allowed by MLflow)
-written as ``.``: ``rankme/L2/layer1``, ``rankme.prompt_mean/layer2``, ``accuracy/L1``.
+Metric keys and what MLflow holds of each row: ``view.py``.
 """
 
 from __future__ import annotations
@@ -26,47 +25,23 @@ from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.folder_records import failure
-from emergence_core.metrics import Measure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore
 from orchestrator.tracking.ledger import RunLedger
 from orchestrator.tracking.store import configure
+from orchestrator.tracking.view import (
+    CONSTANT_MEASURES,
+    UNCONVERGED,
+    metric_key,
+    metric_rows,
+    mlflow_view,
+)
 
-__all__ = ["MLFLOW_BATCH", "MlflowSync", "metric_key", "metric_rows", "mlflow_view"]
+# metric_key, metric_rows, mlflow_view and the constants: re-exported from view.py
+__all__ = ["CONSTANT_MEASURES", "MLFLOW_BATCH", "UNCONVERGED", "MlflowSync", "metric_key",
+           "metric_rows", "mlflow_view"]
 
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
-# Constants of a trial level (its chance rate, its diagnostic set's size), logged once: as
-# params (``chance/L1``), not metrics, which MLflow would draw as one-bar charts among the
-# training curves.
-CONSTANT_MEASURES = (Measure.CHANCE, Measure.LOGPROB_CHANCE, Measure.DIAG_SIZE,
-                     Measure.DIAG_ASKED)
-# An estimate whose convergence flag at its step is 0 is logged under ``<key>.unconverged``,
-# so the estimate's own chart holds converged values only (Parquet keeps both, flagged).
-CONVERGENCE_FLAGS = {Measure.LLC: Measure.LLC_CONVERGED}
-UNCONVERGED = ".unconverged"
-
-
-def mlflow_view(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, float, int, int]],
-                                                          dict[str, str]]:
-    """What MLflow holds of metric rows (dicts with measure, layer, level, value, step and
-    wall_time in ms): the metrics as (key, value, timestamp, step), and the params."""
-    bad = {(r["measure"], r["step"]) for r in rows
-           if r["measure"] in CONVERGENCE_FLAGS.values() and r["value"] is not None
-           and r["value"] < 0.5}
-    flagged = set(CONVERGENCE_FLAGS)
-    metrics, params = [], {}
-    for r in rows:
-        m, v = r["measure"], r["value"]
-        key = metric_key(m, r["layer"], r["level"])
-        if m in CONSTANT_MEASURES:
-            params[key] = "nan" if v is None else f"{v:.10g}"
-            continue
-        if m in flagged and (CONVERGENCE_FLAGS[m], r["step"]) in bad:
-            key += UNCONVERGED
-        metrics.append((key, v if v is not None else float("nan"), r["wall_time"], r["step"]))
-    return metrics, params
-
 
 # An experiment of training runs: without this tag MLflow 3's UI opens it in GenAI mode
 # (traces, judges, "evaluation runs").
@@ -92,22 +67,6 @@ def _description(data: dict, rule: EmergenceRule, run_dir: Path) -> str:
     return (f"emerge sweep **{data.get('name', '?')}**: {grid}. Emergence: accuracy at "
             f"threshold {rule.threshold} held for {rule.persistence} "
             f"probe steps. Run folder `{run_dir}`; the sweep file is the artifact spec.yaml.")
-
-
-def metric_key(measure: str, layer: int | None, level: int | None) -> str:
-    key = measure.replace("@", ".")
-    if level is not None:
-        key += f"/L{level}"
-    if layer is not None:
-        key += f"/layer{layer}"
-    return key
-
-
-def metric_rows(table: Any) -> list[dict[str, Any]]:
-    """A metrics table's rows as ``mlflow_view`` takes them (wall time in ms)."""
-    cols = {c: table[c].to_pylist() for c in ("measure", "layer", "level", "value", "step")}
-    cols["wall_time"] = table["wall_time"].cast("int64").to_pylist()
-    return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
