@@ -17,19 +17,20 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
 
 from emergence_core.atomic import atomic_path
 from emergence_core.errors import first_line
 from emergence_core.metrics import ALERTS_SCHEMA, METRICS_SCHEMA
 from emergence_core.readers import UnreadableFile, read_parquet
 from emergence_core.run_folder import RunFolder, RunFolderError, parse_part, part_name, parts_in
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["TrialStore", "metric_files", "read_alerts", "read_metrics"]
 
@@ -113,6 +114,8 @@ class TrialStore:
 
     def save_state(self, state: dict) -> None:
         """The new state, keeping the one before it (see ``load_state``)."""
+        import torch  # here, not at the top: reading rows and ``emerge status`` need no torch
+
         previous = self.folder.previous_state_path(self.trial)
         buffer = io.BytesIO()  # serialised first: a full disk then fails as a plain write
         torch.save(state, buffer)
@@ -130,6 +133,8 @@ class TrialStore:
     def load_state(self) -> dict | None:
         """The latest state; if it is damaged (or a crash left only the previous one), the
         previous one, with a note: the commits after it are computed again, identically."""
+        import torch
+
         latest, previous = self.state_path, self.folder.previous_state_path(self.trial)
         problem = None
         for path in (latest, previous):
@@ -156,12 +161,16 @@ class TrialStore:
         return self.folder.weights_path(self.trial, step)
 
     def save_weights(self, model: nn.Module, step: int, metadata: dict[str, str]) -> Path:
+        from safetensors.torch import save_model
+
         final = self.weights_path(step)
         with atomic_path(final) as tmp:
             save_model(model, str(tmp), metadata={**metadata, "step": str(step)})
         return final
 
     def load_weights(self, model: nn.Module, step: int) -> nn.Module:
+        from safetensors.torch import load_model
+
         device = str(next(model.parameters()).device)
         path = self.weights_path(step)
         try:

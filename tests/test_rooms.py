@@ -105,7 +105,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
      "emergence_core.emergence_rule"),
     # 2. the science's parts: tasks, models, configs, measures, Pythia
     ("emergence_core.tasks", "emergence_core.scales", "emergence_core.model",
-     "emergence_core.config", "emergence_core.extensions", "emergence_core.measures",
+     "emergence_core.config", "emergence_core.extensions", "emergence_core.measure_settings",
+     "emergence_core.measure_registry", "emergence_core.measures",
      "emergence_core.expensive", "emergence_core.pythia"),
     # 3. the run folder: its names, the trial's plan, the stored files
     ("emergence_core.run_folder", "emergence_core.plan", "emergence_core.store",
@@ -233,6 +234,21 @@ def test_emerge_help_and_a_trial_import_only_what_they_use() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout
+
+
+def test_status_and_sweep_validation_import_no_torch() -> None:
+    """``emerge status`` and a sweep file's validation (its tasks, scales and measures' settings)
+    load no torch: torch alone takes over a second to import, and ``status`` has 2 s (#26)."""
+    code = ("import sys\n"
+            "from orchestrator.sweep.spec import load_spec\n"
+            "import orchestrator.sweep.views\n"
+            "spec = load_spec('sweeps/smoke.yaml')\n"
+            "plans = [t.plan.jobs for t in spec.trials()]\n"
+            "heavy = ('torch', 'transformers', 'ray', 'mlflow', 'polars', 'matplotlib')\n"
+            "print(sorted(m for m in heavy if m in sys.modules), len(plans))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[] 4", out.stdout + out.stderr
 
 
 def test_importing_any_module_changes_no_environment() -> None:

@@ -45,13 +45,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from emergence_core.measure_settings import GradRankSettings, Method
 from emergence_core.measures.batch import ScoredBatch, eval_mode, trainable_parameters
 from emergence_core.measures.rankme import effective_rank
 
@@ -63,31 +63,6 @@ __all__ = [
     "gradient_gram",
 ]
 
-Method = Literal["auto", "vmap", "loop"]
-
-
-@dataclass(frozen=True)
-class GradRankSettings:
-    n_samples: int = 64  # N: a seeded random subset of the batch (all of it when smaller)
-    params: tuple[str, ...] | None = None  # parameter-name prefixes; None: all trainable
-    first_k: int | None = None  # then keep only the first K flattened entries (study: 50_000)
-    memory_budget_bytes: int = 2 * 1024**3  # J_c and a group's gradients: half each
-    method: Method = "auto"
-    jackknife: bool = True
-    # the subset (CPU generator) and the Fisher's labels (a generator on the model's device,
-    # seed + 1: the same seed draws other labels on another device type)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_samples < 2:
-            raise ValueError(f"n_samples must be >= 2, got {self.n_samples}")
-        if self.first_k is not None and self.first_k < 1:
-            raise ValueError(f"first_k must be >= 1 or None, got {self.first_k}")
-        if self.memory_budget_bytes < 1:
-            raise ValueError(f"memory_budget_bytes must be positive, got "
-                             f"{self.memory_budget_bytes}")
-        if self.method not in ("auto", "vmap", "loop"):
-            raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {self.method!r}")
 
 
 @dataclass(frozen=True)

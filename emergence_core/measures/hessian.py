@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
 
 import numpy as np
 import torch
@@ -41,6 +40,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from emergence_core.measure_settings import HessianSettings, LanczosMethod
 from emergence_core.measures.batch import ScoredBatch, eval_mode, trainable_parameters
 
 __all__ = [
@@ -53,39 +53,6 @@ __all__ = [
     "orthogonalised",
 ]
 
-LanczosMethod = Literal["torch", "arpack"]
-
-
-@dataclass(frozen=True)
-class HessianSettings:
-    """How to estimate lambda_max and the trace.
-
-    ``lanczos_tol`` is ARPACK's stopping criterion ||H v - theta v|| <= tol * |theta|, and
-    the torch Lanczos stops on the same test; for a symmetric H an eigenvalue lies within
-    ||H v - theta v|| of theta, so the relative error of the returned lambda_max is at most
-    ``lanczos_tol`` (and in practice far smaller: the error of a Ritz value is quadratic in
-    the residual once the top eigenvalue is isolated).
-    """
-
-    lanczos_tol: float = 1e-3
-    lanczos_ncv: int = 10  # Lanczos basis size before a restart (capped at P)
-    max_hvps: int = 400  # Lanczos budget (exact for torch; ARPACK counts restarts, not products)
-    lanczos: LanczosMethod = "torch"  # basis on the model's device; "arpack": scipy on the CPU
-    trace_probes: int = 64  # Rademacher probes for Hutchinson; 0 skips the trace
-    params: tuple[str, ...] | None = None  # parameter-name prefixes; None: all trainable
-    cache_graph: bool = True  # keep the first-gradient graph between HVPs (see HessianOperator)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.lanczos_tol < 1:
-            raise ValueError(f"lanczos_tol must be in (0, 1), got {self.lanczos_tol}")
-        if self.max_hvps < 1 or self.trace_probes < 0:
-            raise ValueError(f"max_hvps must be >= 1 and trace_probes >= 0, got "
-                             f"{self.max_hvps} and {self.trace_probes}")
-        if self.lanczos_ncv < 2:
-            raise ValueError(f"lanczos_ncv must be >= 2, got {self.lanczos_ncv}")
-        if self.lanczos not in ("torch", "arpack"):
-            raise ValueError(f"lanczos must be 'torch' or 'arpack', got {self.lanczos!r}")
 
 
 @dataclass(frozen=True)

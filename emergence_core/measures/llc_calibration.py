@@ -84,7 +84,6 @@ checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -92,6 +91,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emergence_core.measure_settings import CalibrationSettings
 from emergence_core.measures.batch import eval_mode
 from emergence_core.measures.llc import (
     LLCResult,
@@ -104,57 +104,6 @@ from emergence_core.measures.llc import (
 
 __all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "basin_scale",
            "calibrate_llc", "predicted_llc", "spectral_length"]
-
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    steps: tuple[float, ...] = (0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625)  # eps * n_beta * l_max
-    localisations: tuple[float, ...] = (1e-2, 1e-3, 1e-4)  # gamma / (n_beta * lambda_max)
-    max_rise_fraction: float = 0.25
-    max_halving_change: float = 0.1
-    max_localisation_change: float = 0.05
-    # the relaxation budget, off by default (0: the settings' own lengths); see the module
-    relaxation_burnin: float = 0.0  # burn-in, in relaxation times tau = 1 / (c * k)
-    relaxation_kept: float = 0.0  # kept draws, in tau
-    max_draws: int = 20_000  # per chain; a point needing more is not run
-    # the spectral budget: chains doubled until the quadratic model of the checkpoint's
-    # measured Hessian spectrum predicts at most this shortfall (None: off); see the module
-    max_shortfall: float | None = None
-    spectrum_probes: int = 4  # stochastic Lanczos quadrature: probes
-    spectrum_steps: int = 40  # and Lanczos steps per probe
-
-    def chain_length(self, step: float, localisation: float,
-                     settings: LLCSettings) -> tuple[int, int]:
-        """(n_draws, n_burnin) per chain at (c, k): the module's relaxation budget, never
-        shorter than ``settings`` asks."""
-        tau = 1.0 / (step * localisation)
-        burnin = max(settings.n_burnin, math.ceil(self.relaxation_burnin * tau))
-        kept = max(settings.n_draws - settings.n_burnin, math.ceil(self.relaxation_kept * tau))
-        return burnin + kept, burnin
-
-    def __post_init__(self) -> None:
-        for name, grid in (("steps", self.steps), ("localisations", self.localisations)):
-            g = tuple(grid)
-            if len(g) < 2 or any(not v > 0 for v in g) \
-                    or any(b >= a for a, b in itertools.pairwise(g)):
-                raise ValueError(f"{name} needs at least two positive values, largest first, "
-                                 f"got {list(g)}")
-        if any(abs(b / a - 0.5) > 1e-9 for a, b in itertools.pairwise(self.steps)):
-            raise ValueError(f"steps must halve from one to the next (the discretisation "
-                             f"check compares c with c/2), got {list(self.steps)}")
-        if not 0 < self.max_rise_fraction <= 1 or not self.max_halving_change > 0 \
-                or not self.max_localisation_change > 0:
-            raise ValueError("need 0 < max_rise_fraction <= 1 and positive change tolerances")
-        if self.max_shortfall is not None and not 0 < self.max_shortfall < 1:
-            raise ValueError(f"max_shortfall must be in (0, 1) or None, got {self.max_shortfall}")
-        if self.spectrum_probes < 1 or self.spectrum_steps < 2:
-            raise ValueError(f"need spectrum_probes >= 1 and spectrum_steps >= 2, got "
-                             f"{self.spectrum_probes}, {self.spectrum_steps}")
-        if not self.relaxation_burnin >= 0 or not self.relaxation_kept >= 0 \
-                or self.max_draws < 2:
-            raise ValueError(f"need relaxation_burnin >= 0, relaxation_kept >= 0 and "
-                             f"max_draws >= 2, got {self.relaxation_burnin}, "
-                             f"{self.relaxation_kept}, {self.max_draws}")
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from emergence_core.measure_settings import N_BETA_OF, SAMPLERS, LLCSettings
+
 __all__ = [
     "N_BETA_OF",
     "SAMPLERS",
@@ -79,59 +81,9 @@ __all__ = [
 
 _BATCH_STREAM = 2**40  # offset that keeps minibatch seeds apart from noise seeds
 
-SAMPLERS = ("sgld", "rmsprop")
-N_BETA_OF = ("train", "batch", "minibatch")
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """(model, sample_ids[int64, m]) -> the scalar mean loss of those samples."""
-
-
-@dataclass(frozen=True)
-class LLCSettings:
-    # eps and gamma: None derives them from the checkpoint's stiffness S = n_beta * lambda_max
-    # (eps = 0.05 / S, gamma = 1e-3 * S, see llc_calibration); the default procedure (the
-    # calibration) chooses them per trial and fixes numbers
-    eps: float | None = None  # SGLD step size
-    gamma: float | None = None  # localisation strength
-    n_chains: int = 4
-    n_draws: int = 200  # per chain, burn-in included
-    n_burnin: int = 100  # first draws of each chain excluded from the mean
-    n_beta: float | None = None  # inverse temperature; None: see n_beta_of
-    n_beta_of: str = "train"  # n_beta = m / log m, m: "train", "batch" or "minibatch"
-    minibatch_size: int | None = 32  # None (or >= n): full batch
-    rhat_max: float = 1.1
-    seed: int = 0
-    sampler: str = "sgld"  # "sgld", or "rmsprop" (preconditioned, see the module docstring)
-    rms_alpha: float = 0.99  # RMSProp's running-average decay (devinterp's default)
-    rms_eps: float = 0.1  # RMSProp's floor under sqrt(V) (devinterp's default)
-    rms_freeze: bool = True  # freeze G after the first half of the burn-in (exact sampling)
-    rms_bias_correction: bool = True  # V / (1 - alpha^t); False: devinterp's running mean
-    # all chains as one vmapped computation (True), one at a time (False), or None: batched
-    # on an accelerator, one at a time on the CPU, where batching measured 1.2x slower
-    batch_chains: bool | None = None
-    max_rise: float | None = None  # the basin bound on the loss rise (set by the calibration)
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.n_beta_of not in N_BETA_OF:
-            raise ValueError(f"n_beta_of must be one of {', '.join(N_BETA_OF)}, got "
-                             f"{self.n_beta_of!r}")
-        if not 0 <= self.rms_alpha < 1 or not self.rms_eps > 0:
-            raise ValueError(f"need 0 <= rms_alpha < 1 and rms_eps > 0, got "
-                             f"{self.rms_alpha}, {self.rms_eps}")
-        if (self.eps is not None and not self.eps > 0) or (self.gamma is not None
-                                                            and self.gamma < 0):
-            raise ValueError(f"need eps > 0 and gamma >= 0, got eps={self.eps}, gamma={self.gamma}")
-        if self.n_chains < 1 or not 0 <= self.n_burnin < self.n_draws:
-            raise ValueError(f"need n_chains >= 1 and 0 <= n_burnin < n_draws, got "
-                             f"{self.n_chains}, {self.n_burnin}, {self.n_draws}")
-        if self.n_beta is not None and not self.n_beta > 0:
-            raise ValueError(f"n_beta must be positive or None, got {self.n_beta}")
-        if self.max_rise is not None and not self.max_rise > 0:
-            raise ValueError(f"max_rise must be positive or None, got {self.max_rise}")
-        if self.minibatch_size is not None and self.minibatch_size < 1:
-            raise ValueError(f"minibatch_size must be >= 1 or None, got {self.minibatch_size}")
 
 
 @dataclass(frozen=True, eq=False)

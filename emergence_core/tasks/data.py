@@ -33,7 +33,7 @@ import torch
 
 from emergence_core.tasks.base import EOS, SEP, LevelSpec, TaskError, Vocabulary
 from emergence_core.tasks.chance import Chance, answer_chance
-from emergence_core.tasks.registry import get_task
+from emergence_core.tasks.registry import get_task, trial_layout
 
 __all__ = ["EncodedSet", "LevelData", "TrialData", "seed_key", "split_indices", "stream_indices",
            "trial_layout"]
@@ -181,21 +181,6 @@ class LevelData:
     spec: LevelSpec
     train_idx: np.ndarray
     diag_idx: np.ndarray
-
-
-def trial_layout(task: str, levels: Sequence[int],
-                 level_params: Mapping[int, Mapping[str, Any]] | None = None
-                 ) -> tuple[list[LevelSpec], Vocabulary]:
-    """The level specs and the vocabulary of a trial, without drawing any data."""
-    tdef = get_task(task)
-    if not levels:
-        raise TaskError("a trial needs at least one level")
-    bad = [lv for lv in levels if lv not in (1, 2, 3)]
-    if bad:
-        raise TaskError(f"unknown level {bad[0]!r} of task {tdef.name}; levels are 1, 2, 3")
-    params = level_params or {}
-    specs = [tdef.level(lv, **params.get(lv, {})) for lv in sorted(set(levels))]
-    return specs, Vocabulary(tuple(tdef.symbols([dict(s.params) for s in specs])))
 
 
 class TrialData:

@@ -8,15 +8,15 @@ MUL's n + m). Each decoder is vectorised: indices in, symbol arrays out.
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from emergence_core.registry import Registry
-from emergence_core.tasks.base import TaskDef, TaskError
+from emergence_core.tasks.base import LevelSpec, TaskDef, TaskError, Vocabulary
 
-__all__ = ["TASKS", "get_task", "register_task", "task_names"]
+__all__ = ["TASKS", "get_task", "register_task", "task_names", "trial_layout"]
 
 _MAX_UNIVERSE = 2**62  # indices are int64
 
@@ -250,3 +250,18 @@ def task_names() -> tuple[str, ...]:
 def get_task(name: str) -> TaskDef:
     """The task called ``name`` (case-insensitive), or a TaskError with a suggestion."""
     return TASKS.lookup(name)
+
+
+def trial_layout(task: str, levels: Sequence[int],
+                 level_params: Mapping[int, Mapping[str, Any]] | None = None
+                 ) -> tuple[list[LevelSpec], Vocabulary]:
+    """The level specs and the vocabulary of a trial, without drawing any data."""
+    tdef = get_task(task)
+    if not levels:
+        raise TaskError("a trial needs at least one level")
+    bad = [lv for lv in levels if lv not in (1, 2, 3)]
+    if bad:
+        raise TaskError(f"unknown level {bad[0]!r} of task {tdef.name}; levels are 1, 2, 3")
+    params = level_params or {}
+    specs = [tdef.level(lv, **params.get(lv, {})) for lv in sorted(set(levels))]
+    return specs, Vocabulary(tuple(tdef.symbols([dict(s.params) for s in specs])))

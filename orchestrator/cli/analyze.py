@@ -86,7 +86,7 @@ def check_measures(settings: AnalysisSettings, present: set[str] = frozenset()) 
     (``rankme@prompt_mean``). One line per unknown name, with the closest known one."""
     from emergence_core.analysis.settings import LOGPROB_NORM
     from emergence_core.config import ReadPosition
-    from emergence_core.expensive import MEASURES
+    from emergence_core.measure_registry import MEASURES
     from emergence_core.metrics import Measure
 
     known = {v for k, v in vars(Measure).items() if k.isupper() and isinstance(v, str)}

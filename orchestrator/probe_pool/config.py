@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from emergence_core.expensive import get_measure
+from emergence_core.measure_registry import get_measure
 from orchestrator.common.errors import checked
 
 __all__ = ["DensitySettings", "PoolResources", "ProbeMeasure", "Probes"]

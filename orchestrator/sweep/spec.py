@@ -381,7 +381,7 @@ def apply_extensions(data: dict[str, Any]) -> Extensions:
 
 def _probe_problems(spec: SweepSpec) -> list[str]:
     """Measure settings that the measures refuse, and checkpoints without weights."""
-    from emergence_core.expensive import get_measure, make_settings
+    from emergence_core.measure_registry import get_measure, make_settings
 
     problems = []
     for name, m in spec.probes.measures.items():
