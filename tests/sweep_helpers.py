@@ -137,15 +137,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 (its store in ``root``), stopped on exit."""
+def mlflow_server(root: Path, port: int | None = None, store: str | None = None
+                  ) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (its store in ``root``, or the backend store
+    ``store``, e.g. a sweep's own ``sqlite:///RUN_DIR/mlflow.db``), stopped on exit."""
     port = port or free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     root.mkdir(parents=True, exist_ok=True)
     log = open(root / "server.log", "a")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--backend-store-uri", store or f"sqlite:///{root / 'server.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

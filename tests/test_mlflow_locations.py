@@ -56,14 +56,15 @@ def test_only_the_folders_own_locations_and_only_sqlite_stores_are_rewritten(tmp
 
 def test_the_experiment_link_opens_the_runs_not_the_genai_view() -> None:
     """MLflow 3.17 chooses its view from the URL's workflowType (else the browser's saved
-    choice, else GenAI): the link a sweep prints carries it."""
+    choice, else GenAI): the link a sweep prints is the runs page, with the parameter."""
     from orchestrator.tracking.store import experiment_url
 
     assert experiment_url("http://127.0.0.1:5000/", "7") == \
-        "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     local = experiment_url("sqlite:////runs/x/mlflow.db", "1")
     assert local.startswith("`mlflow ui --backend-store-uri sqlite:////runs/x/mlflow.db")
-    assert local.endswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")
+    assert local.endswith(
+        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning")
 
 
 def test_mlflows_view_keeps_constants_as_params_and_unconverged_estimates_apart() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -21,6 +22,7 @@ from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore, read_metrics
 from orchestrator.cli.app import app
 from orchestrator.sweep.spec import load_spec
+from tests.browser import browser, page_text
 from tests.sweep_helpers import (
     ROOT,
     assert_mlflow_equals_parquet,
@@ -116,6 +118,7 @@ def test_smoke_sweep_end_to_end_with_sqlite(tmp_path: Path) -> None:
     _check_dense_probes_around_events(run_dir, spec_path)
     _check_live_alerts(run_dir, spec_path, log.read_text())
     _analyze_the_smoke_run(run_dir, spec_path)
+    _check_mlflow_in_a_fresh_browser(run_dir, spec_path)
 
 
 def _check_dense_probes_around_events(run_dir: Path, spec_path: Path) -> None:
@@ -195,6 +198,33 @@ def _analyze_the_smoke_run(run_dir: Path, spec_path: Path) -> None:
     parent = _runs_by_name(f"sqlite:///{run_dir / 'mlflow.db'}", "smoke")["smoke"][0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/report.md", "report/tables", "report/figures"}
+
+
+def _check_mlflow_in_a_fresh_browser(run_dir: Path, spec_path: Path) -> None:
+    """Issue 26: behind a real ``mlflow server`` on the sweep's own store, a fresh headless
+    Chromium (a new user's empty profile) finds the runs table at the experiment's runs page
+    and at the link the sweep prints, and a child run's own figures among its artifacts."""
+    if browser() is None:
+        warnings.warn("no Chromium installed: the MLflow UI check did not run", stacklevel=1)
+        return
+    from orchestrator.tracking.store import experiment_url
+
+    spec = load_spec(spec_path)
+    store = f"sqlite:///{run_dir / 'mlflow.db'}"
+    experiment = MlflowClient(store).get_experiment_by_name(spec.name).experiment_id
+    runs = _runs_by_name(store, spec.name)
+    n = len(spec.trials()) + 1  # the sweep's parent run and one child per trial
+    with mlflow_server(run_dir.parent / "ui-server", store=store) as uri:
+        for url in (f"{uri}/#/experiments/{experiment}/runs", experiment_url(uri, experiment)):
+            text = page_text(url)
+            assert f"{n} matching runs" in text and spec.name in text, (url, text[:1500])
+            assert "Detect Issues" not in text, url  # the GenAI overview's
+        trial = spec.trials()[0].name
+        child = runs[trial][0].info.run_id
+        text = page_text(f"{uri}/#/experiments/{experiment}/runs/{child}/artifacts/"
+                         f"figures/curves_{trial}.png")
+        for kind in ("curves", "heatmap", "alerts"):
+            assert f"{kind}_{trial}.png" in text, (kind, text[:1500])
 
 
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:

@@ -79,11 +79,13 @@ def experiment_url(tracking_uri: str, experiment_id: str) -> str:
 
     MLflow 3.17's UI picks its view from the URL's ``workflowType`` parameter, else from the
     browser's saved choice (local storage ``mlflow.workflowType``), else GenAI (traces,
-    judges); the experiment's ``mlflow.experimentKind`` tag does not decide it. So a fresh
-    browser at an experiment's plain URL shows "Traces 0", and the URL given here carries
-    ``?workflowType=machine_learning``. An embedded SQLite store needs ``mlflow ui`` first.
+    judges); the experiment's ``mlflow.experimentKind`` tag does not decide it, and no server
+    setting does. So a fresh browser at an experiment's plain URL shows "Traces 0". The
+    experiment's ``/runs`` page shows the runs table in either view (checked in a fresh
+    headless Chromium by ``tests/test_sweep_e2e.py``), and ``workflowType=machine_learning``
+    turns the sidebar to training too. An embedded SQLite store needs ``mlflow ui`` first.
     """
-    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{page}"
     return (f"`mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1`, then "
