@@ -144,14 +144,22 @@ class CalibrationSettings:
     max_shortfall: float | None = None
     spectrum_probes: int = 4  # stochastic Lanczos quadrature: probes
     spectrum_steps: int = 40  # and Lanczos steps per probe
+    # the localised tier, when no gamma-independent setting passes: the LLC at the stated
+    # localisation gamma = localised * n_beta * lambda_max (None: no such tier), its chains
+    # long enough for gamma to act (burn-in and kept draws each >= localised_relaxation tau)
+    localised: float | None = 0.1
+    localised_relaxation: float = 2.0
 
-    def chain_length(self, step: float, localisation: float,
-                     settings: LLCSettings) -> tuple[int, int]:
-        """(n_draws, n_burnin) per chain at (c, k): the module's relaxation budget, never
-        shorter than ``settings`` asks."""
+    def chain_length(self, step: float, localisation: float, settings: LLCSettings,
+                     relaxation: tuple[float, float] | None = None) -> tuple[int, int]:
+        """(n_draws, n_burnin) per chain at (c, k): the module's relaxation budget (burn-in
+        and kept draws in relaxation times tau = 1 / (c k); ``relaxation`` overrides the
+        settings' pair), never shorter than ``settings`` asks."""
         tau = 1.0 / (step * localisation)
-        burnin = max(settings.n_burnin, math.ceil(self.relaxation_burnin * tau))
-        kept = max(settings.n_draws - settings.n_burnin, math.ceil(self.relaxation_kept * tau))
+        r_burn, r_kept = relaxation if relaxation is not None \
+            else (self.relaxation_burnin, self.relaxation_kept)
+        burnin = max(settings.n_burnin, math.ceil(r_burn * tau))
+        kept = max(settings.n_draws - settings.n_burnin, math.ceil(r_kept * tau))
         return burnin + kept, burnin
 
     def __post_init__(self) -> None:
@@ -172,6 +180,13 @@ class CalibrationSettings:
         if self.spectrum_probes < 1 or self.spectrum_steps < 2:
             raise ValueError(f"need spectrum_probes >= 1 and spectrum_steps >= 2, got "
                              f"{self.spectrum_probes}, {self.spectrum_steps}")
+        if self.localised is not None and not 0 < self.localised <= 0.5:
+            raise ValueError(f"localised must be in (0, 0.5] (gamma / (n_beta lambda_max); at "
+                             f"0.5 the sharpest direction keeps 2/3 of its share) or None, got "
+                             f"{self.localised}")
+        if not self.localised_relaxation > 0:
+            raise ValueError(f"localised_relaxation must be positive, got "
+                             f"{self.localised_relaxation}")
         if not self.relaxation_burnin >= 0 or not self.relaxation_kept >= 0 \
                 or self.max_draws < 2:
             raise ValueError(f"need relaxation_burnin >= 0, relaxation_kept >= 0 and "

@@ -371,6 +371,46 @@ def test_the_relaxation_budget_gives_chains_their_stationary_value():
         assert abs(r.value - want) <= max(4 * r.std / 2, 0.02 * want), (draws, r.value, want)
 
 
+def test_the_localised_tier_estimates_the_llc_at_its_stated_localisation():
+    """A planted checkpoint like a transformer's: 20 stiff directions over 380 soft ones whose
+    share depends on gamma (n_beta h = 1 against gamma = 10 or 100), so no gamma-independent
+    value exists and the strict tier chooses nothing. The localised tier chooses a setting at
+    gamma = 0.1 * n_beta * lambda_max, with chains relaxed under it, whose estimate is the
+    closed form of the localised LLC there (the soft directions' share is n_beta h / (2
+    (n_beta h + gamma)) each), not the unlocalised value nor the strict tier's unrelaxed one."""
+    from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
+
+    d, n_beta, lam = 400, 1000.0, 1.0
+    h = torch.cat([torch.full((20,), lam, dtype=torch.float64),
+                   torch.full((d - 20,), 1e-3 * lam, dtype=torch.float64)])
+    model, batch = _Quadratic(d), _QuadraticBatch(h)
+    base = LLCSettings(n_chains=4, n_beta=n_beta, minibatch_size=None)  # 200 draws, 100 burn-in
+    cal = calibrate_llc(model, batch, base, untrained_loss=2.0, lambda_max=lam)
+    assert cal.kind == "localised" and cal.converged, cal.reason
+    strict = [p for p in cal.points if p.tier == "gamma-independent"]
+    assert strict and not any(p.passed for p in strict)
+    chosen = next(p for p in cal.points if p.passed)
+    assert chosen.tier == "localised" and chosen.localisation == 0.1
+    ch = cal.chosen
+    assert ch["gamma"] == pytest.approx(0.1 * n_beta * lam)
+    # chains of >= 2 relaxation times tau = 1 / (c k) of burn-in and of kept draws
+    tau = 1 / (chosen.step * chosen.localisation)
+    assert ch["n_burnin"] >= 2 * tau and ch["n_draws"] - ch["n_burnin"] >= 2 * tau
+    expected, stationary = _expected_llc(h, n_beta, ch["eps"], ch["gamma"], ch["n_draws"],
+                                         ch["n_burnin"])
+    assert expected / stationary > 0.98  # relaxed: within 2% of the localised value
+    assert stationary == pytest.approx(float((n_beta * h / (2 * (n_beta * h + 100))).sum()),
+                                       rel=0.02)  # that value, to discretisation
+    r = estimate_llc(model, batch, cal.apply(base))
+    assert r.converged and abs(r.value - expected) <= max(3 * r.std / 2, 0.03 * expected), \
+        (r.value, r.std, expected)
+    unlocalised = float((h > 0).sum()) / 2  # 200: what gamma -> 0 would approach
+    assert r.value < unlocalised / 10
+    off = calibrate_llc(model, batch, base, untrained_loss=2.0, lambda_max=lam,
+                        calibration=CalibrationSettings(localised=None))
+    assert off.chosen is None and off.kind == "" and "localised tier" not in off.reason
+
+
 class _RotatedQuadraticBatch(_QuadraticBatch):
     """L(w) = L0 + 1/2 w^T Q diag(h) Q^T w: the planted spectrum in a random basis, so that
     a probe's quadrature is a real estimate (on a diagonal Hessian Rademacher probes are

@@ -64,7 +64,13 @@ def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None
     assert grid[1]["halving_change"] is None and not grid[1]["passed"]
     assert cal["untrained_loss"] > out["init_loss"]  # 12 steps of training lowered the loss
     if cal["chosen"] is not None:  # the choice is what the estimate used, judged by its bound
-        assert grid[0]["passed"] and len(grid) == 3  # c/2 and k/10 were run to judge it
+        picked = [p for p in grid if p["passed"]]
+        assert len(picked) == 1 and picked[0]["tier"] == cal["kind"]
+        if cal["kind"] == "gamma-independent":
+            assert grid[0]["passed"] and len(grid) == 3  # c/2 and k/10 were run to judge it
+        else:  # no gamma-independent point passed; the localised tier at k = 0.1 chose
+            assert cal["kind"] == "localised" and picked[0]["localisation"] == 0.1
+            assert not any(p["passed"] for p in grid if p["tier"] == "gamma-independent")
         assert (out["eps"], out["gamma"]) == (cal["chosen"]["eps"], cal["chosen"]["gamma"])
         assert out["max_rise"] == cal["chosen"]["max_rise"] and "in_basin" in out["checks"]
         assert out["value"] == pytest.approx(out["n_beta"] * out["loss_rise"], rel=1e-6)
@@ -126,7 +132,11 @@ def test_report_section_shows_the_choice() -> None:
     md = calibration_section([record])
     row = next(line for line in md if line.startswith("| T |"))
     assert "eps 1e-06, gamma 1e+03" in row and "| 97.6 |" in row and "| 2 |" in row
-    assert "1/1 pilots chose a setting." in md
+    assert "1/1 pilots chose a setting." in md  # a record from before the tiers
+    localised = {**record, "trial": "L", "kind": "localised"}
+    md = calibration_section([record, localised, {**record, "trial": "N", "chosen": None}])
+    assert "| L | llc | 600 | localised |" in "\n".join(md)
+    assert "2/3 pilots chose a setting (1 localised)." in md
     assert calibration_section([]) == []
 
 

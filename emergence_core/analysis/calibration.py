@@ -34,12 +34,16 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
              "halves and by at most max_localisation_change when gamma is ten times weaker. "
              "With the relaxation budget on, each setting's chains run a burn-in of "
              "relaxation_burnin and keep relaxation_kept relaxation times tau = 1 / (eps x "
-             "gamma), and a setting needing more than max_draws per chain is not run.",
+             "gamma), and a setting needing more than max_draws per chain is not run. When no "
+             "setting passes, the localised tier estimates the LLC at the stated gamma = "
+             "localised x n_beta x lambda_max, its chains relaxed under gamma, and check 4 is "
+             "that bound: a localised value compares across the checkpoints of its trial, not "
+             "with another model's learning coefficient.",
              "",
-             "| trial | measure | pilot step | chosen | value at choice | loss rise | "
+             "| trial | measure | pilot step | tier | chosen | value at choice | loss rise | "
              "untrained loss | R-hat | change at eps/2 | change at gamma/10 | settings tried "
              "| n_beta x lambda_max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         grid = r.get("grid") or []
         chosen = r.get("chosen")
@@ -47,13 +51,18 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
                    and p.get("gamma") == chosen.get("gamma")), {})
         what = ", ".join(f"{k} {_num(v)}" for k, v in chosen.items()) if chosen \
             else "**not converged**"
-        lines.append(f"| {r.get('trial')} | {r.get('measure')} | {r.get('step')} | {what} | "
+        lines.append(f"| {r.get('trial')} | {r.get('measure')} | {r.get('step')} | "
+                     f"{r.get('kind') or '-'} | {what} | "
                      f"{_num(at.get('value'))} | {_num(at.get('rise'))} | "
                      f"{_num(r.get('untrained_loss'))} | {_num(at.get('rhat'))} | "
                      f"{_num(at.get('halving_change'))} | {_num(at.get('localisation_change'))} | "
                      f"{len(grid)} | {_num(r.get('n_beta_lambda_max'))} |")
     failed = [r for r in records if r.get("chosen") is None]
-    lines += ["", f"{len(records) - len(failed)}/{len(records)} pilots chose a setting."]
+    kinds = [r.get("kind") for r in records if r.get("chosen") is not None]
+    tiers = ", ".join(f"{kinds.count(k)} {k}" for k in ("gamma-independent", "localised")
+                      if k in kinds)
+    lines += ["", f"{len(records) - len(failed)}/{len(records)} pilots chose a setting"
+                  + (f" ({tiers})." if tiers else ".")]
     if failed:
         lines += ["", f"{len(failed)}/{len(records)} calibrations found no valid setting: those "
                       "trials' values are written as nan with the convergence flag 0."]

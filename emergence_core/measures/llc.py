@@ -90,14 +90,14 @@ class LLCResult:
     n_beta: float
     n_burnin: int
     rhat: float  # split-R-hat of the post-burn-in draws
-    converged: bool  # all chains finite, rhat <= rhat_max, and in the basin where bounded
+    converged: bool  # all chains finite, rhat <= rhat_max, and a rise in (0, max_rise]
     wall_s: float = math.nan
     mean_loss: float = math.nan  # mean post-burn-in sampled loss over the finite chains
     below_share: float = math.nan  # share of kept draws below L_n(w*)
     drift_noise: float = math.nan  # median over kept draws of |drift step| / |noise step|
     mala_acceptance: float = math.nan  # mean MALA acceptance of kept steps; nan: minibatches
     precond_change: float = math.nan  # RMSProp only: how far G still moved before freezing
-    checks: dict[str, bool] = field(default_factory=dict)  # stationary, in_basin (if bounded)
+    checks: dict[str, bool] = field(default_factory=dict)  # stationary, in_basin
     eps: float = math.nan  # the step size and localisation the chains ran at
     gamma: float = math.nan
 
@@ -126,7 +126,7 @@ def llc_from_trace(losses: torch.Tensor, init_loss: float, n_beta: float, n_burn
     """The LLC of a [chains, draws] SGLD loss trace: a pure reduction, in the module's order.
 
     ``converged`` is the stationarity check (every chain finite, split-R-hat <= rhat_max)
-    and, with ``max_rise``, the basin check (0 < mean sampled loss - L_n(w*) <= max_rise).
+    and the basin check: 0 < mean sampled loss - L_n(w*), and <= ``max_rise`` when given.
     """
     d = torch.as_tensor(losses, dtype=torch.float64)
     if d.ndim != 2 or not 0 <= n_burnin < d.shape[1]:
@@ -142,10 +142,12 @@ def llc_from_trace(losses: torch.Tensor, init_loss: float, n_beta: float, n_burn
     stationary = bool(finite.all()) and math.isfinite(rhat) and rhat <= rhat_max
     mean_loss = float(kept[finite].mean()) if good.numel() else math.nan
     below = float((kept[finite] < init_loss).double().mean()) if good.numel() else math.nan
-    checks = {"stationary": stationary}
-    if max_rise is not None:
-        rise = mean_loss - init_loss
-        checks["in_basin"] = math.isfinite(rise) and 0 < rise <= max_rise
+    rise = mean_loss - init_loss
+    # a rise <= 0 says the chains found lower loss: w* is no local minimum and the LLC is not
+    # defined there, whatever the bound (a negative "LLC" is never a converged estimate)
+    checks = {"stationary": stationary,
+              "in_basin": math.isfinite(rise) and rise > 0
+              and (max_rise is None or rise <= max_rise)}
     converged = all(checks.values())
     return LLCResult(value=value, std=std, per_chain=tuple(float(v) for v in per_chain),
                      loss_trace=tuple(tuple(float(x) for x in row) for row in d),

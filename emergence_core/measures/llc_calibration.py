@@ -78,8 +78,28 @@ needs long chains. The model leaves out minibatch noise and the loss's higher-or
 so the chains' own checks still judge every point. It is off by default until the
 known-truth cases pass with it (docs/methods.md §3.4 has the measurement).
 
+The localised tier (``localised``, k = 0.1 by default; None turns it off). A checkpoint taken
+mid-training is no minimum, and a transformer's Hessian is a few outliers over a soft bulk:
+weakening gamma there does not converge to a value, it lets the chains wander off (measured
+on COPY s0 at step 300, c = 0.1, 2,000 draws: 137.5 at k = 0.1, 98.1 at k = 0.01 with a lower
+rise, the chains descending). So when no gamma-independent setting passes, the pilot
+estimates the *localised* LLC at the stated gamma = k * S: for each c, largest first, a run
+whose burn-in and kept draws are each at least ``localised_relaxation`` (2) relaxation times
+tau = 1 / (c k), so that gamma and not the chain's length localises it (at k = 0.1 and
+c = 0.1: 200 + 200 draws; a direction held by gamma alone is then at most
+(e^-2 - e^-4) / 2 = 5.8% short over the kept window, and at one tau the loss still drifts
+enough for split-R-hat to fail on a planted spectrum), and its halved run, which is then
+twice as long: equal in time, so check 3 compares discretisation only. The first c passing
+checks 1-3 is chosen, with check 4 in its second form, the stated bound
+gamma = k * n_beta * lambda_max: the sharpest direction keeps 1 / (1 + k) of its share (91% at
+k = 0.1), softer directions less. The record says which tier chose (``kind``); a localised
+value compares across the checkpoints of its trial (one gamma per trial), not with the
+learning coefficient of another model.
+
 The chosen setting carries ``max_rise``, so every later estimate of the trial is judged by
-checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it.
+checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it. Check 2's
+lower half holds for every estimate, bounded or not: a mean sampled loss at or below L(w*)
+is never a converged LLC.
 """
 
 from __future__ import annotations
@@ -130,6 +150,7 @@ class PilotPoint:
     mala_acceptance: float
     below_share: float
     wall_s: float
+    tier: str = "gamma-independent"  # or "localised": the fallback tier's points
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,7 @@ class LLCCalibration:
     lambda_max: float
     criteria: dict[str, float]
     reason: str = ""  # why nothing was chosen
+    kind: str = ""  # what was chosen: "gamma-independent", "localised", or "" (nothing)
 
     @property
     def converged(self) -> bool:
@@ -159,7 +181,8 @@ class LLCCalibration:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
         stiff = self.n_beta * self.lambda_max
-        return {"chosen": self.chosen, "converged": self.converged, "reason": self.reason,
+        return {"chosen": self.chosen, "converged": self.converged, "kind": self.kind,
+                "reason": self.reason,
                 "init_loss": self.init_loss, "untrained_loss": self.untrained_loss,
                 "n_beta": self.n_beta, "lambda_max": clean(self.lambda_max),
                 "n_beta_lambda_max": clean(stiff), "criteria": self.criteria,
@@ -242,7 +265,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                 "max_rise": max_rise, "max_halving_change": c.max_halving_change,
                 "max_localisation_change": c.max_localisation_change,
                 "relaxation_burnin": c.relaxation_burnin, "relaxation_kept": c.relaxation_kept,
-                "max_draws": c.max_draws, "max_shortfall": c.max_shortfall}
+                "max_draws": c.max_draws, "max_shortfall": c.max_shortfall,
+                "localised": c.localised, "localised_relaxation": c.localised_relaxation}
     stiff = n_beta * lambda_max
     if not (math.isfinite(stiff) and stiff > 0):
         return LLCCalibration((), None, init_loss, float(untrained_loss), n_beta,
@@ -256,9 +280,18 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         spectrum = hessian_spectrum(model, batch, n_probes=c.spectrum_probes,
                                     n_steps=c.spectrum_steps, seed=settings.seed)
     lengths: dict[tuple[int, int], tuple[int, int, float]] = {}
+    tier = len(c.localisations)  # the column of the localised tier's points
+
+    def loc(j: int) -> float:
+        return c.localisations[j] if j < tier else float(c.localised)
 
     def length(i: int, j: int) -> tuple[int, int, float]:
         if (i, j) not in lengths:
+            if j == tier:  # long enough for gamma, not the chain's length, to localise
+                r = c.localised_relaxation
+                lengths[i, j] = (*c.chain_length(c.steps[i], loc(j), settings, (r, r)),
+                                 math.nan)
+                return lengths[i, j]
             n_draws, n_burnin = c.chain_length(c.steps[i], c.localisations[j], settings)
             short = math.nan
             if spectrum is not None:
@@ -274,7 +307,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         if (i, j) not in runs:
             n_draws, n_burnin, _ = length(i, j)
             runs[i, j] = None if n_draws > c.max_draws else estimate_llc(model, batch, replace(
-                base, eps=c.steps[i] / stiff, gamma=c.localisations[j] * stiff,
+                base, eps=c.steps[i] / stiff, gamma=loc(j) * stiff,
                 n_draws=n_draws, n_burnin=n_burnin))
         return runs[i, j]
 
@@ -304,31 +337,47 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                 and localising[i_ok, j] <= c.max_localisation_change:
             chosen = (i_ok, j)
             break
+    kind = "gamma-independent" if chosen is not None else ""
+    if chosen is None and c.localised is not None:
+        # the localised tier: the largest step whose run and halved run (each relaxed under
+        # gamma, so equal in time) pass checks 1-3; check 4 is the stated bound gamma / S = k
+        for i in range(len(c.steps) - 1):
+            a, b = run(i, tier), run(i + 1, tier)
+            if a is None or b is None:
+                break
+            halving[i, tier] = _change(a, b)
+            if all(_sound(a, max_rise)) and all(_sound(b, max_rise)) \
+                    and halving[i, tier] is not None \
+                    and halving[i, tier] <= c.max_halving_change:
+                chosen, kind = (i, tier), "localised"
+                break
     points = []
     nan = math.nan
     for (i, j), r in runs.items():
-        head = (c.steps[i], c.localisations[j], c.steps[i] / stiff, c.localisations[j] * stiff,
-                *length(i, j))
+        head = (c.steps[i], loc(j), c.steps[i] / stiff, loc(j) * stiff, *length(i, j))
+        where = "localised" if j == tier else "gamma-independent"
         if r is None:
             points.append(PilotPoint(*head, nan, nan, nan, nan, nan, False, False, None, None,
-                                     False, False, nan, nan, nan, 0.0))
+                                     False, False, nan, nan, nan, 0.0, where))
             continue
         stationary, in_basin = _sound(r, max_rise)
         points.append(PilotPoint(
             *head, r.value, r.std, r.mean_loss, r.loss_rise, r.rhat, stationary, in_basin,
             halving.get((i, j)), localising.get((i, j)), (i, j) == chosen, True, r.drift_noise,
-            r.mala_acceptance, r.below_share, r.wall_s))
+            r.mala_acceptance, r.below_share, r.wall_s, where))
     fields = None
     reason = ""
     if chosen is not None:
         n_draws, n_burnin, _ = length(*chosen)
-        fields = {"eps": c.steps[chosen[0]] / stiff, "gamma": c.localisations[chosen[1]] * stiff,
+        fields = {"eps": c.steps[chosen[0]] / stiff, "gamma": loc(chosen[1]) * stiff,
                   "n_draws": n_draws, "n_burnin": n_burnin, "max_rise": max_rise}
     else:
         skipped = sum(r is None for r in runs.values())
         reason = ("no step size and localisation passed stationarity, the basin, halving and "
-                  "a weaker localisation together; see the grid"
+                  "a weaker localisation together"
+                  + (f", nor a step size at the localised tier (k = {c.localised})"
+                     if c.localised is not None else "") + "; see the grid"
                   + (f" ({skipped} point(s) needed more than max_draws = {c.max_draws} draws "
                      "per chain and were not run)" if skipped else ""))
     return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
-                          float(lambda_max), criteria, reason)
+                          float(lambda_max), criteria, reason, kind)

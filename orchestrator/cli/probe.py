@@ -21,7 +21,8 @@ _SHOWN = ("value", "std", "converged", "checks", "init_loss", "mean_loss", "loss
 
 def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
     """The LLC pilot's grid as a table: one line per setting tried, its chain length (and
-    the spectral budget's predicted shortfall), its four checks."""
+    the spectral budget's predicted shortfall), its four checks; the localised tier's points
+    say so (their check 4 is the stated bound k, so "k/10" is empty)."""
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
 
@@ -43,6 +44,7 @@ def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
             f"{_fmt(p['rhat']):>6} {mark(p.get('stationary')):>4} {mark(p.get('in_basin')):>5} "
             f"{judged(p.get('halving_change')):>6} {judged(p.get('localisation_change')):>6} "
             f"{_fmt(p.get('mala_acceptance')):>5} {_fmt(p.get('drift_noise')):>11}"
+            f"{'  localised' if p.get('tier') == 'localised' else ''}"
             f"{'  chosen' if p.get('passed') else ''}")
     return lines
 
@@ -104,8 +106,9 @@ def probe(
         typer.echo(f"  {out['status']}")
     cal = out.get("calibration")
     if cal:
+        kind = f" ({cal['kind']})" if cal.get("kind") else ""
         typer.echo(f"  calibration ({cal['source']}, pilot at step {cal['step']}): chosen "
-                   f"{cal['chosen'] or 'nothing (not converged)'}")
+                   f"{cal['chosen'] or 'nothing (not converged)'}{kind}")
         if cal.get("reason"):
             typer.echo(f"    {cal['reason']}")
         for line in pilot_grid_lines(cal.get("grid") or []):

@@ -146,7 +146,8 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
                            "wall_s": time.perf_counter() - t0}
     if record is not None:
         out["calibration"] = {"source": calibration_source, "step": record.get("step"),
-                              "chosen": record.get("chosen"), "grid": record.get("grid"),
+                              "chosen": record.get("chosen"), "kind": record.get("kind"),
+                              "grid": record.get("grid"),
                               "lambda_max": record.get("lambda_max"),
                               "n_beta_lambda_max": record.get("n_beta_lambda_max"),
                               "criteria": record.get("criteria"),

@@ -6,8 +6,13 @@ the sweep) is rebuilt with ``emerge train`` (the run is deterministic: the same 
 the sweep's), then ``emerge probe --measure llc --json`` runs the pilot and the estimate at
 its choice with the sweep's own LLC settings (probe batch, chains, draws, minibatch). One
 row per trial goes to ``llc_pilots.csv``; ``--summary`` prints the counts from that CSV.
+The pilot chooses in one of two tiers (``kind``, docs/methods.md §3.4): gamma-independent
+(checks 1-4 with a weaker localisation) or, failing that, localised at the stated
+gamma = k * n_beta * lambda_max with chains relaxed under it.
 
-    python studies/cpu-s0/llc_pilots.py --work runs/llc-pilots   # about 40 minutes, 1 core
+    python studies/cpu-s0/llc_pilots.py --work runs/llc-pilots   # about an hour, 1 core
+    python studies/cpu-s0/llc_pilots.py --work runs/llc-pilots --shard 0/2 &   # two cores
+    python studies/cpu-s0/llc_pilots.py --work runs/llc-pilots --shard 1/2
     python studies/cpu-s0/llc_pilots.py --summary
 """
 
@@ -26,9 +31,10 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CSV = HERE / "llc_pilots.csv"
-FIELDS = ["trial", "task", "seed", "step", "chosen", "c", "k", "eps", "gamma", "value", "std",
-          "rise", "max_rise", "rhat", "stationary", "in_basin", "halving_change",
-          "localisation_change", "estimate_converged", "points_run", "lambda_max", "wall_s"]
+FIELDS = ["trial", "task", "seed", "step", "chosen", "kind", "c", "k", "eps", "gamma",
+          "n_draws", "n_burnin", "value", "std", "rise", "max_rise", "rhat", "stationary",
+          "in_basin", "halving_change", "localisation_change", "localised_bound",
+          "estimate_converged", "points_run", "lambda_max", "wall_s"]
 
 
 def _sweep() -> dict:
@@ -43,72 +49,122 @@ def _emerge(*args: str) -> str:
     return r.stdout
 
 
-def run(work: Path) -> None:
+def _part(shard: tuple[int, int]) -> Path:
+    return CSV.with_name(f"llc_pilots.part{shard[0]}of{shard[1]}.csv")
+
+
+def _trials(sweep: dict) -> list[tuple[str, int]]:
+    return [(task, seed) for task in sweep["tasks"] for seed in sweep["seeds"]]
+
+
+def run(work: Path, shard: tuple[int, int] = (0, 1)) -> None:
     sweep = _sweep()
     llc = sweep["probes"]["measures"]["llc"]
     sets = [f"--set={k}={v}" for k, v in llc["settings"].items()]
+    path = CSV if shard == (0, 1) else _part(shard)
     done = set()
-    if CSV.exists():
-        with CSV.open() as f:
-            done = {row["trial"] for row in csv.DictReader(f)}
-    new = not CSV.exists()
-    with CSV.open("a", newline="") as f:
+    for p in {CSV, path}:
+        if p.exists():
+            with p.open() as f:
+                done |= {row["trial"] for row in csv.DictReader(f)}
+    new = not path.exists()
+    with path.open("a", newline="") as f:
         out = csv.DictWriter(f, FIELDS)
         if new:
             out.writeheader()
-        for task in sweep["tasks"]:
+        for i, (task, seed) in enumerate(_trials(sweep)):
+            if i % shard[1] != shard[0]:
+                continue
             steps = sweep["per_task"][task]["train"]["steps"]
-            for seed in sweep["seeds"]:
-                trial = f"{task}-s0-{seed}"
-                if trial in done:
-                    continue
-                t0 = time.perf_counter()
-                folder = work / trial
-                _emerge("train", "--task", task, "--seed", str(seed), "--steps", str(steps),
-                        "--out", str(folder), "--threads", "1", "--set", "probe.n_probes=1",
-                        "--set", "diag_size=50", "--set", f"checkpoint.weights_every={steps}")
-                res = json.loads(_emerge("probe", str(folder), "--measure", "llc", "--step",
-                                         str(steps), "--json", "--threads", "1",
-                                         f"--set=batch_size={llc['batch_size']}", *sets)
-                                 .splitlines()[-1])
-                cal = res["calibration"]
-                at = next((p for p in cal["grid"] if p["passed"]), {})
-                out.writerow({
-                    "trial": trial, "task": task, "seed": seed, "step": steps,
-                    "chosen": cal["chosen"] is not None, "c": at.get("step"),
-                    "k": at.get("localisation"), "eps": at.get("eps"), "gamma": at.get("gamma"),
-                    "value": res.get("value"), "std": res.get("std"),
-                    "rise": res.get("loss_rise"), "max_rise": res.get("max_rise"),
-                    "rhat": res.get("rhat"), "stationary": at.get("stationary"),
-                    "in_basin": at.get("in_basin"), "halving_change": at.get("halving_change"),
-                    "localisation_change": at.get("localisation_change"),
-                    "estimate_converged": res.get("converged"), "points_run": len(cal["grid"]),
-                    "lambda_max": cal.get("lambda_max"),
-                    "wall_s": round(time.perf_counter() - t0, 1)})
-                f.flush()
-                print(f"{trial}: chosen {cal['chosen'] is not None}, LLC {res.get('value')}",
-                      flush=True)
+            trial = f"{task}-s0-{seed}"
+            if trial in done:
+                continue
+            t0 = time.perf_counter()
+            folder = work / trial
+            _emerge("train", "--task", task, "--seed", str(seed), "--steps", str(steps),
+                    "--out", str(folder), "--threads", "1", "--set", "probe.n_probes=1",
+                    "--set", "diag_size=50", "--set", f"checkpoint.weights_every={steps}")
+            res = json.loads(_emerge("probe", str(folder), "--measure", "llc", "--step",
+                                     str(steps), "--json", "--threads", "1",
+                                     f"--set=batch_size={llc['batch_size']}", *sets)
+                             .splitlines()[-1])
+            cal = res["calibration"]
+            at = next((p for p in cal["grid"] if p["passed"]), {})
+            out.writerow({
+                "trial": trial, "task": task, "seed": seed, "step": steps,
+                "chosen": cal["chosen"] is not None, "kind": cal.get("kind") or "",
+                "c": at.get("step"), "k": at.get("localisation"), "eps": at.get("eps"),
+                "gamma": at.get("gamma"), "n_draws": at.get("n_draws"),
+                "n_burnin": at.get("n_burnin"),
+                "value": res.get("value"), "std": res.get("std"),
+                "rise": res.get("loss_rise"), "max_rise": res.get("max_rise"),
+                "rhat": res.get("rhat"), "stationary": at.get("stationary"),
+                "in_basin": at.get("in_basin"), "halving_change": at.get("halving_change"),
+                "localisation_change": at.get("localisation_change"),
+                "localised_bound": (cal.get("criteria") or {}).get("localised"),
+                "estimate_converged": res.get("converged"), "points_run": len(cal["grid"]),
+                "lambda_max": cal.get("lambda_max"),
+                "wall_s": round(time.perf_counter() - t0, 1)})
+            f.flush()
+            print(f"{trial}: chosen {cal['chosen'] is not None}, LLC {res.get('value')}",
+                  flush=True)
+
+
+def merge() -> None:
+    """The shards' parts into ``llc_pilots.csv``, in the sweep's trial order."""
+    parts = sorted(HERE.glob("llc_pilots.part*.csv"))
+    if not parts:
+        return
+    rows = {}
+    for p in [CSV, *parts]:
+        if p.exists():
+            with p.open() as f:
+                rows.update({r["trial"]: r for r in csv.DictReader(f)})
+    order = [f"{t}-s0-{s}" for t, s in _trials(_sweep())]
+    with CSV.open("w", newline="") as f:
+        out = csv.DictWriter(f, FIELDS)
+        out.writeheader()
+        out.writerows(rows[t] for t in order if t in rows)
+    for p in parts:
+        p.unlink()
+
+
+def _passes(r: dict) -> bool:
+    """All four checks, in the chosen tier's form of check 4 (docs/methods.md §3.4)."""
+    common = r["stationary"] == "True" and r["in_basin"] == "True" \
+        and float(r["halving_change"]) <= 0.1
+    if r["kind"] == "localised":  # the stated bound, with chains relaxed under gamma
+        tau = 1 / (float(r["c"]) * float(r["k"]))
+        return common and float(r["k"]) <= float(r["localised_bound"]) \
+            and float(r["n_burnin"]) >= 2 * tau - 1 \
+            and float(r["n_draws"]) - float(r["n_burnin"]) >= 2 * tau - 1
+    return common and float(r["localisation_change"]) <= 0.05
 
 
 def summary() -> str:
     with CSV.open() as f:
         rows = list(csv.DictReader(f))
     chosen = [r for r in rows if r["chosen"] == "True"]
-    passing = [r for r in chosen if r["stationary"] == "True" and r["in_basin"] == "True"
-               and float(r["halving_change"]) <= 0.1 and float(r["localisation_change"]) <= 0.05]
+    kinds = {k: sum(r["kind"] == k for r in chosen) for k in ("gamma-independent", "localised")}
+    passing = [r for r in chosen if _passes(r)]
     converged = [r for r in chosen if r["estimate_converged"] == "True"]
     failed = ", ".join(r["trial"] for r in rows if r["chosen"] != "True") or "none"
     return (f"LLC pilots on the {len(rows)} trials of sweeps/cpu-study.yaml: "
-            f"{len(chosen)}/{len(rows)} chose a setting; {len(passing)}/{len(chosen)} chosen "
-            f"settings pass all four checks; {len(converged)}/{len(chosen)} estimates at the "
-            f"choice pass stationarity and the basin. No setting: {failed}.")
+            f"{len(chosen)}/{len(rows)} chose a setting ({kinds['gamma-independent']} "
+            f"gamma-independent, {kinds['localised']} localised); {len(passing)}/{len(chosen)} "
+            f"chosen settings pass all four checks; {len(converged)}/{len(chosen)} estimates "
+            f"at the choice pass stationarity and the basin. No setting: {failed}.")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "llc-pilots")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--shard", default="0/1", help="I/N: every N-th trial from the I-th")
     args = parser.parse_args()
+    i, n = (int(x) for x in args.shard.split("/"))
     if not args.summary:
-        run(args.work)
-    print(summary())
+        run(args.work, (i, n))
+    if args.summary or n == 1:
+        merge()
+        print(summary())
