@@ -276,7 +276,12 @@ def test_a_resumed_trial_makes_the_same_decisions(tmp_path: Path) -> None:
 def test_alert_precision_recall_and_lead_are_counted_against_the_events() -> None:
     import polars as pl
 
-    from emergence_core.analysis.alert_scores import alert_summary, alerts_section, match_alerts
+    from emergence_core.analysis.alert_scores import (
+        alert_summary,
+        alerts_section,
+        baseline_precision,
+        match_alerts,
+    )
 
     details = pl.DataFrame({
         "trial": ["A", "A", "B"], "level": [1, 2, 1], "measure": ["accuracy"] * 3,
@@ -305,5 +310,20 @@ def test_alert_precision_recall_and_lead_are_counted_against_the_events() -> Non
     assert (p["n_vs_offline"], p["median_onset_minus_offline_intervals"]) == (1, -2.0)
     assert (a["alerts"], a["preceded"], a["recall"], a["median_lead_intervals"]) == \
         (1, 1, 0.5, 2.0)
-    text = "\n".join(alerts_section(alert_summary(m, details, leads), 2))
-    assert "| precursor | 4 | 1 | 0.25 | 1/2 | 0.50 | 40 | 4.0 | -2.0 (n=1) |" in text
+    # the baseline: alerts raised at random probe steps. A L1 (event 100, interval 10):
+    # steps 0-90 lie within 10 intervals before it (10 of 16); A L2 never emerges (0 of 16);
+    # B L1 (event 300, interval 20): steps 100-280 (10 of 21)
+    grid = pl.DataFrame(
+        {"trial": ["A"] * 32 + ["B"] * 21, "level": [1] * 16 + [2] * 16 + [1] * 21,
+         "step": [*range(0, 160, 10), *range(0, 160, 10), *range(0, 420, 20)]},
+        schema_overrides={"level": pl.Int8})
+    base = baseline_precision(grid, details)
+    assert base == pytest.approx(20 / 53)
+    assert baseline_precision(grid, details, horizon=2.0) == pytest.approx(4 / 53)
+    text = "\n".join(alerts_section(alert_summary(m, details, leads, base), 2))
+    assert "| precursor | 4 | 1 | 0.25 (0.38) | 1/2 | 0.50 | 40 | 4.0 | -2.0 (n=1) |" in text
+    assert "at most 10 probe intervals (at the event) before it" in text
+    # a horizon of 3 intervals: the alert 4 intervals before A L1's event no longer counts
+    near = match_alerts(alerts, details, horizon=3.0)
+    assert near.filter(pl.col("kind") == "precursor")["preceded"].to_list() == [False] * 4
+    assert near.filter(pl.col("kind") == "approach")["preceded"].to_list() == [True]

@@ -62,8 +62,17 @@ def test_topdown_counts_planted_directions(result) -> None:
     assert s0["n_layers"].to_list() == [2, 2] and s0["rho"].is_nan().all()
     share = a.topdown_summary.row(0, named=True)
     assert (share["k"], share["n"], share["n_undetermined"]) == (2, 4, 2)
-    assert share["ci_method"] == "seed bootstrap"
-    assert share["lo"] == share["hi"] == 0.5  # every resample of seeds keeps the verdicts
+    # two seeds (< bootstrap_min_seeds): Wilson on 2/4
+    from emergence_core.analysis.collapse import topdown_share
+    from emergence_core.analysis.rates import wilson
+    assert share["ci_method"] == "wilson"
+    assert (share["lo"], share["hi"]) == pytest.approx(wilson(2, 4))
+    # resampled, every draw of seeds keeps the verdicts (2/4): the 50-50% interval that says
+    # nothing gives way to Wilson, and the method says why
+    boot = topdown_share(a.collapse, a.topdown, AnalysisSettings(bootstrap_min_seeds=2,
+                                                                 n_bootstrap=50))
+    assert boot["ci_method"] == "wilson (seeds agree)"
+    assert (boot["lo"], boot["hi"]) == pytest.approx(wilson(2, 4))
 
 
 def test_collapse_times_follow_the_planted_layer_order(result) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from emergence_core.analysis import analyze, prediction_limits
+from emergence_core.analysis import AnalysisSettings, analyze, prediction_limits
 from emergence_core.testing import SyntheticConfig, generate
 
 
@@ -39,8 +39,16 @@ def test_concordance_counts_pairs_within_class_scale_and_seed() -> None:
     c = _get(prediction_limits(_signals(rows), ["s0"]), "onset", "concordance", "all")
     # AB AC AD right, BC BD wrong, CD a signal tie (1/2); E and F have no partner
     assert (c["k"], c["n"]) == (3.5, 6)
-    # two seeds: an interval from resampling them (seed 1 has no pair: it adds nothing)
-    assert c["ci_method"] == "seed bootstrap" and c["lo"] <= c["value"] <= c["hi"]
+    # two seeds, fewer than bootstrap_min_seeds: Wilson on k/n
+    from emergence_core.analysis.rates import wilson
+    assert c["ci_method"] == "wilson"
+    assert (c["lo"], c["hi"]) == pytest.approx(wilson(3.5, 6))
+    # allowed to resample two seeds: seed 1 has no pair, so every resample that has a value
+    # repeats seed 0's 3.5/6; that degenerate interval gives way to Wilson, said so
+    b = _get(prediction_limits(_signals(rows), ["s0"], AnalysisSettings(bootstrap_min_seeds=2)),
+             "onset", "concordance", "all")
+    assert b["ci_method"] == "wilson (seeds agree)"
+    assert (b["lo"], b["hi"]) == pytest.approx(wilson(3.5, 6))
 
 
 def test_reversals_are_the_pairs_that_flip_between_scales() -> None:

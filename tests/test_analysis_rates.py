@@ -63,7 +63,20 @@ def test_rates_count_each_class_per_split() -> None:
         0, named=True)
     assert (r["n"], r["n_seeds"], r["precursor_k"], r["lagging_k"]) == (9, 3, 6, 3)
     assert r["precursor_rate"] == pytest.approx(2 / 3)
-    assert r["precursor_lo"] == r["precursor_hi"] == pytest.approx(2 / 3)  # same per seed
+    # three seeds (< bootstrap_min_seeds): Wilson on 6/9, never the bootstrap's 67-67%
+    from emergence_core.analysis.rates import wilson
+
+    assert r["ci_method"] == "wilson"
+    assert (r["precursor_lo"], r["precursor_hi"]) == pytest.approx(wilson(6, 9))
+    assert r["precursor_lo"] < 2 / 3 < r["precursor_hi"]
+    # allowed to bootstrap three seeds, the seeds agree (2/3 in each), every resample is
+    # 2/3: the degenerate interval is replaced by Wilson, and the row says so
+    boot = precursor_rates(_leads(rows), AnalysisSettings(n_bootstrap=200,
+                                                          bootstrap_min_seeds=2))
+    b = boot.filter((pl.col("measure") == "rankme") & (pl.col("split_kind") == "all")).row(
+        0, named=True)
+    assert b["ci_method"] == "wilson (seeds agree)"
+    assert (b["precursor_lo"], b["precursor_hi"]) == pytest.approx(wilson(6, 9))
     hard = rates.filter((pl.col("measure") == "rankme") & (pl.col("split") == "hard")).row(
         0, named=True)
     assert (hard["n"], hard["precursor_k"], hard["lagging_k"]) == (6, 3, 3)
@@ -73,6 +86,31 @@ def test_rates_count_each_class_per_split() -> None:
     assert h["measure"].to_list() == ["rankme", "llc"]  # median lead 40 before 0
     assert h.filter(pl.col("measure") == "rankme")["median_lead"][0] == 40.0
     assert h.filter(pl.col("measure") == "llc")["n_onsets"][0] == 3
+    assert h["rank"].to_list() == [1, 2]
+    # a measure with fewer onsets than the minimum is listed last, unranked
+    few = hierarchy(_leads(rows), rates, min_onsets=4)
+    assert few["measure"].to_list() == ["rankme", "llc"]
+    assert few["rank"].to_list() == [1, None]  # rankme has 6 onsets, llc 3
+
+
+def test_a_few_seeds_that_differ_get_wilson_and_enough_seeds_the_bootstrap() -> None:
+    def rows_for(n_seeds: int) -> list[tuple]:
+        rows = []
+        for seed in range(n_seeds):  # seed-varying shares, so the bootstrap is not degenerate
+            rows += [("accuracy", "rankme", seed, "s0", "easy", "precursor", 50, 5.0, 1, 3)] \
+                * (1 + seed % 3)
+            rows += [("accuracy", "rankme", seed, "s0", "easy", "lagging", -5, -1.0, 1, 0)] * 2
+        return rows
+
+    settings = AnalysisSettings(n_bootstrap=300)
+    # from 5 seeds the precursor share is bootstrapped; synchronous and unresolved are 0 in
+    # every seed, so theirs fall back to Wilson, and the row's method names both
+    both = "seed bootstrap; wilson (seeds agree) where degenerate"
+    for n_seeds, method in ((3, "wilson"), (4, "wilson"), (5, both), (8, both)):
+        r = precursor_rates(_leads(rows_for(n_seeds)), settings).filter(
+            pl.col("split_kind") == "all").row(0, named=True)
+        assert r["ci_method"] == method, n_seeds
+        assert r["precursor_lo"] < r["precursor_rate"] < r["precursor_hi"]
 
 
 def test_one_seed_gets_a_wilson_interval_and_says_so() -> None:

@@ -34,8 +34,8 @@ def test_report_on_planted_data_states_the_planted_numbers(planted, tmp_path) ->
     # the linear probe is synchronous; every layer order top-down (s1's four blocks; s0's
     # two cannot say); 2 seeds -> a CI
     assert "accuracy: 24/24 (trial, level) series emerge" in md
-    assert "rankme is a precursor in 24/24 events (100%, 95% CI 100-100%)" in md
-    assert "llc is a precursor in 0/24 events (0%, 95% CI 0-0%)" in md
+    assert "rankme is a precursor in 24/24 events (100%, 95% CI 86-100%)" in md
+    assert "llc is a precursor in 0/24 events (0%, 95% CI 0-14%)" in md
     assert "lagging in 24/24 events (100%)" in md
     assert "linear_probe is a precursor in 0/24 events" in md
     assert "synchronous in 24/24 events (100%)" in md
@@ -61,7 +61,8 @@ def test_report_on_planted_data_states_the_planted_numbers(planted, tmp_path) ->
     assert "Same-grid control" in md
     assert "## Robustness: how RankMe is measured" in md
     assert "| rankme / per level |" in md and "| rankme_uncentred / pooled |" in md
-    assert "(seed bootstrap)" in md
+    assert "(wilson)" in md  # two seeds, fewer than bootstrap_min_seeds
+    assert "CI 100-100%" not in md and "CI 0-0%" not in md
     assert "2/2 (task, scale) combinations with a verdict are top-down (95% CI" in md
     assert "Only layers that collapse vote: 2 to 4 per combination" in md
     assert "A verdict needs 3 voting layers, else it is undetermined." in md

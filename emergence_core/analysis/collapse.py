@@ -15,9 +15,9 @@ counted (``n_constant``, ``n_shallow``, ``n_embedding``); each verdict states ho
 layers it rests on (``n_layers``) and needs ``topdown_min_layers`` of them.
 
 Intervals: the share of top-down (task, scale) combinations and each task level's floor CV
-get a percentile bootstrap over seeds (all trials of a resampled seed together) where
-there are two or more seeds; with one seed the top-down share gets a Wilson interval and the
-CV none (``ci_method`` says which).
+get a percentile bootstrap over seeds (all trials of a resampled seed together): the share
+with at least ``bootstrap_min_seeds`` seeds (fewer, or every resample the same share: a
+Wilson interval), the CV with two or more (with one seed, none; ``ci_method`` says which).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import polars as pl
 from scipy import stats
 
 from emergence_core.analysis.frames import group_slices
-from emergence_core.analysis.rates import wilson
+from emergence_core.analysis.rates import DEGENERATE, wilson
 from emergence_core.analysis.series import collapse_floor
 from emergence_core.analysis.settings import AnalysisSettings
 
@@ -254,7 +254,8 @@ def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: Analysi
     """k/n top-down among the (task, scale) combinations of ``table`` (``topdown``'s) that
     have a verdict (``n_undetermined`` counts the rest), with an interval: seeds resampled
     (``n_bootstrap`` times, voting and verdicts recomputed) when the collapse table holds
-    two or more seeds, else Wilson over the combinations."""
+    at least ``bootstrap_min_seeds`` seeds, else (and where every resample gives the same
+    share) Wilson over the combinations."""
     undetermined = int((table["verdict"] == "undetermined").sum()) if table.height else 0
     k, n = int((table["verdict"] == "top-down").sum()), table.height - undetermined
     seeds = sorted(set(collapse["seed"].to_list())) if collapse.height else []
@@ -262,7 +263,7 @@ def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: Analysi
     if n == 0:
         why = "none (no verdict)" if table.height else "none (no combinations)"
         return base | {"lo": None, "hi": None, "ci_method": why}
-    if len(seeds) < 2:
+    if len(seeds) < settings.bootstrap_min_seeds:
         lo, hi = wilson(k, n, settings.ci_level)
         return base | {"lo": lo, "hi": hi, "ci_method": "wilson"}
     # per (task, scale): the live series' layer, seed index, collapse step and depth
@@ -301,4 +302,7 @@ def topdown_share(collapse: pl.DataFrame, table: pl.DataFrame, settings: Analysi
     shares = shares[np.isfinite(shares)]
     alpha = (1 - settings.ci_level) / 2
     lo, hi = np.quantile(shares, [alpha, 1 - alpha])
+    if not hi > lo:  # every resample the same share: the seeds agree
+        lo, hi = wilson(k, n, settings.ci_level)
+        return base | {"lo": lo, "hi": hi, "ci_method": DEGENERATE}
     return base | {"lo": float(lo), "hi": float(hi), "ci_method": "seed bootstrap"}

@@ -165,9 +165,16 @@ def _variants(a: Analysis) -> list[str]:
                                   "layers_median", "topdown_changed", "precursor",
                                   "precursor_lo", "precursor_hi", "precursor_first_k",
                                   "hierarchy_rank", "changes"]),
-            "", "Intervals: topdown_lo/hi and precursor_lo/hi are seed-bootstrap intervals "
-            "with two or more seeds, Wilson otherwise (tables/variants.csv names the method).",
+            "", f"Intervals: topdown_lo/hi and precursor_lo/hi: {_ci_rule(a)} "
+            "(tables/variants.csv names the method).",
             ""]
+
+
+def _ci_rule(a: Analysis) -> str:
+    m = a.settings.bootstrap_min_seeds
+    return (f"a seed bootstrap with {m} or more seeds; with fewer, or where every resample "
+            "gives the same share, a Wilson score interval on k/n (which treats the events "
+            "as independent)")
 
 
 def _precursors(a: Analysis, event: str) -> list[str]:
@@ -190,7 +197,7 @@ def _precursors(a: Analysis, event: str) -> list[str]:
            f"and event (column tolerance of tables/leads.csv): {tol}. Precursor when lead > "
            "tolerance, lagging when lead < -tolerance; within it synchronous when the "
            "tolerance is the event's own interval, unresolved when the measure's coarser grid "
-           "makes it wider. Intervals: seed bootstrap with two or more seeds, else Wilson "
+           f"makes it wider. Intervals: {_ci_rule(a)} "
            "(column ci_method of tables/rates.csv).", ""]
     if rates.height == 0:
         return [*out, "No events with measure series: no precursor rates.", ""]
@@ -257,21 +264,33 @@ def _precursors(a: Analysis, event: str) -> list[str]:
         "split", index="measure", values="k/n")
     out += ["", "Precursor k/n by difficulty class and scale:", "",
             *_table(wide, wide.columns), ""]
+    least = a.settings.rank_min_onsets
     if hier.height:
         out.append("Geometric hierarchy (median lead in probe intervals, earliest first; the "
-                   "order of the list above and of figures/leads.png): "
-                   + " > ".join(f"{m} ({_num(i) if i is not None else 'n/a'} intervals, "
-                                f"{v:.0f} steps)" for m, i, v in
-                                hier.select("measure", "median_lead_intervals",
-                                            "median_lead").rows()) + ".")
+                   "order of the list above and of figures/leads.png; a measure is ranked "
+                   f"over at least {least} onsets): " + _order(hier, least, first=False))
     first = a.hierarchy_first.filter(pl.col("event") == event)
     if first.height:
         out += ["", "The same under the first-change-after-the-floor rule: "
-                + " > ".join(f"{m} ({_num(i) if i is not None else 'n/a'} intervals, "
-                             f"{v:.0f} steps; precursor {k}/{n})" for m, i, v, k, n in
-                             first.select("measure", "median_lead_intervals", "median_lead",
-                                          "precursor_k", "n").rows()) + "."]
+                + _order(first, least, first=True)]
     return [*out, ""]
+
+
+def _order(hier: pl.DataFrame, least: int, first: bool) -> str:
+    """The ranked measures joined by '>', then the unranked ones with their onset counts."""
+    def one(r: dict) -> str:
+        i = r["median_lead_intervals"]
+        extra = f"; precursor {r['precursor_k']}/{r['n']}" if first else ""
+        return (f"{r['measure']} ({_num(i) if i is not None else 'n/a'} intervals, "
+                f"{r['median_lead']:.0f} steps{extra})")
+
+    rows = list(hier.iter_rows(named=True))
+    ranked = [one(r) for r in rows if r["rank"] is not None]
+    rest = [f"{r['measure']} ({r['n_onsets']})" for r in rows if r["rank"] is None]
+    text = " > ".join(ranked) if ranked else f"no measure has {least} onsets"
+    if rest:
+        text += f"; not ranked, fewer than {least} onsets: " + ", ".join(rest)
+    return text + "."
 
 
 def _prediction(a: Analysis) -> list[str]:

@@ -295,8 +295,8 @@ def analyze(metrics: Metrics, settings: AnalysisSettings | None = None) -> Analy
         series, behaviour, details, found.leads, settings,
         dict(ends.select("trial", "collapse_step").iter_rows()))
     td = topdown(collapse, settings)
-    hier = hierarchy(leads, rates)
-    hier_first = hierarchy(leads, rates_first, "_first")
+    hier = hierarchy(leads, rates, min_onsets=settings.rank_min_onsets)
+    hier_first = hierarchy(leads, rates_first, "_first", settings.rank_min_onsets)
     signals = event_signals(details, found.onsets, collapse, difficulty, inv, settings)
     return Analysis(
         settings=settings, n_rows=int(inv["n_rows"].sum()) if inv.height else 0,

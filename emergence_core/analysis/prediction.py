@@ -22,8 +22,8 @@ matches the emergence order at both scales.
 
 Intervals (``lo``, ``hi``, ``ci_method``) on concordance and reversal: a percentile bootstrap
 over seeds (seeds drawn with replacement, each draw a distinct cluster, the statistic
-recomputed once per distinct multiset drawn) with two or more seeds, else a Wilson interval
-on k/n.
+recomputed once per distinct multiset drawn) with at least ``bootstrap_min_seeds`` seeds,
+else, and where every resample gives the same value, a Wilson interval on k/n.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import polars as pl
 from scipy import stats
 
 from emergence_core.analysis.frames import group_slices, unit_expr
-from emergence_core.analysis.rates import wilson
+from emergence_core.analysis.rates import DEGENERATE, wilson
 from emergence_core.analysis.settings import AnalysisSettings
 
 __all__ = ["SIGNALS", "event_signals", "prediction_limits"]
@@ -142,7 +142,8 @@ def _pair_rows(df: pl.DataFrame, signal: str, scales: list[str]) -> list[dict]:
 def _with_intervals(rows: list[dict], df: pl.DataFrame, signal: str, scales: list[str],
                     settings: AnalysisSettings) -> list[dict]:
     seeds = sorted(set(df["seed"].to_list())) if df.height else []
-    if len(seeds) >= 2:
+    boot = len(seeds) >= settings.bootstrap_min_seeds
+    if boot:
         rng = np.random.default_rng(settings.bootstrap_seed)
         draws: dict[tuple[str, str], list[float]] = {}
         seen: dict[tuple, list[dict]] = {}  # the statistic depends on the multiset drawn
@@ -159,13 +160,15 @@ def _with_intervals(rows: list[dict], df: pl.DataFrame, signal: str, scales: lis
                     draws.setdefault((r["statistic"], r["scope"]), []).append(r["value"])
     alpha = (1 - settings.ci_level) / 2
     for r in rows:
-        if len(seeds) >= 2:
+        lo = hi = np.nan
+        method = "wilson"
+        if boot:
             v = draws.get((r["statistic"], r["scope"]), [])
-            lo, hi = np.quantile(v, [alpha, 1 - alpha]) if v else (np.nan, np.nan)
-            method = "seed bootstrap"
-        else:
+            if v:
+                lo, hi = np.quantile(v, [alpha, 1 - alpha])
+            method = "seed bootstrap" if hi > lo or not v else DEGENERATE
+        if method != "seed bootstrap":
             lo, hi = wilson(r["k"], r["n"], settings.ci_level)
-            method = "wilson"
         r |= {"lo": None if np.isnan(lo) else float(lo), "hi": None if np.isnan(hi)
               else float(hi), "ci_method": method if r["n"] else None}
     return rows

@@ -2,7 +2,8 @@
 
 docs/methods.md §4: for each measure the fraction of events for which it is a precursor (and
 synchronous, lagging), split by difficulty class and by scale, each with its count k/n
-and, where the split holds more than one seed, a bootstrap confidence interval over seeds.
+and a confidence interval: a bootstrap over seeds where the split holds at least
+``bootstrap_min_seeds`` of them, a Wilson score interval otherwise (``interval``).
 
 Denominator: the events for which the measure has a series (``n``), including those
 where the series shows no change point (class ``no_onset``), which count as not a
@@ -18,8 +19,8 @@ import polars as pl
 from emergence_core.analysis.frames import group_slices
 from emergence_core.analysis.settings import AnalysisSettings
 
-__all__ = ["CLASSES", "cluster_bootstrap", "hierarchy", "interval", "precursor_rates",
-           "wilson"]
+__all__ = ["CLASSES", "DEGENERATE", "cluster_bootstrap", "hierarchy", "interval",
+           "precursor_rates", "row_method", "wilson"]
 
 CLASSES = ("precursor", "synchronous", "unresolved", "lagging")
 
@@ -58,17 +59,36 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    lo = 0.0 if k <= 0 else max(0.0, float(centre - half))  # exact at the ends, not 1e-17
+    hi = 1.0 if k >= n else min(1.0, float(centre + half))
+    return lo, hi
 
 
 def interval(k: np.ndarray, n: np.ndarray, settings: AnalysisSettings) -> tuple[float, float, str]:
-    """(lo, hi, method) of sum(k)/sum(n): seed bootstrap with >= 2 seeds, else Wilson."""
-    if len(k) >= 2:
+    """(lo, hi, method) of sum(k)/sum(n): the seed bootstrap with at least
+    ``bootstrap_min_seeds`` seeds, else Wilson; Wilson too where the bootstrap is degenerate
+    (every resample the same share: the seeds agree), so no interval reads 0-0%."""
+    if len(k) >= settings.bootstrap_min_seeds:
         lo, hi = cluster_bootstrap(k, n, n_resamples=settings.n_bootstrap,
                                    level=settings.ci_level, seed=settings.bootstrap_seed)
-        return lo, hi, "seed bootstrap"
+        if hi > lo:
+            return lo, hi, "seed bootstrap"
+        method = DEGENERATE
+    else:
+        method = "wilson"
     lo, hi = wilson(int(np.sum(k)), int(np.sum(n)), settings.ci_level)
-    return lo, hi, "wilson"
+    return lo, hi, method
+
+
+DEGENERATE = "wilson (seeds agree)"
+
+
+def row_method(methods: list[str]) -> str:
+    """One ci_method for a row of several intervals: theirs when they agree, else the
+    bootstrap's with the Wilson fallback named."""
+    if len(set(methods)) == 1:
+        return methods[0]
+    return f"seed bootstrap; {DEGENERATE} where degenerate"
 
 
 def _splits(leads: pl.DataFrame) -> pl.DataFrame:
@@ -108,15 +128,17 @@ def precursor_rates(leads: pl.DataFrame, settings: AnalysisSettings) -> pl.DataF
             cols[name].append(v)
         cols["n"].append(int(n.sum()))
         cols["n_seeds"].append(b - a)
-        cols["ci_method"].append("seed bootstrap" if b - a >= 2 else "wilson")
+        methods = []
         for c in CLASSES:
             k = counts[c][a:b]
-            lo, hi, _ = interval(k, n, settings)
+            lo, hi, method = interval(k, n, settings)
+            methods.append(method)
             cols[f"{c}_k"].append(int(k.sum()))
             cols[f"{c}_rate"].append(float(k.sum() / n.sum()))
             cols[f"{c}_lo"].append(None if np.isnan(lo) else lo)
             cols[f"{c}_hi"].append(None if np.isnan(hi) else hi)
         cols["no_onset_k"].append(int(counts["no_onset"][a:b].sum()))
+        cols["ci_method"].append(row_method(methods))
     schema = {k: pl.String for k in keys} | {"n": pl.Int64, "n_seeds": pl.Int64,
                                               "ci_method": pl.String}
     for c in CLASSES:
@@ -126,19 +148,22 @@ def precursor_rates(leads: pl.DataFrame, settings: AnalysisSettings) -> pl.DataF
     return pl.DataFrame(cols, schema=schema)
 
 
-def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame, suffix: str = "") -> pl.DataFrame:
+def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame, suffix: str = "",
+              min_onsets: int = 1) -> pl.DataFrame:
     """The geometric hierarchy: measures ordered by median lead (earliest first), per event.
 
     Median, quartiles of lead in steps and median lead in probe intervals, over events where
     the measure has an onset. The order (``rank``) is by the lead in probe intervals, which
     is comparable across scales whose probe grids differ (a lead in steps weighs the
-    sparsely probed late events most); ties, then the lead in steps. ``suffix`` picks the
-    onset rule's columns (``leads.RULES``: "" departure, "_first", "_nearest"); ``rates``
-    must be that rule's.
+    sparsely probed late events most); ties, then the lead in steps. A measure with fewer
+    than ``min_onsets`` onsets is listed after the ranked ones with a null ``rank``: one
+    event's lead is no ordering. ``suffix`` picks the onset rule's columns (``leads.RULES``:
+    "" departure, "_first", "_nearest"); ``rates`` must be that rule's.
     """
     onset = {"": "onset_step"}.get(suffix, f"onset{suffix}")
     overall = rates.filter(pl.col("split_kind") == "all").select(
         "event", "measure", "n", "precursor_k", "precursor_rate")
+    ranked = pl.col("n_onsets") >= min_onsets
     return (leads.filter(pl.col(onset).is_not_null())
             .group_by(["event", "measure"]).agg(
                 pl.len().alias("n_onsets"),
@@ -148,6 +173,10 @@ def hierarchy(leads: pl.DataFrame, rates: pl.DataFrame, suffix: str = "") -> pl.
                 pl.col(f"lead_intervals{suffix}").median().alias("median_lead_intervals"),
                 pl.col("xcorr_lag").median().alias("median_xcorr_lag"))
             .join(overall, on=["event", "measure"], how="left")
-            .sort(["event", "median_lead_intervals", "median_lead", "measure"],
-                  descending=[False, True, True, False], nulls_last=True)
-            .with_columns(pl.int_range(1, pl.len() + 1).over("event").alias("rank")))
+            .with_columns(ranked.alias("_ranked"))
+            .sort(["event", "_ranked", "median_lead_intervals", "median_lead", "measure"],
+                  descending=[False, True, True, True, False], nulls_last=True)
+            .with_columns(pl.when(pl.col("_ranked"))
+                          .then(pl.int_range(1, pl.len() + 1).over("event"))
+                          .alias("rank"))
+            .drop("_ranked"))

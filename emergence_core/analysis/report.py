@@ -29,6 +29,7 @@ from emergence_core.analysis.alert_scores import (
     alerts_caption,
     alerts_figure,
     alerts_section,
+    baseline_precision,
     match_alerts,
 )
 from emergence_core.analysis.calibration import calibration_section
@@ -216,12 +217,16 @@ def write_report(metrics: Metrics, out_dir: str | Path,
         captions = {rel: figures.caption(a, rel) for rel in drawn}
         live: list[str] = []
         if alerts is not None:
-            matched = match_alerts(alerts, a.details)
-            summary = alert_summary(matched, a.details, a.leads)
+            horizon = a.settings.alert_horizon
+            matched = match_alerts(alerts, a.details, horizon)
+            grid = a.behaviour.filter((pl.col("measure") == "accuracy")
+                                      & pl.col("level").is_not_null())
+            summary = alert_summary(matched, a.details, a.leads,
+                                    baseline_precision(grid, a.details, horizon))
             for name, table in (("alerts", matched), ("alert_summary", summary)):
                 table.write_csv(tmp / f"tables/{name}.csv")
                 tables.append(f"tables/{name}.csv")
-            live = alerts_section(summary, a.trials.height)
+            live = alerts_section(summary, a.trials.height, horizon)
             chosen, _ = _pick_trials(a, a.settings.max_trial_figures)
             for trial in sorted(set(matched["trial"].to_list()) & set(chosen)):
                 rel = f"figures/alerts_{_safe(trial)}.png"

@@ -81,9 +81,15 @@ class AnalysisSettings:
     ``"TASK:LEVEL"`` strings (every other task level is easy).
 
     Measures analysed: every measure in the table except ``exclude_measures``, or only
-    ``measures`` when given. Bootstrap: ``n_bootstrap`` resamples of seeds, percentile
-    interval at ``ci_level``, generator seeded by ``bootstrap_seed`` (a Wilson interval
-    where there is one seed).
+    ``measures`` when given. Intervals on a share k/n: with at least ``bootstrap_min_seeds``
+    seeds, ``n_bootstrap`` resamples of seeds, percentile interval at ``ci_level``, generator
+    seeded by ``bootstrap_seed``; with fewer seeds, or where every resample gives the same
+    share (all seeds agree, e.g. 0 of n in each), a Wilson score interval on k/n (a 3-seed
+    bootstrap has 10 distinct resamples, and its 95% interval is their extremes, or 0-0%).
+
+    The hierarchy ranks a measure for an event only over at least ``rank_min_onsets``
+    onsets (fewer: listed, unranked). A live alert *preceded* its event when raised at most
+    ``alert_horizon`` probe intervals (at the event) before it.
 
     Prediction limits use ``signal_measure``'s onset. The report draws per-trial figures
     for at most ``max_trial_figures`` trials (the rest are listed, not drawn).
@@ -114,6 +120,9 @@ class AnalysisSettings:
     n_bootstrap: int = 2000
     ci_level: float = 0.95
     bootstrap_seed: int = 0
+    bootstrap_min_seeds: int = 5
+    rank_min_onsets: int = 3
+    alert_horizon: float = 10.0
     signal_measure: str = Measure.RANKME
     max_trial_figures: int = 12
 
@@ -143,6 +152,13 @@ class AnalysisSettings:
             problems.append(f"topdown_min_depth must lie in [0, 1), got {self.topdown_min_depth}")
         if self.n_bootstrap < 1:
             problems.append(f"n_bootstrap must be >= 1, got {self.n_bootstrap}")
+        if self.bootstrap_min_seeds < 2:  # one seed has nothing to resample
+            problems.append(f"bootstrap_min_seeds must be >= 2, got {self.bootstrap_min_seeds}")
+        if self.rank_min_onsets < 1:
+            problems.append(f"rank_min_onsets must be >= 1, got {self.rank_min_onsets}")
+        if not self.alert_horizon > 0:
+            problems.append(f"alert_horizon must be > 0 (probe intervals), got "
+                            f"{self.alert_horizon}")
         if isinstance(self.hard, str) or isinstance(self.measures, str):
             problems.append("hard and measures are lists of strings, not one string")
         if problems:

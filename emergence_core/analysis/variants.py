@@ -131,7 +131,7 @@ def variants_table(collapse_all: pl.DataFrame, scales: pl.DataFrame, rates: pl.D
                             "precursor_first_lo": f0["precursor_lo"],
                             "precursor_first_hi": f0["precursor_hi"]}
                 h = acc_hier.filter(pl.col("measure") == measure)
-                if h.height:
+                if h.height and h["rank"][0] is not None:
                     row["hierarchy_rank"] = int(h["rank"][0])
             row["changes"] = "headline" if is_head else ("; ".join(changes) or "none")
             rows.append(row)

@@ -16,7 +16,9 @@ what the fixes of issue 25 read, and they are deterministic functions of the run
 - ``variants.csv``: its centred-RankMe rows are recomputed from ``collapse.csv``; the
   uncentred rows keep their floors (the floor definition did not change) and their
   precursor counts are recomputed from ``leads.csv``, but their top-down columns are left
-  empty, because the uncentred per-layer collapse rows were not committed.
+  empty, because the uncentred per-layer collapse rows were not committed;
+- ``signals.csv`` (each event's onset and floor depth) gives ``prediction.csv``, whose
+  intervals follow the current rule (Wilson below ``bootstrap_min_seeds`` seeds).
 
 Everything else in ``report/`` (report.md, figures, the other tables) is as the sweep's
 ``emerge analyze`` wrote it.
@@ -34,6 +36,7 @@ import polars as pl
 from emergence_core.analysis.collapse import topdown, topdown_share
 from emergence_core.analysis.leads import classify
 from emergence_core.analysis.pipeline import rule_agreement, rule_rates
+from emergence_core.analysis.prediction import prediction_limits
 from emergence_core.analysis.rates import hierarchy, precursor_rates
 from emergence_core.analysis.settings import AnalysisSettings
 from emergence_core.analysis.variants import variants_table
@@ -78,8 +81,10 @@ def rederive() -> dict[str, pl.DataFrame]:
         old.select(["event", "trial", "level", "measure", *_META]).unique(),
         on=["event", "trial", "level", "measure"], how="left", nulls_equal=True)
     rates = precursor_rates(leads, s)
+    signals = _read("signals", level=pl.Int8, seed=pl.Int64, event_step=pl.Int64,
+                    onset=pl.Float64, floor_depth=pl.Float64)
     rates_first = rule_rates(leads, s, "_first")
-    hier = hierarchy(leads, rates)
+    hier = hierarchy(leads, rates, min_onsets=s.rank_min_onsets)
     scales = collapse.group_by("scale").agg(pl.col("layer").max().cast(pl.Int64)
                                             .alias("n_layers"))
     variants = variants_table(collapse, scales, rates, hier, s, rates_first)
@@ -110,7 +115,8 @@ def rederive() -> dict[str, pl.DataFrame]:
                           "precursor_first_hi": f0["precursor_hi"]}
                 h = hier.filter((pl.col("event") == "accuracy")
                                 & (pl.col("measure") == r["measure"]))
-                r["hierarchy_rank"] = int(h["rank"][0]) if h.height else None
+                r["hierarchy_rank"] = int(h["rank"][0]) if h.height \
+                    and h["rank"][0] is not None else None
             r["changes"] = "; ".join(p for p in str(r["changes"]).split("; ")
                                      if "top-down" not in p) or "none"
             rows.append({k: r.get(k) for k in variants.columns})
@@ -118,7 +124,9 @@ def rederive() -> dict[str, pl.DataFrame]:
     return {"topdown": td, "topdown_summary": share, "leads": leads, "rates": rates,
             "rates_first": rates_first, "rates_nearest": rule_rates(leads, s, "_nearest"),
             "rule_agreement": rule_agreement(leads), "hierarchy": hier,
-            "hierarchy_first": hierarchy(leads, rates_first, "_first"), "variants": variants}
+            "hierarchy_first": hierarchy(leads, rates_first, "_first", s.rank_min_onsets),
+            "variants": variants, "prediction": prediction_limits(
+                signals, sorted(signals["scale"].unique().to_list()), s)}
 
 
 def main() -> None:
