@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from emergence_core.config import resolve_config
 from orchestrator.tracking.store import default_tracking_uri, moved_tracking_uri
 from orchestrator.tracking.sync import MlflowSync
@@ -85,4 +87,12 @@ def test_mlflows_view_keeps_constants_as_params_and_unconverged_estimates_apart(
     keys = {(k, step): v for k, v, _, step in metrics}
     assert keys[("llc.unconverged", 10)] == -1917.0 and keys[("llc", 20)] == 12.5
     assert ("llc", 10) not in keys and keys[("llc_converged", 10)] == 0.0
-    assert keys[("accuracy/L1", 10)] == 0.4 and len(metrics) == 6
+    assert keys[("accuracy/L1", 10)] == 0.4 and len(metrics) == 8
+    # chance-corrected accuracy beside the raw: (0.4 - 0.25) / 0.75, and 0.1 below chance
+    assert keys[("accuracy_corrected/L1", 10)] == pytest.approx(0.2)
+    assert keys[("accuracy_corrected/L1", 0)] == pytest.approx(-0.2)
+    # a later batch without the chance row: the chance known from an earlier one serves
+    later, _ = mlflow_view([row("accuracy", 30, 1.0, 1)], chances={1: 0.25})
+    assert [(k, v) for k, v, _, _ in later] == [("accuracy/L1", 1.0),
+                                                ("accuracy_corrected/L1", 1.0)]
+    assert [k for k, *_ in mlflow_view([row("accuracy", 30, 1.0, 1)])[0]] == ["accuracy/L1"]

@@ -25,6 +25,7 @@ from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.folder_records import failure
+from emergence_core.metrics import Measure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore
 from orchestrator.tracking.ledger import RunLedger
@@ -95,6 +96,7 @@ class MlflowSync:
         # per trial, what MLflow held when this process first sent it rows: the last step
         # held and the (key, step) pairs (see sync_trial)
         self._held: dict[str, tuple[int, set[tuple[str, int]]]] = {}
+        self._chances: dict[str, dict[int, float]] = {}  # per trial, its levels' chance
         self.ledger = RunLedger(self.folder, tracking_uri, sweep, lambda: self.client,
                                 self.notes)
 
@@ -235,7 +237,10 @@ class MlflowSync:
         table = table.filter(mask)
         if table.num_rows == 0:
             return 0
-        view, params = mlflow_view(metric_rows(table))
+        view, params = mlflow_view(metric_rows(table), self._trial_chances(trial, run_id, done))
+        self._chances.setdefault(trial, {}).update(
+            {int(k.split("/L")[1]): float(v) for k, v in params.items()
+             if k.startswith(f"{Measure.CHANCE}/L") and v != "nan"})
         metrics = [Metric(k, v, t, st) for k, v, t, st in view]
         if check_held:
             held = self._held_pairs(run_id, metrics)
@@ -262,6 +267,15 @@ class MlflowSync:
         self._tag_events(run_id, trial)
         self._tag_alerts(run_id, trial)
         return len(metrics)
+
+    def _trial_chances(self, trial: str, run_id: str, done: int) -> dict[int, float]:
+        """The trial's chance per level: known to this process, or (rows already sent by
+        another) read back from the run's ``chance/L<level>`` params."""
+        if trial not in self._chances and done >= 0:
+            held = self.client.get_run(run_id).data.params
+            self._chances[trial] = {int(k.split("/L")[1]): float(v) for k, v in held.items()
+                                    if k.startswith(f"{Measure.CHANCE}/L") and v != "nan"}
+        return self._chances.get(trial, {})
 
     def _held_pairs(self, run_id: str, metrics: list) -> set[tuple[str, int]]:
         """The (key, step) pairs the run holds, for the keys of ``metrics``."""

@@ -7,12 +7,12 @@ written as ``.``: ``rankme/L2/layer1``, ``rankme.prompt_mean/layer2``, ``accurac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from emergence_core.metrics import Measure
 
-__all__ = ["CONSTANT_MEASURES", "CONVERGENCE_FLAGS", "UNCONVERGED", "metric_key",
+__all__ = ["CONSTANT_MEASURES", "CONVERGENCE_FLAGS", "CORRECTED", "UNCONVERGED", "metric_key",
            "metric_rows", "mlflow_view"]
 
 # Constants of a trial level (its chance rate, its diagnostic set's size), logged once: as
@@ -24,15 +24,25 @@ CONSTANT_MEASURES = (Measure.CHANCE, Measure.LOGPROB_CHANCE, Measure.DIAG_SIZE,
 # so the estimate's own chart holds converged values only (Parquet keeps both, flagged).
 CONVERGENCE_FLAGS = {Measure.LLC: Measure.LLC_CONVERGED}
 UNCONVERGED = ".unconverged"
+# Accuracy corrected for chance, (accuracy - chance) / (1 - chance), per level: 0 at the best
+# constant answer, 1 at perfect; the curve the events are detected on (docs/methods.md §4).
+# Derived here, not in Parquet, which holds accuracy and chance themselves.
+CORRECTED = "accuracy_corrected"
 
 
-def mlflow_view(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, float, int, int]],
-                                                          dict[str, str]]:
+def mlflow_view(rows: Sequence[dict[str, Any]], chances: Mapping[int, float] | None = None
+                ) -> tuple[list[tuple[str, float, int, int]], dict[str, str]]:
     """What MLflow holds of metric rows (dicts with measure, layer, level, value, step and
-    wall_time in ms): the metrics as (key, value, timestamp, step), and the params."""
+    wall_time in ms): the metrics as (key, value, timestamp, step), and the params.
+
+    ``chances``: each level's chance rate when ``rows`` (a later batch of a trial) do not
+    carry it; with it, each accuracy row also gives ``accuracy_corrected/L<level>``."""
     bad = {(r["measure"], r["step"]) for r in rows
            if r["measure"] in CONVERGENCE_FLAGS.values() and r["value"] is not None
            and r["value"] < 0.5}
+    known = dict(chances or {})
+    known.update({r["level"]: r["value"] for r in rows if r["measure"] == Measure.CHANCE
+                  and r["level"] is not None and r["value"] is not None})
     flagged = set(CONVERGENCE_FLAGS)
     metrics, params = [], {}
     for r in rows:
@@ -44,6 +54,11 @@ def mlflow_view(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, float, 
         if m in flagged and (CONVERGENCE_FLAGS[m], r["step"]) in bad:
             key += UNCONVERGED
         metrics.append((key, v if v is not None else float("nan"), r["wall_time"], r["step"]))
+        c = known.get(r["level"])
+        if m == Measure.ACCURACY and r["layer"] is None and c is not None and c < 1 \
+                and v is not None:
+            metrics.append((metric_key(CORRECTED, None, r["level"]), (v - c) / (1 - c),
+                            r["wall_time"], r["step"]))
     return metrics, params
 
 
