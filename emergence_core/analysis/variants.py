@@ -38,7 +38,9 @@ from emergence_core.metrics import Measure
 
 __all__ = ["FAMILY", "family", "variants_table"]
 
-FAMILY = (Measure.RANKME, Measure.RANKME_UNCENTRED)
+# RankMe's formula centred and not, and the covariance-spectrum effective ranks that
+# ``emerge multiverse`` computes under their own names (emergence_core.multiverse)
+FAMILY = (Measure.RANKME, Measure.RANKME_UNCENTRED, "erank_cov", "erank_moment")
 
 
 def family(measures: set[str] | list[str], settings: AnalysisSettings) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import analyze, probe, pythia, sweep, train
+from orchestrator.cli import analyze, multiverse, probe, pythia, sweep, train
 
 __all__ = ["app", "main"]
 
@@ -51,6 +51,7 @@ app.command("sync-mlflow")(sweep.sync_mlflow)
 app.command("pythia")(pythia.pythia_command)
 app.command("analyze")(analyze.analyze_command)
 app.command("probe")(probe.probe)
+app.command("multiverse")(multiverse.multiverse_command)
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from orchestrator.common.errors import UsageError
 __all__ = ["probe_checkpoint"]
 
 
-def _trials(folder: RunFolder, load_spec: Callable[[Path], Any]
+def trial_configs(folder: RunFolder, load_spec: Callable[[Path], Any]
             ) -> tuple[str, dict[str, TrainConfig], dict[str, Any]]:
     """(sweep name, trial configs, the sweep's probes.measures) of a run folder."""
     if folder.is_sweep():
@@ -88,7 +88,7 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
         m = get_measure(measure)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sweep, trials, specs = _trials(folder, load_spec)
+    sweep, trials, specs = trial_configs(folder, load_spec)
     name = _pick_trial(trials, trial)
     cfg = trials[name]
     have = folder.weight_steps(name)

@@ -88,6 +88,7 @@ def run(work: Path, shard: tuple[int, int] = (0, 1)) -> None:
                                      str(steps), "--json", "--threads", "1",
                                      f"--set=batch_size={llc['batch_size']}", *sets)
                              .splitlines()[-1])
+            (folder / "llc_pilot.json").write_text(json.dumps(res, indent=1))  # the grid
             cal = res["calibration"]
             at = next((p for p in cal["grid"] if p["passed"]), {})
             out.writerow({

@@ -1,0 +1,127 @@
+"""``emerge multiverse``: every claim under every definition of the collapse measure."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.common import handles_usage_errors, parse_sets
+from orchestrator.common.errors import UsageError
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--{what} {text!r}: expected comma-separated numbers, e.g. "
+                         "0.5,0.8") from None
+
+
+def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int, ...] = (),
+                   thresholds: tuple[float, ...] = (), sets: dict | None = None,
+                   recompute: bool = True, echo=typer.echo) -> Path:
+    """Recompute the definitions of every trial with kept weights (unless already done, or
+    ``recompute`` is False), then write the multiverse tables and figures to ``out``
+    (default RUN_DIR/report/multiverse); returns ``out``."""
+    import polars as pl
+
+    from emergence_core.folder_records import describe
+    from emergence_core.multiverse.claims import multiverse_table
+    from emergence_core.multiverse.definitions import Definition, grid
+    from emergence_core.multiverse.recompute import multiverse_path, recompute_trial
+    from emergence_core.multiverse.report import summary_lines, write_multiverse
+    from emergence_core.run_folder import RunFolder
+    from emergence_core.store import TrialStore
+    from orchestrator.cli.analyze import _readable_parts, resolve_settings
+    from orchestrator.probe_pool.one import trial_configs
+    from orchestrator.sweep.spec import load_spec
+
+    folder = RunFolder(run_dir)
+    info = describe(folder)
+    sweep, trials, _ = trial_configs(folder, load_spec)
+    settings = resolve_settings(info.spec, sets or {})
+    if any(k < 2 for k in samples):
+        raise UsageError(f"--samples {','.join(map(str, samples))}: each must be >= 2")
+    first = next(iter(trials.values()))
+    # a level has at most diag_size samples: a larger count would name the same matrix
+    most = first.diag_size
+    head_k = min(first.probe.rankme_samples, most)
+    chosen = tuple(sorted({min(k, most) for k in samples or (head_k, most)}))
+    definitions = grid(chosen)
+    headline = Definition("singular", True, "sep", "blocks", head_k).name
+    parts = []
+    for name, cfg in trials.items():
+        path = multiverse_path(folder.path, name)
+        have = path.exists() and set(pl.read_parquet(path, columns=["measure"])["measure"]
+                                     .unique().to_list()) >= {d.name for d in definitions}
+        if not have and recompute:
+            steps = TrialStore(folder.path, name).weight_steps()
+            if not steps:
+                echo(f"{name}: no kept weights, left out (keep them with "
+                     "train.checkpoint.weights_every: 1 and probes.keep_weights: true)")
+                continue
+            t0 = time.perf_counter()
+            recompute_trial(folder.path, name, cfg, definitions, sweep=sweep)
+            echo(f"{name}: {len(definitions)} definitions at {len(steps)} steps in "
+                 f"{time.perf_counter() - t0:.0f} s")
+        if path.exists():
+            parts.append(path)
+    if not parts:
+        raise UsageError(f"{folder.path}: no trial has kept weights or multiverse rows; run "
+                         "the sweep with train.checkpoint.weights_every: 1 and "
+                         "probes.keep_weights: true")
+    wanted = [d.name for d in definitions]
+    mv = pl.concat([pl.read_parquet(p).filter(pl.col("measure").is_in(wanted))
+                    for p in parts], how="vertical_relaxed")
+    metric_parts, _ = _readable_parts(info)
+    metrics = pl.concat([pl.read_parquet(p) for p in metric_parts], how="vertical_relaxed")
+    t0 = time.perf_counter()
+    table = multiverse_table(metrics, mv, settings, thresholds or (settings.threshold, 0.8),
+                             headline)
+    target = out or folder.report_dir / "multiverse"
+    write_multiverse(table, target)
+    echo("\n".join(summary_lines(table)))
+    echo(f"{table.height} specifications in {time.perf_counter() - t0:.0f} s; tables and "
+         f"specification curves in {target}")
+    return target
+
+
+def multiverse_command(
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="a run folder whose trials kept their weights")],
+    out: Annotated[Path | None, typer.Option(
+        help="folder for the tables and figures (default: RUN_DIR/report/multiverse)")] = None,
+    samples: Annotated[str | None, typer.Option(
+        help="sample counts per level, comma-separated (default: the trials' "
+             "probe.rankme_samples and diag_size)")] = None,
+    thresholds: Annotated[str | None, typer.Option(
+        help="emergence thresholds, comma-separated (default: the analysis's and 0.8)")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="any AnalysisSettings field (repeatable)")] = None,
+    no_recompute: Annotated[bool, typer.Option(
+        "--no-recompute", help="use the rows already in RUN_DIR/multiverse only")] = False,
+) -> None:
+    """Every claim's statistic and verdict under every definition of the collapse measure.
+
+    A definition fixes the formula (RankMe's singular values, or covariance eigenvalues),
+    centring, read position (sep, last_answer, prompt_mean, all), where the stack ends
+    (blocks, ln_f, logits) and the sample count; the analysis adds per level or pooled, the
+    onset rule and the emergence threshold. The values are recomputed from the trials' kept
+    weights into RUN_DIR/multiverse/ (once), then each claim gets a table and a
+    specification curve. Example:
+
+        emerge multiverse runs/cpu-study --samples 200,300 --thresholds 0.5,0.8
+    """
+    @handles_usage_errors
+    def run() -> None:
+        multiverse_run(run_dir, out,
+                       samples=tuple(int(x) for x in _floats(samples, "samples"))
+                       if samples else (),
+                       thresholds=_floats(thresholds, "thresholds") if thresholds else (),
+                       sets=parse_sets(set_ or []), recompute=not no_recompute)
+
+    run()
