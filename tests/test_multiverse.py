@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 import torch
 
@@ -158,6 +159,21 @@ def test_emerge_multiverse_recomputes_the_logged_measures_and_writes_each_claim(
     md = (out / "multiverse.md").read_text()
     assert "| MOD's collapse measure reaches a floor of about 2.0 |" in md
     assert "share reproduced by option: formula covariance" in md
+    # an --out holding other files is refused before any work, and nothing is written there
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    refused = emerge("multiverse", str(kept), "--out", str(other))
+    assert refused.exit_code == 2 and "holds other files" in refused.output
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    # a zero-byte multiverse file is never trusted: it is recomputed
+    mv_file = next((kept / "multiverse").glob("*.parquet"))
+    kept_bytes = mv_file.read_bytes()
+    mv_file.write_bytes(b"")
+    healed = emerge("multiverse", str(kept), "--thresholds", "0.5", "--out", str(out))
+    assert healed.exit_code == 0 and "96 definitions at 9 steps" in healed.output
+    assert pl.read_parquet(mv_file).height == pl.read_parquet(pa.BufferReader(
+        kept_bytes)).height
     # a second run reuses the recomputed rows
     again = emerge("multiverse", str(kept), "--thresholds", "0.5", "--out", str(out))
     assert again.exit_code == 0 and "definitions at" not in again.output

@@ -24,6 +24,7 @@ from emergence_core.metrics import RowBuffer, TrialKey
 from emergence_core.model import capture_residual
 from emergence_core.multiverse.definitions import Definition, definition_values
 from emergence_core.tasks import TrialData
+from emergence_core.trial.cheap_probes import read_position
 
 __all__ = ["multiverse_path", "read_all", "recompute_trial"]
 
@@ -35,15 +36,9 @@ def multiverse_path(run_dir: str | Path, trial: str) -> Path:
 
 
 def _pick(t: torch.Tensor, position: str, sep: int, answer_len: int) -> torch.Tensor:
-    if position == "all":
-        return t  # [B, T, d]: every position a sample
-    if position == "sep":
-        return t[:, sep]
-    if position == "prompt_mean":
-        return t[:, 1:sep].mean(dim=1)  # prompt tokens sit between LEVEL and SEP
-    if position == "last_answer":
-        return t[:, sep + answer_len]
-    raise ValueError(f"unknown read position {position!r}")
+    """The trial's read positions (``cheap_probes.read_position``), and ``all``: every
+    position of every sequence a sample ([B, T, d], flattened after the samples are taken)."""
+    return t if position == "all" else read_position(t, position, sep, answer_len)
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from emergence_core.model import answer_logits, capture_residual
 from emergence_core.tasks import EncodedSet, TrialData
 
 __all__ = ["LevelReading", "geometry_rows", "geometry_rows_per_value", "read_level",
-           "run_cheap_probes"]
+           "read_position", "run_cheap_probes"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class LevelReading:
     first_answer: torch.Tensor  # [n] the first answer token (the linear probe's label)
 
 
-def _read(slot: torch.Tensor, position: str, sep: int, answer_len: int) -> torch.Tensor:
+def read_position(slot: torch.Tensor, position: str, sep: int, answer_len: int) -> torch.Tensor:
+    """The [B, d] vectors of a [B, T, d] activation at a read position."""
     if position == "sep":
         return slot[:, sep]
     if position == "prompt_mean":
@@ -75,7 +76,7 @@ def read_level(model: nn.Module, enc: EncodedSet, *, sep: int, answer_len: int,
             logits = answer_logits(model, part.inputs, part.positions)
             scores.append(score_answers(logits, part.targets))
             for p in positions:
-                reps[p].append([_read(s, p, sep, answer_len).float() for s in slots])
+                reps[p].append([read_position(s, p, sep, answer_len).float() for s in slots])
     per_layer = {p: [torch.cat(chunks) for chunks in zip(*reps[p], strict=True)]
                  for p in positions}
     return LevelReading(int(enc.level[0]), AnswerScores.cat(scores), per_layer,

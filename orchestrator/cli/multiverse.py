@@ -20,6 +20,26 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
                          "0.5,0.8") from None
 
 
+def _held(path: Path) -> set[str]:
+    """The measures a trial's multiverse file holds; none when it is missing or unreadable
+    (a zero-byte or truncated file is recomputed, never trusted)."""
+    import polars as pl
+
+    try:
+        return set(pl.read_parquet(path, columns=["measure"])["measure"].unique().to_list())
+    except (OSError, pl.exceptions.PolarsError):
+        return set()
+
+
+def _check_target(target: Path) -> None:
+    """An --out that holds files of its own is refused: the tables would mix with them."""
+    if target.is_file():
+        raise UsageError(f"--out {target} is a file; give a folder")
+    if target.is_dir() and any(target.iterdir()) and not (target / "multiverse.md").exists():
+        raise UsageError(f"--out {target} holds other files (no multiverse.md); give a new "
+                         "or empty folder, or an earlier multiverse output")
+
+
 def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int, ...] = (),
                    thresholds: tuple[float, ...] = (), sets: dict | None = None,
                    recompute: bool = True, echo=typer.echo) -> Path:
@@ -42,6 +62,8 @@ def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int
     folder = RunFolder(run_dir)
     info = describe(folder)
     sweep, trials, _ = trial_configs(folder, load_spec)
+    target = out or folder.report_dir / "multiverse"
+    _check_target(target)  # before any work
     settings = resolve_settings(info.spec, sets or {})
     if any(k < 2 for k in samples):
         raise UsageError(f"--samples {','.join(map(str, samples))}: each must be >= 2")
@@ -55,8 +77,7 @@ def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int
     parts = []
     for name, cfg in trials.items():
         path = multiverse_path(folder.path, name)
-        have = path.exists() and set(pl.read_parquet(path, columns=["measure"])["measure"]
-                                     .unique().to_list()) >= {d.name for d in definitions}
+        have = _held(path) >= {d.name for d in definitions}
         if not have and recompute:
             steps = TrialStore(folder.path, name).weight_steps()
             if not steps:
@@ -67,8 +88,11 @@ def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int
             recompute_trial(folder.path, name, cfg, definitions, sweep=sweep)
             echo(f"{name}: {len(definitions)} definitions at {len(steps)} steps in "
                  f"{time.perf_counter() - t0:.0f} s")
-        if path.exists():
+        if _held(path):
             parts.append(path)
+        elif path.exists():
+            echo(f"{name}: {path} cannot be read, left out (it is recomputed unless "
+                 "--no-recompute)")
     if not parts:
         raise UsageError(f"{folder.path}: no trial has kept weights or multiverse rows; run "
                          "the sweep with train.checkpoint.weights_every: 1 and "
@@ -81,7 +105,6 @@ def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int
     t0 = time.perf_counter()
     table = multiverse_table(metrics, mv, settings, thresholds or (settings.threshold, 0.8),
                              headline)
-    target = out or folder.report_dir / "multiverse"
     write_multiverse(table, target)
     echo("\n".join(summary_lines(table)))
     echo(f"{table.height} specifications in {time.perf_counter() - t0:.0f} s; tables and "
