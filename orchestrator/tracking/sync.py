@@ -25,7 +25,6 @@ from emergence_core.calibrations import read_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
 from emergence_core.folder_records import failure
-from emergence_core.metrics import Measure
 from emergence_core.run_folder import RunFolder
 from emergence_core.store import TrialStore
 from orchestrator.tracking.ledger import RunLedger
@@ -33,6 +32,7 @@ from orchestrator.tracking.store import configure
 from orchestrator.tracking.view import (
     CONSTANT_MEASURES,
     UNCONVERGED,
+    chances_of,
     metric_key,
     metric_rows,
     mlflow_view,
@@ -238,9 +238,7 @@ class MlflowSync:
         if table.num_rows == 0:
             return 0
         view, params = mlflow_view(metric_rows(table), self._trial_chances(trial, run_id, done))
-        self._chances.setdefault(trial, {}).update(
-            {int(k.split("/L")[1]): float(v) for k, v in params.items()
-             if k.startswith(f"{Measure.CHANCE}/L") and v != "nan"})
+        self._chances.setdefault(trial, {}).update(chances_of(params))
         metrics = [Metric(k, v, t, st) for k, v, t, st in view]
         if check_held:
             held = self._held_pairs(run_id, metrics)
@@ -272,9 +270,7 @@ class MlflowSync:
         """The trial's chance per level: known to this process, or (rows already sent by
         another) read back from the run's ``chance/L<level>`` params."""
         if trial not in self._chances and done >= 0:
-            held = self.client.get_run(run_id).data.params
-            self._chances[trial] = {int(k.split("/L")[1]): float(v) for k, v in held.items()
-                                    if k.startswith(f"{Measure.CHANCE}/L") and v != "nan"}
+            self._chances[trial] = chances_of(self.client.get_run(run_id).data.params)
         return self._chances.get(trial, {})
 
     def _held_pairs(self, run_id: str, metrics: list) -> set[tuple[str, int]]:

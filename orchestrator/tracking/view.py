@@ -12,7 +12,8 @@ from typing import Any
 
 from emergence_core.metrics import Measure
 
-__all__ = ["CONSTANT_MEASURES", "CONVERGENCE_FLAGS", "CORRECTED", "UNCONVERGED", "metric_key",
+__all__ = ["CONSTANT_MEASURES", "CONVERGENCE_FLAGS", "CORRECTED", "UNCONVERGED", "chances_of",
+           "metric_key",
            "metric_rows", "mlflow_view"]
 
 # Constants of a trial level (its chance rate, its diagnostic set's size), logged once: as
@@ -60,6 +61,13 @@ def mlflow_view(rows: Sequence[dict[str, Any]], chances: Mapping[int, float] | N
             metrics.append((metric_key(CORRECTED, None, r["level"]), (v - c) / (1 - c),
                             r["wall_time"], r["step"]))
     return metrics, params
+
+
+def chances_of(params: Mapping[str, str]) -> dict[int, float]:
+    """Each level's chance from the params ``mlflow_view`` gives (``chance/L<level>``)."""
+    prefix = f"{Measure.CHANCE}/L"
+    return {int(k[len(prefix):]): float(v) for k, v in params.items()
+            if k.startswith(prefix) and v != "nan"}
 
 
 def metric_key(measure: str, layer: int | None, level: int | None) -> str:
