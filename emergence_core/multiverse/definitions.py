@@ -1,4 +1,4 @@
-"""The definitions a collapse measure can take, and its value under each (issue 25).
+"""The definitions a collapse measure can take, and its value under each (docs/methods.md §4.1).
 
 The study names "RankMe of the representation" without saying which representation or
 which spectrum; the committed CPU study found that MOD's floor of about 2.0 holds under no

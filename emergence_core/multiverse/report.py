@@ -63,7 +63,7 @@ def write_multiverse(table: pl.DataFrame, out: Path,
     table.write_csv(files[0])
     lines = ["# Definition multiverse", "",
              "Each claim's statistic under every combination of the stated choices "
-             "(issue 25); `multiverse.csv` has every "
+             "(docs/methods.md §4.1); `multiverse.csv` has every "
              "row, each claim its own table and specification curve.", "",
              *summary_lines(table, claims)]
     for c in claims:
