@@ -96,3 +96,10 @@ def test_mlflows_view_keeps_constants_as_params_and_unconverged_estimates_apart(
     assert [(k, v) for k, v, _, _ in later] == [("accuracy/L1", 1.0),
                                                 ("accuracy_corrected/L1", 1.0)]
     assert [k for k, *_ in mlflow_view([row("accuracy", 30, 1.0, 1)])[0]] == ["accuracy/L1"]
+    # a chance such as 1/97 (MOD) reads back from its param exactly, so a later batch's
+    # corrected accuracy equals what one batch of all rows gives (a sweep's two syncs)
+    from orchestrator.tracking.view import chances_of
+
+    first, params = mlflow_view([row("chance", 0, 1 / 97, 1), row("accuracy", 0, 0.3, 1)])
+    again, _ = mlflow_view([row("accuracy", 10, 0.3, 1)], chances=chances_of(params))
+    assert chances_of(params) == {1: 1 / 97} and first[-1][1] == again[-1][1]

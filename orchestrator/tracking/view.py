@@ -50,7 +50,7 @@ def mlflow_view(rows: Sequence[dict[str, Any]], chances: Mapping[int, float] | N
         m, v = r["measure"], r["value"]
         key = metric_key(m, r["layer"], r["level"])
         if m in CONSTANT_MEASURES:
-            params[key] = "nan" if v is None else f"{v:.10g}"
+            params[key] = _exact(v)
             continue
         if m in flagged and (CONVERGENCE_FLAGS[m], r["step"]) in bad:
             key += UNCONVERGED
@@ -61,6 +61,14 @@ def mlflow_view(rows: Sequence[dict[str, Any]], chances: Mapping[int, float] | N
             metrics.append((metric_key(CORRECTED, None, r["level"]), (v - c) / (1 - c),
                             r["wall_time"], r["step"]))
     return metrics, params
+
+
+def _exact(v: float | None) -> str:
+    """A constant as a param string that reads back as the same float (a later batch's
+    corrected accuracy uses the chance read back, and must equal the first batch's)."""
+    if v is None or v != v:
+        return "nan"
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
 def chances_of(params: Mapping[str, str]) -> dict[int, float]:
