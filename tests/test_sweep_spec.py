@@ -127,6 +127,31 @@ def test_dry_run_prints_the_grid_and_starts_nothing(tmp_path: Path) -> None:
     assert out.index("time to finish") < out.index("MOD-s0-0")  # the summary first
 
 
+def test_dry_run_states_the_weights_the_definition_multiverse_keeps() -> None:
+    """The disk the multiverse's weights cost once the sweep is done, and the switch."""
+    from emergence_core.config import estimate
+    from orchestrator.sweep.views import dry_run_table
+
+    def line(**over) -> str:
+        spec = parse_spec({**BASE, "train": {"steps": 200, "probe": {"n_probes": 40},
+                                             "checkpoint": over.pop("checkpoint", {})}, **over})
+        console = Console(width=400, record=True)
+        console.print(dry_run_table(spec, spec.trials()))
+        text = " ".join(console.export_text().split())
+        return text.split("definition multiverse: ")[1].split(" time to finish")[0]
+
+    spec = parse_spec({**BASE, "train": {"steps": 200, "probe": {"n_probes": 40}}})
+    n, params = len(spec.trials()[0].plan.probe_steps), estimate(spec.trials()[0].config).params
+    mb = f"{n * 4 * params / 1e6:.1f} MB"
+    assert line().startswith(f"weights kept at up to {n} of {n} probe steps ({mb} fp32")
+    assert line(checkpoint={"weights_every": 4}).startswith(
+        f"weights kept at up to {len(range(0, n, 4)) + ((n - 1) % 4 > 0)} of {n} probe steps")
+    assert line(checkpoint={"weights_every": None}).startswith(
+        "off (train.checkpoint.weights_every is null): no weights remain")
+    off = line(probes={"keep_weights": False})
+    assert off.startswith("off (probes.keep_weights is false)") and f"({mb} fp32)" in off
+
+
 def test_dry_run_plans_the_full_grid_on_a_cluster_without_gpus_as_unplaceable() -> None:
     from orchestrator.sweep.cluster import Capacity
     from orchestrator.sweep.views import dry_run_table

@@ -100,6 +100,14 @@ def _weights_files(p: Trial) -> int:
     return min(n, plan.density.window + 1 + plan.density.budget + uniform)
 
 
+def _kept_weights(p: Trial) -> int:
+    """The most weights files the trial leaves when the pool keeps them (keep_weights): its
+    plan's, and those adaptive density may add within its budget."""
+    plan = p.plan
+    extra = 0 if plan.density is None else plan.density.budget
+    return min(len(plan.probe_steps), len(plan.weight_steps) + extra)
+
+
 def _hours(p: Trial, e: Any, cpu_flops: float) -> float:
     """Wall hours of one trial from its FLOPs and the measured rates (module constants)."""
     if p.resources.gpus > 0:
@@ -141,7 +149,9 @@ def dry_run_table(spec: SweepSpec, trials: list[Trial], capacity: Any = None) ->
     for col in ("scale", "trials", "params", "est. PFLOP", "trial-hours", "GPU-hours",
                 "weights (max)", "metrics", "probe jobs"):
         roll.add_column(col, justify="left" if col == "scale" else "right")
-    total = gpu_h = disk = 0.0
+    total = gpu_h = disk = kept = 0.0
+    kept_steps = probe_steps = 0
+    every_step = 0.0
     cpu_load = gpu_load = longest = 0.0
     for scale, rows in by_scale.items():
         flops = sum(e.total_flops for _, e in rows)
@@ -155,6 +165,11 @@ def dry_run_table(spec: SweepSpec, trials: list[Trial], capacity: Any = None) ->
         metrics = sum(len(p.plan.probe_steps) * _rows_per_probe(p) * BYTES_PER_ROW
                       for p, _ in rows)
         disk += weights + metrics
+        if spec.probes.keep_weights:
+            kept_steps += sum(_kept_weights(p) for p, _ in rows)
+            kept += sum(_kept_weights(p) * 4 * e.params for p, e in rows)
+        probe_steps += sum(len(p.plan.probe_steps) for p, _ in rows)
+        every_step += sum(len(p.plan.probe_steps) * 4 * e.params for p, e in rows)
         params = sorted({e.params for _, e in rows})
         shown = f"{params[0] / 1e6:.2f}M" + (f"-{params[-1] / 1e6:.2f}M" if len(params) > 1
                                              else "")
@@ -182,12 +197,30 @@ def dry_run_table(spec: SweepSpec, trials: list[Trial], capacity: Any = None) ->
         "BENCHMARKS.md; expensive probes not included",
         f"disk at most {_size(disk)}: weights files at their most (fp32) and metrics at "
         f"{BYTES_PER_ROW} bytes per row (Parquet, measured on the smoke sweep)",
-        probes]
+        probes, _multiverse_line(kept, kept_steps, every_step, probe_steps,
+                                         spec.probes.keep_weights)]
     if capacity is not None:
         lines.append(_finish_line(capacity, cpu_load, gpu_load, longest, spec))
     lines.append(f"run folder {run_folder_of(spec).path}")
     roll.caption = "\n".join(lines)
     return Group(roll, t)
+
+
+def _multiverse_line(kept: float, kept_steps: int, every: float, probe_steps: int,
+                     keep: bool) -> str:
+    """What the definition multiverse (``emerge multiverse``) can recompute from once the
+    sweep is done, the disk it holds, and the switch; ``every``: the bytes of weights at every
+    probe step."""
+    if not kept_steps:
+        why = ("probes.keep_weights is false" if not keep
+               else "train.checkpoint.weights_every is null")
+        return (f"definition multiverse: off ({why}): no weights remain for `emerge "
+                f"multiverse` to recompute from; weights_every: 1 and keep_weights: true keep "
+                f"all {probe_steps} probe steps ({_size(every)} fp32)")
+    return (f"definition multiverse: weights kept at up to {kept_steps} of {probe_steps} probe "
+            f"steps ({_size(kept)} fp32 after the sweep), where `emerge multiverse` recomputes "
+            "every definition; train.checkpoint.weights_every: null or probes.keep_weights: false "
+            "turns it off")
 
 
 def _finish_line(capacity: Any, cpu_load: float, gpu_load: float, longest: float,
