@@ -46,6 +46,18 @@ def test_failed_chain_is_left_out_and_flags_non_convergence():
     assert r.value == pytest.approx((r.per_chain[0] + r.per_chain[1]) / 2)
 
 
+def test_a_descending_stationary_run_fails_the_basin_not_stationarity():
+    """Chains settled below L(w*) (no local minimum there): check 1 passes, check 2 fails,
+    and the pilot's record keeps the two apart."""
+    from emergence_core.measures.llc_calibration import _sound
+
+    gen = torch.Generator().manual_seed(0)
+    trace = 0.4 + 0.01 * torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    r = llc_from_trace(trace, init_loss=0.5, n_beta=2.0, n_burnin=10)
+    assert r.checks == {"stationary": True, "in_basin": False} and not r.converged
+    assert _sound(r, max_rise=1.0) == (True, False)
+
+
 def test_split_rhat_sees_disagreeing_chains_and_drift():
     gen = torch.Generator().manual_seed(0)
     iid = torch.randn(4, 200, generator=gen, dtype=torch.float64)

@@ -240,8 +240,10 @@ def _change(a: LLCResult, b: LLCResult) -> float | None:
 
 
 def _sound(r: LLCResult, max_rise: float) -> tuple[bool, bool]:
+    """(check 1, check 2) of a run: stationary (every chain finite, split-R-hat), and a rise
+    in (0, max_rise]."""
     rise = r.loss_rise
-    return r.converged, math.isfinite(rise) and 0 < rise <= max_rise
+    return r.checks.get("stationary", False), math.isfinite(rise) and 0 < rise <= max_rise
 
 
 def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
