@@ -238,8 +238,10 @@ def test_calibration_reaches_mlflow_as_params_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sanity_on_a_real_s0_checkpoint(run: Path) -> None:
     """On a real COPY s0 checkpoint (12 steps: loss 2.36, untrained 2.8, so any rise is
-    bounded by 0.44): the first defaults climb several times higher than the new ones (3.7x
-    measured), and a stronger localisation gives a smaller rise. The trained checkpoints'
+    bounded by 0.44): the relative defaults at the batch's own n_beta keep the chains' rise
+    positive and inside that bound, and a stronger localisation gives a smaller rise. (The
+    first defaults, eps 1e-4 and gamma 100, climbed 3.7x higher than the relative ones at the
+    training set's n_beta; at the batch's both rise about 0.27.) The trained checkpoints'
     figures (steps 99 and 600) are in BENCHMARKS.md: too slow for a test."""
     from emergence_core.config import TrainConfig
     from emergence_core.expensive import trial_model, trial_probe_batch, untrained_loss
@@ -254,14 +256,10 @@ def test_sanity_on_a_real_s0_checkpoint(run: Path) -> None:
     TrialStore(folder, cfg.trial_name()).load_weights(model, folder.weight_steps(
         cfg.trial_name())[-1])
     short = dict(n_chains=2, n_draws=40, n_burnin=20, seed=0)
-    first = estimate_llc(model, batch, LLCSettings(sampler="sgld", eps=1e-4, gamma=100.0,
-                                                   n_beta_of="batch", **short))
     new = estimate_llc(model, batch, LLCSettings(**short))
     tight = estimate_llc(model, batch, LLCSettings(gamma=1e4, **short))
-    assert new.n_beta == pytest.approx(sum(len(e) for e in data.train)
-                                       / math.log(sum(len(e) for e in data.train)))
-    assert first.mean_loss - first.init_loss > 2 * abs(new.mean_loss - new.init_loss)
-    assert abs(new.mean_loss - new.init_loss) < 0.25 * untrained
+    assert new.n_beta == pytest.approx(256 / math.log(256))  # the batch's own n / log n
+    assert 0 < new.loss_rise < 0.25 * untrained
     assert abs(tight.loss_rise) < abs(new.loss_rise)
 
 

@@ -67,6 +67,14 @@ class ScoredBatch:
     def n_samples(self) -> int:
         return int(self.targets.shape[0])
 
+    def subset(self, ids: torch.Tensor) -> ScoredBatch:
+        """The batch of the samples ``ids`` (same forward, same population)."""
+        ids = ids.to(self.targets.device)
+        forward = self.forward
+        return ScoredBatch(targets=self.targets[ids],
+                           forward=lambda model, sel: forward(model, ids[sel.to(ids.device)]),
+                           n_population=self.n_population)
+
     @property
     def n_scored(self) -> int:
         """Number of scored positions over the whole batch."""
@@ -223,6 +231,11 @@ class RegressionBatch:
     @property
     def n_samples(self) -> int:
         return int(self.x.shape[0])
+
+    def subset(self, ids: torch.Tensor) -> RegressionBatch:
+        """The batch of the samples ``ids``."""
+        ids = ids.to(self.x.device)
+        return RegressionBatch(self.x[ids], self.y[ids], self.n_population)
 
     def loss(self, model: nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
         if ids is None:

@@ -176,8 +176,8 @@ def estimate_llc(model: nn.Module, batch: LossBatch,
                  settings: LLCSettings | None = None) -> LLCResult:
     """LLC of ``model`` at its current weights, the loss being ``batch.loss`` over its samples.
 
-    n is ``batch.n_samples``; the default n_beta is m / log m over ``batch.n_population``, the
-    training set the batch was drawn from (n when the batch does not say).
+    n is ``batch.n_samples``; the default n_beta is n / log n (``n_beta_of``: "batch"; see
+    :mod:`emergence_core.measures.sgld` for "train" and "minibatch").
     """
     s = settings if settings is not None else LLCSettings()
     if s.eps is None or s.gamma is None:
@@ -201,11 +201,16 @@ def n_beta_for(batch: LossBatch, s: LLCSettings) -> float:
     return s.n_beta if s.n_beta is not None else default_n_beta(m)
 
 
-def stiffness(model: nn.Module, batch: LossBatch, s: LLCSettings) -> tuple[float, float]:
-    """(n_beta, lambda_max): the inverse temperature and the top Hessian eigenvalue at w*."""
+def stiffness(model: nn.Module, batch: LossBatch, s: LLCSettings,
+              samples: int | None = None) -> tuple[float, float]:
+    """(n_beta, lambda_max): the inverse temperature and the top Hessian eigenvalue at w*,
+    the latter on at most ``samples`` of the batch, evenly spaced (None: all)."""
     from emergence_core.measures.hessian import HessianSettings, estimate_hessian
 
     n_beta = n_beta_for(batch, s)
+    n = batch.n_samples
+    if samples is not None and n > samples and hasattr(batch, "subset"):
+        batch = batch.subset(torch.linspace(0, n - 1, samples).round().long())
     lam = estimate_hessian(model, batch, HessianSettings(lanczos_tol=1e-2, max_hvps=80,
                                                          trace_probes=0, seed=s.seed)).lambda_max
     return n_beta, lam

@@ -10,12 +10,12 @@ of the loss at w* (Lanczos, :mod:`emergence_core.measures.hessian`). So the pilo
     eps = c / S   for c in ``steps``        (0.2, 0.1, 0.05, 0.025, 0.0125, 0.00625)
     gamma = k * S for k in ``localisations`` (1e-2, 1e-3, 1e-4)
 
-and no constant tuned on one model is carried to another: n_beta = m / log m grows with the
-data (m the training set), S with n_beta and the checkpoint. Constants such as gamma = 1000
-gave about 0 on every small-n known case (gamma swamped n_beta * h) and +10% on a deep
-linear network with n_beta 1,086; measured in the tests, the relative grid lands within 20%
-on deep linear networks and reduced-rank regressions whose lambda is known (Aoyagi 2024;
-Aoyagi and Watanabe 2005).
+and no constant tuned on one model is carried to another: n_beta = n / log n grows with the
+probe batch's n (the samples L_n is scored on), S with n_beta and the checkpoint. Constants
+such as gamma = 1000 gave about 0 on every small-n known case (gamma swamped n_beta * h) and
++10% on a deep linear network with n_beta 1,086; measured in the tests, the relative grid
+lands within 20% on deep linear networks and reduced-rank regressions whose lambda is known
+(Aoyagi 2024; Aoyagi and Watanabe 2005).
 
 The checks (each with its failure mode; a reviewer's list, after Lau et al. 2023, appendix,
 and devinterp's diagnostics):
@@ -256,7 +256,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     """
     c = calibration if calibration is not None else CalibrationSettings()
     if lambda_max is None:
-        n_beta, lambda_max = stiffness(model, batch, settings)
+        n_beta, lambda_max = stiffness(model, batch, settings, c.stiffness_samples)
     else:
         n_beta = n_beta_for(batch, settings)
     base = replace(settings, max_rise=None)
@@ -268,7 +268,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                 "max_localisation_change": c.max_localisation_change,
                 "relaxation_burnin": c.relaxation_burnin, "relaxation_kept": c.relaxation_kept,
                 "max_draws": c.max_draws, "max_shortfall": c.max_shortfall,
-                "localised": c.localised, "localised_relaxation": c.localised_relaxation}
+                "localised": c.localised, "localised_relaxation": c.localised_relaxation,
+                "stiffness_samples": c.stiffness_samples}
     stiff = n_beta * lambda_max
     if not (math.isfinite(stiff) and stiff > 0):
         return LLCCalibration((), None, init_loss, float(untrained_loss), n_beta,

@@ -31,6 +31,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CSV = HERE / "llc_pilots.csv"
+BEFORE = HERE / "llc_pilots_n128_train.csv"  # the same pilots before n_beta_of: batch
 FIELDS = ["trial", "task", "seed", "step", "chosen", "kind", "c", "k", "eps", "gamma",
           "n_draws", "n_burnin", "value", "std", "rise", "max_rise", "rhat", "stationary",
           "in_basin", "halving_change", "localisation_change", "localised_bound",
@@ -60,7 +61,8 @@ def _trials(sweep: dict) -> list[tuple[str, int]]:
 def run(work: Path, shard: tuple[int, int] = (0, 1)) -> None:
     sweep = _sweep()
     llc = sweep["probes"]["measures"]["llc"]
-    sets = [f"--set={k}={v}" for k, v in llc["settings"].items()]
+    sets = [f"--set={k}={v}" for k, v in llc["settings"].items()] + [
+        f"--set=calibration.{k}={v}" for k, v in llc.get("calibration", {}).items()]
     path = CSV if shard == (0, 1) else _part(shard)
     done = set()
     for p in {CSV, path}:
@@ -81,9 +83,10 @@ def run(work: Path, shard: tuple[int, int] = (0, 1)) -> None:
                 continue
             t0 = time.perf_counter()
             folder = work / trial
-            _emerge("train", "--task", task, "--seed", str(seed), "--steps", str(steps),
-                    "--out", str(folder), "--threads", "1", "--set", "probe.n_probes=1",
-                    "--set", "diag_size=50", "--set", f"checkpoint.weights_every={steps}")
+            if not (folder / "checkpoints").is_dir():  # trained already: deterministic
+                _emerge("train", "--task", task, "--seed", str(seed), "--steps", str(steps),
+                        "--out", str(folder), "--threads", "1", "--set", "probe.n_probes=1",
+                        "--set", "diag_size=50", "--set", f"checkpoint.weights_every={steps}")
             res = json.loads(_emerge("probe", str(folder), "--measure", "llc", "--step",
                                      str(steps), "--json", "--threads", "1",
                                      f"--set=batch_size={llc['batch_size']}", *sets)
@@ -142,8 +145,8 @@ def _passes(r: dict) -> bool:
     return common and float(r["localisation_change"]) <= 0.05
 
 
-def summary() -> str:
-    with CSV.open() as f:
+def summary(path: Path = CSV) -> str:
+    with path.open() as f:
         rows = list(csv.DictReader(f))
     chosen = [r for r in rows if r["chosen"] == "True"]
     kinds = {k: sum(r["kind"] == k for r in chosen) for k in ("gamma-independent", "localised")}
@@ -169,3 +172,5 @@ if __name__ == "__main__":
     if args.summary or n == 1:
         merge()
         print(summary())
+        print(f"Before (n_beta from the training set, probe batch 128; {BEFORE.name}): "
+              + summary(BEFORE))
