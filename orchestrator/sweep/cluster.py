@@ -59,6 +59,9 @@ def connect(address: str | None, console: Console) -> bool:
     # Tune's experiment state lives in the run folder; when it cannot be saved there (a
     # full disk) the trials fail for the same reason, and the board names it once.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    # ...and so is the driver's background sync of that state: on a full disk it warned
+    # "Last sync command failed" with pyarrow's whole traceback (CI, stop 33)
+    logging.getLogger("ray.train._internal.syncer").setLevel(logging.ERROR)
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is not None and (why := _unreachable(address)) is not None:
         raise RuntimeFault(f"cannot reach the Ray cluster at {address} ({why}); start it "
