@@ -62,6 +62,29 @@ def test_the_rederived_tables_are_what_the_current_code_computes() -> None:
     assert "(departure rule)" in claims and "(first-change-after-the-floor rule)" in claims
 
 
+def test_the_readme_states_the_llc_pilots_counts_as_their_csvs_say() -> None:
+    """The pilots' counts (after and before the temperature fix) are the script's summary of
+    the committed CSVs, word for word; every chosen setting passes all four checks; and the
+    grids' CSV holds exactly the points each pilot says it ran."""
+    spec = importlib.util.spec_from_file_location("study_pilots", STUDY / "llc_pilots.py")
+    pilots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pilots)
+    readme = " ".join((STUDY / "README.md").read_text().split())
+    for path in (pilots.CSV, pilots.BEFORE):
+        assert pilots.summary(path) in readme, path.name
+    with pilots.CSV.open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(pilots._passes(r) for r in rows if r["chosen"] == "True")
+    with pilots.GRIDS.open() as f:
+        grids = list(csv.DictReader(f))
+    assert {r["trial"]: int(r["points_run"]) for r in rows} \
+        == {t: sum(g["trial"] == t for g in grids) for t in {g["trial"] for g in grids}}
+    for r in rows:  # the chosen point is in its grid, with the row's value of c and k
+        if r["chosen"] == "True":
+            assert any(g["trial"] == r["trial"] and g["passed"] == "True"
+                       and float(g["step"]) == float(r["c"]) for g in grids), r["trial"]
+
+
 def test_the_report_names_its_commit_and_command() -> None:
     readme = (STUDY / "README.md").read_text()
     assert "emerge sweep sweeps/cpu-study.yaml" in readme

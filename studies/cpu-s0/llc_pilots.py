@@ -32,6 +32,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CSV = HERE / "llc_pilots.csv"
 BEFORE = HERE / "llc_pilots_n128_train.csv"  # the same pilots before n_beta_of: batch
+GRIDS = HERE / "llc_pilot_grids.csv"  # every pilot's grid, a row per point it ran
+GRID_FIELDS = ["trial", "tier", "step", "localisation", "eps", "gamma", "n_draws", "n_burnin",
+               "affordable", "value", "rise", "rhat", "stationary", "in_basin",
+               "halving_change", "localisation_change", "passed", "wall_s"]
 FIELDS = ["trial", "task", "seed", "step", "chosen", "kind", "c", "k", "eps", "gamma",
           "n_draws", "n_burnin", "value", "std", "rise", "max_rise", "rhat", "stationary",
           "in_basin", "halving_change", "localisation_change", "localised_bound",
@@ -58,7 +62,7 @@ def _trials(sweep: dict) -> list[tuple[str, int]]:
     return [(task, seed) for task in sweep["tasks"] for seed in sweep["seeds"]]
 
 
-def run(work: Path, shard: tuple[int, int] = (0, 1)) -> None:
+def run(work: Path, shard: tuple[int, int] = (0, 1), only: set[str] | None = None) -> None:
     sweep = _sweep()
     llc = sweep["probes"]["measures"]["llc"]
     sets = [f"--set={k}={v}" for k, v in llc["settings"].items()] + [
@@ -75,10 +79,10 @@ def run(work: Path, shard: tuple[int, int] = (0, 1)) -> None:
         if new:
             out.writeheader()
         for i, (task, seed) in enumerate(_trials(sweep)):
-            if i % shard[1] != shard[0]:
+            trial = f"{task}-s0-{seed}"
+            if (only is None and i % shard[1] != shard[0]) or (only and trial not in only):
                 continue
             steps = sweep["per_task"][task]["train"]["steps"]
-            trial = f"{task}-s0-{seed}"
             if trial in done:
                 continue
             t0 = time.perf_counter()
@@ -133,6 +137,22 @@ def merge() -> None:
         p.unlink()
 
 
+def write_grids(work: Path) -> None:
+    """Every trial's pilot grid (from its ``llc_pilot.json`` under ``work``) into ``GRIDS``,
+    in the sweep's trial order and the order the pilot ran its points."""
+    rows = []
+    for task, seed in _trials(_sweep()):
+        path = work / f"{task}-s0-{seed}" / "llc_pilot.json"
+        if path.exists():
+            grid = json.loads(path.read_text())["calibration"]["grid"]
+            rows += [{"trial": f"{task}-s0-{seed}", **{k: p.get(k) for k in GRID_FIELDS[1:]}}
+                     for p in grid]
+    with GRIDS.open("w", newline="") as f:
+        out = csv.DictWriter(f, GRID_FIELDS)
+        out.writeheader()
+        out.writerows(rows)
+
+
 def _passes(r: dict) -> bool:
     """All four checks, in the chosen tier's form of check 4 (docs/methods.md §3.4)."""
     common = r["stationary"] == "True" and r["in_basin"] == "True" \
@@ -153,11 +173,14 @@ def summary(path: Path = CSV) -> str:
     passing = [r for r in chosen if _passes(r)]
     converged = [r for r in chosen if r["estimate_converged"] == "True"]
     failed = ", ".join(r["trial"] for r in rows if r["chosen"] != "True") or "none"
+    ran = {r["trial"] for r in rows}
+    missing = [f"{t}-s0-{s}" for t, s in _trials(_sweep()) if f"{t}-s0-{s}" not in ran]
     return (f"LLC pilots on the {len(rows)} trials of sweeps/cpu-study.yaml: "
             f"{len(chosen)}/{len(rows)} chose a setting ({kinds['gamma-independent']} "
             f"gamma-independent, {kinds['localised']} localised); {len(passing)}/{len(chosen)} "
             f"chosen settings pass all four checks; {len(converged)}/{len(chosen)} estimates "
-            f"at the choice pass stationarity and the basin. No setting: {failed}.")
+            f"at the choice pass stationarity and the basin. No setting: {failed}."
+            + (f" Not run yet: {', '.join(missing)}." if missing else ""))
 
 
 if __name__ == "__main__":
@@ -165,12 +188,15 @@ if __name__ == "__main__":
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "llc-pilots")
     parser.add_argument("--summary", action="store_true")
     parser.add_argument("--shard", default="0/1", help="I/N: every N-th trial from the I-th")
+    parser.add_argument("--only", help="these trials (comma-separated), into shard I/N's part")
     args = parser.parse_args()
     i, n = (int(x) for x in args.shard.split("/"))
     if not args.summary:
-        run(args.work, (i, n))
+        run(args.work, (i, n), set(args.only.split(",")) if args.only else None)
     if args.summary or n == 1:
         merge()
+        if args.work.is_dir():
+            write_grids(args.work)
         print(summary())
         print(f"Before (n_beta from the training set, probe batch 128; {BEFORE.name}): "
               + summary(BEFORE))
