@@ -356,6 +356,7 @@ def test_calibration_verdicts_follow_from_their_numbers_and_none_passing_says_so
     none = calibrate_llc(model, batch, base, untrained_loss=10.0, lambda_max=2.0,
                          calibration=replace(grid, max_rise_fraction=1e-9))
     assert none.chosen is None and not none.converged and "see the grid" in none.reason
+    assert "not a minimum" not in none.reason  # its chains rise: a minimum, bound too tight
     assert none.points and not any(p.in_basin for p in none.points)
     with pytest.raises(ValueError, match="no setting"):
         none.apply(base)
@@ -442,3 +443,23 @@ def test_yaml_strings_for_the_optional_step_and_localisation_become_numbers():
     assert (s.eps, s.gamma) == (1e-6, 10.0)
     with pytest.raises(ValueError, match="eps must be a number"):
         make_settings("llc", {"eps": "fast"})
+
+
+def test_a_checkpoint_off_its_minimum_is_named_not_a_minimum():
+    """A planted non-minimum: a quadratic whose w* sits 3 units from its minimum (L(w*) = 4.5,
+    gradient 3). Every chain descends, whatever the step or localisation, so nothing is
+    chosen and the reason says why, with the rises it measured."""
+    from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
+
+    model = Potential("quadratic", a=torch.eye(2, dtype=torch.float64), at=[0.0, 0.0])
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([3.0, 0.0], dtype=torch.float64))
+    base = LLCSettings(n_chains=2, n_draws=200, n_burnin=100, minibatch_size=None, seed=0)
+    c = calibrate_llc(model, _PotentialBatch(model), base, untrained_loss=10.0,
+                      lambda_max=1.0, calibration=CalibrationSettings(
+                          steps=(0.2, 0.1, 0.05), localisations=(1e-2, 1e-3)))
+    assert c.init_loss == pytest.approx(4.5)
+    assert c.chosen is None and c.reason.startswith("not a minimum:"), c.reason
+    run = [p for p in c.points if p.affordable]
+    assert run and all(p.rise < 0 and not p.in_basin for p in run)
+    assert f"at {len(run)} of {len(run)} points" in c.reason

@@ -44,7 +44,9 @@ weaker, localisation (check 4). The first (c, k) that passes all four is chosen;
 fails the pilot moves to the weaker localisation and searches c again from there. The weakest
 localisation of the grid has no weaker neighbour and is never chosen, as the smallest c is
 never chosen by check 3. With nothing passing, ``chosen is None`` and the trial's LLC rows are
-"not converged" (nan values, flag 0), never a number that looks valid.
+"not converged" (nan values, flag 0), never a number that looks valid. When most points' chains
+ran below L(w*), the reason opens with "not a minimum": no setting can pass there, since the
+LLC is defined at a local minimum only (the cure is a checkpoint nearer one, not the sampler).
 
 Chain length (the relaxation budget, opt-in): a direction of curvature h relaxes towards
 its stationary spread by the factor (1 - eps (n_beta h + gamma) / 2)^2 per step, so the
@@ -246,6 +248,20 @@ def _sound(r: LLCResult, max_rise: float) -> tuple[bool, bool]:
     return r.checks.get("stationary", False), math.isfinite(rise) and 0 < rise <= max_rise
 
 
+def _not_a_minimum(runs, init_loss: float) -> str:
+    """The verdict that opens the reason when most points' chains found lower loss than
+    L(w*): w* is then no local minimum of the batch loss and the LLC is not defined there, a
+    property of the checkpoint that no step size or localisation changes. Empty otherwise."""
+    rises = sorted(r.loss_rise for r in runs if r is not None and math.isfinite(r.loss_rise))
+    down = [x for x in rises if x <= 0]
+    if not rises or 2 * len(down) <= len(rises):
+        return ""
+    return (f"not a minimum: the chains found lower loss than L(w*) = {init_loss:.3g} at "
+            f"{len(down)} of {len(rises)} points (rises {down[0]:.3g} to {down[-1]:.3g}), so "
+            "w* is no local minimum of the batch loss and its LLC is undefined; a checkpoint "
+            "nearer one (trained longer) can be measured. ")
+
+
 def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   untrained_loss: float, calibration: CalibrationSettings | None = None,
                   lambda_max: float | None = None) -> LLCCalibration:
@@ -376,7 +392,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   "n_draws": n_draws, "n_burnin": n_burnin, "max_rise": max_rise}
     else:
         skipped = sum(r is None for r in runs.values())
-        reason = ("no step size and localisation passed stationarity, the basin, halving and "
+        reason = _not_a_minimum(runs.values(), init_loss) + (
+                  "no step size and localisation passed stationarity, the basin, halving and "
                   "a weaker localisation together"
                   + (f", nor a step size at the localised tier (k = {c.localised})"
                      if c.localised is not None else "") + "; see the grid"
