@@ -179,6 +179,33 @@ def test_emerge_multiverse_recomputes_the_logged_measures_and_writes_each_claim(
     assert again.exit_code == 0 and "definitions at" not in again.output
 
 
+def test_trials_recomputed_in_worker_processes_give_the_same_rows(kept: Path,
+                                                                 tmp_path: Path) -> None:
+    """--workers recomputes each trial in a spawned process with one torch thread: the rows
+    and the tables are those of the recompute in the command's own process."""
+    import shutil
+
+    from tests.test_analyze_cli import emerge
+
+    here = emerge("multiverse", str(kept), "--thresholds", "0.5", "--out", str(tmp_path / "a"))
+    assert here.exit_code == 0, here.output
+    copy = tmp_path / "copy"
+    shutil.copytree(kept, copy, ignore=shutil.ignore_patterns("multiverse"))
+    pooled = emerge("multiverse", str(copy), "--thresholds", "0.5", "--workers", "2",
+                    "--out", str(tmp_path / "b"))
+    assert pooled.exit_code == 0, pooled.output
+    assert "96 definitions at 9 steps" in pooled.output
+    (mine,) = (kept / "multiverse").glob("*.parquet")
+    keys = ["measure", "step", "layer", "level"]
+    a = pl.read_parquet(mine).sort(keys)
+    b = pl.read_parquet(copy / "multiverse" / mine.name).sort(keys)
+    assert a.height > 0 and a.drop("wall_time").equals(b.drop("wall_time"))
+    assert (tmp_path / "a" / "multiverse.csv").read_text() == \
+        (tmp_path / "b" / "multiverse.csv").read_text()
+    bad = emerge("multiverse", str(copy), "--workers", "0")
+    assert bad.exit_code == 2 and "--workers 0: must be at least 1" in bad.output
+
+
 def test_a_run_without_kept_weights_is_refused_in_one_line(tmp_path: Path) -> None:
     from tests.test_analyze_cli import emerge
 

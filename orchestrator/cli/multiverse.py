@@ -40,18 +40,58 @@ def _check_target(target: Path) -> None:
                          "or empty folder, or an earlier multiverse output")
 
 
+def _recompute(run_dir: Path, name: str, cfg, definitions, sweep: str) -> tuple[str, float]:
+    """One trial's definitions (in a worker process: one torch thread, as a trial has)."""
+    import torch
+
+    from emergence_core.multiverse.recompute import recompute_trial
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    recompute_trial(run_dir, name, cfg, definitions, sweep=sweep)
+    return name, time.perf_counter() - t0
+
+
+def _recompute_all(run_dir: Path, todo: dict, definitions, sweep: str, workers: int,
+                   echo) -> None:
+    """Recompute ``todo`` (trial -> (config, kept steps)), ``workers`` trials at a time."""
+    def said(name: str, seconds: float) -> None:
+        echo(f"{name}: {len(definitions)} definitions at {len(todo[name][1])} steps in "
+             f"{seconds:.0f} s")
+
+    if workers <= 1 or not todo:
+        from emergence_core.multiverse.recompute import recompute_trial
+
+        for name, (cfg, _) in todo.items():
+            t0 = time.perf_counter()
+            recompute_trial(run_dir, name, cfg, definitions, sweep=sweep)
+            said(name, time.perf_counter() - t0)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fork of a process that has run torch can hang in its thread pools
+    with ProcessPoolExecutor(min(workers, len(todo)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_recompute, run_dir, name, cfg, definitions, sweep)
+                   for name, (cfg, _) in todo.items()]
+        for f in as_completed(futures):
+            said(*f.result())
+
+
 def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int, ...] = (),
                    thresholds: tuple[float, ...] = (), sets: dict | None = None,
-                   recompute: bool = True, echo=typer.echo) -> Path:
+                   recompute: bool = True, workers: int = 1, echo=typer.echo) -> Path:
     """Recompute the definitions of every trial with kept weights (unless already done, or
-    ``recompute`` is False), then write the multiverse tables and figures to ``out``
-    (default RUN_DIR/report/multiverse); returns ``out``."""
+    ``recompute`` is False; ``workers`` trials at a time, each in its own process), then
+    write the multiverse tables and figures to ``out`` (default RUN_DIR/report/multiverse);
+    returns ``out``."""
     import polars as pl
 
     from emergence_core.folder_records import describe
     from emergence_core.multiverse.claims import multiverse_table
     from emergence_core.multiverse.definitions import Definition, grid
-    from emergence_core.multiverse.recompute import multiverse_path, recompute_trial
+    from emergence_core.multiverse.recompute import multiverse_path
     from emergence_core.multiverse.report import summary_lines, write_multiverse
     from emergence_core.run_folder import RunFolder
     from emergence_core.store import TrialStore
@@ -59,6 +99,8 @@ def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int
     from orchestrator.probe_pool.one import trial_configs
     from orchestrator.sweep.spec import load_spec
 
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: must be at least 1")
     folder = RunFolder(run_dir)
     info = describe(folder)
     sweep, trials, _ = trial_configs(folder, load_spec)
@@ -74,20 +116,20 @@ def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int
     chosen = tuple(sorted({min(k, most) for k in samples or (head_k, most)}))
     definitions = grid(chosen)
     headline = Definition("singular", True, "sep", "blocks", head_k).name
-    parts = []
+    todo = {}
     for name, cfg in trials.items():
-        path = multiverse_path(folder.path, name)
-        have = _held(path) >= {d.name for d in definitions}
-        if not have and recompute:
+        if recompute and not _held(multiverse_path(folder.path, name)) >= {
+                d.name for d in definitions}:
             steps = TrialStore(folder.path, name).weight_steps()
-            if not steps:
+            if steps:
+                todo[name] = (cfg, steps)
+            else:
                 echo(f"{name}: no kept weights, left out (keep them with "
                      "train.checkpoint.weights_every: 1 and probes.keep_weights: true)")
-                continue
-            t0 = time.perf_counter()
-            recompute_trial(folder.path, name, cfg, definitions, sweep=sweep)
-            echo(f"{name}: {len(definitions)} definitions at {len(steps)} steps in "
-                 f"{time.perf_counter() - t0:.0f} s")
+    _recompute_all(folder.path, todo, definitions, sweep, workers, echo)
+    parts = []
+    for name in trials:
+        path = multiverse_path(folder.path, name)
         if _held(path):
             parts.append(path)
         elif path.exists():
@@ -127,6 +169,9 @@ def multiverse_command(
         "--set", metavar="KEY=VALUE", help="any AnalysisSettings field (repeatable)")] = None,
     no_recompute: Annotated[bool, typer.Option(
         "--no-recompute", help="use the rows already in RUN_DIR/multiverse only")] = False,
+    workers: Annotated[int, typer.Option(
+        help="trials recomputed at a time, each in its own process with one torch thread "
+             "(a core each)")] = 1,
 ) -> None:
     """Every claim's statistic and verdict under every definition of the collapse measure.
 
@@ -137,7 +182,7 @@ def multiverse_command(
     weights into RUN_DIR/multiverse/ (once), then each claim gets a table and a
     specification curve. Example:
 
-        emerge multiverse runs/cpu-study --samples 200,300 --thresholds 0.5,0.8
+        emerge multiverse runs/cpu-study --samples 200,300 --thresholds 0.5,0.8 --workers 2
     """
     @handles_usage_errors
     def run() -> None:
@@ -145,6 +190,7 @@ def multiverse_command(
                        samples=tuple(int(x) for x in _floats(samples, "samples"))
                        if samples else (),
                        thresholds=_floats(thresholds, "thresholds") if thresholds else (),
-                       sets=parse_sets(set_ or []), recompute=not no_recompute)
+                       sets=parse_sets(set_ or []), recompute=not no_recompute,
+                       workers=workers)
 
     run()
