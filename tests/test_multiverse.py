@@ -206,6 +206,35 @@ def test_trials_recomputed_in_worker_processes_give_the_same_rows(kept: Path,
     assert bad.exit_code == 2 and "--workers 0: must be at least 1" in bad.output
 
 
+def test_the_report_carries_the_multiverse_and_summarises_it(kept: Path,
+                                                            tmp_path: Path) -> None:
+    """`emerge multiverse` writes into RUN_DIR/report/multiverse by default; `emerge analyze`
+    replaces the report whole, so it must carry that folder over (not refuse it as files it
+    did not write, nor delete it), before and after a report exists, and link it."""
+    import shutil
+
+    from tests.test_analyze_cli import emerge
+
+    run = tmp_path / "run"
+    shutil.copytree(kept, run, ignore=shutil.ignore_patterns("report"))
+    mv = emerge("multiverse", str(run), "--thresholds", "0.5")  # no report yet
+    assert mv.exit_code == 0, mv.output
+    summary = (run / "report" / "multiverse" / "multiverse.md").read_text()
+    for _ in range(2):  # a first report, then one replacing it
+        r = emerge("analyze", str(run), "--no-mlflow")
+        assert r.exit_code == 0, r.output
+        assert (run / "report" / "multiverse" / "multiverse.md").read_text() == summary
+        assert (run / "report" / "multiverse" / "mod_floor.png").is_file()
+        md = (run / "report" / "report.md").read_text()
+        assert "## Definition multiverse" in md and "(multiverse/multiverse.md)" in md
+        assert "| MOD's collapse measure reaches a floor of about 2.0 |" in md
+    # a foreign file beside it is still refused, and nothing is lost
+    (run / "report" / "mine.txt").write_text("mine")
+    refused = emerge("analyze", str(run), "--no-mlflow")
+    assert refused.exit_code == 2 and "mine.txt" in refused.output
+    assert (run / "report" / "multiverse" / "multiverse.md").read_text() == summary
+
+
 def test_a_run_without_kept_weights_is_refused_in_one_line(tmp_path: Path) -> None:
     from tests.test_analyze_cli import emerge
 

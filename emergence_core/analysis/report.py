@@ -40,8 +40,8 @@ from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings
 from emergence_core.metrics import SCHEMA_VERSION
 
-__all__ = ["ReportSummary", "ReportTargetError", "check_report_target", "headline_numbers",
-           "write_report"]
+__all__ = ["MULTIVERSE", "ReportSummary", "ReportTargetError", "check_report_target",
+           "headline_numbers", "multiverse_section", "write_report"]
 
 _TABLES = ("events", "chances", "details", "difficulty", "leads", "rule_agreement",
            "grid_control", "grid_summary", "rates", "rates_first", "rates_nearest", "hierarchy",
@@ -119,6 +119,9 @@ def _draw(a: Analysis, tmp: Path, notes: list[str], scale_params: Mapping[str, f
     return drawn, skipped
 
 
+MULTIVERSE = "multiverse"  # emerge multiverse's default output inside a report folder
+
+
 class ReportTargetError(ValueError):
     """A report folder that may not be written: it would replace what the report did not
     write. The message is one line naming the path and what to do."""
@@ -147,8 +150,10 @@ def check_report_target(out_dir: str | Path) -> None:
     if out_dir.is_symlink() or not out_dir.is_dir():
         raise ReportTargetError(f"--out {out_dir} is an existing file; the report is a folder "
                                 "and replaces what is there: choose a new folder")
+    carried = _multiverse_files(out_dir)  # kept: the next report carries them over
     present = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
-                     if not p.is_dir() or p.is_symlink())
+                     if (not p.is_dir() or p.is_symlink())
+                     and str(p.relative_to(out_dir)) not in carried)
     if not present:
         return  # an empty folder (empty subfolders included) loses nothing
     own = _own_files(out_dir)
@@ -163,6 +168,37 @@ def check_report_target(out_dir: str | Path) -> None:
             f"--out {out_dir} holds an earlier report and files it did not write "
             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); the report "
             "replaces its folder whole: move them out, or choose a new folder")
+
+
+def _multiverse_files(out_dir: Path) -> set[str]:
+    """The files of the ``emerge multiverse`` output in ``out_dir/multiverse`` (recognised by
+    its ``multiverse.md``), relative to ``out_dir``: a report carries them over whole."""
+    mv = out_dir / MULTIVERSE
+    if mv.is_symlink() or not (mv / "multiverse.md").is_file():
+        return set()
+    return {str(p.relative_to(out_dir)) for p in mv.rglob("*") if p.is_file()}
+
+
+def multiverse_section(mv: Path) -> list[str]:
+    """Markdown lines on the definition multiverse ``emerge multiverse`` wrote in ``mv``
+    (a report's ``multiverse/``): its summary table and where its curves are; nothing
+    when there is none."""
+    from emergence_core.multiverse.claims import SCHEMA
+    from emergence_core.multiverse.report import summary_lines
+
+    if not (mv / "multiverse.md").is_file():
+        return []
+    lines = ["## Definition multiverse", "",
+             "Each claim's statistic and verdict under every definition of the collapse "
+             "measure, the onset rule and the threshold (`emerge multiverse`; methods §4.1). "
+             f"Per claim a table and a specification curve: [{MULTIVERSE}/multiverse.md]"
+             f"({MULTIVERSE}/multiverse.md).", ""]
+    try:
+        table = pl.read_csv(mv / "multiverse.csv", schema=SCHEMA)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        return [*lines, f"- Its multiverse.csv cannot be read ({type(err).__name__}); run "
+                        "`emerge multiverse` again.", ""]
+    return [*lines, *summary_lines(table)]
 
 
 def _replace(tmp: Path, out_dir: Path) -> None:
@@ -236,8 +272,11 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                     captions[rel] = alerts_caption(trial)
                 except Exception as err:  # a figure is never worth losing the report for
                     notes.append(f"Figure {rel} not drawn: {type(err).__name__}: {err}")
+        if _multiverse_files(out_dir):  # copied, not moved: the old report stays whole
+            shutil.copytree(out_dir / MULTIVERSE, tmp / MULTIVERSE)  # until the swap
         text = (render(a, drawn, skipped, tables, notes, captions)
-                + "\n".join([*live, *calibration_section(calibrations)]))
+                + "\n".join([*live, *calibration_section(calibrations),
+                             *multiverse_section(tmp / MULTIVERSE)]))
         (tmp / "report.md").write_text(text)
         (tmp / "report.html").write_text(report_html(text, tmp))
         headline = headline_numbers(a)
