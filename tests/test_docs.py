@@ -26,7 +26,7 @@ SPEC_CITED = re.compile(r"\bSPEC(?:'s\b|\s+(?:sections?\b|§|\d|names\b|is\b|def
 MD_PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b")
 METHODS_SECTION = re.compile(r"docs/methods\.md\s*§\s*(\d+(?:\.\d+)?)")
 # Files emerge writes (not citations of the repository's files).
-WRITTEN = {"report.md"}
+WRITTEN = {"report.md", "multiverse.md"}  # files the commands write
 
 
 def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:

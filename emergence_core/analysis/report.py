@@ -40,8 +40,8 @@ from emergence_core.analysis.pipeline import Analysis, analyze
 from emergence_core.analysis.settings import AnalysisSettings
 from emergence_core.metrics import SCHEMA_VERSION
 
-__all__ = ["MULTIVERSE", "ReportSummary", "ReportTargetError", "check_report_target",
-           "headline_numbers", "multiverse_section", "write_report"]
+__all__ = ["CARRIED", "ReportSummary", "ReportTargetError", "check_report_target",
+           "headline_numbers", "write_report"]
 
 _TABLES = ("events", "chances", "details", "difficulty", "leads", "rule_agreement",
            "grid_control", "grid_summary", "rates", "rates_first", "rates_nearest", "hierarchy",
@@ -119,7 +119,10 @@ def _draw(a: Analysis, tmp: Path, notes: list[str], scale_params: Mapping[str, f
     return drawn, skipped
 
 
-MULTIVERSE = "multiverse"  # emerge multiverse's default output inside a report folder
+# Folders other commands write inside a report folder, which a new report carries over
+# whole: each is recognised by its own index, ``<name>.md`` inside it (emerge multiverse
+# writes its tables and curves, with their index multiverse.md, to the report's multiverse/).
+CARRIED: tuple[str, ...] = ("multiverse",)
 
 
 class ReportTargetError(ValueError):
@@ -150,7 +153,7 @@ def check_report_target(out_dir: str | Path) -> None:
     if out_dir.is_symlink() or not out_dir.is_dir():
         raise ReportTargetError(f"--out {out_dir} is an existing file; the report is a folder "
                                 "and replaces what is there: choose a new folder")
-    carried = _multiverse_files(out_dir)  # kept: the next report carries them over
+    carried = _carried_files(out_dir)  # kept: the next report carries them over
     present = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
                      if (not p.is_dir() or p.is_symlink())
                      and str(p.relative_to(out_dir)) not in carried)
@@ -170,35 +173,16 @@ def check_report_target(out_dir: str | Path) -> None:
             "replaces its folder whole: move them out, or choose a new folder")
 
 
-def _multiverse_files(out_dir: Path) -> set[str]:
-    """The files of the ``emerge multiverse`` output in ``out_dir/multiverse`` (recognised by
-    its ``multiverse.md``), relative to ``out_dir``: a report carries them over whole."""
-    mv = out_dir / MULTIVERSE
-    if mv.is_symlink() or not (mv / "multiverse.md").is_file():
-        return set()
-    return {str(p.relative_to(out_dir)) for p in mv.rglob("*") if p.is_file()}
+def _carried(out_dir: Path) -> list[str]:
+    """The folders of ``CARRIED`` present in ``out_dir``, each with its own index."""
+    return [name for name in CARRIED if not (out_dir / name).is_symlink()
+            and (out_dir / name / f"{name}.md").is_file()]
 
 
-def multiverse_section(mv: Path) -> list[str]:
-    """Markdown lines on the definition multiverse ``emerge multiverse`` wrote in ``mv``
-    (a report's ``multiverse/``): its summary table and where its curves are; nothing
-    when there is none."""
-    from emergence_core.multiverse.claims import SCHEMA
-    from emergence_core.multiverse.report import summary_lines
-
-    if not (mv / "multiverse.md").is_file():
-        return []
-    lines = ["## Definition multiverse", "",
-             "Each claim's statistic and verdict under every definition of the collapse "
-             "measure, the onset rule and the threshold (`emerge multiverse`; methods §4.1). "
-             f"Per claim a table and a specification curve: [{MULTIVERSE}/multiverse.md]"
-             f"({MULTIVERSE}/multiverse.md).", ""]
-    try:
-        table = pl.read_csv(mv / "multiverse.csv", schema=SCHEMA)
-    except (OSError, pl.exceptions.PolarsError) as err:
-        return [*lines, f"- Its multiverse.csv cannot be read ({type(err).__name__}); run "
-                        "`emerge multiverse` again.", ""]
-    return [*lines, *summary_lines(table)]
+def _carried_files(out_dir: Path) -> set[str]:
+    """The files of the carried folders in ``out_dir``, relative to it."""
+    return {str(p.relative_to(out_dir)) for name in _carried(out_dir)
+            for p in (out_dir / name).rglob("*") if p.is_file()}
 
 
 def _replace(tmp: Path, out_dir: Path) -> None:
@@ -216,7 +200,8 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                  analysis: Analysis | None = None,
                  calibrations: Sequence[Mapping[str, Any]] = (),
                  scale_params: Mapping[str, float] | None = None,
-                 alerts: pl.DataFrame | None = None) -> ReportSummary:
+                 alerts: pl.DataFrame | None = None,
+                 sections: Sequence[str] = ()) -> ReportSummary:
     """Analyse ``metrics`` and write the report folder ``out_dir``; return what was written.
 
     ``metrics``: for a run folder ``frames.load_metrics(run_dir)`` (a bare glob over
@@ -226,6 +211,9 @@ def write_report(metrics: Metrics, out_dir: str | Path,
     (the caller's: the model registry needs torch, which the analysis does not import).
     ``calibrations`` and ``alerts``: the run folder's calibration records and live alerts
     (``store.read_alerts``), each a section of the report when there are any.
+    ``sections``: Markdown lines appended to ``report.md`` (the caller's summary of a carried
+    folder, e.g. the definition multiverse). The folders of ``CARRIED`` already in ``out_dir``
+    are copied into the new report whole.
     """
     settings = analysis.settings if analysis is not None else settings or AnalysisSettings()
     out_dir = Path(out_dir)
@@ -272,11 +260,10 @@ def write_report(metrics: Metrics, out_dir: str | Path,
                     captions[rel] = alerts_caption(trial)
                 except Exception as err:  # a figure is never worth losing the report for
                     notes.append(f"Figure {rel} not drawn: {type(err).__name__}: {err}")
-        if _multiverse_files(out_dir):  # copied, not moved: the old report stays whole
-            shutil.copytree(out_dir / MULTIVERSE, tmp / MULTIVERSE)  # until the swap
+        for name in _carried(out_dir):  # copied, not moved: the old report stays whole
+            shutil.copytree(out_dir / name, tmp / name)  # until the swap
         text = (render(a, drawn, skipped, tables, notes, captions)
-                + "\n".join([*live, *calibration_section(calibrations),
-                             *multiverse_section(tmp / MULTIVERSE)]))
+                + "\n".join([*live, *calibration_section(calibrations), *sections]))
         (tmp / "report.md").write_text(text)
         (tmp / "report.html").write_text(report_html(text, tmp))
         headline = headline_numbers(a)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import polars as pl
 
-from emergence_core.multiverse.claims import CLAIMS, Claim
+from emergence_core.multiverse.claims import CLAIMS, SCHEMA, Claim
 from emergence_core.multiverse.figure import CHOICES, spec_curve
 
-__all__ = ["summary_lines", "write_multiverse"]
+__all__ = ["report_section", "summary_lines", "write_multiverse"]
 
 
 def _num(v: float | None) -> str:
@@ -80,3 +80,22 @@ def write_multiverse(table: pl.DataFrame, out: Path,
     (out / "multiverse.md").write_text("\n".join(lines))
     files.append(out / "multiverse.md")
     return files
+
+
+def report_section(mv: Path) -> list[str]:
+    """Markdown lines for ``emerge analyze``'s report.md on the multiverse ``write_multiverse``
+    wrote in ``mv`` (the report's ``multiverse/``): its summary table and a link to its
+    per-claim tables and curves; nothing when there is none."""
+    if not (mv / "multiverse.md").is_file():
+        return []
+    lines = ["## Definition multiverse", "",
+             "Each claim's statistic and verdict under every definition of the collapse "
+             "measure, the onset rule and the threshold (`emerge multiverse`; methods §4.1). "
+             f"Per claim a table and a specification curve: [{mv.name}/multiverse.md]"
+             f"({mv.name}/multiverse.md).", ""]
+    try:
+        table = pl.read_csv(mv / "multiverse.csv", schema=SCHEMA)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        return [*lines, f"- Its multiverse.csv cannot be read ({type(err).__name__}); run "
+                        "`emerge multiverse` again.", ""]
+    return [*lines, *summary_lines(table)]

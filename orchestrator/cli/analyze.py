@@ -209,6 +209,7 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     import polars as pl
 
     from emergence_core.analysis import analyze, empty_metrics, write_report
+    from emergence_core.multiverse.report import report_section
 
     info = describe(RunFolder(run_dir))
     target = _report_target(info, out)
@@ -234,7 +235,8 @@ def analyze_run(run_dir: Path, out: Path | None = None, *,
     try:
         summary = write_report(metrics, target, analysis=a,
                                calibrations=calibrations(RunFolder(info.path)),
-                               scale_params=_scale_params(info), alerts=alerts)
+                               scale_params=_scale_params(info), alerts=alerts,
+                               sections=report_section(target / "multiverse"))
     except OSError as err:
         raise UsageError(f"cannot write the report to {target} ({first_line(err, 300)}); "
                          "choose another folder with --out") from None
