@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import struct
 import sys
 from pathlib import Path
 
@@ -85,6 +86,39 @@ def test_the_readme_states_the_llc_pilots_counts_as_their_csvs_say() -> None:
                        and float(g["step"]) == float(r["c"]) for g in grids), r["trial"]
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_each_claim_has_the_multiverse_its_committed_table_gives(tmp_path: Path) -> None:
+    """studies/cpu-s0/multiverse is `emerge multiverse`'s output for the re-issued run: every
+    claim has its rows, and writing them out again from the committed multiverse.csv gives
+    the committed per-claim tables and summary, byte for byte, and figures of the same size
+    (a figure's width follows its count of specifications, its height its choices)."""
+    import polars as pl
+
+    from emergence_core.multiverse.claims import CLAIMS, SCHEMA
+    from emergence_core.multiverse.report import write_multiverse
+
+    committed = STUDY / "multiverse"
+    table = pl.read_csv(committed / "multiverse.csv", schema=SCHEMA)
+    assert set(table["claim"].unique().to_list()) == {c.key for c in CLAIMS}
+    heads = table.filter(pl.col("headline"))["claim"].to_list()
+    assert sorted(heads) == sorted(c.key for c in CLAIMS)  # one headline per claim
+    written = write_multiverse(table, tmp_path)
+    assert sorted(f.name for f in written) == sorted(
+        f.name for f in committed.iterdir() if f.suffix in (".csv", ".png", ".md"))
+    for fresh in written:
+        mine = committed / fresh.name
+        if fresh.suffix == ".png":
+            assert _png_size(mine) == _png_size(fresh), fresh.name
+        else:
+            assert mine.read_text() == fresh.read_text(), \
+                f"{fresh.name} differs from what the committed multiverse.csv gives"
+
+
 def test_the_report_names_its_commit_and_command() -> None:
     readme = (STUDY / "README.md").read_text()
     assert "emerge sweep sweeps/cpu-study.yaml" in readme
@@ -115,7 +149,8 @@ def test_a_slice_of_the_study_sweep_gives_the_committed_tables(tmp_path: Path) -
                                       "--threshold", str(data["emergence"]["threshold"]),
                                       "--persistence", str(data["emergence"]["persistence"])])
     assert result.exit_code == 0, result.output
-    committed = sorted((STUDY / "report" / "tables").glob("*.csv"))
+    committed = sorted([*(STUDY / "report" / "tables").glob("*.csv"),
+                        *(STUDY / "reissue" / "tables").glob("*.csv")])
     assert committed
     for path in committed:
         fresh = out / "tables" / path.name

@@ -4,7 +4,10 @@
     python studies/cpu-s0/claims.py --write           # refresh them in README.md
     python studies/cpu-s0/claims.py --report DIR      # the same tables for another report
 
-Every number in the README's tables is printed here from ``report/tables``;
+Every number in the README's tables is printed here from ``report/tables`` (the re-issued
+run's claims from ``reissue/tables``), and the
+definition multiverse's summary from ``multiverse/multiverse.csv`` (``emerge multiverse``'s
+output for the re-issued run, beside ``report/``);
 ``tests/test_study_report.py`` checks that the README holds exactly this output. The verdict
 rule is mechanical: *reproduced* when this run's 95% interval overlaps the study's range,
 *not reproduced* when it does not, *not measurable here* when the run has nothing to
@@ -230,9 +233,63 @@ def hierarchy_table(report: Path, name: str = "hierarchy") -> str:
     return "\n".join(lines)
 
 
+def multiverse_table(report: Path) -> str:
+    """Each claim's verdicts over every definition (``emerge multiverse``), from the
+    ``multiverse/multiverse.csv`` beside ``report``: the summary ``multiverse.md`` opens
+    with."""
+    import polars as pl
+
+    from emergence_core.multiverse.claims import SCHEMA
+    from emergence_core.multiverse.report import summary_lines
+
+    path = report.parent / "multiverse" / "multiverse.csv"
+    if not path.exists():
+        return f"(no definition multiverse: {path} is missing)"
+    return "\n".join(summary_lines(pl.read_csv(path, schema=SCHEMA))).rstrip("\n")
+
+
+def reissue_claims_table(report: Path) -> str:
+    """The claims table of the re-issued run (``reissue.yaml``), from the ``emerge analyze``
+    tables committed in ``reissue/`` beside ``report``."""
+    reissue = report.parent / "reissue"
+    if not (reissue / "tables").is_dir():
+        return f"(no re-issued run: {reissue / 'tables'} is missing)"
+    return claims_table(reissue)
+
+
+def reissue_events(report: Path) -> str:
+    """How many of the first run's trial events the re-issue puts on the same step, from the
+    two ``events.csv``: the training rows agree to the last digits only across machines."""
+    reissue = report.parent / "reissue" / "tables"
+    if not (reissue / "events.csv").is_file():
+        return f"(no re-issued run: {reissue / 'events.csv'} is missing)"
+
+    def events(tables: Path) -> dict[tuple[str, str, str], int | None]:
+        return {(r["trial"], r["level"], r["measure"]): (int(r["step"]) if r["step"] else None)
+                for r in _rows(tables, "events") if r["source"] == "trial"}
+
+    first, again = events(report / "tables"), events(reissue)
+    parts, shifts = [], []
+    for measure, label in (("accuracy", "accuracy"),
+                           ("logprob_norm", "normalised log-probability")):
+        keys = sorted(k for k in first if k[2] == measure and k in again)
+        same = sum(first[k] == again[k] for k in keys)
+        reached = (sum(again[k] is not None for k in keys), sum(first[k] is not None
+                                                                for k in keys))
+        parts.append(f"{same} of {len(keys)} {label} events on the same step (reached: "
+                     f"{reached[0]} here, {reached[1]} in the first run)")
+        shifts += [(abs(again[k] - first[k]), k) for k in keys
+                   if first[k] is not None and again[k] is not None]
+    most, (trial, level, measure) = max(shifts)
+    return (f"- {parts[0]};\n- {parts[1]};\n- the largest shift: {most} steps "
+            f"({trial} L{level}, {measure}).")
+
+
 BLOCKS = {"claims": claims_table, "hierarchy": hierarchy_table,
           "hierarchy_first": lambda report: hierarchy_table(report, "hierarchy_first"),
-          "variants": variants_table, "rules": rules_table, "grids": grid_table}
+          "variants": variants_table, "rules": rules_table, "grids": grid_table,
+          "multiverse": multiverse_table,
+          "claims_reissue": reissue_claims_table, "reissue_events": reissue_events}
 
 
 def refresh(readme: Path, report: Path) -> str:
