@@ -12,7 +12,7 @@ the sweep driver, the Tune trainable, the probe pool, the MLflow sync, ``analyze
   tune/<launch>/                     each launch's Ray Tune experiment (restorable)
   checkpoints/<trial>/state.pt       latest full training state (outside Tune)
   checkpoints/<trial>/weights/step-<step>.safetensors   weights for the expensive probes
-  checkpoints/<trial>/COMPLETE.json  the trial finished: step, attempt, events
+  checkpoints/<trial>/COMPLETE.json  the trial finished: step, attempt, events, environment
   metrics/<source>/<trial>/part-<first>-<last>.parquet  the metrics table (source: trial,
                                      pythia, probe/<measure>)
   events/<trial>.parquet             emergence events, one row per level

@@ -221,6 +221,33 @@ def test_a_partial_folder_reports_what_is_there_and_what_is_missing(trained: Pat
     assert "pythia" in inventory["source"].to_list()
 
 
+def test_trials_finished_on_different_environments_are_noted(trained: Path,
+                                                            tmp_path: Path) -> None:
+    """Each completion record keeps the build and instruction set the trial ran on; a run
+    whose trials finished on two of them says so, naming which trial ran where (its seeds
+    then fix training only to the last digits)."""
+    from emergence_core.environment import describe_environment
+
+    run = sweep_folder(trained, tmp_path / "run")
+    here = describe_environment("cpu")
+    for trial in ("COPY-s0-0", "MOD-s0-0"):
+        env = json.loads(RunFolder(run).complete_path(trial).read_text())["environment"]
+        assert {k: v for k, v in env.items() if k != "threads"} \
+            == {k: v for k, v in here.items() if k != "threads"}
+    one = emerge("analyze", str(run), "--no-mlflow", *FAST)
+    assert one.exit_code == 0 and "environments" not in one.output, one.output
+    path = RunFolder(run).complete_path("MOD-s0-0")  # MOD finished on another machine
+    record = json.loads(path.read_text())
+    record["environment"].update(cpu="Elsewhere CPU", cpu_capability="AVX512")
+    path.write_text(json.dumps(record))
+    two = emerge("analyze", str(run), "--no-mlflow", *FAST)
+    assert two.exit_code == 0, two.output
+    note = " ".join(two.output.split())
+    assert "The finished trials ran on 2 environments" in note
+    assert "on Elsewhere CPU (AVX512)" in note and "MOD-s0-0" in note
+    assert "The finished trials ran on 2 environments" in (run / "report" / "report.md").read_text()
+
+
 def test_an_empty_folder_gives_an_empty_report(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     r = emerge("analyze", str(tmp_path / "run"))

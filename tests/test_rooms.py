@@ -102,7 +102,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     # 1. basics: files, errors, names and the rules every stage shares
     ("emergence_core.readers", "emergence_core.errors", "emergence_core.atomic",
      "emergence_core.registry", "emergence_core.metrics", "emergence_core.schedule",
-     "emergence_core.emergence_rule"),
+     "emergence_core.emergence_rule", "emergence_core.environment"),
     # 2. the science's parts: tasks, models, configs, measures, Pythia
     ("emergence_core.tasks", "emergence_core.scales", "emergence_core.model",
      "emergence_core.config", "emergence_core.extensions", "emergence_core.measure_settings",

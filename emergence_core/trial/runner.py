@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from emergence_core.config import TrainConfig
 from emergence_core.emergence_rule import RULE, EmergenceRule
+from emergence_core.environment import describe_environment
 from emergence_core.folder_records import completion, failure_record
 from emergence_core.metrics import EVENTS_SCHEMA, Measure, RowBuffer, TrialKey
 from emergence_core.plan import TrialPlan, trial_plan
@@ -288,7 +289,8 @@ class _Attempt:
             store.compact()
             store.folder.mark_complete(store.trial, {
                 "fingerprint": cfg.fingerprint(), "step": trainer.step,
-                "attempt": self.attempt, "n_params": trainer.n_params, "events": events})
+                "attempt": self.attempt, "n_params": trainer.n_params, "events": events,
+                "environment": describe_environment(trainer.device)})
         return TrialOutcome(store.trial, trainer.step, trainer.done, self.attempt, events,
                             trainer.n_params, time.perf_counter() - t0, train_wall,
                             trainer.step - self.start_step)

@@ -15,7 +15,7 @@ Settings, later ones winning: ``AnalysisSettings``' defaults, the frozen sweep f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -170,7 +170,32 @@ def _trial_notes(info: FolderInfo, parts: list[Path],
         if open_:
             notes.append(f"{len(open_)}/{len(with_rows)} trials have not finished; their rows "
                          f"so far are analysed: {_listed(open_)}.")
+        notes += _environment_notes(folder, info.launched)
     return notes
+
+
+def _environment_notes(folder: RunFolder, trials: Sequence[str]) -> list[str]:
+    """A note when the finished trials ran on more than one build or instruction set: their
+    seeds then fix training only to the last digits, and events near the threshold can move
+    (docs/methods.md §2)."""
+    from emergence_core.environment import environment_label
+    from emergence_core.folder_records import completion
+
+    by: dict[str, list[str]] = {}
+    for trial in trials:
+        try:
+            done = completion(folder, trial)
+        except (OSError, ValueError):
+            continue  # an unreadable record has its own note elsewhere
+        env = (done or {}).get("environment")
+        if isinstance(env, dict):
+            by.setdefault(environment_label(env), []).append(trial)
+    if len(by) < 2:
+        return []
+    return [f"The finished trials ran on {len(by)} environments, so their seeds fix training "
+            "only to the last digits and an event near the threshold can fall a probe step "
+            "apart between them: " + "; ".join(f"{label}: {_listed(ts)}"
+                                               for label, ts in sorted(by.items())) + "."]
 
 
 def _scale_params(info: FolderInfo) -> dict[str, float]:
