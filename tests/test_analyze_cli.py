@@ -246,6 +246,12 @@ def test_trials_finished_on_different_environments_are_noted(trained: Path,
     assert "The finished trials ran on 2 environments" in note
     assert "on Elsewhere CPU (AVX512)" in note and "MOD-s0-0" in note
     assert "The finished trials ran on 2 environments" in (run / "report" / "report.md").read_text()
+    path.write_text("")  # an empty record: said in one line, the trial still finished
+    three = emerge("analyze", str(run), "--no-mlflow", *FAST)
+    assert three.exit_code == 0, three.output
+    said = " ".join(three.output.split())
+    assert "COMPLETE.json: empty (0 bytes" in said and "MOD-s0-0's environment is not known" in said
+    assert "environments, so" not in said and path.read_text() == ""
 
 
 def test_an_empty_folder_gives_an_empty_report(tmp_path: Path) -> None:

@@ -182,20 +182,22 @@ def _environment_notes(folder: RunFolder, trials: Sequence[str]) -> list[str]:
     from emergence_core.folder_records import completion
 
     by: dict[str, list[str]] = {}
+    notes = []
     for trial in trials:
         try:
             done = completion(folder, trial)
-        except (OSError, ValueError):
-            continue  # an unreadable record has its own note elsewhere
+        except (OSError, ValueError) as err:  # the trial still counts as finished
+            notes.append(f"{first_line(err, 300)}; {trial}'s environment is not known.")
+            continue
         env = (done or {}).get("environment")
         if isinstance(env, dict):
             by.setdefault(environment_label(env), []).append(trial)
     if len(by) < 2:
-        return []
-    return [f"The finished trials ran on {len(by)} environments, so their seeds fix training "
-            "only to the last digits and an event near the threshold can fall a probe step "
-            "apart between them: " + "; ".join(f"{label}: {_listed(ts)}"
-                                               for label, ts in sorted(by.items())) + "."]
+        return notes
+    where = "; ".join(f"{label}: {_listed(ts)}" for label, ts in sorted(by.items()))
+    return [*notes, f"The finished trials ran on {len(by)} environments, so their seeds fix "
+            "training only to the last digits and an event near the threshold can fall a "
+            f"probe step apart between them: {where}."]
 
 
 def _scale_params(info: FolderInfo) -> dict[str, float]:
