@@ -155,6 +155,13 @@ class CalibrationSettings:
     # larger (sampling noise: 474 on 512 samples of ADD s0 against 276 on 4,096), so eps = c / S
     # is the more cautious and gamma = k * S the stronger
     stiffness_samples: int | None = None
+    # the stiffness is S = n_beta * max(lambda_max at w*, lambda_max where the chains go): the
+    # latter at the point along a random direction where the batch loss has risen by this
+    # fraction of the basin bound (check 2's max_rise), the edge of what the basin check
+    # accepts. At a checkpoint trained to near-zero loss the curvature at w* vanishes with the
+    # softmax's saturation (REV s0: 0.23 at w*, 84 at the bound), and a grid set by it takes
+    # steps the chains cannot hold once they rise. None: lambda_max at w* only
+    stiffness_rise: float | None = 1.0
 
     def chain_length(self, step: float, localisation: float, settings: LLCSettings,
                      relaxation: tuple[float, float] | None = None) -> tuple[int, int]:
@@ -186,6 +193,9 @@ class CalibrationSettings:
         if self.spectrum_probes < 1 or self.spectrum_steps < 2:
             raise ValueError(f"need spectrum_probes >= 1 and spectrum_steps >= 2, got "
                              f"{self.spectrum_probes}, {self.spectrum_steps}")
+        if self.stiffness_rise is not None and not 0 < self.stiffness_rise <= 1:
+            raise ValueError(f"stiffness_rise must be in (0, 1] (a fraction of the basin "
+                             f"bound) or None, got {self.stiffness_rise}")
         if self.localised is not None and not 0 < self.localised <= 0.5:
             raise ValueError(f"localised must be in (0, 0.5] (gamma / (n_beta lambda_max); at "
                              f"0.5 the sharpest direction keeps 2/3 of its share) or None, got "

@@ -58,9 +58,15 @@ def test_llc_with_its_calibration_as_json_and_nothing_written(run: Path) -> None
     grid = cal["grid"]
     assert [(p["step"], p["localisation"]) for p in grid][:2] == [(0.2, 0.1), (0.1, 0.1)]
     assert [(p["n_draws"], p["n_burnin"]) for p in grid][:2] == [(50, 25), (100, 50)]
-    stiff = cal["n_beta_lambda_max"]
-    assert all(p["eps"] == pytest.approx(p["step"] / stiff) for p in grid)
-    assert all(p["gamma"] == pytest.approx(p["localisation"] * stiff) for p in grid)
+    # c and k relative to S at w*, the localised tier's to S where the loss has risen
+    stiff = {"gamma-independent": cal["n_beta_lambda_max"],
+             "localised": cal["localised_stiffness"]}
+    if any(p["tier"] == "localised" for p in grid):
+        assert cal["lambda_basin"] is not None and cal["localised_stiffness"] \
+            == pytest.approx(out["n_beta"] * max(cal["lambda_max"], cal["lambda_basin"]))
+    assert all(p["eps"] == pytest.approx(p["step"] / stiff[p["tier"]]) for p in grid)
+    assert all(p["gamma"] == pytest.approx(p["localisation"] * stiff[p["tier"]])
+               for p in grid)
     assert grid[1]["halving_change"] is None and not grid[1]["passed"]
     assert cal["untrained_loss"] > out["init_loss"]  # 12 steps of training lowered the loss
     if cal["chosen"] is not None:  # the choice is what the estimate used, judged by its bound

@@ -21,6 +21,13 @@ def _num(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _stiffness(r: Mapping[str, Any]) -> str:
+    """S of the gamma-independent tier, and the localised tier's where it was measured."""
+    s, loc = r.get("n_beta_lambda_max"), r.get("localised_stiffness")
+    return _num(s) + (f" ({_num(loc)})" if loc is not None and loc != s
+                      and r.get("lambda_basin") is not None else "")
+
+
 def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown lines: one row per (trial, measure) calibration; nothing when there is none."""
     if not records:
@@ -38,11 +45,14 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
              "setting passes, the localised tier estimates the LLC at the stated gamma = "
              "localised x n_beta x lambda_max, its chains relaxed under gamma, and check 4 is "
              "that bound: a localised value compares across the checkpoints of its trial, not "
-             "with another model's learning coefficient.",
+             "with another model's learning coefficient. The grid's eps and gamma are relative "
+             "to the stiffness S = n_beta x lambda_max at w*; the localised tier's to the "
+             "larger of that and lambda_max where the loss has risen by stiffness_rise x "
+             "max_rise (in brackets).",
              "",
              "| trial | measure | pilot step | tier | chosen | value at choice | loss rise | "
              "untrained loss | R-hat | change at eps/2 | change at gamma/10 | settings tried "
-             "| n_beta x lambda_max |",
+             "| stiffness S (localised tier's) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         grid = r.get("grid") or []
@@ -56,7 +66,7 @@ def calibration_section(records: Sequence[Mapping[str, Any]]) -> list[str]:
                      f"{_num(at.get('value'))} | {_num(at.get('rise'))} | "
                      f"{_num(r.get('untrained_loss'))} | {_num(at.get('rhat'))} | "
                      f"{_num(at.get('halving_change'))} | {_num(at.get('localisation_change'))} | "
-                     f"{len(grid)} | {_num(r.get('n_beta_lambda_max'))} |")
+                     f"{len(grid)} | {_stiffness(r)} |")
     failed = [r for r in records if r.get("chosen") is None]
     kinds = [r.get("kind") for r in records if r.get("chosen") is not None]
     tiers = ", ".join(f"{kinds.count(k)} {k}" for k in ("gamma-independent", "localised")

@@ -59,6 +59,7 @@ __all__ = [
     "LLCSettings",
     "LossBatch",
     "SGLDTrace",
+    "curvature_at_rise",
     "default_n_beta",
     "estimate_llc",
     "llc_from_trace",
@@ -214,6 +215,64 @@ def stiffness(model: nn.Module, batch: LossBatch, s: LLCSettings,
     lam = estimate_hessian(model, batch, HessianSettings(lanczos_tol=1e-2, max_hvps=80,
                                                          trace_probes=0, seed=s.seed)).lambda_max
     return n_beta, lam
+
+
+def curvature_at_rise(model: nn.Module, batch: LossBatch, rise: float, seed: int = 0,
+                      samples: int | None = None) -> tuple[float, float]:
+    """(lambda_max, r): the top Hessian eigenvalue of the batch loss at w* + r u, u a random
+    unit direction (seeded by ``seed``) and r the distance along it at which the loss has
+    risen by ``rise`` above L(w*); on at most ``samples`` of the batch, evenly spaced.
+
+    What the LLC's chains meet, not what w* shows: plain SGLD's noise is isotropic, so
+    directions the loss barely constrains carry the chains out until the loss stops them. At a
+    checkpoint trained to near-zero cross-entropy the curvature at w* vanishes with the
+    softmax's saturation and grows as the loss does: measured on REV s0 at step 300 (L(w*)
+    0.003), lambda_max 0.23 at w* and 84 where the loss has risen 0.7 nats. ``r`` is found by
+    doubling from 1 then 30 bisections on the loss along the ray (its first crossing); the
+    model is left as it was. (nan, nan) when no r up to 2**14 reaches the rise.
+    """
+    from emergence_core.measures.hessian import HessianSettings, estimate_hessian
+
+    n = batch.n_samples
+    if samples is not None and n > samples and hasattr(batch, "subset"):
+        batch = batch.subset(torch.linspace(0, n - 1, samples).round().long())
+    params = [p for p in model.parameters() if p.requires_grad]
+    w_star = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(seed)
+    u = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+    norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in u))
+    u = [x / norm for x in u]
+
+    def place(r: float) -> None:
+        with torch.no_grad():
+            for p, w, d in zip(params, w_star, u, strict=True):
+                p.copy_(w + r * d)
+
+    def risen(r: float) -> bool:
+        place(r)
+        with torch.no_grad():
+            return float(batch.loss(model)) - base >= rise
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            base = float(batch.loss(model))
+        lo, hi = 0.0, 1.0
+        while not risen(hi):
+            lo, hi = hi, 2 * hi
+            if hi > 2.0**14:
+                return math.nan, math.nan
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if risen(mid) else (mid, hi)
+        place(hi)
+        lam = estimate_hessian(model, batch, HessianSettings(
+            lanczos_tol=1e-2, max_hvps=80, trace_probes=0, seed=seed)).lambda_max
+        return float(lam), hi
+    finally:
+        place(0.0)
+        model.train(was_training)
 
 
 def relative_settings(model: nn.Module, batch: LossBatch, s: LLCSettings) -> LLCSettings:

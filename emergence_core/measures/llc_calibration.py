@@ -98,6 +98,18 @@ k = 0.1), softer directions less. The record says which tier chose (``kind``); a
 value compares across the checkpoints of its trial (one gamma per trial), not with the
 learning coefficient of another model.
 
+The localised tier's S is the curvature where its chains go (``stiffness_rise``, on by
+default): n_beta times the larger of lambda_max at w* and lambda_max at the point along a
+random direction where the batch loss has risen by ``stiffness_rise`` (1.0) x the basin
+bound (:func:`~emergence_core.measures.llc.curvature_at_rise`). Plain SGLD's noise is
+isotropic, so the chains go where the loss lets them, and at a checkpoint trained to
+near-zero cross-entropy the curvature at w* vanishes with the softmax's saturation: REV s0 at
+step 300, lambda_max 0.23 at w* and 84 at the bound's rise. Steps c / S set by w* are then
+unstable once the chains rise (on a planted flat-bottomed well every localised chain turns
+non-finite) and gamma = k S barely holds them. Measured only when the tier runs; the
+gamma-independent tier keeps lambda_max at w*, its value being judged independent of gamma
+by check 4.
+
 The chosen setting carries ``max_rise``, so every later estimate of the trial is judged by
 checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it. Check 2's
 lower half holds for every estimate, bounded or not: a mean sampled loss at or below L(w*)
@@ -119,6 +131,7 @@ from emergence_core.measures.llc import (
     LLCResult,
     LLCSettings,
     LossBatch,
+    curvature_at_rise,
     estimate_llc,
     n_beta_for,
     stiffness,
@@ -166,6 +179,14 @@ class LLCCalibration:
     criteria: dict[str, float]
     reason: str = ""  # why nothing was chosen
     kind: str = ""  # what was chosen: "gamma-independent", "localised", or "" (nothing)
+    lambda_basin: float = math.nan  # lambda_max at the basin's edge; nan: not measured
+
+    @property
+    def localised_stiffness(self) -> float:
+        """The localised tier's S: n_beta * the larger of lambda_max at w* and at the basin's
+        edge (``stiffness_rise``), the scale of that tier's c and k."""
+        lams = [v for v in (self.lambda_max, self.lambda_basin) if math.isfinite(v)]
+        return self.n_beta * max(lams) if lams else math.nan
 
     @property
     def converged(self) -> bool:
@@ -182,12 +203,14 @@ class LLCCalibration:
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
-        stiff = self.n_beta * self.lambda_max
         return {"chosen": self.chosen, "converged": self.converged, "kind": self.kind,
                 "reason": self.reason,
                 "init_loss": self.init_loss, "untrained_loss": self.untrained_loss,
                 "n_beta": self.n_beta, "lambda_max": clean(self.lambda_max),
-                "n_beta_lambda_max": clean(stiff), "criteria": self.criteria,
+                "lambda_basin": clean(self.lambda_basin),
+                "n_beta_lambda_max": clean(self.n_beta * self.lambda_max),
+                "localised_stiffness": clean(self.localised_stiffness),
+                "criteria": self.criteria,
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
 
 
@@ -268,7 +291,9 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     """Run the pilot on ``model`` (one checkpoint) and choose (eps, gamma); see the module.
 
     ``lambda_max`` (the top Hessian eigenvalue of ``batch.loss`` at the model) is computed by
-    Lanczos when not given.
+    Lanczos when not given. When the localised tier is reached and ``stiffness_rise`` is set,
+    so is the one at the basin's edge (:func:`~emergence_core.measures.llc.curvature_at_rise`),
+    and that tier's grid is relative to the larger.
     """
     c = calibration if calibration is not None else CalibrationSettings()
     if lambda_max is None:
@@ -285,13 +310,24 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                 "relaxation_burnin": c.relaxation_burnin, "relaxation_kept": c.relaxation_kept,
                 "max_draws": c.max_draws, "max_shortfall": c.max_shortfall,
                 "localised": c.localised, "localised_relaxation": c.localised_relaxation,
-                "stiffness_samples": c.stiffness_samples}
-    stiff = n_beta * lambda_max
-    if not (math.isfinite(stiff) and stiff > 0):
+                "stiffness_samples": c.stiffness_samples, "stiffness_rise": c.stiffness_rise}
+    if not (math.isfinite(lambda_max) and lambda_max > 0):
         return LLCCalibration((), None, init_loss, float(untrained_loss), n_beta,
                               float(lambda_max), criteria,
                               f"the Hessian's top eigenvalue is {lambda_max:.3g}: no positive "
                               "curvature to set the step by (not a minimum)")
+    stiff = n_beta * lambda_max
+    lambda_basin = math.nan
+    tiers = [stiff, stiff]  # S of the gamma-independent tier's points, of the localised's
+
+    def localise() -> None:
+        """The localised tier's S from the curvature where its chains go (module docs)."""
+        nonlocal lambda_basin
+        if c.stiffness_rise is not None:
+            lambda_basin, _ = curvature_at_rise(model, batch, c.stiffness_rise * max_rise,
+                                                settings.seed, c.stiffness_samples)
+            if math.isfinite(lambda_basin) and lambda_basin > lambda_max:
+                tiers[1] = n_beta * lambda_basin
     spectrum = None
     if c.max_shortfall is not None:
         from emergence_core.measures.spectrum import hessian_spectrum
@@ -325,8 +361,9 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     def run(i: int, j: int) -> LLCResult | None:
         if (i, j) not in runs:
             n_draws, n_burnin, _ = length(i, j)
+            scale = tiers[j == tier]
             runs[i, j] = None if n_draws > c.max_draws else estimate_llc(model, batch, replace(
-                base, eps=c.steps[i] / stiff, gamma=loc(j) * stiff,
+                base, eps=c.steps[i] / scale, gamma=loc(j) * scale,
                 n_draws=n_draws, n_burnin=n_burnin))
         return runs[i, j]
 
@@ -358,6 +395,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
             break
     kind = "gamma-independent" if chosen is not None else ""
     if chosen is None and c.localised is not None:
+        localise()
         # the localised tier: the largest step whose run and halved run (each relaxed under
         # gamma, so equal in time) pass checks 1-3; check 4 is the stated bound gamma / S = k
         for i in range(len(c.steps) - 1):
@@ -373,7 +411,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     points = []
     nan = math.nan
     for (i, j), r in runs.items():
-        head = (c.steps[i], loc(j), c.steps[i] / stiff, loc(j) * stiff, *length(i, j))
+        scale = tiers[j == tier]
+        head = (c.steps[i], loc(j), c.steps[i] / scale, loc(j) * scale, *length(i, j))
         where = "localised" if j == tier else "gamma-independent"
         if r is None:
             points.append(PilotPoint(*head, nan, nan, nan, nan, nan, False, False, None, None,
@@ -388,7 +427,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     reason = ""
     if chosen is not None:
         n_draws, n_burnin, _ = length(*chosen)
-        fields = {"eps": c.steps[chosen[0]] / stiff, "gamma": loc(chosen[1]) * stiff,
+        scale = tiers[chosen[1] == tier]
+        fields = {"eps": c.steps[chosen[0]] / scale, "gamma": loc(chosen[1]) * scale,
                   "n_draws": n_draws, "n_burnin": n_burnin, "max_rise": max_rise}
     else:
         skipped = sum(r is None for r in runs.values())
@@ -400,4 +440,4 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   + (f" ({skipped} point(s) needed more than max_draws = {c.max_draws} draws "
                      "per chain and were not run)" if skipped else ""))
     return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
-                          float(lambda_max), criteria, reason, kind)
+                          float(lambda_max), criteria, reason, kind, float(lambda_basin))

@@ -111,6 +111,14 @@ def probe(
                    f"{cal['chosen'] or 'nothing (not converged)'}{kind}")
         if cal.get("reason"):
             typer.echo(f"    {cal['reason']}")
+        if cal.get("n_beta_lambda_max") is not None:
+            line = (f"c and k relative to S = n_beta x lambda_max = "
+                    f"{_fmt(cal['n_beta_lambda_max'])} (lambda_max {_fmt(cal.get('lambda_max'))}"
+                    " at w*)")
+            if cal.get("lambda_basin") is not None:
+                line += (f"; the localised tier's to {_fmt(cal.get('localised_stiffness'))} "
+                         f"(lambda_max {_fmt(cal['lambda_basin'])} where the loss has risen)")
+            typer.echo(f"    {line}")
         for line in pilot_grid_lines(cal.get("grid") or []):
             typer.echo(f"    {line}")
     if out.get("written"):

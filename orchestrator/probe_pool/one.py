@@ -150,6 +150,8 @@ def probe_checkpoint(run_dir: str | Path, measure: str, step: int, *,
                               "grid": record.get("grid"),
                               "lambda_max": record.get("lambda_max"),
                               "n_beta_lambda_max": record.get("n_beta_lambda_max"),
+                              "lambda_basin": record.get("lambda_basin"),
+                              "localised_stiffness": record.get("localised_stiffness"),
                               "criteria": record.get("criteria"),
                               "reason": record.get("reason"),
                               "untrained_loss": record.get("untrained_loss")}
