@@ -206,15 +206,23 @@ def stiffness(model: nn.Module, batch: LossBatch, s: LLCSettings,
               samples: int | None = None) -> tuple[float, float]:
     """(n_beta, lambda_max): the inverse temperature and the top Hessian eigenvalue at w*,
     the latter on at most ``samples`` of the batch, evenly spaced (None: all)."""
-    from emergence_core.measures.hessian import HessianSettings, estimate_hessian
+    return n_beta_for(batch, s), _lambda_max(model, _spaced(batch, samples), s.seed)
 
-    n_beta = n_beta_for(batch, s)
+
+def _spaced(batch: LossBatch, samples: int | None) -> LossBatch:
+    """At most ``samples`` of the batch, evenly spaced (None: all of it)."""
     n = batch.n_samples
     if samples is not None and n > samples and hasattr(batch, "subset"):
-        batch = batch.subset(torch.linspace(0, n - 1, samples).round().long())
-    lam = estimate_hessian(model, batch, HessianSettings(lanczos_tol=1e-2, max_hvps=80,
-                                                         trace_probes=0, seed=s.seed)).lambda_max
-    return n_beta, lam
+        return batch.subset(torch.linspace(0, n - 1, samples).round().long())
+    return batch
+
+
+def _lambda_max(model: nn.Module, batch: LossBatch, seed: int) -> float:
+    """The Hessian's top eigenvalue at the model's weights: the pilot's cheap Lanczos."""
+    from emergence_core.measures.hessian import HessianSettings, estimate_hessian
+
+    return float(estimate_hessian(model, batch, HessianSettings(
+        lanczos_tol=1e-2, max_hvps=80, trace_probes=0, seed=seed)).lambda_max)
 
 
 def curvature_at_rise(model: nn.Module, batch: LossBatch, rise: float, seed: int = 0,
@@ -231,11 +239,7 @@ def curvature_at_rise(model: nn.Module, batch: LossBatch, rise: float, seed: int
     doubling from 1 then 30 bisections on the loss along the ray (its first crossing); the
     model is left as it was. (nan, nan) when no r up to 2**14 reaches the rise.
     """
-    from emergence_core.measures.hessian import HessianSettings, estimate_hessian
-
-    n = batch.n_samples
-    if samples is not None and n > samples and hasattr(batch, "subset"):
-        batch = batch.subset(torch.linspace(0, n - 1, samples).round().long())
+    batch = _spaced(batch, samples)
     params = [p for p in model.parameters() if p.requires_grad]
     w_star = [p.detach().clone() for p in params]
     gen = torch.Generator().manual_seed(seed)
@@ -267,9 +271,7 @@ def curvature_at_rise(model: nn.Module, batch: LossBatch, rise: float, seed: int
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if risen(mid) else (mid, hi)
         place(hi)
-        lam = estimate_hessian(model, batch, HessianSettings(
-            lanczos_tol=1e-2, max_hvps=80, trace_probes=0, seed=seed)).lambda_max
-        return float(lam), hi
+        return _lambda_max(model, batch, seed), hi
     finally:
         place(0.0)
         model.train(was_training)
