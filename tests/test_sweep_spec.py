@@ -52,6 +52,13 @@ BAD_FILES = [
      ["analysis: unknown analysis setting 'smooth_windw'; did you mean 'smooth_window'?"]),
     ("name: t\ntasks: [MOD]\nscales: [s0]\ntrain: {steps: -1, lr: fast}\nretries: -2\n",
      ["train.steps", "train.lr", "retries"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nseeds: [0, 1]\nexclude: [{seeds: [2]}]\n",
+     ["exclude[0].seeds: 2 not in the grid's seeds [0, 1]"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nexclude: [{}]\n", ["exclude[0]: names no axis"]),
+    ("name: t\ntasks: [MOD, ADD]\nscales: [s0]\nexclude: [{tasks: [MOD]}, {tasks: [ADD]}]\n",
+     ["exclude removes every trial of the grid"]),
+    ("name: t\ntasks: [MOD]\nscales: [s0]\nexclude: [{task: [MOD]}]\n",
+     ["exclude[0].task: unknown key"]),
 ]
 
 
@@ -86,6 +93,20 @@ def _probe_steps(cfg):
 
     return probe_schedule(cfg.steps, cfg.probe.n_probes, log_fraction=cfg.probe.log_fraction,
                           log_until=cfg.probe.log_until)
+
+
+def test_exclude_leaves_out_the_trials_matching_every_axis_it_names() -> None:
+    """The two-scale study's shape: s0 at three seeds, s1 at one, two for MOD and CMP."""
+    spec = parse_spec({
+        "name": "t", "tasks": ["COPY", "MOD", "CMP"], "scales": ["s0", "s1"],
+        "seeds": [0, 1, 2],
+        "exclude": [{"scales": ["s1"], "seeds": [2]},
+                    {"scales": ["s1"], "seeds": [1], "tasks": ["COPY"]}]})
+    names = [t.name for t in spec.trials()]
+    assert names == ["COPY-s0-0", "COPY-s0-1", "COPY-s0-2", "COPY-s1-0",
+                     "MOD-s0-0", "MOD-s0-1", "MOD-s0-2", "MOD-s1-0", "MOD-s1-1",
+                     "CMP-s0-0", "CMP-s0-1", "CMP-s0-2", "CMP-s1-0", "CMP-s1-1"]
+    assert [t for t in spec.grid()][3] == ("COPY", "s1", 0)
 
 
 def test_settings_merge_in_order() -> None:

@@ -13,13 +13,17 @@ retries: 2                       # per trial, each from its last checkpoint
 train: {diag_size: 1000}         # TrainConfig fields for every trial
 per_task: {MOD: {train: {steps: 1500}}}
 per_scale: {s0: {train: {lr: 1e-3}, resources: {cpus: 1, gpus: 0}}}
+exclude:                         # trials left out of the grid, as in a CI matrix's exclude:
+  - {scales: [s1], seeds: [1]}   # an entry removes every trial matching all axes it names
 emergence: {threshold: 0.5, persistence: 5}   # the default rule (emergence_rule.RULE)
 plugins: [mylab.emerge_ext]      # modules registering tasks, scales, expensive measures
 define_scales: {s5: {layers: 16, width: 1024, heads: 16}}   # a scale by its shape
 ```
 
 A trial's config is the scale's and task's defaults, then ``train``, then ``per_task``, then
-``per_scale``. Every problem is reported at once, one line each, naming the field. The
+``per_scale``. ``exclude`` makes the grid less than a full product (a larger scale with fewer
+seeds); every value it names must be on the grid, so a typo cannot silently exclude nothing.
+Every problem is reported at once, one line each, naming the field. The
 sweep file is validated here once; what travels on (to Tune, the probe pool, MLflow) is the
 typed ``SweepSpec`` and its ``Trial``s, each with its plan (``emergence_core.plan``).
 """
@@ -40,6 +44,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from emergence_core.config import TrainConfig, resolve_config
@@ -135,6 +140,29 @@ class ExtensionSpec(BaseModel):
                           tuple(d.shape(n) for n, d in self.define_scales.items()))
 
 
+_task_name = checked(lambda v: get_task(v).name, TaskError)
+_scale_name = checked(lambda v: scale_shape(v).name, ScaleError)
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+ScaleName = Annotated[str, AfterValidator(_scale_name)]
+Level = Annotated[int, Field(ge=1, le=3)]
+Seed = Annotated[int, Field(ge=0)]
+
+
+class GridSlice(_Strict):
+    """Trials of the grid matching every axis named here (an axis left out matches all)."""
+
+    tasks: list[TaskName] | None = None
+    scales: list[ScaleName] | None = None
+    seeds: list[Seed] | None = None
+
+    def matches(self, task: str, scale: str, seed: int) -> bool:
+        return ((self.tasks is None or task in self.tasks)
+                and (self.scales is None or scale in self.scales)
+                and (self.seeds is None or seed in self.seeds))
+
+
 class Emergence(_Strict):
     threshold: float = Field(RULE.threshold, gt=0, le=1)
     persistence: int = Field(RULE.persistence, ge=0)
@@ -144,14 +172,6 @@ class Emergence(_Strict):
         return EmergenceRule(self.threshold, self.persistence)
 
 
-_task_name = checked(lambda v: get_task(v).name, TaskError)
-_scale_name = checked(lambda v: scale_shape(v).name, ScaleError)
-
-
-TaskName = Annotated[str, AfterValidator(_task_name)]
-ScaleName = Annotated[str, AfterValidator(_scale_name)]
-Level = Annotated[int, Field(ge=1, le=3)]
-Seed = Annotated[int, Field(ge=0)]
 
 
 class SweepSpec(_Strict):
@@ -176,6 +196,9 @@ class SweepSpec(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     per_task: dict[TaskName, Overrides] = Field(default_factory=dict)
     per_scale: dict[ScaleName, ScaleSettings] = Field(default_factory=dict)
+    exclude: list[GridSlice] = Field(
+        default_factory=list, description="trials left out: each entry removes the trials "
+        "matching every axis it names (tasks, scales, seeds)")
     emergence: Emergence = Emergence()
     probes: Probes = Probes()
     analysis: dict[str, Any] = Field(
@@ -218,6 +241,31 @@ class SweepSpec(_Strict):
             seen.add(x)
         return v
 
+    @model_validator(mode="after")
+    def _exclusions(self) -> SweepSpec:
+        axes = {"tasks": self.tasks, "scales": self.scales, "seeds": self.seeds}
+        problems = []
+        for i, e in enumerate(self.exclude):
+            named = {a: getattr(e, a) for a in axes if getattr(e, a) is not None}
+            if not named:
+                problems.append(f"exclude[{i}]: names no axis, so it would remove every "
+                                "trial; name tasks, scales or seeds")
+            for a, values in named.items():
+                off = [v for v in values if v not in axes[a]]
+                if off:
+                    problems.append(f"exclude[{i}].{a}: {', '.join(map(str, off))} not in the "
+                                    f"grid's {a} {axes[a]}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.exclude and not self.grid():
+            raise ValueError("exclude removes every trial of the grid")
+        return self
+
+    def grid(self) -> list[tuple[str, str, int]]:
+        """(task, scale, seed) of every trial, in a stable order, less the exclusions."""
+        return [(t, s, seed) for t in self.tasks for s in self.scales for seed in self.seeds
+                if not any(e.matches(t, s, seed) for e in self.exclude)]
+
     # -- derived -----------------------------------------------------------------------------
 
     @property
@@ -249,15 +297,14 @@ class SweepSpec(_Strict):
         d = self.probes.density
         density = None if d is None else d.resolved(list(every))
         out = []
-        for t in self.tasks:
-            for s in self.scales:
-                for seed in self.seeds:
-                    cfg = resolve_config(t, s, seed, **self.overrides(t, s))
-                    out.append(Trial(cfg, self.resources(s), trial_plan(cfg, every, density)))
+        for t, s, seed in self.grid():
+            cfg = resolve_config(t, s, seed, **self.overrides(t, s))
+            out.append(Trial(cfg, self.resources(s), trial_plan(cfg, every, density)))
         return tuple(out)
 
     def trials(self) -> list[Trial]:
-        """The grid, in a stable order (task, scale, seed); resolved once per spec."""
+        """The grid less its exclusions, in a stable order (task, scale, seed); resolved once
+        per spec."""
         return list(self._trials)
 
     def trial(self, name: str) -> Trial:
@@ -344,8 +391,8 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
             t, s = (canon, scale0) if fixed == "task" else (task0, canon)
             problems += _section_problems(f"{key}.{name}.train", train, t, s)
     if spec is not None and not problems:
-        n = len(spec.tasks) * len(spec.scales) * len(spec.seeds)
-        if n > MAX_TRIALS:
+        n = len(spec.tasks) * len(spec.scales) * len(spec.seeds)  # before exclusions: the
+        if n > MAX_TRIALS:                                        # grid is walked to exclude
             raise UsageError(
                 f"{source}: the grid has {n:,} trials (tasks {len(spec.tasks)} x scales "
                 f"{len(spec.scales)} x seeds {len(spec.seeds)}); a sweep file holds at most "
@@ -353,12 +400,11 @@ def parse_spec(data: Any, source: str = "sweep file") -> SweepSpec:
         problems += _probe_problems(spec)
     if spec is not None and not problems:
         # Sections valid alone can still clash when merged (warm-up longer than the steps).
-        for t in spec.tasks:
-            for s in spec.scales:
-                try:
-                    resolve_config(t, s, 0, **spec.overrides(t, s))
-                except ValidationError as e:
-                    problems += [f"trial {t}-{s}: {line}" for line in format_validation_error(e)]
+        for t, s in dict.fromkeys((t, s) for t, s, _ in spec.grid()):
+            try:
+                resolve_config(t, s, 0, **spec.overrides(t, s))
+            except ValidationError as e:
+                problems += [f"trial {t}-{s}: {line}" for line in format_validation_error(e)]
     if problems:
         raise UsageError(*dict.fromkeys(problems))  # de-duplicated, in order
     assert spec is not None
@@ -392,29 +438,28 @@ def _probe_problems(spec: SweepSpec) -> list[str]:
         if (m.calibrate or m.calibration) and get_measure(name).calibrate is None:
             problems.append(f"probes.measures.{name}.calibrate: {name} has no calibration; "
                             "remove calibrate/calibration")
-    for t in spec.tasks:
-        for s in spec.scales:
-            cfg = resolve_config(t, s, 0, **spec.overrides(t, s))
-            every = cfg.checkpoint.weights_every
-            d = spec.probes.density
-            dense = set() if d is None else set(d.measures or spec.probes.measures)
-            if d is not None and d.window < spec.emergence.persistence + d.around:
+    for t, s in dict.fromkeys((t, s) for t, s, _ in spec.grid()):
+        cfg = resolve_config(t, s, 0, **spec.overrides(t, s))
+        every = cfg.checkpoint.weights_every
+        d = spec.probes.density
+        dense = set() if d is None else set(d.measures or spec.probes.measures)
+        if d is not None and d.window < spec.emergence.persistence + d.around:
+            problems.append(
+                f"probes.density.window: {d.window} probe steps cannot reach back to an "
+                f"event's window: an event is confirmed {spec.emergence.persistence} probe "
+                f"steps after its onset, so use at least persistence + around "
+                f"({spec.emergence.persistence + d.around})")
+        for name, m in spec.probes.measures.items():
+            if name in dense:
+                continue  # a dense measure's backbone keeps its own weights
+            if every is None:
+                problems.append(f"probes.measures.{name}: trial {t}-{s} saves no weights "
+                                "(train.checkpoint.weights_every is null)")
+            elif m.every % every:
                 problems.append(
-                    f"probes.density.window: {d.window} probe steps cannot reach back to an "
-                    f"event's window: an event is confirmed {spec.emergence.persistence} probe "
-                    f"steps after its onset, so use at least persistence + around "
-                    f"({spec.emergence.persistence + d.around})")
-            for name, m in spec.probes.measures.items():
-                if name in dense:
-                    continue  # a dense measure's backbone keeps its own weights
-                if every is None:
-                    problems.append(f"probes.measures.{name}: trial {t}-{s} saves no weights "
-                                    "(train.checkpoint.weights_every is null)")
-                elif m.every % every:
-                    problems.append(
-                        f"probes.measures.{name}.every: {m.every} is not a multiple of trial "
-                        f"{t}-{s}'s train.checkpoint.weights_every ({every}), so checkpoints "
-                        "it needs would have no weights")
+                    f"probes.measures.{name}.every: {m.every} is not a multiple of trial "
+                    f"{t}-{s}'s train.checkpoint.weights_every ({every}), so checkpoints "
+                    "it needs would have no weights")
     return list(dict.fromkeys(problems))
 
 
