@@ -297,3 +297,36 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, make: str, args: 
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], r.output
     assert not (run / "report").exists()
+
+
+def test_sigterm_while_the_report_is_staged_keeps_the_earlier_report(trained: Path,
+                                                                     tmp_path: Path) -> None:
+    """A scheduler's SIGTERM mid-report: exit 143 with one line of its own, the staging folder
+    gone, the report of the run before it untouched (it was left behind, exit by the shell's
+    'Terminated', before ``stops_cleanly``)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = sweep_folder(trained, tmp_path / "run")
+    args = [sys.executable, "-m", "orchestrator.cli", "analyze", str(run), "--no-mlflow",
+            "--set", "n_bootstrap=50"]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    before = (run / "report" / "report.md").read_bytes()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 300
+    while not list(run.glob(".report.tmp-*")):  # the report is being written
+        assert proc.poll() is None, "analyze finished before its staging folder was seen"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM: "), err
+    assert not list(run.glob(".report.tmp-*"))
+    assert (run / "report" / "report.md").read_bytes() == before

@@ -27,7 +27,7 @@ from emergence_core.errors import first_line
 from emergence_core.folder_records import FolderInfo, describe, failure_record
 from emergence_core.registry import did_you_mean
 from emergence_core.run_folder import RunFolder
-from orchestrator.cli.common import handles_usage_errors, parse_sets
+from orchestrator.cli.common import handles_usage_errors, parse_sets, stops_cleanly
 from orchestrator.common.errors import UsageError, cli_tracking_uri, format_validation_error
 from orchestrator.tracking.report import log_to_sweep_run
 
@@ -357,6 +357,7 @@ def analyze_command(
     """The study's statistics over RUN_DIR (emergence events, onsets and leads, collapse floors,
     precursor rates): write RUN_DIR/report and log it to the sweep's MLflow run."""
 
+    @stops_cleanly
     @handles_usage_errors
     def run() -> None:
         _print(analyze_run(run_dir, out, sets=parse_sets(set_ or []), threshold=threshold,

@@ -13,7 +13,7 @@ import typer
 
 from orchestrator.common.errors import RuntimeFault, UsageError, format_validation_error
 
-__all__ = ["err_console", "fail", "handles_usage_errors", "parse_sets"]
+__all__ = ["err_console", "fail", "handles_usage_errors", "parse_sets", "stops_cleanly"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +52,30 @@ def handles_usage_errors(fn: F) -> F:
             where = f" writing {e.filename}" if e.filename else ""
             fail([f"{e.strerror or e}{where}; nothing half-written was kept: fix it and run "
                   "the same command again to resume"], code=1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stops_cleanly(fn: F) -> F:
+    """SIGTERM, SIGHUP and Ctrl-C stop a command that runs no Ray driver (analyze, multiverse,
+    probe) with one line and the signal's exit code (143, 129, 130). Such a command writes
+    through a staging folder or a temporary file and an atomic rename, and removes what it
+    staged when the interrupt passes through it, so what it had written before stays whole
+    and what it was writing is gone. Without this, SIGTERM ended the process at once and
+    left the staging folder (``.report.tmp-<id>/``) behind."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from orchestrator.common.signals import exit_code, stop_signals
+
+        with stop_signals() as stop:
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                typer.echo(f"stopped by {stop.name}: what was being written was removed, what "
+                           "was written before is whole; run the same command again",
+                           err=True)
+                raise typer.Exit(exit_code(stop)) from None
 
     return wrapper  # type: ignore[return-value]
 

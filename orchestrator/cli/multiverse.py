@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import handles_usage_errors, parse_sets
+from orchestrator.cli.common import handles_usage_errors, parse_sets, stops_cleanly
 from orchestrator.common.errors import UsageError
 
 
@@ -75,8 +75,17 @@ def _recompute_all(run_dir: Path, todo: dict, definitions, sweep: str, workers: 
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_recompute, run_dir, name, cfg, definitions, sweep)
                    for name, (cfg, _) in todo.items()]
-        for f in as_completed(futures):
-            said(*f.result())
+        try:
+            for f in as_completed(futures):
+                said(*f.result())
+        except KeyboardInterrupt:
+            # a signal reaches this process only (`kill PID`, a scheduler's SIGTERM); the
+            # workers' files are written atomically, so ending them loses no finished trial
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            raise
 
 
 def multiverse_run(run_dir: Path, out: Path | None = None, *, samples: tuple[int, ...] = (),
@@ -184,6 +193,7 @@ def multiverse_command(
 
         emerge multiverse runs/cpu-study --samples 200,300 --thresholds 0.5,0.8 --workers 2
     """
+    @stops_cleanly
     @handles_usage_errors
     def run() -> None:
         multiverse_run(run_dir, out,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import handles_usage_errors, parse_sets
+from orchestrator.cli.common import handles_usage_errors, parse_sets, stops_cleanly
 
 __all__ = ["probe"]
 
@@ -57,6 +57,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+@stops_cleanly
 @handles_usage_errors
 def probe(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (emerge sweep or emerge train)")],
