@@ -432,12 +432,8 @@ def test_the_spectral_budget_reads_the_chain_length_off_the_measured_spectrum():
     on the planted spectrum (rotated) its predicted shortfall matches the exact one, the
     length it chooses is as short as the target allows and far below the worst case, and a
     model whose soft directions are exactly flat needs no longer chains at all."""
-    from emergence_core.measures.llc_calibration import (
-        CalibrationSettings,
-        predicted_llc,
-        spectral_length,
-    )
-    from emergence_core.measures.spectrum import hessian_spectrum
+    from emergence_core.measures.llc_calibration import CalibrationSettings
+    from emergence_core.measures.spectrum import hessian_spectrum, predicted_llc, spectral_length
 
     d, n_beta, lam = 400, 1000.0, 1.0
     h = lam * 10 ** -torch.linspace(0, 4, d, dtype=torch.float64)

@@ -26,11 +26,10 @@ and devinterp's diagnostics):
    ``max_rise_fraction`` (0.25) of the scale max(L_untrained - L(w*), L(w*)): the chains may
    undo at most a quarter of what training achieved, or, at a checkpoint whose loss is
    mostly irreducible (a regression at its noise floor, a task at chance), raise the loss by
-   at most a quarter of its own value. A rise <= 0 says the chains
-   found lower loss, so w* is no local minimum (the LLC is then undefined); a larger rise
-   says they left the basin. Unlike the earlier absolute ceiling (mean loss <= 0.25 x the
-   untrained loss), this passes a checkpoint whose own loss is high (ADD, MUL, PAR, a
-   regression at its noise floor) and still fails one whose chains climb out.
+   at most a quarter of its own value. A rise <= 0 says the chains found lower loss, so w*
+   is no local minimum (the LLC is then undefined); a larger rise says they left the basin.
+   A checkpoint whose own loss is high (ADD, MUL, PAR, a regression at its noise floor)
+   passes it, which an absolute ceiling on the mean loss could never do.
 3. **Discretisation**: the value moves by at most ``max_halving_change`` (10%) when eps
    halves (same gamma). Fails when the step is too large for the curvature the chains meet.
 4. **Localisation**: the value moves by at most ``max_localisation_change`` (5%) when gamma
@@ -61,24 +60,22 @@ a neighbour. A fixed length hides the problem and corrupts the halving check, si
 c/2 then relax by different amounts (on a planted quadratic, ``tests/test_llc_known_truth.py``:
 35% change at 200 draws against a true discretisation bias of 0.14%).
 
-It is off by default (both 0: the settings' own lengths) because the worst case it bounds
-prices the localisation check out: a deep linear network needs k <= 1e-3 (k = 1e-2 biases
-it by -11%), judged against k = 1e-4, i.e. 200,000 draws at c = 0.2, while at fixed lengths
-of 1,000 draws it lands within 2% (its flat directions, h = 0, contribute nothing to the
-value). Directions with n_beta h << gamma contribute n_beta h / (2 gamma) each, so the
+It is off by default (both 0: the settings' own lengths): the worst case it bounds prices
+the localisation check out (a deep linear network needs k <= 1e-3 judged against k = 1e-4,
+200,000 draws at c = 0.2, while 1,000 draws land within 2%: its flat directions contribute
+nothing). Directions with n_beta h << gamma contribute n_beta h / (2 gamma) each, so the
 budget a checkpoint needs depends on its spectrum, not only on c and k; docs/methods.md
 §3.4 records what it shows on a transformer checkpoint.
 
 The spectral budget (``max_shortfall``, opt-in) prices each direction by what it contributes:
 the pilot measures the Hessian's spectral density at w* by stochastic Lanczos quadrature
-(``spectrum_probes`` x ``spectrum_steps`` products,
-:func:`~emergence_core.measures.spectrum.spectral_density`) and doubles the settings' chain
-length at each point until the quadratic model of that spectrum (:func:`predicted_llc`, the
-closed form of Ornstein-Uhlenbeck chains) predicts at most ``max_shortfall`` short of the
-stationary value. Exactly flat directions then need nothing, a soft bulk carrying weight
-needs long chains. The model leaves out minibatch noise and the loss's higher-order terms,
-so the chains' own checks still judge every point. It is off by default until the
-known-truth cases pass with it (docs/methods.md §3.4 has the measurement).
+(``spectrum_probes`` x ``spectrum_steps`` products, :mod:`emergence_core.measures.spectrum`)
+and doubles the settings' chain length at each point until the quadratic model of that
+spectrum (``predicted_llc``, the closed form of Ornstein-Uhlenbeck chains) predicts at most
+``max_shortfall`` short of the stationary value. Exactly flat directions then need nothing,
+a soft bulk carrying weight needs long chains. The model leaves out minibatch noise and the
+loss's higher-order terms, so the chains' own checks still judge every point. Off by
+default until the known-truth cases pass with it (docs/methods.md §3.4 has the measurement).
 
 The localised tier (``localised``, k = 0.1 by default; None turns it off). A checkpoint taken
 mid-training is no minimum, and a transformer's Hessian is a few outliers over a soft bulk:
@@ -107,13 +104,11 @@ near-zero cross-entropy the curvature at w* vanishes with the softmax's saturati
 step 300, lambda_max 0.23 at w* and 84 at the bound's rise. Steps c / S set by w* are then
 unstable once the chains rise (on a planted flat-bottomed well every localised chain turns
 non-finite) and gamma = k S barely holds them. Measured only when the tier runs; the
-gamma-independent tier keeps lambda_max at w*, its value being judged independent of gamma
-by check 4.
+gamma-independent tier keeps w*'s (check 4 judges its gamma).
 
-The chosen setting carries ``max_rise``, so every later estimate of the trial is judged by
-checks 1 and 2 itself; checks 3 and 4 are the pilot's and are recorded with it. Check 2's
-lower half holds for every estimate, bounded or not: a mean sampled loss at or below L(w*)
-is never a converged LLC.
+The chosen setting carries ``max_rise``: every later estimate of the trial is judged by
+checks 1 and 2 itself, checks 3 and 4 are the pilot's, recorded with it. Check 2's lower half
+holds for every estimate: a mean sampled loss at or below L(w*) is never a converged LLC.
 """
 
 from __future__ import annotations
@@ -136,9 +131,10 @@ from emergence_core.measures.llc import (
     n_beta_for,
     stiffness,
 )
+from emergence_core.measures.spectrum import spectral_length
 
 __all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "basin_scale",
-           "calibrate_llc", "predicted_llc", "spectral_length"]
+           "calibrate_llc"]
 
 
 @dataclass(frozen=True)
@@ -212,45 +208,6 @@ class LLCCalibration:
                 "localised_stiffness": clean(self.localised_stiffness),
                 "criteria": self.criteria,
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
-
-
-def predicted_llc(nodes: torch.Tensor, weights: torch.Tensor, n_beta: float, eps: float,
-                  gamma: float, n_draws: int, n_burnin: int) -> tuple[float, float]:
-    """(expected estimate, stationary value) of plain SGLD chains of ``n_draws`` draws
-    (``n_burnin`` excluded) from w*, on the quadratic model of the loss whose Hessian has the
-    spectral density (nodes, weights) (:func:`~emergence_core.measures.spectrum.spectral_density`).
-
-    A direction of curvature h is an Ornstein-Uhlenbeck chain: w_{t+1} = a w_t + sqrt(eps) xi
-    with a = 1 - eps (n_beta h + gamma) / 2, so Var w_t = v (1 - a^(2t)), v = eps / (1 - a^2),
-    and its share of the estimate is n_beta h / 2 times the mean of Var w_t over the kept
-    draws. Negative curvature (no minimum) is counted as flat; an unstable direction
-    (|a| >= 1) makes both values infinite.
-    """
-    h = nodes.double().clamp(min=0)
-    w = weights.double()
-    r = (1 - eps * (n_beta * h + gamma) / 2) ** 2
-    if bool((r >= 1).any()):
-        return math.inf, math.inf
-    v = eps / (1 - r)
-    kept = n_draws - n_burnin
-    mean_rt = r**n_burnin * (1 - r**kept) / ((1 - r) * kept)  # mean of r^t over kept t
-    share = w * h / 2 * v
-    return n_beta * float((share * (1 - mean_rt)).sum()), n_beta * float(share.sum())
-
-
-def spectral_length(spectrum: tuple[torch.Tensor, torch.Tensor], n_beta: float, eps: float,
-                    gamma: float, n_draws: int, n_burnin: int, max_shortfall: float,
-                    max_draws: int) -> tuple[int, int, float]:
-    """(n_draws, n_burnin, predicted shortfall): the given lengths doubled until
-    :func:`predicted_llc` is at most ``max_shortfall`` short of its stationary value, or
-    until they pass ``max_draws`` (then the first length past it)."""
-    while True:
-        expected, stationary = predicted_llc(*spectrum, n_beta, eps, gamma, n_draws, n_burnin)
-        short = 1 - expected / stationary if math.isfinite(stationary) and stationary > 0 \
-            else (0.0 if stationary == 0 else math.nan)
-        if not math.isfinite(short) or short <= max_shortfall or n_draws > max_draws:
-            return n_draws, n_burnin, short
-        n_draws, n_burnin = 2 * n_draws, 2 * n_burnin
 
 
 def basin_scale(init_loss: float, untrained_loss: float) -> float:

@@ -1,7 +1,9 @@
 """The Hessian's spectral density by stochastic Lanczos quadrature, on the Hessian-vector
 products of :class:`~emergence_core.measures.hessian.HessianOperator`.
 
-The LLC pilot's spectral budget (docs/methods.md §3.4) reads chain lengths off it.
+The LLC pilot's spectral budget (docs/methods.md §3.4) reads chain lengths off it: the
+closed form of SGLD chains on the quadratic model of that spectrum (``predicted_llc``) and
+the lengths that bring them within a stated shortfall of stationarity (``spectral_length``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 from emergence_core.measures.batch import ScoredBatch
 from emergence_core.measures.hessian import HessianOperator, orthogonalised
 
-__all__ = ["hessian_spectrum", "spectral_density"]
+__all__ = ["hessian_spectrum", "predicted_llc", "spectral_density", "spectral_length"]
 
 
 def spectral_density(op: HessianOperator, generator: torch.Generator, *, n_probes: int = 4,
@@ -70,3 +72,42 @@ def hessian_spectrum(model: nn.Module, batch: ScoredBatch, *, n_probes: int = 4,
     with HessianOperator(model, batch.loss) as op:
         return spectral_density(op, torch.Generator().manual_seed(seed), n_probes=n_probes,
                                 n_steps=n_steps)
+
+
+def predicted_llc(nodes: torch.Tensor, weights: torch.Tensor, n_beta: float, eps: float,
+                  gamma: float, n_draws: int, n_burnin: int) -> tuple[float, float]:
+    """(expected estimate, stationary value) of plain SGLD chains of ``n_draws`` draws
+    (``n_burnin`` excluded) from w*, on the quadratic model of the loss whose Hessian has the
+    spectral density (nodes, weights) (:func:`~emergence_core.measures.spectrum.spectral_density`).
+
+    A direction of curvature h is an Ornstein-Uhlenbeck chain: w_{t+1} = a w_t + sqrt(eps) xi
+    with a = 1 - eps (n_beta h + gamma) / 2, so Var w_t = v (1 - a^(2t)), v = eps / (1 - a^2),
+    and its share of the estimate is n_beta h / 2 times the mean of Var w_t over the kept
+    draws. Negative curvature (no minimum) is counted as flat; an unstable direction
+    (|a| >= 1) makes both values infinite.
+    """
+    h = nodes.double().clamp(min=0)
+    w = weights.double()
+    r = (1 - eps * (n_beta * h + gamma) / 2) ** 2
+    if bool((r >= 1).any()):
+        return math.inf, math.inf
+    v = eps / (1 - r)
+    kept = n_draws - n_burnin
+    mean_rt = r**n_burnin * (1 - r**kept) / ((1 - r) * kept)  # mean of r^t over kept t
+    share = w * h / 2 * v
+    return n_beta * float((share * (1 - mean_rt)).sum()), n_beta * float(share.sum())
+
+
+def spectral_length(spectrum: tuple[torch.Tensor, torch.Tensor], n_beta: float, eps: float,
+                    gamma: float, n_draws: int, n_burnin: int, max_shortfall: float,
+                    max_draws: int) -> tuple[int, int, float]:
+    """(n_draws, n_burnin, predicted shortfall): the given lengths doubled until
+    :func:`predicted_llc` is at most ``max_shortfall`` short of its stationary value, or
+    until they pass ``max_draws`` (then the first length past it)."""
+    while True:
+        expected, stationary = predicted_llc(*spectrum, n_beta, eps, gamma, n_draws, n_burnin)
+        short = 1 - expected / stationary if math.isfinite(stationary) and stationary > 0 \
+            else (0.0 if stationary == 0 else math.nan)
+        if not math.isfinite(short) or short <= max_shortfall or n_draws > max_draws:
+            return n_draws, n_burnin, short
+        n_draws, n_burnin = 2 * n_draws, 2 * n_burnin
