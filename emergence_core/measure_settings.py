@@ -134,6 +134,10 @@ class CalibrationSettings:
     localisations: tuple[float, ...] = (1e-2, 1e-3, 1e-4)  # gamma / (n_beta * lambda_max)
     max_rise_fraction: float = 0.25
     max_halving_change: float = 0.1
+    # check 3 is decided once halving_z x the Monte Carlo error of the change is within
+    # max_halving_change; until then both runs' kept draws double (up to max_draws), and
+    # the chosen setting keeps the length that decided it. None: the point values alone
+    halving_z: float | None = 2.0
     max_localisation_change: float = 0.05
     # the relaxation budget, off by default (0: the settings' own lengths); see the module
     relaxation_burnin: float = 0.0  # burn-in, in relaxation times tau = 1 / (c * k)
@@ -193,6 +197,9 @@ class CalibrationSettings:
         if self.spectrum_probes < 1 or self.spectrum_steps < 2:
             raise ValueError(f"need spectrum_probes >= 1 and spectrum_steps >= 2, got "
                              f"{self.spectrum_probes}, {self.spectrum_steps}")
+        if self.halving_z is not None and not self.halving_z > 0:
+            raise ValueError(f"halving_z must be positive (standard errors) or None, got "
+                             f"{self.halving_z}")
         if self.stiffness_rise is not None and not 0 < self.stiffness_rise <= 1:
             raise ValueError(f"stiffness_rise must be in (0, 1] (a fraction of the basin "
                              f"bound) or None, got {self.stiffness_rise}")

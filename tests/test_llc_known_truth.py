@@ -411,6 +411,62 @@ def test_the_localised_tier_estimates_the_llc_at_its_stated_localisation():
     assert off.chosen is None and off.kind == "" and "localised tier" not in off.reason
 
 
+@pytest.mark.slow
+def test_a_regular_model_of_lambda_one_is_measured_once_its_halving_is_decidable():
+    """A regular model has lambda = d / 2 (Watanabe, "Algebraic Geometry and Statistical
+    Learning Theory", 2009, ch. 1; Aoyagi's formula at full rank): here d = 2, lambda = 1, on
+    the quadratic whose SGLD chains are known in closed form. n_beta (L - L*) then fluctuates
+    by about its own mean, so at the settings' 100 kept draws the halving check compares noise
+    (z x the change's Monte Carlo error well above the 10% it judges), and judged on the
+    point values alone the pilot chose nothing. Check 3 decided once its error allows doubles
+    the chains until it does; the chosen setting keeps that length and its estimate lands
+    within 10% of lambda = 1 and on the closed form of its localised value."""
+    from emergence_core.measures.llc_calibration import CalibrationSettings, _noise
+
+    d, n_beta = 2, 1000.0
+    h = torch.ones(d, dtype=torch.float64)
+    model, batch = _Quadratic(d), _QuadraticBatch(h)
+    base = LLCSettings(n_chains=4, n_beta=n_beta, minibatch_size=None)  # 200 draws, 100 kept
+    short = [estimate_llc(model, batch, replace(base, eps=c / n_beta, gamma=0.1 * n_beta))
+             for c in (0.2, 0.1)]
+    assert _noise(*short, z=2.0) > 3 * CalibrationSettings().max_halving_change
+    cal = calibrate_llc(model, batch, base, untrained_loss=2.0, lambda_max=1.0)
+    assert cal.converged, cal.reason
+    chosen = next(p for p in cal.points if p.passed)
+    assert chosen.halving_noise <= 0.1 and chosen.halving_change <= 0.1
+    assert cal.chosen["n_draws"] - cal.chosen["n_burnin"] >= 8 * 100  # lengthened
+    r = estimate_llc(model, batch, replace(cal.apply(base), seed=base.seed + 100))
+    assert r.converged and abs(r.value - d / 2) <= 0.1 * d / 2, (r.value, cal.to_json())
+    expected, _ = _expected_llc(h, n_beta, cal.chosen["eps"], cal.chosen["gamma"],
+                                cal.chosen["n_draws"], cal.chosen["n_burnin"])
+    assert abs(r.value - expected) <= 3 * r.mcse, (r.value, r.mcse, expected)
+
+
+def test_the_monte_carlo_error_is_that_of_an_ar1_chain():
+    """Geyer's initial monotone sequence on AR(1) chains, whose integrated autocorrelation
+    time (1 + phi) / (1 - phi) is known: within 15% at phi = 0.5 and 0.9 over 100,000 draws
+    (the estimate's own spread there is about 6%),
+    and the LLC's Monte Carlo error is n_beta sd / sqrt(C N / tau)."""
+    from emergence_core.measures.llc import LLCResult, integrated_time
+
+    g = torch.Generator().manual_seed(0)
+    n = 100_000
+    for phi in (0.5, 0.9):
+        e = torch.randn(n, generator=g, dtype=torch.float64).tolist()
+        xs = [e[0] / math.sqrt(1 - phi**2)]  # started at its stationary spread
+        for t in range(1, n):
+            xs.append(phi * xs[-1] + e[t])
+        x = torch.tensor(xs, dtype=torch.float64)
+        tau = (1 + phi) / (1 - phi)
+        assert abs(integrated_time(x) - tau) <= 0.15 * tau, (phi, integrated_time(x))
+    assert integrated_time(torch.ones(10)) == 1.0
+    trace = torch.stack([x, x.flip(0)]) * 1e-3  # two chains of the phi = 0.9 series
+    r = LLCResult(0.0, 0.0, (0.0, 0.0), tuple(map(tuple, trace.tolist())), 0.0, 100.0, 0,
+                  1.0, True)
+    want = 100.0 * float(trace.std(dim=1).pow(2).mean().sqrt()) * math.sqrt(19 / (2 * n))
+    assert r.mcse == pytest.approx(want, rel=0.2)
+
+
 class _RotatedQuadraticBatch(_QuadraticBatch):
     """L(w) = L0 + 1/2 w^T Q diag(h) Q^T w: the planted spectrum in a random basis, so that
     a probe's quadrature is a real estimate (on a diagonal Hessian Rademacher probes are

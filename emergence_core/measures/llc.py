@@ -62,6 +62,7 @@ __all__ = [
     "curvature_at_rise",
     "default_n_beta",
     "estimate_llc",
+    "integrated_time",
     "llc_from_trace",
     "relative_settings",
     "sample_sgld",
@@ -107,6 +108,22 @@ class LLCResult:
         """How far the chains climbed: mean sampled loss - L_n(w*) (= value / n_beta)."""
         return self.mean_loss - self.init_loss
 
+    @property
+    def mcse(self) -> float:
+        """Monte Carlo standard error of ``value``: n_beta x that of the mean over the finite
+        chains of their post-burn-in means, each chain's variance of the mean being
+        s_c^2 tau_c / N_c with tau_c its integrated autocorrelation time
+        (:func:`integrated_time`). Disagreement between chains is R-hat's to judge; nan with
+        no finite chain or fewer than 4 kept draws."""
+        if not self.loss_trace:
+            return math.nan
+        kept = torch.tensor(self.loss_trace, dtype=torch.float64)[:, self.n_burnin:]
+        kept = kept[torch.isfinite(kept).all(dim=1)]
+        if kept.shape[0] == 0 or kept.shape[1] < 4:
+            return math.nan
+        var_mean = sum(float(x.var()) * integrated_time(x) / x.numel() for x in kept)
+        return self.n_beta * math.sqrt(var_mean) / kept.shape[0]
+
 
 def split_rhat(draws: torch.Tensor) -> float:
     """Split-R-hat of [chains, m] draws (m >= 4); nan when it cannot be computed."""
@@ -120,6 +137,32 @@ def split_rhat(draws: torch.Tensor) -> float:
     if within == 0:
         return 1.0 if between == 0 else math.inf
     return math.sqrt(((h - 1) / h * within + between / h) / within)
+
+
+def integrated_time(x: torch.Tensor) -> float:
+    """Integrated autocorrelation time tau = 1 + 2 sum_t rho_t of one chain, by Geyer's
+    initial monotone sequence (Geyer, "Practical Markov chain Monte Carlo", Statistical
+    Science 1992, 3.3): the sums of adjacent pairs of autocorrelations, kept while positive
+    and made non-increasing. Its effective sample size is N / tau; an AR(1) chain with
+    coefficient phi has tau = (1 + phi) / (1 - phi). At least 1 (anticorrelated draws are
+    not credited with more than their number); 1 for a constant chain."""
+    x = torch.as_tensor(x, dtype=torch.float64).flatten()
+    n = x.numel()
+    x = x - x.mean()
+    var = float((x * x).mean())
+    if n < 4 or var == 0:
+        return 1.0
+    f = torch.fft.rfft(x, n=2 * n)
+    acov = torch.fft.irfft(f * f.conj(), n=2 * n)[:n] / n
+    rho = (acov / acov[0]).tolist()
+    tau, prev = -1.0, math.inf
+    for k in range(0, n - 1, 2):
+        pair = rho[k] + rho[k + 1]
+        if pair <= 0:
+            break
+        prev = min(prev, pair)
+        tau += 2 * prev
+    return max(tau, 1.0)
 
 
 def llc_from_trace(losses: torch.Tensor, init_loss: float, n_beta: float, n_burnin: int,

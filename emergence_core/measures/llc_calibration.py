@@ -11,11 +11,10 @@ of the loss at w* (Lanczos, :mod:`emergence_core.measures.hessian`). So the pilo
     gamma = k * S for k in ``localisations`` (1e-2, 1e-3, 1e-4)
 
 and no constant tuned on one model is carried to another: n_beta = n / log n grows with the
-probe batch's n (the samples L_n is scored on), S with n_beta and the checkpoint. Constants
-such as gamma = 1000 gave about 0 on every small-n known case (gamma swamped n_beta * h) and
-+10% on a deep linear network with n_beta 1,086; measured in the tests, the relative grid
-lands within 20% on deep linear networks and reduced-rank regressions whose lambda is known
-(Aoyagi 2024; Aoyagi and Watanabe 2005).
+probe batch's n (the samples L_n is scored on), S with n_beta and the checkpoint (gamma =
+1000 gave about 0 on every small-n known case). The tests measure the procedure on models
+whose lambda is known: deep linear networks, reduced-rank regressions (Aoyagi 2024; Aoyagi
+and Watanabe 2005), a polynomial potential and a regular model (lambda = d / 2).
 
 The checks (each with its failure mode; a reviewer's list, after Lau et al. 2023, appendix,
 and devinterp's diagnostics):
@@ -28,10 +27,10 @@ and devinterp's diagnostics):
    mostly irreducible (a regression at its noise floor, a task at chance), raise the loss by
    at most a quarter of its own value. A rise <= 0 says the chains found lower loss, so w*
    is no local minimum (the LLC is then undefined); a larger rise says they left the basin.
-   A checkpoint whose own loss is high (ADD, MUL, PAR, a regression at its noise floor)
-   passes it, which an absolute ceiling on the mean loss could never do.
 3. **Discretisation**: the value moves by at most ``max_halving_change`` (10%) when eps
-   halves (same gamma). Fails when the step is too large for the curvature the chains meet.
+   halves (same gamma), decided once ``halving_z`` (2) x the change's Monte Carlo error
+   (``LLCResult.mcse``) is within it: until then both runs' kept draws double, up to
+   ``max_draws`` (undecidable: fails). Fails when the step is too large for the curvature.
 4. **Localisation**: the value moves by at most ``max_localisation_change`` (5%) when gamma
    is ten times weaker (same eps). Fails when gamma, not the loss, sets the value: a stronger
    localisation lowers the LLC of a singular model (measured: -14% at gamma 1000 on a deep
@@ -47,64 +46,37 @@ never chosen by check 3. With nothing passing, ``chosen is None`` and the trial'
 ran below L(w*), the reason opens with "not a minimum": no setting can pass there, since the
 LLC is defined at a local minimum only (the cure is a checkpoint nearer one, not the sampler).
 
-Chain length (the relaxation budget, opt-in): a direction of curvature h relaxes towards
-its stationary spread by the factor (1 - eps (n_beta h + gamma) / 2)^2 per step, so the
-slowest, those the loss barely constrains (a transformer's Hessian bulk, a singular model's
-flat directions), take tau = 1 / (eps * gamma) = 1 / (c * k) steps, only the localisation
-pulling them back. With ``relaxation_burnin`` = ``relaxation_kept`` = 2 each pilot point
-runs a burn-in of 2 tau and keeps 2 tau draws (the settings' own lengths are minimums), so a
-direction still relaxing is at most exp(-2) short at the end of the burn-in and
-(exp(-2) - exp(-4)) / 2 = 5.8% short over the kept window. A point needing more than
-``max_draws`` per chain is not run (``affordable`` False) and can neither be chosen nor judge
-a neighbour. A fixed length hides the problem and corrupts the halving check, since c and
-c/2 then relax by different amounts (on a planted quadratic, ``tests/test_llc_known_truth.py``:
-35% change at 200 draws against a true discretisation bias of 0.14%).
+Chain length, two opt-in budgets (docs/methods.md §3.4 has the measurements). The
+relaxation budget (``relaxation_burnin``, ``relaxation_kept``, in relaxation times
+tau = 1 / (c k), the slowest direction's, which only gamma pulls back): at 2 and 2 a
+direction still relaxing is at most (e^-2 - e^-4) / 2 = 5.8% short over the kept window; a
+fixed length corrupts the halving check instead (35% change at 200 draws on a planted
+quadratic whose true discretisation bias is 0.14%), but the worst case prices check 4 out on
+a deep linear network, whose flat directions contribute nothing. The spectral budget
+(``max_shortfall``) prices each direction by what it contributes: the Hessian's spectral
+density at w* by stochastic Lanczos quadrature (:mod:`emergence_core.measures.spectrum`),
+chains doubled until the closed form of Ornstein-Uhlenbeck chains on it predicts at most
+``max_shortfall`` short of stationarity. A point needing more than ``max_draws`` per chain
+is not run (``affordable`` False) and can neither be chosen nor judge a neighbour.
 
-It is off by default (both 0: the settings' own lengths): the worst case it bounds prices
-the localisation check out (a deep linear network needs k <= 1e-3 judged against k = 1e-4,
-200,000 draws at c = 0.2, while 1,000 draws land within 2%: its flat directions contribute
-nothing). Directions with n_beta h << gamma contribute n_beta h / (2 gamma) each, so the
-budget a checkpoint needs depends on its spectrum, not only on c and k; docs/methods.md
-§3.4 records what it shows on a transformer checkpoint.
+The localised tier (``localised``, k = 0.1; None turns it off), when no gamma-independent
+setting passes: at a checkpoint mid-training, whose Hessian is a few outliers over a soft
+bulk, weakening gamma lets the chains wander off rather than converge to a value (COPY s0 at
+step 300: 137.5 at k = 0.1, 98.1 at k = 0.01, the chains descending). The pilot then
+estimates the LLC at the stated gamma = k * S: for each c, largest first, a run whose
+burn-in and kept draws are each at least ``localised_relaxation`` (2) relaxation times
+1 / (c k), so that gamma and not the chain's length localises it, and its halved run (twice
+as long: equal in time, so check 3 compares discretisation only). The first c passing
+checks 1-3 is chosen; check 4 is the stated bound (the sharpest direction keeps 1 / (1 + k)
+of its share, 91% at k = 0.1). A localised value compares across the checkpoints of its
+trial (one gamma per trial), not with the learning coefficient of another model.
 
-The spectral budget (``max_shortfall``, opt-in) prices each direction by what it contributes:
-the pilot measures the Hessian's spectral density at w* by stochastic Lanczos quadrature
-(``spectrum_probes`` x ``spectrum_steps`` products, :mod:`emergence_core.measures.spectrum`)
-and doubles the settings' chain length at each point until the quadratic model of that
-spectrum (``predicted_llc``, the closed form of Ornstein-Uhlenbeck chains) predicts at most
-``max_shortfall`` short of the stationary value. Exactly flat directions then need nothing,
-a soft bulk carrying weight needs long chains. The model leaves out minibatch noise and the
-loss's higher-order terms, so the chains' own checks still judge every point. Off by
-default until the known-truth cases pass with it (docs/methods.md §3.4 has the measurement).
-
-The localised tier (``localised``, k = 0.1 by default; None turns it off). A checkpoint taken
-mid-training is no minimum, and a transformer's Hessian is a few outliers over a soft bulk:
-weakening gamma there does not converge to a value, it lets the chains wander off (measured
-on COPY s0 at step 300, c = 0.1, 2,000 draws: 137.5 at k = 0.1, 98.1 at k = 0.01 with a lower
-rise, the chains descending). So when no gamma-independent setting passes, the pilot
-estimates the *localised* LLC at the stated gamma = k * S: for each c, largest first, a run
-whose burn-in and kept draws are each at least ``localised_relaxation`` (2) relaxation times
-tau = 1 / (c k), so that gamma and not the chain's length localises it (at k = 0.1 and
-c = 0.1: 200 + 200 draws; a direction held by gamma alone is then at most
-(e^-2 - e^-4) / 2 = 5.8% short over the kept window, and at one tau the loss still drifts
-enough for split-R-hat to fail on a planted spectrum), and its halved run, which is then
-twice as long: equal in time, so check 3 compares discretisation only. The first c passing
-checks 1-3 is chosen, with check 4 in its second form, the stated bound
-gamma = k * n_beta * lambda_max: the sharpest direction keeps 1 / (1 + k) of its share (91% at
-k = 0.1), softer directions less. The record says which tier chose (``kind``); a localised
-value compares across the checkpoints of its trial (one gamma per trial), not with the
-learning coefficient of another model.
-
-The localised tier's S is the curvature where its chains go (``stiffness_rise``, on by
-default): n_beta times the larger of lambda_max at w* and lambda_max at the point along a
-random direction where the batch loss has risen by ``stiffness_rise`` (1.0) x the basin
-bound (:func:`~emergence_core.measures.llc.curvature_at_rise`). Plain SGLD's noise is
-isotropic, so the chains go where the loss lets them, and at a checkpoint trained to
-near-zero cross-entropy the curvature at w* vanishes with the softmax's saturation: REV s0 at
-step 300, lambda_max 0.23 at w* and 84 at the bound's rise. Steps c / S set by w* are then
-unstable once the chains rise (on a planted flat-bottomed well every localised chain turns
-non-finite) and gamma = k S barely holds them. Measured only when the tier runs; the
-gamma-independent tier keeps w*'s (check 4 judges its gamma).
+The localised tier's S is the curvature where its chains go (``stiffness_rise``): n_beta x
+the larger of lambda_max at w* and at the point along a random direction (SGLD's noise is
+isotropic) where the batch loss has risen by ``stiffness_rise`` x the basin bound
+(:func:`~emergence_core.measures.llc.curvature_at_rise`). At near-zero cross-entropy the
+curvature at w* vanishes with the softmax's saturation (REV s0: 0.23 at w*, 84 at the bound)
+and steps set by it are unstable once the chains rise. The gamma-independent tier keeps w*'s.
 
 The chosen setting carries ``max_rise``: every later estimate of the trial is judged by
 checks 1 and 2 itself, checks 3 and 4 are the pilot's, recorded with it. Check 2's lower half
@@ -162,6 +134,7 @@ class PilotPoint:
     below_share: float
     wall_s: float
     tier: str = "gamma-independent"  # or "localised": the fallback tier's points
+    halving_noise: float | None = None  # halving_z x the change's Monte Carlo error, relative
 
 
 @dataclass(frozen=True)
@@ -221,6 +194,15 @@ def _change(a: LLCResult, b: LLCResult) -> float | None:
     return abs(a.value - b.value) / max(abs(b.value), 1e-12)
 
 
+def _noise(a: LLCResult, b: LLCResult, z: float | None) -> float | None:
+    """z x the Monte Carlo error of a - b, relative to |b| as ``_change`` is; None when not
+    judged (z None) or not computable."""
+    if z is None or not (math.isfinite(a.value) and math.isfinite(b.value)):
+        return None
+    se = math.hypot(a.mcse, b.mcse)
+    return z * se / max(abs(b.value), 1e-12) if math.isfinite(se) else None
+
+
 def _sound(r: LLCResult, max_rise: float) -> tuple[bool, bool]:
     """(check 1, check 2) of a run: stationary (every chain finite, split-R-hat), and a rise
     in (0, max_rise]."""
@@ -263,6 +245,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     max_rise = c.max_rise_fraction * basin_scale(init_loss, untrained_loss)
     criteria = {"rhat_max": settings.rhat_max, "max_rise_fraction": c.max_rise_fraction,
                 "max_rise": max_rise, "max_halving_change": c.max_halving_change,
+                "halving_z": c.halving_z,
                 "max_localisation_change": c.max_localisation_change,
                 "relaxation_burnin": c.relaxation_burnin, "relaxation_kept": c.relaxation_kept,
                 "max_draws": c.max_draws, "max_shortfall": c.max_shortfall,
@@ -325,23 +308,54 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         return runs[i, j]
 
     halving: dict[tuple[int, int], float | None] = {}
+    noise: dict[tuple[int, int], float | None] = {}
     localising: dict[tuple[int, int], float | None] = {}
+
+    def kept_as(i: int, j: int, kept: int) -> tuple[int, int, float] | None:
+        """(i, j)'s length with ``kept`` draws after its burn-in; None past max_draws."""
+        n_draws, n_burnin, short = length(i, j)
+        n = n_burnin + max(kept, n_draws - n_burnin)
+        return None if n > c.max_draws else (n, n_burnin, short)
+
+    def halves(i: int, j: int) -> bool | None:
+        """Checks 1-3 on (i, j) and its halved step (i + 1, j): both sound, and the change
+        within max_halving_change once its Monte Carlo error allows deciding (both runs'
+        kept draws double until it does); None when a run is past max_draws."""
+        while True:
+            a, b = run(i, j), run(i + 1, j)
+            if a is None or b is None:
+                return None
+            halving[i, j], noise[i, j] = _change(a, b), _noise(a, b, c.halving_z)
+            if halving[i, j] is None or not (all(_sound(a, max_rise))
+                                             and all(_sound(b, max_rise))):
+                return False
+            if noise[i, j] is None or noise[i, j] <= c.max_halving_change:
+                return halving[i, j] <= c.max_halving_change
+            longer = [kept_as(x, j, 2 * (length(x, j)[0] - length(x, j)[1])) for x in (i, i + 1)]
+            if None in longer:
+                return False  # not decidable within max_draws
+            for x, new in zip((i, i + 1), longer, strict=True):
+                lengths[x, j] = new
+                runs.pop((x, j))
+
     chosen: tuple[int, int] | None = None
     start = 0  # the largest step still worth trying: a step too large at a stronger
     for j in range(len(c.localisations) - 1):  # localisation is too large at a weaker one
         i_ok = None
         for i in range(start, len(c.steps) - 1):
-            a, b = run(i, j), run(i + 1, j)
-            if a is None or b is None:  # smaller steps need longer chains still
+            ok = halves(i, j)
+            if ok is None:  # smaller steps need longer chains still
                 break
-            halving[i, j] = _change(a, b)
-            if all(_sound(a, max_rise)) and all(_sound(b, max_rise)) \
-                    and halving[i, j] is not None and halving[i, j] <= c.max_halving_change:
+            if ok:
                 i_ok = i
                 break
         if i_ok is None:
             continue
         start = i_ok
+        if (i_ok, j + 1) not in runs:  # check 4 at the length check 3 decided at
+            n_draws, n_burnin, _ = length(i_ok, j)
+            lengths[i_ok, j + 1] = kept_as(i_ok, j + 1, n_draws - n_burnin) \
+                or length(i_ok, j + 1)
         weaker = run(i_ok, j + 1)
         if weaker is None:  # every weaker localisation is longer still
             break
@@ -356,13 +370,10 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         # the localised tier: the largest step whose run and halved run (each relaxed under
         # gamma, so equal in time) pass checks 1-3; check 4 is the stated bound gamma / S = k
         for i in range(len(c.steps) - 1):
-            a, b = run(i, tier), run(i + 1, tier)
-            if a is None or b is None:
+            ok = halves(i, tier)
+            if ok is None:
                 break
-            halving[i, tier] = _change(a, b)
-            if all(_sound(a, max_rise)) and all(_sound(b, max_rise)) \
-                    and halving[i, tier] is not None \
-                    and halving[i, tier] <= c.max_halving_change:
+            if ok:
                 chosen, kind = (i, tier), "localised"
                 break
     points = []
@@ -379,7 +390,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         points.append(PilotPoint(
             *head, r.value, r.std, r.mean_loss, r.loss_rise, r.rhat, stationary, in_basin,
             halving.get((i, j)), localising.get((i, j)), (i, j) == chosen, True, r.drift_noise,
-            r.mala_acceptance, r.below_share, r.wall_s, where))
+            r.mala_acceptance, r.below_share, r.wall_s, where, noise.get((i, j))))
     fields = None
     reason = ""
     if chosen is not None:

@@ -21,8 +21,9 @@ _SHOWN = ("value", "std", "converged", "checks", "init_loss", "mean_loss", "loss
 
 def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
     """The LLC pilot's grid as a table: one line per setting tried, its chain length (and
-    the spectral budget's predicted shortfall), its four checks; the localised tier's points
-    say so (their check 4 is the stated bound k, so "k/10" is empty)."""
+    the spectral budget's predicted shortfall), its four checks, check 3's change with the
+    margin its Monte Carlo error puts on it (+-); the localised tier's points say so (their
+    check 4 is the stated bound k, so "k/10" is empty)."""
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
 
@@ -31,7 +32,7 @@ def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
 
     lines = [f"{'c':>8} {'k':>7} {'eps':>9} {'gamma':>9} {'draws':>6} {'short':>6} "
              f"{'value':>9} {'rise':>9} {'R-hat':>6} {'stat':>4} {'basin':>5} {'eps/2':>6} "
-             f"{'k/10':>6} {'MALA':>5} {'drift/noise':>11}"]
+             f"{'+-':>6} {'k/10':>6} {'MALA':>5} {'drift/noise':>11}"]
     for p in grid:
         head = (f"{p.get('step', math.nan):>8.4g} {p.get('localisation', math.nan):>7.0e} "
                 f"{p['eps']:>9.3g} {p['gamma']:>9.3g} {_fmt(p.get('n_draws')):>6} "
@@ -42,7 +43,8 @@ def pilot_grid_lines(grid: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{head}{_fmt(p['value']):>9} {_fmt(p.get('rise')):>9} "
             f"{_fmt(p['rhat']):>6} {mark(p.get('stationary')):>4} {mark(p.get('in_basin')):>5} "
-            f"{judged(p.get('halving_change')):>6} {judged(p.get('localisation_change')):>6} "
+            f"{judged(p.get('halving_change')):>6} {judged(p.get('halving_noise')):>6} "
+            f"{judged(p.get('localisation_change')):>6} "
             f"{_fmt(p.get('mala_acceptance')):>5} {_fmt(p.get('drift_noise')):>11}"
             f"{'  localised' if p.get('tier') == 'localised' else ''}"
             f"{'  chosen' if p.get('passed') else ''}")

@@ -45,7 +45,7 @@ BEFORES = ((HERE / "llc_pilots_wstar.csv", "the localised tier's S at w*, on che
             "128"))
 GRID_FIELDS = ["trial", "tier", "step", "localisation", "eps", "gamma", "n_draws", "n_burnin",
                "affordable", "value", "rise", "rhat", "stationary", "in_basin",
-               "halving_change", "localisation_change", "passed", "wall_s"]
+               "halving_change", "halving_noise", "localisation_change", "passed", "wall_s"]
 FIELDS = ["trial", "task", "seed", "step", "chosen", "kind", "c", "k", "eps", "gamma",
           "n_draws", "n_burnin", "value", "std", "rise", "max_rise", "rhat", "stationary",
           "in_basin", "halving_change", "localisation_change", "localised_bound",
