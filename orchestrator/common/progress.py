@@ -88,7 +88,9 @@ class SweepBoard(_Board):
     def result(self, name: str, step: int, events: dict[int, int],
                alerts: tuple[str, ...] = (), n_alerts: int | None = None) -> None:
         t = self._get(name)
-        t.state, t.step = "running", step
+        if t.state != "done":  # a finished trial's result (the resume's first pass) keeps it done
+            t.state = "running"
+        t.step = step
         for line in alerts:
             self._note(f"[cyan]{name} {line}[/cyan]")
         if n_alerts is not None:
