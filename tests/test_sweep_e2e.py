@@ -282,7 +282,10 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
     and its MLflow ledger are damaged, and a second driver tries to take the folder while the
     resume runs (issue 14, items 2 and 4)."""
     run_dir = tmp_path / "run"
-    spec = {"name": "intr", "run_dir": str(run_dir), "tasks": ["MOD", "COPY"],
+    # a third trial waits for a free slot: it has not started when the driver is stopped, and
+    # the resume must hand it its config again (Ray's object store is not kept across
+    # sessions; the two-scale sweep lost 4 such trials to it)
+    spec = {"name": "intr", "run_dir": str(run_dir), "tasks": ["MOD", "COPY", "REV"],
             "scales": ["s0"], "seeds": [0], "max_concurrent_trials": 2,
             "train": {**SMALL, "steps": 200}}
     spec_path = write_spec(tmp_path / "intr.yaml", **spec)
@@ -309,6 +312,7 @@ def test_interrupted_driver_then_resume_completes_exactly(tmp_path: Path) -> Non
         last = {t: TrialStore(run_dir, t).parts()[-1][1] for t in ("MOD-s0-0", "COPY-s0-0")}
         interrupted = [t for t, step in last.items() if step < 200]
         assert interrupted, "the Ctrl-C came after both trials had trained to the end"
+        assert not TrialStore(run_dir, "REV-s0-0").parts(), "the third trial had started"
         # the trials uninterrupted, beside the checks below and the resume's start
         reference = start_reference(spec_path, tmp_path / "reference",
                                     tmp_path / "reference.log")

@@ -141,7 +141,8 @@ def _fit_launches(folder: RunFolder, spec: SweepSpec, launches: list[dict[str, A
             tuner = tune_run.build_tuner(spec, [trials[n] for n in launch["trials"]],
                                          folder, launch["name"], [callback])
         else:
-            tuner = tune_run.restore_tuner(folder, launch["name"])
+            tuner = tune_run.restore_tuner(folder, launch["name"], spec,
+                                           [trials[n] for n in launch["trials"]])
         failed, interrupted = tune_run.fit(tuner)  # returns normally on errors and Ctrl-C
         errors += failed if failed is not None else sum(
             not folder.is_complete(n) for n in launch["trials"])

@@ -247,20 +247,9 @@ def build_tuner(spec: SweepSpec, trials: Sequence[Trial], folder: RunFolder, lau
     travel once, as a ``TrialTable``, and a worker validates nothing again.
     """
     configure()
-    grid = [{"name": t.name, "cpus": t.resources.cpus, "gpus": t.resources.gpus,
-             "custom": dict(t.resources.custom)} for t in trials]
-    param_space = {
-        "trial": tune.grid_search(grid),
-        "trials": TrialTable(trials),
-        "run_dir": str(folder.path),
-        "sweep": spec.name,
-        "extensions": spec.extensions,
-        "threshold": spec.emergence.threshold,
-        "persistence": spec.emergence.persistence,
-    }
     return tune.Tuner(
         TRAINABLE,
-        param_space=param_space,
+        param_space=_param_space(spec, trials, folder),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=spec.max_concurrent_trials,
             # A fresh worker per trial by default: its repr (the trial's name) stays right in
@@ -280,12 +269,34 @@ def build_tuner(spec: SweepSpec, trials: Sequence[Trial], folder: RunFolder, lau
     )
 
 
-def restore_tuner(folder: RunFolder, launch: str) -> tune.Tuner:
+def _param_space(spec: SweepSpec, trials: Sequence[Trial], folder: RunFolder) -> dict:
+    grid = [{"name": t.name, "cpus": t.resources.cpus, "gpus": t.resources.gpus,
+             "custom": dict(t.resources.custom)} for t in trials]
+    return {
+        "trial": tune.grid_search(grid),
+        "trials": TrialTable(trials),
+        "run_dir": str(folder.path),
+        "sweep": spec.name,
+        "extensions": spec.extensions,
+        "threshold": spec.emergence.threshold,
+        "persistence": spec.emergence.persistence,
+    }
+
+
+def restore_tuner(folder: RunFolder, launch: str, spec: SweepSpec,
+                  trials: Sequence[Trial]) -> tune.Tuner:
     """Resume a launch's experiment: unfinished and errored trials continue from their
-    last checkpoints; finished ones are kept."""
+    last checkpoints; finished ones are kept.
+
+    The param space is given again, as at launch: Tune keeps the ``TrialTable`` in Ray's
+    object store, which a new Ray session no longer holds, so trials that had not started
+    before the stop were handed a placeholder and failed at once
+    (``'tuple' object has no attribute 'get'``, 4 such trials on resuming the two-scale
+    sweep) while those already running resumed."""
     configure()
     return tune.Tuner.restore(str(folder.launch_dir(launch)), trainable=TRAINABLE,
-                              resume_unfinished=True, resume_errored=True)
+                              resume_unfinished=True, resume_errored=True,
+                              param_space=_param_space(spec, trials, folder))
 
 
 def can_restore(folder: RunFolder, launch: str) -> bool:
