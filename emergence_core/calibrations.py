@@ -7,7 +7,10 @@ same, so damage costs a pilot and never a wrong choice.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 from emergence_core.atomic import atomic_path
@@ -15,7 +18,41 @@ from emergence_core.errors import first_line, warn_once
 from emergence_core.readers import UnreadableFile, read_json
 from emergence_core.run_folder import RunFolder
 
-__all__ = ["calibrations", "read_calibration", "write_calibration"]
+__all__ = ["PilotRuns", "calibrations", "read_calibration", "write_calibration"]
+
+
+class PilotRuns:
+    """The finished runs of a trial's pilot in progress, one file each beside its record
+    (``<measure>.runs/<step>/``), so that a pilot stopped midway (a stopped sweep, a lost
+    actor) resumes at its first unfinished run. Its runs are seeded by their settings, so a
+    run read back is the run it would compute again; the key (its settings and L(w*)) is kept
+    in the file and checked, and an unreadable file is run again. Cleared once the pilot's
+    record is written."""
+
+    def __init__(self, folder: RunFolder, trial: str, measure: str, step: int) -> None:
+        self.dir: Path = folder.calibration_path(trial, measure).with_name(
+            f"{measure}.runs") / f"{step:012d}"
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            held = json.loads(self._path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return held.get("value") if isinstance(held, dict) and held.get("key") == key \
+            else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with atomic_path(self._path(key)) as tmp:
+            tmp.write_text(json.dumps({"key": key, "value": value}))
+
+    def __len__(self) -> int:
+        return len(list(self.dir.glob("*.json"))) if self.dir.is_dir() else 0
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
 
 
 def read_calibration(folder: RunFolder, trial: str, measure: str) -> dict[str, Any] | None:

@@ -125,15 +125,17 @@ def run_expensive(name: str, model: nn.Module, batch: ScoredBatch, settings: Any
 
 
 def run_calibration(name: str, model: nn.Module, batch: ScoredBatch, settings: Any,
-                    untrained_loss: float, fields: Mapping[str, Any] | None = None
-                    ) -> dict[str, Any]:
-    """The measure's per-trial pilot on ``model`` (one checkpoint); its JSON record."""
+                    untrained_loss: float, fields: Mapping[str, Any] | None = None,
+                    store: Any = None) -> dict[str, Any]:
+    """The measure's per-trial pilot on ``model`` (one checkpoint); its JSON record.
+    ``store``: where a stopped pilot's finished runs are kept (``Calibrate``)."""
     m = get_measure(name)
     if m.calibrate is None:
         raise ValueError(f"expensive measure {name!r} has no calibration; only "
                          f"{', '.join(k for k, v in MEASURES.items() if v.calibrate)} have one")
     return {"measure": name, "settings": _jsonable(settings),
-            **m.calibrate(model, batch, settings, untrained_loss, dict(fields or {}))}
+            **m.calibrate(model, batch, settings, untrained_loss, dict(fields or {}),
+                          store=store)}
 
 
 def calibrated_settings(settings: Any, record: Mapping[str, Any]) -> Any | None:

@@ -39,7 +39,9 @@ Calibrate = Callable[["nn.Module", "ScoredBatch", Any, float, Mapping[str, Any]]
                      dict[str, Any]]
 """(model at the pilot checkpoint, batch, settings, the untrained model's loss on the batch,
 calibration fields) -> a JSON-safe record whose ``chosen`` is the settings fields to fix for
-the whole trial, or None when no setting met the criteria."""
+the whole trial, or None when no setting met the criteria. Called with ``store=`` (a
+``RunStore`` of ``emergence_core.measures.llc_calibration``, or None) where the caller keeps
+a stopped pilot's finished work: a calibration that takes it resumes there."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +131,10 @@ class _Deferred:
 
     name: str
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from emergence_core.measures import compute
 
-        return getattr(compute, self.name)(*args)
+        return getattr(compute, self.name)(*args, **kwargs)
 
 
 # The built-in measures (docs/methods.md §3). The LLC's n is its batch size, so n_beta = n / log n

@@ -463,3 +463,59 @@ def test_a_checkpoint_off_its_minimum_is_named_not_a_minimum():
     run = [p for p in c.points if p.affordable]
     assert run and all(p.rise < 0 and not p.in_basin for p in run)
     assert f"at {len(run)} of {len(run)} points" in c.reason
+
+
+def test_a_stopped_pilot_resumes_at_its_first_unfinished_run_and_chooses_the_same(tmp_path):
+    """A pilot killed midway (a stopped sweep) keeps its finished runs in the run folder; run
+    again on the same checkpoint it reads them back, runs only the rest, and its record is the
+    uninterrupted pilot's. Another checkpoint's runs are never reused."""
+    from emergence_core.calibrations import PilotRuns
+    from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
+    from emergence_core.run_folder import RunFolder
+
+    model, batch = _trained_mlp()
+    base = LLCSettings(n_chains=2, n_draws=200, n_burnin=100, minibatch_size=None, seed=1)
+    grid = CalibrationSettings(steps=(0.2, 0.1, 0.05), localisations=(1e-1, 1e-2),
+                               relaxation_burnin=2.0, relaxation_kept=2.0)
+
+    def pilot(store=None):
+        return calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=grid,
+                             lambda_max=2.0, store=store)
+
+    whole = pilot()
+    assert sum(p.affordable for p in whole.points) >= 3 and whole.reused == 0
+    # the localised tier's k = 0.1 repeats runs of the grid's k = 0.1 column: read back once
+    repeats = pilot(PilotRuns(RunFolder(tmp_path / "once"), "T-s0-0", "llc", 300)).reused
+    runs = PilotRuns(RunFolder(tmp_path), "T-s0-0", "llc", 300)
+
+    class Killed(Exception):
+        pass
+
+    class StopsAfter:  # the process dies as its third run finishes, after writing it
+        def __init__(self, n):
+            self.n = n
+
+        def get(self, key):
+            return runs.get(key)
+
+        def put(self, key, value):
+            runs.put(key, value)
+            self.n -= 1
+            if self.n == 0:
+                raise Killed
+
+    with pytest.raises(Killed):
+        pilot(StopsAfter(2))
+    assert len(runs) == 2
+    resumed = pilot(runs)
+    assert resumed.reused == repeats + 2
+    assert resumed.chosen == whole.chosen and resumed.reason == whole.reason
+    assert [p.value for p in resumed.points] == [p.value for p in whole.points]
+    assert resumed.to_json()["reused_runs"] == repeats + 2
+    # another checkpoint (a different L(w*)) reads back nothing
+    with torch.no_grad():
+        model[0].bias.add_(0.05)
+    other = pilot(runs)
+    assert other.reused == repeats
+    runs.clear()
+    assert len(runs) == 0 and not runs.dir.parent.exists()

@@ -24,7 +24,7 @@ from emergence_core.measures.batch import ScoredBatch
 from emergence_core.measures.gradrank import fisher_effective_rank, gradcov_effective_rank
 from emergence_core.measures.hessian import estimate_hessian
 from emergence_core.measures.llc import estimate_llc
-from emergence_core.measures.llc_calibration import calibrate_llc
+from emergence_core.measures.llc_calibration import RunStore, calibrate_llc
 from emergence_core.metrics import Measure
 
 __all__ = ["ExpensiveResult"]
@@ -68,11 +68,12 @@ def _llc(model: nn.Module, batch: ScoredBatch, s: LLCSettings) -> ExpensiveResul
 
 
 def _llc_calibrate(model: nn.Module, batch: ScoredBatch, s: LLCSettings,
-                   untrained_loss: float, fields: Mapping[str, Any]) -> dict[str, Any]:
+                   untrained_loss: float, fields: Mapping[str, Any],
+                   store: RunStore | None = None) -> dict[str, Any]:
     """The LLC's pilot (``llc_calibration``): its grid is set by n_beta * lambda_max, so the
     Hessian's top eigenvalue at the pilot checkpoint is always computed."""
     c = CalibrationSettings(**numbers(CalibrationSettings, dict(fields)))  # checked at spec load
-    return calibrate_llc(model, batch, s, untrained_loss, c).to_json()
+    return calibrate_llc(model, batch, s, untrained_loss, c, store=store).to_json()
 
 
 def _grad_rank(fn: Callable[..., Any], value: str, stderr: str

@@ -85,9 +85,10 @@ holds for every estimate: a mean sampled loss at or below L(w*) is never a conve
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -105,8 +106,19 @@ from emergence_core.measures.llc import (
 )
 from emergence_core.measures.spectrum import spectral_length
 
-__all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "basin_scale",
+__all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "RunStore", "basin_scale",
            "calibrate_llc"]
+
+
+class RunStore(Protocol):
+    """Where a pilot keeps its finished runs, so that a pilot stopped midway resumes at its
+    first unfinished one (``emergence_core.calibrations.PilotRuns`` keeps them in the run
+    folder). ``key`` states the run whole (its settings and L(w*) at the checkpoint); the
+    value is the run's ``LLCResult`` as JSON-safe fields."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, value: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ class LLCCalibration:
     reason: str = ""  # why nothing was chosen
     kind: str = ""  # what was chosen: "gamma-independent", "localised", or "" (nothing)
     lambda_basin: float = math.nan  # lambda_max at the basin's edge; nan: not measured
+    reused: int = 0  # runs a stopped pilot had finished, read back instead of run again
 
     @property
     def localised_stiffness(self) -> float:
@@ -179,8 +192,30 @@ class LLCCalibration:
                 "lambda_basin": clean(self.lambda_basin),
                 "n_beta_lambda_max": clean(self.n_beta * self.lambda_max),
                 "localised_stiffness": clean(self.localised_stiffness),
-                "criteria": self.criteria,
+                "criteria": self.criteria, "reused_runs": self.reused,
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
+
+
+def _estimate(model: nn.Module, batch: LossBatch, s: LLCSettings, init_loss: float,
+              store: RunStore | None, counts: dict[str, int]) -> LLCResult:
+    """``estimate_llc`` at ``s``, or the same run read back from ``store``: the chains are
+    seeded by the settings, so the stored run is the one that would be computed again."""
+    if store is None:
+        return estimate_llc(model, batch, s)
+    key = json.dumps({"settings": asdict(s), "init_loss": init_loss}, sort_keys=True,
+                     default=str)
+    held = store.get(key)
+    if held is not None:
+        try:
+            r = LLCResult(**{**held, "per_chain": tuple(held["per_chain"]),
+                             "loss_trace": tuple(tuple(c) for c in held["loss_trace"])})
+            counts["reused"] += 1
+            return r
+        except (KeyError, TypeError):
+            pass  # a record of another version's fields: run it again
+    r = estimate_llc(model, batch, s)
+    store.put(key, asdict(r))
+    return r
 
 
 def basin_scale(init_loss: float, untrained_loss: float) -> float:
@@ -226,8 +261,13 @@ def _not_a_minimum(runs, init_loss: float) -> str:
 
 def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   untrained_loss: float, calibration: CalibrationSettings | None = None,
-                  lambda_max: float | None = None) -> LLCCalibration:
+                  lambda_max: float | None = None, store: RunStore | None = None
+                  ) -> LLCCalibration:
     """Run the pilot on ``model`` (one checkpoint) and choose (eps, gamma); see the module.
+
+    ``store``: each finished run is kept there and read back instead of run again, so a
+    pilot stopped midway and started again on the same checkpoint resumes where it stopped
+    and chooses what it would have chosen uninterrupted.
 
     ``lambda_max`` (the top Hessian eigenvalue of ``batch.loss`` at the model) is computed by
     Lanczos when not given. When the localised tier is reached and ``stiffness_rise`` is set,
@@ -297,14 +337,15 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         return lengths[i, j]
 
     runs: dict[tuple[int, int], LLCResult | None] = {}  # None: past max_draws, not run
+    counts = {"reused": 0}
 
     def run(i: int, j: int) -> LLCResult | None:
         if (i, j) not in runs:
             n_draws, n_burnin, _ = length(i, j)
             scale = tiers[j == tier]
-            runs[i, j] = None if n_draws > c.max_draws else estimate_llc(model, batch, replace(
+            runs[i, j] = None if n_draws > c.max_draws else _estimate(model, batch, replace(
                 base, eps=c.steps[i] / scale, gamma=loc(j) * scale,
-                n_draws=n_draws, n_burnin=n_burnin))
+                n_draws=n_draws, n_burnin=n_burnin), init_loss, store, counts)
         return runs[i, j]
 
     halving: dict[tuple[int, int], float | None] = {}
@@ -408,4 +449,5 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   + (f" ({skipped} point(s) needed more than max_draws = {c.max_draws} draws "
                      "per chain and were not run)" if skipped else ""))
     return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
-                          float(lambda_max), criteria, reason, kind, float(lambda_basin))
+                          float(lambda_max), criteria, reason, kind, float(lambda_basin),
+                          counts["reused"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from emergence_core.calibrations import read_calibration, write_calibration
+from emergence_core.calibrations import PilotRuns, read_calibration, write_calibration
 from emergence_core.config import TrainConfig
 from emergence_core.run_folder import ProbeJob, RunFolder
 from orchestrator.probe_pool.queue import ProbeQueue
@@ -24,16 +24,18 @@ __all__ = ["calibrate_trial", "calibration_for", "hessian_at", "measure_checkpoi
 
 def calibrate_trial(folder: RunFolder, trial: str, measure: str, cfg: TrainConfig, model: Any,
                     batch: Any, settings: Any, step: int, fields: dict[str, Any],
-                    device: Any = "cpu") -> dict[str, Any]:
+                    device: Any = "cpu", store: PilotRuns | None = None) -> dict[str, Any]:
     """Run ``measure``'s pilot on the trial's checkpoint at ``step`` (``model`` is loaded
-    with it); the record to save, with the step and the untrained model's loss."""
+    with it); the record to save, with the step and the untrained model's loss. ``store``:
+    where its finished runs are kept, so that a stopped pilot resumes there (``wall_s`` is
+    then this last part's, ``reused_runs`` says how many were read back)."""
     from emergence_core.expensive import run_calibration, untrained_loss
     from emergence_core.store import TrialStore
 
     TrialStore(folder, trial).load_weights(model, step)
     start = time.time()
     record = run_calibration(measure, model, batch, settings,
-                             untrained_loss(cfg, batch, device), fields)
+                             untrained_loss(cfg, batch, device), fields, store)
     return {"trial": trial, "step": step, "wall_s": time.time() - start, **record}
 
 
