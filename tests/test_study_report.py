@@ -1,7 +1,8 @@
 """The committed CPU study (studies/cpu-s0) stays readable by the current code: its README's
-side-by-side table is what ``claims.py`` reads from the committed CSVs, the tables the analysis
-fixes changed are what ``rederive.py`` computes, and ``emerge analyze`` on a tiny slice of the
-same sweep file still writes every committed table's columns."""
+side-by-side table is what ``studies/claims.py`` reads from the committed CSVs, the tables the
+analysis fixes changed are what ``rederive.py`` computes, and ``emerge analyze`` on a tiny
+slice of the same sweep file still writes every committed table's columns; the scale rows
+read planted two-scale tables right."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ STUDY = ROOT / "studies" / "cpu-s0"
 
 def _claims():
     if "study_claims" not in sys.modules:  # (dataclasses look their module up there)
-        spec = importlib.util.spec_from_file_location("study_claims", STUDY / "claims.py")
+        spec = importlib.util.spec_from_file_location("study_claims",
+                                                      ROOT / "studies" / "claims.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["study_claims"] = module
         spec.loader.exec_module(module)
@@ -40,7 +42,7 @@ def test_the_readme_table_is_what_the_committed_csvs_say() -> None:
     claims = _claims()
     readme = (STUDY / "README.md").read_text()
     assert claims.refresh(STUDY / "README.md", STUDY / "report") == readme, \
-        "README.md's tables differ from `python studies/cpu-s0/claims.py --write`"
+        "README.md's tables differ from `python studies/claims.py studies/cpu-s0 --write`"
     verdicts = [c.verdict for c in claims.claims(STUDY / "report")]
     assert len(verdicts) >= 8 and set(verdicts) <= {"reproduced", "not reproduced",
                                                    "not measurable here"}
@@ -163,3 +165,54 @@ def test_a_slice_of_the_study_sweep_gives_the_committed_tables(tmp_path: Path) -
     claims = _claims()
     for make in claims.BLOCKS.values():  # each reads the current code's tables
         make(out)
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_the_scale_rows_read_planted_two_scale_tables(tmp_path: Path) -> None:
+    """The scale rows on tables as a two-scale run writes them: MOD's floors at s0 and s1 with
+    their spread, and the reversal pairs; the verdicts follow from planted intervals."""
+    import shutil
+
+    claims = _claims()
+    tables = tmp_path / "report" / "tables"
+    shutil.copytree(STUDY / "report" / "tables", tables)
+    summary = [{"task": "MOD", "level": lv, "scale": sc, "floor": f, "floor_min": f,
+                "floor_max": f, "depth": 0.5, "floor_step": 100, "n_seeds": 2, "n_layers": 4}
+               for lv, sc, f in ((1, "s0", 2.0), (1, "s1", 2.1), (2, "s0", 2.0),
+                                 (2, "s1", 3.6))]
+    _write(tables / "floor_summary.csv", summary)
+
+    def spread(l2: tuple[float, float, float]) -> None:
+        _write(tables / "floor_spread.csv", [
+            {"task": "MOD", "level": 1, "n_scales": 2, "mean_floor": 2.05, "cv": 0.03,
+             "max_min_ratio": 1.05, "cv_lo": 0.01, "cv_hi": 0.06, "ci_method": "seed bootstrap"},
+            {"task": "MOD", "level": 2, "n_scales": 2, "mean_floor": 2.8, "cv": l2[0],
+             "max_min_ratio": 1.8, "cv_lo": l2[1], "cv_hi": l2[2],
+             "ci_method": "seed bootstrap"}])
+
+    pred = [{"signal": "onset", "statistic": "reversal", "scope": scope, "n": 4, "k": 1.0,
+             "value": 0.25, "p_value": "", "lo": 0.05, "hi": 0.6, "ci_method": "Wilson"}
+            for scope in ("s0 vs s1", "all")]
+    _write(tables / "prediction.csv", pred)
+
+    def row(start: str):
+        return next(c for c in claims.claims(tmp_path / "report") if c.claim.startswith(start))
+
+    spread((0.4, 0.3, 0.5))  # level 2's floor moves with scale: not the same
+    scale = row("...and the floors")
+    assert scale.verdict == "not reproduced" and scale.interval == (0.3, 0.5)
+    assert "L2 2.00 / 3.60 (cv 0.40; 0.30-0.50; ratio 1.80x)" in scale.here
+    assert "every task: 1 of 2 levels within 0.10" in scale.here
+    spread((0.1, 0.05, 0.2))  # now both levels' intervals reach the study's spread
+    assert row("...and the floors").verdict == "reproduced"
+    reversal = row("Ordering reversals")
+    assert reversal.verdict == "reproduced" and reversal.here.startswith("1/4 (0.25; 0.05-0.60")
+    _write(tables / "prediction.csv", [{**r, "n": 0, "k": 0.0} for r in pred])
+    assert row("Ordering reversals").here == (
+        "0 reversal pair(s): no level's emergence order flips between the scales")
