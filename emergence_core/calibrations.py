@@ -18,7 +18,7 @@ from emergence_core.errors import first_line, warn_once
 from emergence_core.readers import UnreadableFile, read_json
 from emergence_core.run_folder import RunFolder
 
-__all__ = ["PilotRuns", "calibrations", "read_calibration", "write_calibration"]
+__all__ = ["PilotRuns", "calibrations", "pilot_runs", "read_calibration", "write_calibration"]
 
 
 class PilotRuns:
@@ -53,6 +53,15 @@ class PilotRuns:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir.parent, ignore_errors=True)
+
+
+def pilot_runs(folder: RunFolder, trial: str, measure: str) -> int | None:
+    """How many runs the pilot of a trial's calibrated measure has finished (``PilotRuns``)
+    while its record is not yet written; None once it is."""
+    if folder.calibration_path(trial, measure).exists():
+        return None
+    runs = folder.calibration_path(trial, measure).with_name(f"{measure}.runs")
+    return sum(1 for _ in runs.glob("*/*.json")) if runs.is_dir() else 0
 
 
 def read_calibration(folder: RunFolder, trial: str, measure: str) -> dict[str, Any] | None:

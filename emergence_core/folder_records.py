@@ -9,6 +9,8 @@ path. A damaged record is one ``UnreadableFile`` line naming the file and the fi
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ __all__ = [
     "describe",
     "failure",
     "failure_record",
+    "probe_actors",
     "read_run_record",
     "sweep_state",
     "trial_state",
@@ -196,3 +199,35 @@ def describe(folder: RunFolder) -> FolderInfo:
         recorded_dir=Path(state["run_dir"]) if state.get("run_dir") else None,
         recorded_uri=state.get("tracking_uri"), spec=spec, spec_text=spec_text,
         notes=tuple(notes))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def probe_actors(folder: RunFolder) -> list[dict[str, Any]]:
+    """The probe actors at work, from ``probes/workers/<pid>.json``, longest at work first:
+    each {"pid", "host", "trial", "step", "measure", "since"} (``since``: when the job
+    started, seconds since the epoch). An actor of this host whose process has gone (an
+    earlier session's) is left out; an unreadable file (being replaced) is skipped."""
+    root = folder.probe_worker_path(0).parent
+    here = socket.gethostname()
+    out = []
+    for f in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            w = json.loads(f.read_text())
+            trial, step, measure = w["job"] or (None, None, None)
+            pid, host, since = int(w["pid"]), str(w["host"]), float(w["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if trial is None or (host == here and not _alive(pid)):
+            continue
+        out.append({"pid": pid, "host": host, "trial": trial, "step": int(step),
+                    "measure": measure, "since": since})
+    return sorted(out, key=lambda a: a["since"])

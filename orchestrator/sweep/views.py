@@ -8,14 +8,16 @@ cannot extend the grid of an experiment it restores. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 
+from emergence_core.calibrations import pilot_runs
 from emergence_core.config import estimate
-from emergence_core.folder_records import sweep_state, trial_state
+from emergence_core.folder_records import probe_actors, sweep_state, trial_state
 from emergence_core.run_folder import RunFolder
 from orchestrator.common.errors import UsageError
 from orchestrator.probe_pool.queue import ProbeQueue
@@ -265,9 +267,20 @@ def status_data(run_dir: Path) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for row in trials:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
+    calibrated = {name for name, m in spec.probes.measures.items() if m.calibrate}
+    actors = [{**a, "pilot_runs": pilot_runs(folder, a["trial"], a["measure"])
+               if a["measure"] in calibrated else None} for a in probe_actors(folder)]
     return {"sweep": spec.name, "run_dir": str(folder.path), "counts": counts,
             "trials": trials,
-            "probes": {"done": p_done, "due": p_due, "failed": p_failed}}
+            "probes": {"done": p_done, "due": p_due, "failed": p_failed, "actors": actors}}
+
+
+def _actor_line(a: dict[str, Any], now: float) -> str:
+    """``COPY-s0-0 llc@0 for 42 min (pilot: 5 runs finished)``: one probe actor's job."""
+    minutes = max(0.0, now - a["since"]) / 60
+    pilot = "" if a.get("pilot_runs") is None else \
+        f" (pilot: {a['pilot_runs']} run{'s' * (a['pilot_runs'] != 1)} finished)"
+    return f"{a['trial']} {a['measure']}@{a['step']} for {minutes:.0f} min{pilot}"
 
 
 def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
@@ -292,7 +305,9 @@ def status_table(run_dir: Path) -> tuple[Table, dict[str, int]]:
     p = data["probes"]
     t.caption = ", ".join(f"{v} {k}" for k, v in sorted(data["counts"].items())) + (
         f"; expensive probes {p['done']}/{p['due']} done, {len(p['failed'])} failed"
-        if p["due"] else "") + "; alerts p/a: live precursor / approach alerts"
+        if p["due"] else "") + "; alerts p/a: live precursor / approach alerts" + (
+        "\nprobe actors: " + "; ".join(_actor_line(a, time.time()) for a in p["actors"])
+        if p.get("actors") else "")
     return t, data["counts"]
 
 
