@@ -519,3 +519,34 @@ def test_a_stopped_pilot_resumes_at_its_first_unfinished_run_and_chooses_the_sam
     assert other.reused == repeats
     runs.clear()
     assert len(runs) == 0 and not runs.dir.parent.exists()
+
+
+@pytest.mark.parametrize("sampler,minibatch,batched", [
+    ("sgld", None, False), ("sgld", 16, False), ("rmsprop", 16, False), ("sgld", 16, True),
+    ("rmsprop", None, True)])
+def test_a_run_carried_on_draws_what_a_longer_run_draws(sampler, minibatch, batched):
+    """The pilot lengthens check 3's runs by carrying their chains on: the draws, the
+    diagnostics (MALA's included, full batch) and the estimate must be a fresh longer run's,
+    bit for bit, for the plain and the preconditioned sampler, chains batched or not."""
+    from emergence_core.measures.llc import estimate_llc_chains
+
+    model, batch = _trained_mlp()
+    s = LLCSettings(n_chains=2, n_draws=60, n_burnin=20, minibatch_size=minibatch, seed=3,
+                    eps=1e-3, gamma=10.0, sampler=sampler, batch_chains=batched)
+    short, chains = estimate_llc_chains(model, batch, s)
+    runs = list(chains.runs)
+    carried, on = estimate_llc_chains(model, batch, replace(s, n_draws=150), chains)
+    # the same chains advanced by the 90 extra draws, not run again from w*
+    assert on is chains and on.runs == runs and all(r.t == 150 for r in runs)
+    fresh, _ = estimate_llc_chains(model, batch, replace(s, n_draws=150))
+    assert carried.loss_trace == fresh.loss_trace and len(fresh.loss_trace[0]) == 150
+    assert carried.loss_trace[0][:60] == short.loss_trace[0]
+    for field in ("value", "rhat", "mean_loss", "drift_noise", "mala_acceptance",
+                  "precond_change"):
+        a, b = getattr(carried, field), getattr(fresh, field)
+        assert a == b or (math.isnan(a) and math.isnan(b)), field
+    again, _ = estimate_llc_chains(model, batch, replace(s, n_draws=300), chains)
+    assert again.loss_trace == estimate_llc_chains(model, batch,
+                                                   replace(s, n_draws=300))[0].loss_trace
+    with pytest.raises(ValueError, match="more draws at the same settings"):
+        estimate_llc_chains(model, batch, replace(s, n_draws=400, eps=2e-3), chains)

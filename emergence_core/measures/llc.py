@@ -48,6 +48,7 @@ from torch import nn
 from emergence_core.measures.sgld import (
     SAMPLERS,
     LLCSettings,
+    SGLDChains,
     SGLDTrace,
     default_n_beta,
     sample_sgld,
@@ -58,10 +59,12 @@ __all__ = [
     "LLCResult",
     "LLCSettings",
     "LossBatch",
+    "SGLDChains",
     "SGLDTrace",
     "curvature_at_rise",
     "default_n_beta",
     "estimate_llc",
+    "estimate_llc_chains",
     "integrated_time",
     "llc_from_trace",
     "relative_settings",
@@ -223,14 +226,24 @@ def estimate_llc(model: nn.Module, batch: LossBatch,
     n is ``batch.n_samples``; the default n_beta is n / log n (``n_beta_of``: "batch"; see
     :mod:`emergence_core.measures.sgld` for "train" and "minibatch").
     """
+    return estimate_llc_chains(model, batch, settings)[0]
+
+
+def estimate_llc_chains(model: nn.Module, batch: LossBatch, settings: LLCSettings | None = None,
+                        carry_on: SGLDChains | None = None) -> tuple[LLCResult, SGLDChains]:
+    """``estimate_llc``, and its chains as they stopped; ``carry_on``: such chains (same model
+    and settings but for more draws) advanced from where they stopped, giving the estimate a
+    run of the longer length from w* gives at the cost of the extra draws only."""
     s = settings if settings is not None else LLCSettings()
     if s.eps is None or s.gamma is None:
         s = relative_settings(model, batch, s)
-    trace = sample_sgld(model, batch.loss, batch.n_samples, s, batch.n_population)
+    trace = sample_sgld(model, batch.loss, batch.n_samples, s, batch.n_population, carry_on)
     result = llc_from_trace(trace.losses, trace.init_loss, trace.n_beta, s.n_burnin, s.rhat_max,
                             s.max_rise)
+    assert trace.chains is not None
     return replace(result, wall_s=trace.wall_s, precond_change=trace.precond_change,
-                   eps=float(s.eps), gamma=float(s.gamma), **_kept_stats(trace, s.n_burnin))
+                   eps=float(s.eps), gamma=float(s.gamma),
+                   **_kept_stats(trace, s.n_burnin)), trace.chains
 
 
 RELATIVE_STEP = 0.05  # eps * n_beta * lambda_max when eps is not given

@@ -99,8 +99,9 @@ from emergence_core.measures.llc import (
     LLCResult,
     LLCSettings,
     LossBatch,
+    SGLDChains,
     curvature_at_rise,
-    estimate_llc,
+    estimate_llc_chains,
     n_beta_for,
     stiffness,
 )
@@ -162,6 +163,7 @@ class LLCCalibration:
     kind: str = ""  # what was chosen: "gamma-independent", "localised", or "" (nothing)
     lambda_basin: float = math.nan  # lambda_max at the basin's edge; nan: not measured
     reused: int = 0  # runs a stopped pilot had finished, read back instead of run again
+    carried: int = 0  # runs lengthened by check 3 from where their chains stopped
 
     @property
     def localised_stiffness(self) -> float:
@@ -193,29 +195,36 @@ class LLCCalibration:
                 "n_beta_lambda_max": clean(self.n_beta * self.lambda_max),
                 "localised_stiffness": clean(self.localised_stiffness),
                 "criteria": self.criteria, "reused_runs": self.reused,
+                "carried_runs": self.carried,
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
 
 
 def _estimate(model: nn.Module, batch: LossBatch, s: LLCSettings, init_loss: float,
-              store: RunStore | None, counts: dict[str, int]) -> LLCResult:
-    """``estimate_llc`` at ``s``, or the same run read back from ``store``: the chains are
-    seeded by the settings, so the stored run is the one that would be computed again."""
-    if store is None:
-        return estimate_llc(model, batch, s)
-    key = json.dumps({"settings": asdict(s), "init_loss": init_loss}, sort_keys=True,
-                     default=str)
-    held = store.get(key)
-    if held is not None:
-        try:
-            r = LLCResult(**{**held, "per_chain": tuple(held["per_chain"]),
-                             "loss_trace": tuple(tuple(c) for c in held["loss_trace"])})
-            counts["reused"] += 1
-            return r
-        except (KeyError, TypeError):
-            pass  # a record of another version's fields: run it again
-    r = estimate_llc(model, batch, s)
-    store.put(key, asdict(r))
-    return r
+              store: RunStore | None, counts: dict[str, int], carry_on: SGLDChains | None
+              ) -> tuple[LLCResult, SGLDChains | None]:
+    """``estimate_llc`` at ``s`` with its chains (None when read back), or the same run read
+    back from ``store``: the chains are seeded by the settings, so the stored run is the one
+    that would be computed again. ``carry_on``: the same point's chains at fewer draws, run on
+    instead of from w* (the same draws, at the cost of the extra ones)."""
+    key = None
+    if store is not None:
+        key = json.dumps({"settings": asdict(s), "init_loss": init_loss}, sort_keys=True,
+                         default=str)
+        held = store.get(key)
+        if held is not None:
+            try:
+                r = LLCResult(**{**held, "per_chain": tuple(held["per_chain"]),
+                                 "loss_trace": tuple(tuple(c) for c in held["loss_trace"])})
+                counts["reused"] += 1
+                return r, None
+            except (KeyError, TypeError):
+                pass  # a record of another version's fields: run it again
+    r, chains = estimate_llc_chains(model, batch, s, carry_on)
+    if carry_on is not None:
+        counts["carried"] += 1
+    if store is not None:
+        store.put(key, asdict(r))
+    return r, chains
 
 
 def basin_scale(init_loss: float, untrained_loss: float) -> float:
@@ -337,15 +346,21 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         return lengths[i, j]
 
     runs: dict[tuple[int, int], LLCResult | None] = {}  # None: past max_draws, not run
-    counts = {"reused": 0}
+    counts = {"reused": 0, "carried": 0}
+    # each point's chains as they stopped: a run lengthened by check 3 carries on from them
+    carried: dict[tuple[int, int], SGLDChains | None] = {}
 
     def run(i: int, j: int) -> LLCResult | None:
         if (i, j) not in runs:
             n_draws, n_burnin, _ = length(i, j)
             scale = tiers[j == tier]
-            runs[i, j] = None if n_draws > c.max_draws else _estimate(model, batch, replace(
-                base, eps=c.steps[i] / scale, gamma=loc(j) * scale,
-                n_draws=n_draws, n_burnin=n_burnin), init_loss, store, counts)
+            prior = carried.pop((i, j), None)
+            if n_draws > c.max_draws:
+                runs[i, j] = None
+            else:
+                runs[i, j], carried[i, j] = _estimate(model, batch, replace(
+                    base, eps=c.steps[i] / scale, gamma=loc(j) * scale, n_draws=n_draws,
+                    n_burnin=n_burnin), init_loss, store, counts, prior)
         return runs[i, j]
 
     halving: dict[tuple[int, int], float | None] = {}
@@ -358,7 +373,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         n = n_burnin + max(kept, n_draws - n_burnin)
         return None if n > c.max_draws else (n, n_burnin, short)
 
-    def halves(i: int, j: int) -> bool | None:
+    def judge(i: int, j: int) -> bool | None:
         """Checks 1-3 on (i, j) and its halved step (i + 1, j): both sound, and the change
         within max_halving_change once its Monte Carlo error allows deciding (both runs'
         kept draws double until it does); None when a run is past max_draws."""
@@ -378,6 +393,12 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
             for x, new in zip((i, i + 1), longer, strict=True):
                 lengths[x, j] = new
                 runs.pop((x, j))
+
+    def halves(i: int, j: int) -> bool | None:
+        try:
+            return judge(i, j)
+        finally:  # (i, j) is not lengthened again (the halved point (i + 1, j) may be)
+            carried.pop((i, j), None)
 
     chosen: tuple[int, int] | None = None
     start = 0  # the largest step still worth trying: a step too large at a stronger
@@ -450,4 +471,4 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                      "per chain and were not run)" if skipped else ""))
     return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
                           float(lambda_max), criteria, reason, kind, float(lambda_basin),
-                          counts["reused"])
+                          counts["reused"], counts["carried"])

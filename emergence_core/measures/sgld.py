@@ -65,7 +65,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -104,6 +104,20 @@ class SGLDTrace:
     mala_logp: torch.Tensor | None = None  # [chains, draws] log MALA acceptance of step t
     precond_change: float = math.nan  # relative change of G over its last quarter window
     batched: bool = False  # whether the chains ran as one vmapped computation
+    chains: SGLDChains | None = None  # the chains as they stopped, to carry on (in memory)
+
+
+@dataclass
+class SGLDChains:
+    """Chains as they stopped (``SGLDTrace.chains``), for ``sample_sgld(carry_on=...)`` to
+    run more draws of: held in memory only, with the model copy they sample."""
+
+    runs: list[_Run]
+    batched: bool
+    init_loss: float
+    n_beta: float
+    settings: LLCSettings  # as run; only n_draws may grow when carried on
+    wall_s: float  # the whole run's time so far
 
 
 def default_n_beta(n: int) -> float:
@@ -180,108 +194,174 @@ def _sq(tensors: list[torch.Tensor]) -> torch.Tensor:
                for t in tensors)
 
 
-def _run(grad_fn: GradFn, w_star: list[torch.Tensor], chains: list[int], s: LLCSettings,
-         n: int, size: int, n_beta: float, full_batch: bool
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Advance ``chains`` (their indices) together; the sampler's one loop."""
-    c_n, device = len(chains), w_star[0].device
-    noise_gens = [torch.Generator(device=device).manual_seed(s.seed + c) for c in chains]
-    batches = [_minibatches(n, size, torch.Generator().manual_seed(_BATCH_STREAM + s.seed + c))
-               for c in chains]
-    stacked = [w.unsqueeze(0).repeat(c_n, *([1] * w.ndim)) for w in w_star]
-    losses = torch.full((c_n, s.n_draws), math.nan, dtype=torch.float64)
-    drift_noise = torch.full_like(losses, math.nan)
-    mala = torch.full_like(losses, math.nan)
-    alive = torch.ones(c_n, dtype=torch.bool)
-    rmsprop = s.sampler == "rmsprop"
-    freeze_at = (s.n_burnin - 1) // 2 if s.rms_freeze and s.n_burnin >= 2 else None
-    look_back = None if freeze_at is None else max(0, freeze_at - max(1, (freeze_at + 1) // 4))
-    square_avg = [torch.zeros_like(p) for p in stacked] if rmsprop else []
-    precond: list[torch.Tensor] | None = None if rmsprop else [torch.ones_like(p)
-                                                              for p in stacked]
-    earlier: list[torch.Tensor] | None = None
-    change = math.nan
-    half_eps, root_eps = s.eps / 2, math.sqrt(s.eps)
-    prev: tuple | None = None  # (U, grad U, noise) of the last step, for MALA
-    for t in range(s.n_draws):
-        ids = torch.stack([next(b) for b in batches])
-        grads, loss = grad_fn(stacked, ids)
-        loss = loss.detach().double().cpu()
-        bad = ~torch.isfinite(loss)
-        if bool((bad & alive).any()):
-            alive &= ~bad
-            with torch.no_grad():  # a dead chain restarts at w* so it cannot poison the rest
-                for p, w in zip(stacked, w_star, strict=True):
-                    p[~alive.to(device)] = w
-        if not bool(alive.any()):
-            break
-        losses[alive, t] = loss[alive]
-        adapting = rmsprop and (freeze_at is None or t <= freeze_at)
-        with torch.no_grad():
-            if adapting:
-                corr = 1 - s.rms_alpha ** (t + 1) if s.rms_bias_correction else 1.0
-                for v, g in zip(square_avg, grads, strict=True):
-                    v.mul_(s.rms_alpha).addcmul_(g, g, value=1 - s.rms_alpha)
-                precond = [(v / corr).sqrt_().add_(s.rms_eps).reciprocal_() for v in square_avg]
-                if t == look_back:
-                    earlier = [p.clone() for p in precond]
-                if t == freeze_at and earlier is not None:
-                    change = float(_sq([a - b for a, b in zip(precond, earlier, strict=True)])
-                                   .sum().sqrt() / _sq(precond).sum().sqrt())
-            assert precond is not None
-            diff = [p - w for p, w in zip(stacked, w_star, strict=True)]
-            grad_u = [g.mul_(n_beta).add_(d, alpha=s.gamma)  # grads are fresh: in place
-                      for g, d in zip(grads, diff, strict=True)]
-            roots = [G.sqrt() for G in precond] if rmsprop else []
-            drift = [gu * G for gu, G in zip(grad_u, precond, strict=True)] if rmsprop \
-                else grad_u
-            # chain c's noise from its own generator, one randn per parameter in order
-            if c_n == 1:
-                noise = [torch.randn(p.shape[1:], generator=noise_gens[0], device=device,
-                                     dtype=p.dtype).unsqueeze(0) for p in stacked]
-            else:
-                noise = [torch.stack([torch.randn(p.shape[1:], generator=gen, device=device,
-                                                  dtype=p.dtype) for gen in noise_gens])
-                         for p in stacked]
-            scaled = [xi * r for xi, r in zip(noise, roots, strict=True)] if rmsprop else noise
-            drift_noise[:, t] = (half_eps * _sq(drift).sqrt()
-                                 / (root_eps * _sq(scaled).sqrt())).cpu()
-            constant_g = not adapting
-            if full_batch and constant_g:
-                u = n_beta * loss + s.gamma / 2 * _sq(diff).cpu()
-                if prev is not None:
-                    u0, gu0, xi0 = prev
-                    # w_t - w_{t-1} + eps/2 G grad U_{t-1} = sqrt(eps G) xi_{t-1}; the reverse
-                    # proposal's residual is eps/2 G (grad U_{t-1} + grad U_t) - sqrt(eps G) xi
-                    back = [half_eps * G * (a + b) - root_eps * G.sqrt() * x
-                            for G, a, b, x in zip(precond, gu0, grad_u, xi0, strict=True)]
-                    back_sq = sum((r.pow(2) / G).reshape(r.shape[0], -1).double().sum(dim=1)
-                                  for r, G in zip(back, precond, strict=True)).cpu()
-                    fwd_sq = s.eps * _sq(xi0).cpu()
-                    mala[:, t - 1] = -(u - u0) - (back_sq - fwd_sq) / (2 * s.eps)
-                prev = (u, grad_u, noise)
-            else:
-                prev = None
-            for p, d, x in zip(stacked, drift, scaled, strict=True):
-                p.add_(d, alpha=-half_eps).add_(x, alpha=root_eps)
-    return losses, drift_noise, mala, change
+class _Run:
+    """``chains`` (their indices) advancing together: the sampler's one loop, resumable.
+
+    ``advance(n_draws)`` runs the draws up to ``n_draws``; called again with more, it carries
+    on from where it stopped. Every chain's generators are its own and draw the same numbers
+    whatever the length asked, so a run advanced to N draws is the run started with N
+    (``test_a_run_carried_on_draws_what_a_longer_run_draws``): the LLC's pilot lengthens its
+    chains this way instead of running them again from w*.
+    """
+
+    def __init__(self, grad_fn: GradFn, w_star: list[torch.Tensor], chains: list[int],
+                 s: LLCSettings, n: int, size: int, n_beta: float, full_batch: bool) -> None:
+        c_n, device = len(chains), w_star[0].device
+        self.grad_fn, self.w_star, self.s, self.n_beta = grad_fn, w_star, s, n_beta
+        self.full_batch, self.device, self.c_n = full_batch, device, c_n
+        self.noise_gens = [torch.Generator(device=device).manual_seed(s.seed + c)
+                           for c in chains]
+        self.batches = [_minibatches(n, size, torch.Generator().manual_seed(
+            _BATCH_STREAM + s.seed + c)) for c in chains]
+        self.stacked = [w.unsqueeze(0).repeat(c_n, *([1] * w.ndim)) for w in w_star]
+        self.losses = torch.full((c_n, 0), math.nan, dtype=torch.float64)
+        self.drift_noise = self.losses.clone()
+        self.mala = self.losses.clone()
+        self.alive = torch.ones(c_n, dtype=torch.bool)
+        self.rmsprop = s.sampler == "rmsprop"
+        self.freeze_at = (s.n_burnin - 1) // 2 if s.rms_freeze and s.n_burnin >= 2 else None
+        self.look_back = None if self.freeze_at is None \
+            else max(0, self.freeze_at - max(1, (self.freeze_at + 1) // 4))
+        self.square_avg = [torch.zeros_like(p) for p in self.stacked] if self.rmsprop else []
+        self.precond: list[torch.Tensor] | None = None if self.rmsprop \
+            else [torch.ones_like(p) for p in self.stacked]
+        self.earlier: list[torch.Tensor] | None = None
+        self.change = math.nan
+        self.prev: tuple | None = None  # (U, grad U, noise) of the last step, for MALA
+        self.t = 0  # draws run
+        self.wall_s = 0.0
+
+    def advance(self, n_draws: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(losses, drift / noise, MALA log-acceptance, each [chains, n_draws]; the
+        preconditioner's change) after running the draws up to ``n_draws``."""
+        started = time.perf_counter()
+        grow = n_draws - self.losses.shape[1]
+        if grow > 0:
+            pad = torch.full((self.c_n, grow), math.nan, dtype=torch.float64)
+            self.losses, self.drift_noise, self.mala = (
+                torch.cat([x, pad], dim=1) for x in (self.losses, self.drift_noise, self.mala))
+        s, n_beta, device, c_n = self.s, self.n_beta, self.device, self.c_n
+        stacked, w_star, alive = self.stacked, self.w_star, self.alive
+        losses, drift_noise, mala = self.losses, self.drift_noise, self.mala
+        rmsprop, freeze_at, square_avg = self.rmsprop, self.freeze_at, self.square_avg
+        half_eps, root_eps = s.eps / 2, math.sqrt(s.eps)
+        while self.t < n_draws and bool(alive.any()):
+            t = self.t
+            self.t += 1
+            ids = torch.stack([next(b) for b in self.batches])
+            grads, loss = self.grad_fn(stacked, ids)
+            loss = loss.detach().double().cpu()
+            bad = ~torch.isfinite(loss)
+            if bool((bad & alive).any()):
+                alive &= ~bad
+                with torch.no_grad():  # a dead chain restarts at w* so it cannot poison the rest
+                    for p, w in zip(stacked, w_star, strict=True):
+                        p[~alive.to(device)] = w
+            if not bool(alive.any()):
+                break
+            losses[alive, t] = loss[alive]
+            adapting = rmsprop and (freeze_at is None or t <= freeze_at)
+            with torch.no_grad():
+                if adapting:
+                    corr = 1 - s.rms_alpha ** (t + 1) if s.rms_bias_correction else 1.0
+                    for v, g in zip(square_avg, grads, strict=True):
+                        v.mul_(s.rms_alpha).addcmul_(g, g, value=1 - s.rms_alpha)
+                    self.precond = [(v / corr).sqrt_().add_(s.rms_eps).reciprocal_()
+                                    for v in square_avg]
+                    if t == self.look_back:
+                        self.earlier = [p.clone() for p in self.precond]
+                    if t == freeze_at and self.earlier is not None:
+                        self.change = float(
+                            _sq([a - b for a, b in zip(self.precond, self.earlier, strict=True)])
+                            .sum().sqrt() / _sq(self.precond).sum().sqrt())
+                precond = self.precond
+                assert precond is not None
+                diff = [p - w for p, w in zip(stacked, w_star, strict=True)]
+                grad_u = [g.mul_(n_beta).add_(d, alpha=s.gamma)  # grads are fresh: in place
+                          for g, d in zip(grads, diff, strict=True)]
+                roots = [G.sqrt() for G in precond] if rmsprop else []
+                drift = [gu * G for gu, G in zip(grad_u, precond, strict=True)] if rmsprop \
+                    else grad_u
+                # chain c's noise from its own generator, one randn per parameter in order
+                if c_n == 1:
+                    noise = [torch.randn(p.shape[1:], generator=self.noise_gens[0],
+                                         device=device, dtype=p.dtype).unsqueeze(0)
+                             for p in stacked]
+                else:
+                    noise = [torch.stack([torch.randn(p.shape[1:], generator=gen, device=device,
+                                                      dtype=p.dtype) for gen in self.noise_gens])
+                             for p in stacked]
+                scaled = [xi * r for xi, r in zip(noise, roots, strict=True)] if rmsprop \
+                    else noise
+                drift_noise[:, t] = (half_eps * _sq(drift).sqrt()
+                                     / (root_eps * _sq(scaled).sqrt())).cpu()
+                constant_g = not adapting
+                if self.full_batch and constant_g:
+                    u = n_beta * loss + s.gamma / 2 * _sq(diff).cpu()
+                    if self.prev is not None:
+                        u0, gu0, xi0 = self.prev
+                        # w_t - w_{t-1} + eps/2 G grad U_{t-1} = sqrt(eps G) xi_{t-1}; the
+                        # reverse proposal's residual is eps/2 G (grad U_{t-1} + grad U_t)
+                        # - sqrt(eps G) xi
+                        back = [half_eps * G * (a + b) - root_eps * G.sqrt() * x
+                                for G, a, b, x in zip(precond, gu0, grad_u, xi0, strict=True)]
+                        back_sq = sum((r.pow(2) / G).reshape(r.shape[0], -1).double().sum(dim=1)
+                                      for r, G in zip(back, precond, strict=True)).cpu()
+                        fwd_sq = s.eps * _sq(xi0).cpu()
+                        mala[:, t - 1] = -(u - u0) - (back_sq - fwd_sq) / (2 * s.eps)
+                    self.prev = (u, grad_u, noise)
+                else:
+                    self.prev = None
+                for p, d, x in zip(stacked, drift, scaled, strict=True):
+                    p.add_(d, alpha=-half_eps).add_(x, alpha=root_eps)
+        self.wall_s += time.perf_counter() - started
+        return (losses[:, :n_draws], drift_noise[:, :n_draws], mala[:, :n_draws],
+                self.change)
+
+
+def _carry_on(chains: SGLDChains, s: LLCSettings, n: int) -> SGLDTrace:
+    if replace(chains.settings, n_draws=s.n_draws) != s or s.n_draws < chains.settings.n_draws:
+        raise ValueError("carry_on: chains carry on with more draws at the same settings "
+                         f"only; they ran {chains.settings}, asked {s}")
+    start = time.perf_counter()
+    if chains.batched:  # the kernel the chains ran under (sample_sgld)
+        with sdpa_kernel(SDPBackend.MATH):
+            parts = [r.advance(s.n_draws) for r in chains.runs]
+    else:
+        parts = [r.advance(s.n_draws) for r in chains.runs]
+    chains.settings, chains.wall_s = s, chains.wall_s + time.perf_counter() - start
+    return _trace(parts, chains, n)
+
+
+def _trace(parts: list[tuple], chains: SGLDChains, n: int) -> SGLDTrace:
+    """The trace of ``chains`` from their runs' ``advance`` outputs (``parts``, in order)."""
+    change = max((p[3] for p in parts), key=lambda v: -1 if math.isnan(v) else v)
+    return SGLDTrace(losses=torch.cat([p[0] for p in parts]), init_loss=chains.init_loss,
+                     n_beta=chains.n_beta, n=n, wall_s=chains.wall_s,
+                     drift_noise=torch.cat([p[1] for p in parts]),
+                     mala_logp=torch.cat([p[2] for p in parts]), precond_change=change,
+                     batched=chains.batched, chains=chains)
 
 
 def sample_sgld(model: nn.Module, loss_fn: LossFn, n: int,
-                settings: LLCSettings | None = None, n_population: int | None = None
-                ) -> SGLDTrace:
+                settings: LLCSettings | None = None, n_population: int | None = None,
+                carry_on: SGLDChains | None = None) -> SGLDTrace:
     """Run ``n_chains`` localised SGLD chains from w* on a copy of ``model`` (never the model).
 
     The copy is in eval mode; every parameter that requires grad is sampled. Chain c has
     its own generators: noise on the parameters' device seeded with ``seed + c`` (one
     ``randn`` per parameter tensor per step, in ``parameters()`` order: devinterp's
     order), minibatches on the CPU seeded with ``2**40 + seed + c``. The global RNG is
-    not used.
+    not used. ``carry_on``: an earlier trace's ``chains`` (same model, same settings but for
+    more draws), advanced from where they stopped instead of run again from w*: the draws are
+    those a run of the longer length from w* draws.
     """
     s = settings if settings is not None else LLCSettings()
     if s.eps is None or s.gamma is None:
         raise ValueError("sample_sgld needs eps and gamma; estimate_llc derives missing ones "
                          "from the checkpoint (relative_settings)")
+    if carry_on is not None:
+        return _carry_on(carry_on, s, n)
     start = time.perf_counter()
     size = n if s.minibatch_size is None else min(s.minibatch_size, n)
     m = {"minibatch": size, "batch": n, "train": n_population or n}[s.n_beta_of]
@@ -300,19 +380,16 @@ def sample_sgld(model: nn.Module, loss_fn: LossFn, n: int,
     if batched:
         try:  # the math kernel: SDPA's fused CPU kernels have no batching rule under vmap
             with sdpa_kernel(SDPBackend.MATH):
-                out = _run(_vmapped_grad(work, names, loss_fn), w_star,
-                           list(range(s.n_chains)), s, n, size, n_beta, full)
+                runs = [_Run(_vmapped_grad(work, names, loss_fn), w_star,
+                             list(range(s.n_chains)), s, n, size, n_beta, full)]
+                parts = [runs[0].advance(s.n_draws)]
         except Exception as err:  # vmap rejects data-dependent Python in some models
             warnings.warn(f"batched SGLD chains failed under vmap ({err!r}); running the "
                           "chains one at a time", RuntimeWarning, stacklevel=2)
             batched = False
     if not batched:
-        parts = [_run(_looped_grad(params, loss_fn, work), w_star, [c], s, n, size,
-                      n_beta, full) for c in range(s.n_chains)]
-        out = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-               torch.cat([p[2] for p in parts]),
-               max((p[3] for p in parts), key=lambda v: -1 if math.isnan(v) else v))
-    losses, drift_noise, mala, change = out
-    return SGLDTrace(losses=losses, init_loss=init_loss, n_beta=n_beta, n=n,
-                     wall_s=time.perf_counter() - start, drift_noise=drift_noise,
-                     mala_logp=mala, precond_change=change, batched=batched)
+        runs = [_Run(_looped_grad(params, loss_fn, work), w_star, [c], s, n, size, n_beta,
+                     full) for c in range(s.n_chains)]
+        parts = [r.advance(s.n_draws) for r in runs]
+    chains = SGLDChains(runs, batched, init_loss, n_beta, s, time.perf_counter() - start)
+    return _trace(parts, chains, n)
