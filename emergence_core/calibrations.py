@@ -22,7 +22,8 @@ __all__ = ["PilotRuns", "calibrations", "pilot_runs", "read_calibration", "write
 
 
 class PilotRuns:
-    """The finished runs of a trial's pilot in progress, one file each beside its record
+    """The finished runs (and measured curvatures) of a trial's pilot in progress, one file
+    each beside its record
     (``<measure>.runs/<step>/``), so that a pilot stopped midway (a stopped sweep, a lost
     actor) resumes at its first unfinished run. Its runs are seeded by their settings, so a
     run read back is the run it would compute again; the key (its settings and L(w*)) is kept

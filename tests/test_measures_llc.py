@@ -519,6 +519,17 @@ def test_a_stopped_pilot_resumes_at_its_first_unfinished_run_and_chooses_the_sam
     assert other.reused == repeats
     runs.clear()
     assert len(runs) == 0 and not runs.dir.parent.exists()
+    # the Lanczos of lambda_max (minutes on a real checkpoint) is kept too: killed as it is
+    # written, the pilot started again reads it back
+    small = replace(grid, steps=(0.2, 0.1), localised=None)
+    first = calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=small)
+    with pytest.raises(Killed):
+        calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=small,
+                      store=StopsAfter(1))
+    again = calibrate_llc(model, batch, base, untrained_loss=10.0, calibration=small,
+                          store=runs)
+    assert again.reused == 1 and again.lambda_max == first.lambda_max
+    assert [p.value for p in again.points] == [p.value for p in first.points]
 
 
 @pytest.mark.parametrize("sampler,minibatch,batched", [

@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
@@ -115,7 +116,8 @@ class RunStore(Protocol):
     """Where a pilot keeps its finished runs, so that a pilot stopped midway resumes at its
     first unfinished one (``emergence_core.calibrations.PilotRuns`` keeps them in the run
     folder). ``key`` states the run whole (its settings and L(w*) at the checkpoint); the
-    value is the run's ``LLCResult`` as JSON-safe fields."""
+    value is the run's ``LLCResult`` as JSON-safe fields, or a curvature the pilot measured
+    (``{"values": [...]}``: lambda_max at w* and at the basin's edge, minutes of Lanczos)."""
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
@@ -162,7 +164,7 @@ class LLCCalibration:
     reason: str = ""  # why nothing was chosen
     kind: str = ""  # what was chosen: "gamma-independent", "localised", or "" (nothing)
     lambda_basin: float = math.nan  # lambda_max at the basin's edge; nan: not measured
-    reused: int = 0  # runs a stopped pilot had finished, read back instead of run again
+    reused: int = 0  # runs (and curvatures) a stopped pilot had finished, read back
     carried: int = 0  # runs lengthened by check 3 from where their chains stopped
 
     @property
@@ -197,6 +199,22 @@ class LLCCalibration:
                 "criteria": self.criteria, "reused_runs": self.reused,
                 "carried_runs": self.carried,
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
+
+
+def _kept(store: RunStore | None, counts: dict[str, int], what: dict[str, Any],
+          compute: Callable[[], tuple[float, ...]]) -> tuple[float, ...]:
+    """``compute()`` (a pilot's deterministic numbers, ``what`` stating them whole), or
+    the same numbers read back from ``store``, where they are kept once computed."""
+    if store is None:
+        return compute()
+    key = json.dumps(what, sort_keys=True, default=str)
+    held = store.get(key)
+    if held is not None and isinstance(held.get("values"), list):
+        counts["reused"] += 1
+        return tuple(float(v) for v in held["values"])
+    values = compute()
+    store.put(key, {"values": [float(v) for v in values]})
+    return values
 
 
 def _estimate(model: nn.Module, batch: LossBatch, s: LLCSettings, init_loss: float,
@@ -284,13 +302,16 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     and that tier's grid is relative to the larger.
     """
     c = calibration if calibration is not None else CalibrationSettings()
-    if lambda_max is None:
-        n_beta, lambda_max = stiffness(model, batch, settings, c.stiffness_samples)
-    else:
-        n_beta = n_beta_for(batch, settings)
-    base = replace(settings, max_rise=None)
+    counts = {"reused": 0, "carried": 0}
     with torch.no_grad(), eval_mode(model):
         init_loss = float(batch.loss(model))
+    n_beta = n_beta_for(batch, settings)
+    if lambda_max is None:  # Lanczos: minutes on a CPU, so kept with the runs
+        (lambda_max,) = _kept(store, counts, {
+            "lambda_max": c.stiffness_samples, "settings": asdict(settings),
+            "init_loss": init_loss},
+            lambda: (stiffness(model, batch, settings, c.stiffness_samples)[1],))
+    base = replace(settings, max_rise=None)
     max_rise = c.max_rise_fraction * basin_scale(init_loss, untrained_loss)
     criteria = {"rhat_max": settings.rhat_max, "max_rise_fraction": c.max_rise_fraction,
                 "max_rise": max_rise, "max_halving_change": c.max_halving_change,
@@ -313,8 +334,11 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         """The localised tier's S from the curvature where its chains go (module docs)."""
         nonlocal lambda_basin
         if c.stiffness_rise is not None:
-            lambda_basin, _ = curvature_at_rise(model, batch, c.stiffness_rise * max_rise,
-                                                settings.seed, c.stiffness_samples)
+            (lambda_basin,) = _kept(store, counts, {
+                "lambda_basin": [c.stiffness_rise, max_rise, c.stiffness_samples],
+                "settings": asdict(settings), "init_loss": init_loss},
+                lambda: (curvature_at_rise(model, batch, c.stiffness_rise * max_rise,
+                                           settings.seed, c.stiffness_samples)[0],))
             if math.isfinite(lambda_basin) and lambda_basin > lambda_max:
                 tiers[1] = n_beta * lambda_basin
     spectrum = None
@@ -346,7 +370,6 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         return lengths[i, j]
 
     runs: dict[tuple[int, int], LLCResult | None] = {}  # None: past max_draws, not run
-    counts = {"reused": 0, "carried": 0}
     # each point's chains as they stopped: a run lengthened by check 3 carries on from them
     carried: dict[tuple[int, int], SGLDChains | None] = {}
 
