@@ -40,7 +40,7 @@ Calibrate = Callable[["nn.Module", "ScoredBatch", Any, float, Mapping[str, Any]]
 """(model at the pilot checkpoint, batch, settings, the untrained model's loss on the batch,
 calibration fields) -> a JSON-safe record whose ``chosen`` is the settings fields to fix for
 the whole trial, or None when no setting met the criteria. Called with ``store=`` (a
-``RunStore`` of ``emergence_core.measures.llc_calibration``, or None) where the caller keeps
+``RunStore`` of ``emergence_core.measures.llc_runs``, or None) where the caller keeps
 a stopped pilot's finished work: a calibration that takes it resumes there."""
 
 

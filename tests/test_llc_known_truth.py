@@ -421,7 +421,8 @@ def test_a_regular_model_of_lambda_one_is_measured_once_its_halving_is_decidable
     point values alone the pilot chose nothing. Check 3 decided once its error allows doubles
     the chains until it does; the chosen setting keeps that length and its estimate lands
     within 10% of lambda = 1 and on the closed form of its localised value."""
-    from emergence_core.measures.llc_calibration import CalibrationSettings, _noise
+    from emergence_core.measures.llc_calibration import CalibrationSettings
+    from emergence_core.measures.llc_checks import change_noise
 
     d, n_beta = 2, 1000.0
     h = torch.ones(d, dtype=torch.float64)
@@ -429,7 +430,7 @@ def test_a_regular_model_of_lambda_one_is_measured_once_its_halving_is_decidable
     base = LLCSettings(n_chains=4, n_beta=n_beta, minibatch_size=None)  # 200 draws, 100 kept
     short = [estimate_llc(model, batch, replace(base, eps=c / n_beta, gamma=0.1 * n_beta))
              for c in (0.2, 0.1)]
-    assert _noise(*short, z=2.0) > 3 * CalibrationSettings().max_halving_change
+    assert change_noise(*short, z=2.0) > 3 * CalibrationSettings().max_halving_change
     cal = calibrate_llc(model, batch, base, untrained_loss=2.0, lambda_max=1.0)
     assert cal.converged, cal.reason
     chosen = next(p for p in cal.points if p.passed)

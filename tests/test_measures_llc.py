@@ -49,13 +49,13 @@ def test_failed_chain_is_left_out_and_flags_non_convergence():
 def test_a_descending_stationary_run_fails_the_basin_not_stationarity():
     """Chains settled below L(w*) (no local minimum there): check 1 passes, check 2 fails,
     and the pilot's record keeps the two apart."""
-    from emergence_core.measures.llc_calibration import _sound
+    from emergence_core.measures.llc_checks import sound
 
     gen = torch.Generator().manual_seed(0)
     trace = 0.4 + 0.01 * torch.randn(3, 40, generator=gen, dtype=torch.float64)
     r = llc_from_trace(trace, init_loss=0.5, n_beta=2.0, n_burnin=10)
     assert r.checks == {"stationary": True, "in_basin": False} and not r.converged
-    assert _sound(r, max_rise=1.0) == (True, False)
+    assert sound(r, max_rise=1.0) == (True, False)
 
 
 def test_split_rhat_sees_disagreeing_chains_and_drift():
@@ -308,11 +308,8 @@ def test_settings_are_validated():
 
 
 def test_calibration_verdicts_follow_from_their_numbers_and_none_passing_says_so():
-    from emergence_core.measures.llc_calibration import (
-        CalibrationSettings,
-        basin_scale,
-        calibrate_llc,
-    )
+    from emergence_core.measures.llc_calibration import CalibrationSettings, calibrate_llc
+    from emergence_core.measures.llc_checks import basin_scale
 
     model, batch = _trained_mlp()
     base = LLCSettings(n_chains=2, n_draws=200, n_burnin=100, minibatch_size=None, seed=1)

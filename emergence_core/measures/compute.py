@@ -24,7 +24,8 @@ from emergence_core.measures.batch import ScoredBatch
 from emergence_core.measures.gradrank import fisher_effective_rank, gradcov_effective_rank
 from emergence_core.measures.hessian import estimate_hessian
 from emergence_core.measures.llc import estimate_llc
-from emergence_core.measures.llc_calibration import RunStore, calibrate_llc
+from emergence_core.measures.llc_calibration import calibrate_llc
+from emergence_core.measures.llc_runs import RunStore
 from emergence_core.metrics import Measure
 
 __all__ = ["ExpensiveResult"]

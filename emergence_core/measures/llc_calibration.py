@@ -85,11 +85,9 @@ holds for every estimate: a mean sampled loss at or below L(w*) is never a conve
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,26 +100,20 @@ from emergence_core.measures.llc import (
     LossBatch,
     SGLDChains,
     curvature_at_rise,
-    estimate_llc_chains,
     n_beta_for,
     stiffness,
 )
+from emergence_core.measures.llc_checks import (
+    basin_scale,
+    change,
+    change_noise,
+    not_a_minimum,
+    sound,
+)
+from emergence_core.measures.llc_runs import PilotLedger, RunStore
 from emergence_core.measures.spectrum import spectral_length
 
-__all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "RunStore", "basin_scale",
-           "calibrate_llc"]
-
-
-class RunStore(Protocol):
-    """Where a pilot keeps its finished runs, so that a pilot stopped midway resumes at its
-    first unfinished one (``emergence_core.calibrations.PilotRuns`` keeps them in the run
-    folder). ``key`` states the run whole (its settings and L(w*) at the checkpoint); the
-    value is the run's ``LLCResult`` as JSON-safe fields, or a curvature the pilot measured
-    (``{"values": [...]}``: lambda_max at w* and at the basin's edge, minutes of Lanczos)."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def put(self, key: str, value: dict[str, Any]) -> None: ...
+__all__ = ["CalibrationSettings", "LLCCalibration", "PilotPoint", "calibrate_llc"]
 
 
 @dataclass(frozen=True)
@@ -201,100 +193,14 @@ class LLCCalibration:
                 "grid": [{k: clean(v) for k, v in asdict(p).items()} for p in self.points]}
 
 
-def _kept(store: RunStore | None, counts: dict[str, int], what: dict[str, Any],
-          compute: Callable[[], tuple[float, ...]]) -> tuple[float, ...]:
-    """``compute()`` (a pilot's deterministic numbers, ``what`` stating them whole), or
-    the same numbers read back from ``store``, where they are kept once computed."""
-    if store is None:
-        return compute()
-    key = json.dumps(what, sort_keys=True, default=str)
-    held = store.get(key)
-    if held is not None and isinstance(held.get("values"), list):
-        counts["reused"] += 1
-        return tuple(float(v) for v in held["values"])
-    values = compute()
-    store.put(key, {"values": [float(v) for v in values]})
-    return values
-
-
-def _estimate(model: nn.Module, batch: LossBatch, s: LLCSettings, init_loss: float,
-              store: RunStore | None, counts: dict[str, int], carry_on: SGLDChains | None
-              ) -> tuple[LLCResult, SGLDChains | None]:
-    """``estimate_llc`` at ``s`` with its chains (None when read back), or the same run read
-    back from ``store``: the chains are seeded by the settings, so the stored run is the one
-    that would be computed again. ``carry_on``: the same point's chains at fewer draws, run on
-    instead of from w* (the same draws, at the cost of the extra ones)."""
-    key = None
-    if store is not None:
-        key = json.dumps({"settings": asdict(s), "init_loss": init_loss}, sort_keys=True,
-                         default=str)
-        held = store.get(key)
-        if held is not None:
-            try:
-                r = LLCResult(**{**held, "per_chain": tuple(held["per_chain"]),
-                                 "loss_trace": tuple(tuple(c) for c in held["loss_trace"])})
-                counts["reused"] += 1
-                return r, None
-            except (KeyError, TypeError):
-                pass  # a record of another version's fields: run it again
-    r, chains = estimate_llc_chains(model, batch, s, carry_on)
-    if carry_on is not None:
-        counts["carried"] += 1
-    if store is not None:
-        store.put(key, asdict(r))
-    return r, chains
-
-
-def basin_scale(init_loss: float, untrained_loss: float) -> float:
-    """The scale the basin check measures the rise against (check 2 of the module)."""
-    return max(untrained_loss - init_loss, abs(init_loss))
-
-
-def _change(a: LLCResult, b: LLCResult) -> float | None:
-    if not (math.isfinite(a.value) and math.isfinite(b.value)):
-        return None
-    return abs(a.value - b.value) / max(abs(b.value), 1e-12)
-
-
-def _noise(a: LLCResult, b: LLCResult, z: float | None) -> float | None:
-    """z x the Monte Carlo error of a - b, relative to |b| as ``_change`` is; None when not
-    judged (z None) or not computable."""
-    if z is None or not (math.isfinite(a.value) and math.isfinite(b.value)):
-        return None
-    se = math.hypot(a.mcse, b.mcse)
-    return z * se / max(abs(b.value), 1e-12) if math.isfinite(se) else None
-
-
-def _sound(r: LLCResult, max_rise: float) -> tuple[bool, bool]:
-    """(check 1, check 2) of a run: stationary (every chain finite, split-R-hat), and a rise
-    in (0, max_rise]."""
-    rise = r.loss_rise
-    return r.checks.get("stationary", False), math.isfinite(rise) and 0 < rise <= max_rise
-
-
-def _not_a_minimum(runs, init_loss: float) -> str:
-    """The verdict that opens the reason when most points' chains found lower loss than
-    L(w*): w* is then no local minimum of the batch loss and the LLC is not defined there, a
-    property of the checkpoint that no step size or localisation changes. Empty otherwise."""
-    rises = sorted(r.loss_rise for r in runs if r is not None and math.isfinite(r.loss_rise))
-    down = [x for x in rises if x <= 0]
-    if not rises or 2 * len(down) <= len(rises):
-        return ""
-    return (f"not a minimum: the chains found lower loss than L(w*) = {init_loss:.3g} at "
-            f"{len(down)} of {len(rises)} points (rises {down[0]:.3g} to {down[-1]:.3g}), so "
-            "w* is no local minimum of the batch loss and its LLC is undefined; a checkpoint "
-            "nearer one (trained longer) can be measured. ")
-
-
 def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   untrained_loss: float, calibration: CalibrationSettings | None = None,
                   lambda_max: float | None = None, store: RunStore | None = None
                   ) -> LLCCalibration:
     """Run the pilot on ``model`` (one checkpoint) and choose (eps, gamma); see the module.
 
-    ``store``: each finished run is kept there and read back instead of run again, so a
-    pilot stopped midway and started again on the same checkpoint resumes where it stopped
-    and chooses what it would have chosen uninterrupted.
+    ``store``: each finished run and curvature is kept there and read back instead of
+    computed again (:mod:`emergence_core.measures.llc_runs`).
 
     ``lambda_max`` (the top Hessian eigenvalue of ``batch.loss`` at the model) is computed by
     Lanczos when not given. When the localised tier is reached and ``stiffness_rise`` is set,
@@ -302,12 +208,12 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
     and that tier's grid is relative to the larger.
     """
     c = calibration if calibration is not None else CalibrationSettings()
-    counts = {"reused": 0, "carried": 0}
+    ledger = PilotLedger(store)
     with torch.no_grad(), eval_mode(model):
         init_loss = float(batch.loss(model))
     n_beta = n_beta_for(batch, settings)
     if lambda_max is None:  # Lanczos: minutes on a CPU, so kept with the runs
-        (lambda_max,) = _kept(store, counts, {
+        (lambda_max,) = ledger.kept({
             "lambda_max": c.stiffness_samples, "settings": asdict(settings),
             "init_loss": init_loss},
             lambda: (stiffness(model, batch, settings, c.stiffness_samples)[1],))
@@ -334,7 +240,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         """The localised tier's S from the curvature where its chains go (module docs)."""
         nonlocal lambda_basin
         if c.stiffness_rise is not None:
-            (lambda_basin,) = _kept(store, counts, {
+            (lambda_basin,) = ledger.kept({
                 "lambda_basin": [c.stiffness_rise, max_rise, c.stiffness_samples],
                 "settings": asdict(settings), "init_loss": init_loss},
                 lambda: (curvature_at_rise(model, batch, c.stiffness_rise * max_rise,
@@ -381,9 +287,9 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
             if n_draws > c.max_draws:
                 runs[i, j] = None
             else:
-                runs[i, j], carried[i, j] = _estimate(model, batch, replace(
+                runs[i, j], carried[i, j] = ledger.estimate(model, batch, replace(
                     base, eps=c.steps[i] / scale, gamma=loc(j) * scale, n_draws=n_draws,
-                    n_burnin=n_burnin), init_loss, store, counts, prior)
+                    n_burnin=n_burnin), init_loss, prior)
         return runs[i, j]
 
     halving: dict[tuple[int, int], float | None] = {}
@@ -404,9 +310,9 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
             a, b = run(i, j), run(i + 1, j)
             if a is None or b is None:
                 return None
-            halving[i, j], noise[i, j] = _change(a, b), _noise(a, b, c.halving_z)
-            if halving[i, j] is None or not (all(_sound(a, max_rise))
-                                             and all(_sound(b, max_rise))):
+            halving[i, j], noise[i, j] = change(a, b), change_noise(a, b, c.halving_z)
+            if halving[i, j] is None or not (all(sound(a, max_rise))
+                                             and all(sound(b, max_rise))):
                 return False
             if noise[i, j] is None or noise[i, j] <= c.max_halving_change:
                 return halving[i, j] <= c.max_halving_change
@@ -444,8 +350,8 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
         weaker = run(i_ok, j + 1)
         if weaker is None:  # every weaker localisation is longer still
             break
-        localising[i_ok, j] = _change(run(i_ok, j), weaker)
-        if all(_sound(weaker, max_rise)) and localising[i_ok, j] is not None \
+        localising[i_ok, j] = change(run(i_ok, j), weaker)
+        if all(sound(weaker, max_rise)) and localising[i_ok, j] is not None \
                 and localising[i_ok, j] <= c.max_localisation_change:
             chosen = (i_ok, j)
             break
@@ -471,7 +377,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
             points.append(PilotPoint(*head, nan, nan, nan, nan, nan, False, False, None, None,
                                      False, False, nan, nan, nan, 0.0, where))
             continue
-        stationary, in_basin = _sound(r, max_rise)
+        stationary, in_basin = sound(r, max_rise)
         points.append(PilotPoint(
             *head, r.value, r.std, r.mean_loss, r.loss_rise, r.rhat, stationary, in_basin,
             halving.get((i, j)), localising.get((i, j)), (i, j) == chosen, True, r.drift_noise,
@@ -485,7 +391,7 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                   "n_draws": n_draws, "n_burnin": n_burnin, "max_rise": max_rise}
     else:
         skipped = sum(r is None for r in runs.values())
-        reason = _not_a_minimum(runs.values(), init_loss) + (
+        reason = not_a_minimum(runs.values(), init_loss) + (
                   "no step size and localisation passed stationarity, the basin, halving and "
                   "a weaker localisation together"
                   + (f", nor a step size at the localised tier (k = {c.localised})"
@@ -494,4 +400,4 @@ def calibrate_llc(model: nn.Module, batch: LossBatch, settings: LLCSettings,
                      "per chain and were not run)" if skipped else ""))
     return LLCCalibration(tuple(points), fields, init_loss, float(untrained_loss), n_beta,
                           float(lambda_max), criteria, reason, kind, float(lambda_basin),
-                          counts["reused"], counts["carried"])
+                          ledger.reused, ledger.carried)
