@@ -320,6 +320,15 @@ class RunFolder:
     def probe_worker_path(self, pid: int) -> Path:
         return self.probes_dir / "workers" / f"{pid}.json"
 
+    def clear_probe_workers(self) -> None:
+        """Forget every probe actor's status file. The pool calls it as it starts and as it
+        stops: one driver holds a run folder at a time and its actors end with it, so a file
+        left there is an earlier driver's actor's (a file of a lost node's actor is one no
+        liveness check on this host can see through)."""
+        root = self.probe_worker_path(0).parent
+        for f in root.glob("*.json") if root.is_dir() else ():
+            f.unlink(missing_ok=True)
+
     # -- tracking and report -----------------------------------------------------------------
 
     @property

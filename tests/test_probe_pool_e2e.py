@@ -171,6 +171,13 @@ def test_resume_computes_only_the_missing_probes(tmp_path: Path, when: str) -> N
         before = {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in queue.done_jobs()}
         stray = _damage_a_queued_job(run_dir, queue) if when == "trials" else None
         broken = _damage_a_waiting_weights_file(run_dir, queue) if when == "drain" else None
+        # an actor's status file from a node lost before the stop: no liveness check here
+        # can see it has gone, so the resumed pool must drop it
+        workers = RunFolder(run_dir).probe_worker_path(0).parent
+        workers.mkdir(parents=True, exist_ok=True)
+        (workers / "7.json").write_text(json.dumps({
+            "pid": 7, "host": "a-lost-node", "node_id": "0" * 56, "started": 1.0,
+            "job": ["MOD-s0-0", 0, "llc"]}))
         rc = run_sweep(["resume", str(run_dir)], rt, tmp_path / "resume.log")
     text = (tmp_path / "resume.log").read_text()
     assert rc == (0 if broken is None else 1), text[-3000:]
@@ -184,6 +191,7 @@ def test_resume_computes_only_the_missing_probes(tmp_path: Path, when: str) -> N
     if stray is not None:  # named once, skipped; the emptied entry ran as any other
         needle = f"skipping {stray}: not a probe job's file"
         assert "".join(needle.split()) in "".join(text.split())  # however it was wrapped
+    assert not list(workers.glob("*.json")), "status files of actors no longer at work"
     # what was done before the interruption was not computed again
     assert {j: queue.diagnostics_path(j).stat().st_mtime_ns for j in before} == before
     _check_exactly_once(run_dir, spec_path, broken[0] if broken else frozenset())

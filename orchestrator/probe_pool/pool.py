@@ -178,6 +178,7 @@ class ProbePool:
     def start(self) -> None:
         if not self.enabled:
             return
+        self.folder.clear_probe_workers()  # an earlier driver's actors ended with it
         res = self.probes.resources
         actor_cls = ray.remote(ProbeWorker).options(
             num_cpus=res.cpus, num_gpus=res.gpus, resources=dict(res.custom) or None,
@@ -209,6 +210,8 @@ class ProbePool:
             self._thread.join(10)
         for slot in self._slots:
             ray.kill(slot.actor)
+        if self._slots:
+            self.folder.clear_probe_workers()
         self._slots = []
         if self._error is not None:
             raise self._error
