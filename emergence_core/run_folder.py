@@ -321,10 +321,11 @@ class RunFolder:
         return self.probes_dir / "workers" / f"{pid}.json"
 
     def clear_probe_workers(self) -> None:
-        """Forget every probe actor's status file. The pool calls it as it starts and as it
-        stops: one driver holds a run folder at a time and its actors end with it, so a file
-        left there is an earlier driver's actor's (a file of a lost node's actor is one no
-        liveness check on this host can see through)."""
+        """Forget every probe actor's status file. The pool calls it as it starts: one driver
+        holds a run folder at a time and its actors end with it, so a file left there is an
+        earlier driver's actor's (a file of a lost node's actor is one no liveness check on
+        this host can see through). The files of a finished sweep stay, each saying where its
+        actor worked last."""
         root = self.probe_worker_path(0).parent
         for f in root.glob("*.json") if root.is_dir() else ():
             f.unlink(missing_ok=True)

@@ -210,8 +210,6 @@ class ProbePool:
             self._thread.join(10)
         for slot in self._slots:
             ray.kill(slot.actor)
-        if self._slots:
-            self.folder.clear_probe_workers()
         self._slots = []
         if self._error is not None:
             raise self._error
